@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package EventBus needs to build, test and run. Idempotent: packages that
+# are already installed are skipped, and apt is only touched when something is missing.
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain
+  build-essential cmake ninja-build ccache pkg-config git clang-format
+  # libraries
+  libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
+  libabsl-dev libsimdjson-dev libsqlite3-dev
+  # tests and benchmarks
+  libgtest-dev libgmock-dev libbenchmark-dev
+  # real components used by the integration tests
+  etcd-server etcd-client sqlite3
+)
+
+# npm (for buf) may already come from outside Debian's packaging; only ask apt when it is absent.
+command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "install-deps: all Debian packages present"
+fi
+
+# buf (protobuf linter) comes from npm into a project-local tools folder, never at build time.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$ROOT/.tools"
+if [ ! -x "$TOOLS/node_modules/.bin/buf" ]; then
+  echo "install-deps: installing @bufbuild/buf into $TOOLS"
+  mkdir -p "$TOOLS"
+  npm install --silent --prefix "$TOOLS" --no-audit --no-fund @bufbuild/buf@1 >/dev/null
+fi

@@ -1,0 +1,91 @@
+// Fan-out of one Raise (SPEC §5, §7): where bytes meet meaning. Takes the event's subscriber
+// snapshot, encodes the event once per distinct (method, event_param), applies virtual-group
+// policies, submits one batch to the writer pool, and collects one report per subscription.
+// Completion runs on a loop thread: no thread ever waits for a reply.
+#ifndef EVENTBUS_SERVER_DELIVERY_DISPATCHER_H_
+#define EVENTBUS_SERVER_DELIVERY_DISPATCHER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/base/clock.h"
+#include "server/jsonrpc/encoder.h"
+#include "server/net/outcome.h"
+#include "server/net/writer_pool.h"
+#include "server/registry/subscription.h"
+
+namespace eventbus::delivery {
+
+// One try to deliver to one TCP target.
+struct Attempt {
+  std::string member;  // "tcp:HOST:PORT[/METHOD]"
+  net::Outcome outcome;
+  absl::Duration latency;
+};
+
+// What happened to the event for one subscription.
+struct DeliveryReport {
+  std::string subscription_id;
+  std::string socket;
+  // The final outcome: for a virtual group, that of the attempt that decided it.
+  net::Outcome outcome;
+  absl::Duration latency;
+  // Virtual groups: every attempt, in order; empty for a plain tcp: subscription.
+  std::vector<Attempt> attempts;
+};
+
+struct RaiseOptions {
+  bool sync = false;
+  absl::Duration timeout = absl::Milliseconds(1000);
+};
+
+struct DispatcherOptions {
+  // Server-wide event_param key ("" = off); a subscription may override it.
+  std::string event_param;
+  // FAILOVER skips a member that failed for this long, unless all others failed too.
+  absl::Duration failover_timeout = absl::Seconds(30);
+};
+
+// Thread-safe.
+class Dispatcher {
+ public:
+  using Done = absl::AnyInvocable<void(std::vector<DeliveryReport>)>;
+
+  // `pool` and `clock` must outlive the dispatcher.
+  Dispatcher(net::WriterPool* pool, const base::Clock* clock, DispatcherOptions options);
+  ~Dispatcher();
+
+  // Delivers `event` to every subscription in `subscribers` that is live now. `done` runs once,
+  // with one report per delivered subscription in `subscribers` order: async, as soon as every
+  // delivery is queued (QUEUED or an immediate failure); sync, when every target has an outcome,
+  // at most `options.timeout` later (plus timer precision). Runs `done` inline when there is
+  // nobody to deliver to.
+  void Raise(const std::string& event, const jsonrpc::Params& params, const RaiseOptions& options,
+             std::shared_ptr<const registry::SubscriberList> subscribers, Done done);
+
+ private:
+  struct RaiseState;
+  struct GroupRun;
+  void StartGroup(std::shared_ptr<GroupRun> run);
+  void NextGroupAttempt(std::shared_ptr<GroupRun> run);
+
+  net::WriterPool* pool_;
+  const base::Clock* clock_;
+  DispatcherOptions options_;
+
+  // FAILOVER: when each member (by socket text) last failed. ROUND-ROBIN: next index per
+  // subscription id.
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, absl::Time> failed_at_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint64_t> rr_next_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace eventbus::delivery
+
+#endif  // EVENTBUS_SERVER_DELIVERY_DISPATCHER_H_

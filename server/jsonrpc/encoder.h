@@ -1,0 +1,51 @@
+// Encodes one event into JSON-RPC 2.0 bytes, exactly as SPEC §2 (OpenSIPS event_stream's bytes).
+// A message is split in two so that one event is encoded once and shared by all its targets:
+//   notification = "{" + body
+//   request      = "{\"id\":" + N + "," + body       (the connection writes the prefix)
+// body = "\"jsonrpc\":\"2.0\",\"method\":...,\"params\":...}". Pure.
+#ifndef EVENTBUS_SERVER_JSONRPC_ENCODER_H_
+#define EVENTBUS_SERVER_JSONRPC_ENCODER_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace eventbus::jsonrpc {
+
+// The params of one event, already compact JSON text.
+struct Params {
+  enum class Kind { kNone, kNamed, kPositional };
+  Kind kind = Kind::kNone;
+  // kNamed: an object "{...}"; kPositional: an array "[...]"; kNone: empty.
+  std::string json;
+};
+
+// Validates client-given raw JSON text with simdjson: it must be one object or array (surrounding
+// whitespace allowed and trimmed). The bytes inside are kept exactly as given.
+// Returns INVALID_ARGUMENT naming the problem ("params json: expected an object or array").
+absl::StatusOr<Params> ParamsFromRawJson(absl::string_view text);
+
+// What distinguishes the bodies of one event: the socket's method and the event_param key.
+struct BodyOptions {
+  // The socket's "/METHOD"; empty means the event name is the method.
+  absl::string_view method;
+  // The event_param key ("" = off). Named params get {"KEY":"EVENT",...} first; positional params
+  // get the event name as element 0; no params: nothing is added.
+  absl::string_view event_param;
+};
+
+// Encodes the body (everything after the opening '{' or the id member).
+std::string EncodeBody(absl::string_view event, const Params& params, const BodyOptions& options);
+
+// Writes the prefix of a message: "{" for a notification (id == 0), "{\"id\":N," for a request.
+void AppendMessagePrefix(std::string* out, uint32_t id);
+
+// Convenience for tests and tools: the whole message.
+std::string EncodeMessage(absl::string_view event, const Params& params,
+                          const BodyOptions& options, uint32_t id = 0);
+
+}  // namespace eventbus::jsonrpc
+
+#endif  // EVENTBUS_SERVER_JSONRPC_ENCODER_H_

@@ -1,0 +1,49 @@
+// The subscription value type (SPEC §6) and the rules for its fields. Immutable once built and
+// shared by pointer between the registry's snapshots, the stores and in-flight Raises.
+#ifndef EVENTBUS_SERVER_REGISTRY_SUBSCRIPTION_H_
+#define EVENTBUS_SERVER_REGISTRY_SUBSCRIPTION_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "server/uri/socket_uri.h"
+
+namespace eventbus::registry {
+
+struct Subscription {
+  // Random, 16 lowercase hex digits; unique across replicas.
+  std::string id;
+  std::string event;
+  // Normalised socket text (uri::SocketUri::ToString()); with `event` the natural key.
+  std::string socket;
+  uri::SocketUri target;
+  absl::Time create_time;
+  // absl::InfiniteFuture() when it never expires.
+  absl::Time expire_time = absl::InfiniteFuture();
+  // Overrides the server's event_param; "" turns it off for this subscription.
+  std::optional<std::string> event_param;
+
+  bool Expires() const { return expire_time != absl::InfiniteFuture(); }
+  // Live at `now`: it receives events strictly before its expiry instant.
+  bool LiveAt(absl::Time now) const { return now < expire_time; }
+};
+
+using SubscriptionPtr = std::shared_ptr<const Subscription>;
+// An immutable list; Raise holds one while it fans out.
+using SubscriberList = std::vector<SubscriptionPtr>;
+
+// Returns INVALID_ARGUMENT unless `event` is 1..max_len bytes of [A-Za-z0-9_.:-]:
+// `event "a b": invalid character ' ' at offset 1`.
+absl::Status ValidateEventName(absl::string_view event, size_t max_len = 128);
+
+// Returns a new random id (16 lowercase hex digits).
+std::string NewSubscriptionId();
+
+}  // namespace eventbus::registry
+
+#endif  // EVENTBUS_SERVER_REGISTRY_SUBSCRIPTION_H_

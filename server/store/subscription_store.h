@@ -1,0 +1,69 @@
+// Where subscriptions are kept (SPEC §8): the SubscriptionStore interface and its factory.
+// Backends: memory (tests, throwaway runs), sqlite (embedded default, survives restarts) and etcd
+// (shared by replicas). SubscriptionManager (subscription_manager.h) is the only caller.
+#ifndef EVENTBUS_SERVER_STORE_SUBSCRIPTION_STORE_H_
+#define EVENTBUS_SERVER_STORE_SUBSCRIPTION_STORE_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "server/registry/subscription.h"
+
+namespace eventbus::store {
+
+// Thread-safe. Writes are asynchronous so no gRPC thread blocks on disk or network: `done` runs
+// once the change is durable (or failed), on any thread, possibly inline.
+class SubscriptionStore {
+ public:
+  // Receives the store's state. Calls never overlap (the store serialises them).
+  class Listener {
+   public:
+    virtual ~Listener() = default;
+    // The complete set of subscriptions: at Start, and after a resync (etcd watch lost).
+    virtual void OnReload(std::vector<registry::SubscriptionPtr> all) = 0;
+    // A subscription created or refreshed elsewhere (another replica).
+    virtual void OnUpsert(registry::SubscriptionPtr sub) = 0;
+    // A subscription removed elsewhere (another replica, or an etcd lease expired).
+    virtual void OnRemove(const std::string& id) = 0;
+    // The store became reachable (true) or unreachable (false).
+    virtual void OnHealth(bool healthy) = 0;
+  };
+
+  using Done = absl::AnyInvocable<void(absl::Status)>;
+
+  virtual ~SubscriptionStore() = default;
+
+  // Loads every stored subscription into listener->OnReload and starts following changes.
+  // Blocking; called once at start-up. Errors name the store and the problem
+  // (`sqlite "/var/lib/eventbus/subscriptions.db": file is not a database`).
+  virtual absl::Status Start(Listener* listener) = 0;
+  // Stops background work; no listener call after it returns.
+  virtual void Stop() = 0;
+
+  // Creates or replaces `sub` (same id). UNAVAILABLE when the store cannot be reached.
+  virtual void Put(registry::SubscriptionPtr sub, Done done) = 0;
+  // Removes `sub` (by id). Removing what is not there is OK.
+  virtual void Delete(registry::SubscriptionPtr sub, Done done) = 0;
+
+  // False while the store cannot be reached.
+  virtual bool healthy() const = 0;
+  // "memory", "sqlite", "etcd".
+  virtual absl::string_view kind() const = 0;
+};
+
+// Opens the store named by `url`:
+//   "memory"                                  in-memory, lost at exit
+//   "sqlite" | "sqlite:PATH"                  SQLite file (default: DATA_DIR/subscriptions.db)
+//   "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]" etcd v3, keys under PREFIX (default /eventbus)
+// INVALID_ARGUMENT for an unknown scheme or a malformed url.
+absl::StatusOr<std::unique_ptr<SubscriptionStore>> OpenStore(absl::string_view url,
+                                                             absl::string_view data_dir);
+
+}  // namespace eventbus::store
+
+#endif  // EVENTBUS_SERVER_STORE_SUBSCRIPTION_STORE_H_

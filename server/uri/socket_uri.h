@@ -1,0 +1,63 @@
+// Parses and normalises subscriber sockets (SPEC §1):
+//   tcp:HOST:PORT[/METHOD]
+//   virtual:POLICY SOCKET SOCKET ...   (POLICY = PARALLEL | FAILOVER | ROUND-ROBIN)
+// Pure: no sockets, no DNS. The registry stores the parsed form; delivery reads its targets.
+#ifndef EVENTBUS_SERVER_URI_SOCKET_URI_H_
+#define EVENTBUS_SERVER_URI_SOCKET_URI_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace eventbus::uri {
+
+// One JSON-RPC server reached over TCP.
+struct TcpTarget {
+  // DNS name (lower-cased), IPv4 literal, or IPv6 literal without brackets.
+  std::string host;
+  uint16_t port = 0;
+  // Everything after the first '/', verbatim; empty means "no method" (the event name is used).
+  std::string method;
+
+  // "host:port", or "[v6]:port": names the one connection shared by every subscription to it.
+  std::string Key() const;
+  // The normalised socket: "tcp:" + Key() + ("/" + method when set).
+  std::string ToString() const;
+  bool IsIpv6Literal() const;
+
+  friend bool operator==(const TcpTarget& a, const TcpTarget& b) {
+    return a.host == b.host && a.port == b.port && a.method == b.method;
+  }
+};
+
+enum class VirtualPolicy { kParallel, kFailover, kRoundRobin };
+
+// "PARALLEL", "FAILOVER", "ROUND-ROBIN".
+absl::string_view VirtualPolicyName(VirtualPolicy policy);
+
+// A parsed subscriber socket: either one TCP target or a virtual group of them.
+struct SocketUri {
+  bool is_virtual = false;
+  // Meaningful only when is_virtual.
+  VirtualPolicy policy = VirtualPolicy::kParallel;
+  // One element for tcp:, the members in order for virtual:.
+  std::vector<TcpTarget> targets;
+
+  // The normalised text: "tcp:h:p[/m]" or "virtual:POLICY m1 m2" (single spaces).
+  std::string ToString() const;
+};
+
+// Parses `text`. Returns INVALID_ARGUMENT naming the socket and the fault, e.g.
+// `socket "tcp:h:70000": port out of range (1-65535)`. Scheme and policy are case-sensitive;
+// host names are lower-cased; ports must be decimal 1-65535; an IPv6 host must be bracketed.
+absl::StatusOr<SocketUri> ParseSocket(absl::string_view text);
+
+// Parses a single "tcp:..." socket (a virtual member, or a plain subscription).
+absl::StatusOr<TcpTarget> ParseTcpSocket(absl::string_view text);
+
+}  // namespace eventbus::uri
+
+#endif  // EVENTBUS_SERVER_URI_SOCKET_URI_H_
