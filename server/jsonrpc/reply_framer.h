@@ -35,10 +35,13 @@ class ReplyFramer {
   void Reset();
 
  private:
+  bool Fail(absl::Status status);
+
   size_t max_frame_bytes_;
   std::string buffer_;
-  size_t start_ = 0;   // start of the frame being scanned, in buffer_
-  size_t scan_ = 0;    // next byte to scan
+  size_t start_ = 0;          // start of the frame being scanned, in buffer_
+  size_t scan_ = 0;           // next byte to scan
+  size_t buffer_offset_ = 0;  // stream offset of buffer_[0], for error messages
   int depth_ = 0;
   bool in_string_ = false;
   bool escape_ = false;

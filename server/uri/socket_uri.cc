@@ -1,1 +1,294 @@
-// placeholder: being written
+#include "server/uri/socket_uri.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+
+namespace eventbus::uri {
+namespace {
+
+constexpr size_t kMaxHostNameBytes = 253;
+constexpr size_t kMaxLabelBytes = 63;
+
+// Internal parse result: an empty fault means success. The public functions prefix the fault with
+// `socket "<input>": ` (and virtual groups with the member and its position).
+using Fault = std::string;
+
+bool IsSpaceOrTab(char c) { return c == ' ' || c == '\t'; }
+
+// Quotes one byte for an error message: printable bytes as is, others as \xNN.
+std::string QuoteByte(char c) {
+  return absl::StrCat("'", absl::CHexEscape(absl::string_view(&c, 1)), "'");
+}
+
+// Parses the decimal port. Leading zeros are accepted (as by OpenSIPS); signs, hex, spaces and
+// anything else are not.
+Fault ParsePort(absl::string_view text, uint16_t* port) {
+  if (text.empty()) return "missing port";
+  uint32_t value = 0;
+  for (char c : text) {
+    if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) {
+      return absl::StrCat("invalid port \"", text, "\" (expected decimal 1-65535)");
+    }
+    // Saturate instead of overflowing; anything above 65535 is out of range anyway.
+    if (value <= 65535) value = value * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (value == 0 || value > 65535) return "port out of range (1-65535)";
+  *port = static_cast<uint16_t>(value);
+  return {};
+}
+
+// Validates and canonicalises an IPv6 literal (without brackets). inet_ntop gives the RFC 5952
+// form, so "[0:0::1]" and "[::1]" name the same target.
+Fault NormaliseIpv6(absl::string_view text, std::string* host) {
+  if (text.empty()) return "missing host";
+  in6_addr addr;
+  std::string copy(text);
+  if (inet_pton(AF_INET6, copy.c_str(), &addr) != 1) {
+    return absl::StrCat("invalid IPv6 address \"", text, "\"");
+  }
+  char buf[INET6_ADDRSTRLEN];
+  if (inet_ntop(AF_INET6, &addr, buf, sizeof(buf)) == nullptr) {
+    return absl::StrCat("invalid IPv6 address \"", text, "\"");
+  }
+  *host = buf;
+  return {};
+}
+
+bool LooksLikeIpv6(absl::string_view text) {
+  in6_addr addr;
+  std::string copy(text);
+  return inet_pton(AF_INET6, copy.c_str(), &addr) == 1;
+}
+
+// Validates an unbracketed host: an IPv4 literal or a DNS name (lower-cased).
+Fault NormaliseHost(absl::string_view text, std::string* host) {
+  if (text.empty()) return "missing host";
+  bool digits_and_dots = true;
+  for (char c : text) {
+    if (!absl::ascii_isdigit(static_cast<unsigned char>(c)) && c != '.') {
+      digits_and_dots = false;
+      break;
+    }
+  }
+  if (digits_and_dots) {
+    // getaddrinfo would read "123" or "1.2.3" as numeric addresses, so anything all-numeric
+    // must be a proper dotted quad.
+    in_addr addr;
+    std::string copy(text);
+    if (inet_pton(AF_INET, copy.c_str(), &addr) != 1) {
+      return absl::StrCat("invalid IPv4 address \"", text, "\"");
+    }
+    *host = std::move(copy);
+    return {};
+  }
+  for (char c : text) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.' && c != '_') {
+      return absl::StrCat("invalid character ", QuoteByte(c), " in host \"", text, "\"");
+    }
+  }
+  // One trailing dot (a fully qualified name that skips resolver search domains) is kept.
+  absl::string_view name = text;
+  if (absl::EndsWith(name, ".")) name.remove_suffix(1);
+  if (name.size() > kMaxHostNameBytes) {
+    return absl::StrCat("host name longer than ", kMaxHostNameBytes, " bytes");
+  }
+  for (absl::string_view label : absl::StrSplit(name, '.')) {
+    if (label.empty()) return absl::StrCat("empty label in host \"", text, "\"");
+    if (label.size() > kMaxLabelBytes) {
+      return absl::StrCat("label \"", label, "\" longer than ", kMaxLabelBytes, " bytes");
+    }
+  }
+  *host = absl::AsciiStrToLower(text);
+  return {};
+}
+
+// Parses what follows "tcp:": HOST:PORT[/METHOD].
+Fault ParseTcpBody(absl::string_view body, TcpTarget* target) {
+  absl::string_view host_port = body;
+  size_t slash = body.find('/');
+  if (slash != absl::string_view::npos) {
+    host_port = body.substr(0, slash);
+    target->method = std::string(body.substr(slash + 1));
+  }
+  if (host_port.empty()) return "missing host";
+  for (char c : host_port) {
+    if (IsSpaceOrTab(c)) {
+      return absl::StrCat("unexpected whitespace in \"", host_port,
+                          "\" (only virtual: sockets have several members)");
+    }
+  }
+
+  absl::string_view port_text;
+  if (host_port.front() == '[') {
+    size_t close = host_port.find(']');
+    if (close == absl::string_view::npos) return "missing ']' after IPv6 host";
+    Fault fault = NormaliseIpv6(host_port.substr(1, close - 1), &target->host);
+    if (!fault.empty()) return fault;
+    absl::string_view rest = host_port.substr(close + 1);
+    if (rest.empty()) return "missing port";
+    if (rest.front() != ':') {
+      return absl::StrCat("expected ':' after IPv6 host, got ", QuoteByte(rest.front()));
+    }
+    port_text = rest.substr(1);
+  } else {
+    size_t colon = host_port.rfind(':');
+    if (colon == absl::string_view::npos) {
+      if (LooksLikeIpv6(host_port)) {
+        return "IPv6 host must be bracketed (e.g. tcp:[::1]:8080)";
+      }
+      Fault fault = NormaliseHost(host_port, &target->host);
+      if (!fault.empty()) return fault;
+      return "missing port";
+    }
+    absl::string_view host = host_port.substr(0, colon);
+    if (host.find(':') != absl::string_view::npos) {
+      if (LooksLikeIpv6(host) || LooksLikeIpv6(host_port)) {
+        return "IPv6 host must be bracketed (e.g. tcp:[::1]:8080)";
+      }
+      return absl::StrCat("invalid character ':' in host \"", host, "\"");
+    }
+    Fault fault = NormaliseHost(host, &target->host);
+    if (!fault.empty()) return fault;
+    port_text = host_port.substr(colon + 1);
+  }
+  return ParsePort(port_text, &target->port);
+}
+
+enum class Scheme { kTcp, kVirtual };
+
+// Splits off and checks the scheme; *rest receives what follows the ':'.
+Fault ParseScheme(absl::string_view text, Scheme* scheme, absl::string_view* rest) {
+  if (text.empty()) return "empty socket";
+  size_t colon = text.find(':');
+  if (colon == absl::string_view::npos) {
+    return "missing scheme (expected tcp:HOST:PORT[/METHOD] or virtual:POLICY SOCKET ...)";
+  }
+  absl::string_view name = text.substr(0, colon);
+  *rest = text.substr(colon + 1);
+  if (name == "tcp") {
+    *scheme = Scheme::kTcp;
+    return {};
+  }
+  if (name == "virtual") {
+    *scheme = Scheme::kVirtual;
+    return {};
+  }
+  if (name == "tls") return "unsupported scheme \"tls\" (tls is not supported yet; use tcp)";
+  return absl::StrCat("unsupported scheme \"", name, "\" (expected tcp or virtual)");
+}
+
+// Parses a socket that must be tcp:. `nested_virtual_fault` is the fault for a virtual: socket.
+Fault ParseTcp(absl::string_view text, absl::string_view nested_virtual_fault, TcpTarget* target) {
+  Scheme scheme;
+  absl::string_view rest;
+  Fault fault = ParseScheme(text, &scheme, &rest);
+  if (!fault.empty()) return fault;
+  if (scheme == Scheme::kVirtual) return std::string(nested_virtual_fault);
+  return ParseTcpBody(rest, target);
+}
+
+Fault ParsePolicy(absl::string_view text, VirtualPolicy* policy) {
+  if (text == "PARALLEL") {
+    *policy = VirtualPolicy::kParallel;
+  } else if (text == "FAILOVER") {
+    *policy = VirtualPolicy::kFailover;
+  } else if (text == "ROUND-ROBIN") {
+    *policy = VirtualPolicy::kRoundRobin;
+  } else {
+    return absl::StrCat("unknown virtual policy \"", text,
+                        "\" (expected PARALLEL, FAILOVER or ROUND-ROBIN)");
+  }
+  return {};
+}
+
+absl::Status SocketError(absl::string_view text, absl::string_view fault) {
+  return absl::InvalidArgumentError(absl::StrCat("socket \"", text, "\": ", fault));
+}
+
+}  // namespace
+
+std::string TcpTarget::Key() const {
+  if (IsIpv6Literal()) return absl::StrCat("[", host, "]:", port);
+  return absl::StrCat(host, ":", port);
+}
+
+std::string TcpTarget::ToString() const {
+  if (method.empty()) return absl::StrCat("tcp:", Key());
+  return absl::StrCat("tcp:", Key(), "/", method);
+}
+
+bool TcpTarget::IsIpv6Literal() const { return host.find(':') != std::string::npos; }
+
+absl::string_view VirtualPolicyName(VirtualPolicy policy) {
+  switch (policy) {
+    case VirtualPolicy::kParallel:
+      return "PARALLEL";
+    case VirtualPolicy::kFailover:
+      return "FAILOVER";
+    case VirtualPolicy::kRoundRobin:
+      return "ROUND-ROBIN";
+  }
+  return "PARALLEL";
+}
+
+std::string SocketUri::ToString() const {
+  if (!is_virtual) return targets.empty() ? std::string() : targets.front().ToString();
+  std::string out = absl::StrCat("virtual:", VirtualPolicyName(policy));
+  for (const TcpTarget& target : targets) absl::StrAppend(&out, " ", target.ToString());
+  return out;
+}
+
+absl::StatusOr<TcpTarget> ParseTcpSocket(absl::string_view text) {
+  TcpTarget target;
+  Fault fault =
+      ParseTcp(text, "a virtual socket is not allowed here (expected tcp:HOST:PORT)", &target);
+  if (!fault.empty()) return SocketError(text, fault);
+  return target;
+}
+
+absl::StatusOr<SocketUri> ParseSocket(absl::string_view text) {
+  Scheme scheme;
+  absl::string_view rest;
+  Fault fault = ParseScheme(text, &scheme, &rest);
+  if (!fault.empty()) return SocketError(text, fault);
+
+  SocketUri uri;
+  if (scheme == Scheme::kTcp) {
+    TcpTarget target;
+    fault = ParseTcpBody(rest, &target);
+    if (!fault.empty()) return SocketError(text, fault);
+    uri.targets.push_back(std::move(target));
+    return uri;
+  }
+
+  uri.is_virtual = true;
+  std::vector<absl::string_view> words =
+      absl::StrSplit(rest, absl::ByAnyChar(" \t"), absl::SkipEmpty());
+  if (words.empty()) return SocketError(text, "missing virtual policy");
+  fault = ParsePolicy(words[0], &uri.policy);
+  if (!fault.empty()) return SocketError(text, fault);
+  if (words.size() == 1) return SocketError(text, "virtual socket has no members");
+  for (size_t i = 1; i < words.size(); ++i) {
+    TcpTarget target;
+    fault = ParseTcp(words[i], "nested virtual sockets are not allowed", &target);
+    if (!fault.empty()) {
+      return SocketError(text, absl::StrCat("member ", i, " \"", words[i], "\": ", fault));
+    }
+    uri.targets.push_back(std::move(target));
+  }
+  return uri;
+}
+
+}  // namespace eventbus::uri
