@@ -1,1 +1,824 @@
-// placeholder: being written
+#include "server/net/connection.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/base/log.h"
+#include "server/jsonrpc/encoder.h"
+
+namespace eventbus::net {
+namespace {
+
+constexpr size_t kReadBufferBytes = 64 << 10;
+// Reads per readiness event before yielding to other connections (epoll is level-triggered).
+constexpr int kMaxReadsPerWakeup = 4;
+// Two iovecs (prefix, body) per message.
+constexpr int kMaxIov = IOV_MAX;
+constexpr uint32_t kMaxRequestId = 0x7fffffff;  // ids are positive and below 2^31
+
+std::string Errno(int err) { return strerror(err); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Stats
+
+TargetStats TargetCounters::Snapshot() const {
+  TargetStats s;
+  s.key = key;
+  s.state = static_cast<ConnState>(state.load(std::memory_order_relaxed));
+  s.queued_messages = queued_messages.load(std::memory_order_relaxed);
+  s.outstanding_requests = outstanding_requests.load(std::memory_order_relaxed);
+  s.delivered = delivered.load(std::memory_order_relaxed);
+  s.failed = failed.load(std::memory_order_relaxed);
+  s.reconnects = reconnects.load(std::memory_order_relaxed);
+  s.unmatched_replies = unmatched_replies.load(std::memory_order_relaxed);
+  return s;
+}
+
+std::shared_ptr<TargetCounters> StatsRegistry::Register(const std::string& key) {
+  auto counters = std::make_shared<TargetCounters>(key);
+  std::lock_guard<std::mutex> lock(mu_);
+  map_[key] = counters;
+  return counters;
+}
+
+void StatsRegistry::Unregister(const std::shared_ptr<TargetCounters>& counters) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = map_.find(counters->key);
+  if (it != map_.end() && it->second == counters) map_.erase(it);
+}
+
+std::optional<TargetStats> StatsRegistry::Get(const std::string& key) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = map_.find(key);
+  if (it == map_.end()) return std::nullopt;
+  return it->second->Snapshot();
+}
+
+std::vector<TargetStats> StatsRegistry::All() const {
+  std::vector<TargetStats> out;
+  std::lock_guard<std::mutex> lock(mu_);
+  out.reserve(map_.size());
+  for (const auto& [key, counters] : map_) out.push_back(counters->Snapshot());
+  std::sort(out.begin(), out.end(),
+            [](const TargetStats& a, const TargetStats& b) { return a.key < b.key; });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// LoopContext
+
+LoopContext::LoopContext(EventLoop* loop, const PoolOptions* options, Resolver* resolver,
+                         StatsRegistry* stats, std::atomic<int64_t>* pending)
+    : loop(loop),
+      options(options),
+      resolver(resolver),
+      stats(stats),
+      pending(pending),
+      read_buffer(kReadBufferBytes) {}
+
+LoopContext::~LoopContext() = default;
+
+void LoopContext::EnqueueBatch(std::vector<Item>& items) {
+  std::vector<Connection*> touched;
+  for (Item& item : items) {
+    auto it = connections.find(item.key);
+    if (it == connections.end()) {
+      std::string key = item.key;
+      auto conn = std::make_unique<Connection>(this, item.request.target, key, next_uid++);
+      it = connections.emplace(std::move(key), std::move(conn)).first;
+    }
+    Connection* conn = it->second.get();
+    conn->Enqueue(std::move(item.request));
+    if (!conn->in_batch) {
+      conn->in_batch = true;
+      touched.push_back(conn);
+    }
+  }
+  // Nothing above destroys a connection: destruction is deferred to the end of the iteration.
+  for (Connection* conn : touched) {
+    conn->in_batch = false;
+    conn->Flush();
+  }
+}
+
+Connection* LoopContext::Find(const std::string& key, uint64_t uid) {
+  auto it = connections.find(key);
+  if (it == connections.end() || it->second->uid() != uid) return nullptr;
+  return it->second.get();
+}
+
+void LoopContext::DestroyLater(const std::string& key) {
+  auto it = connections.find(key);
+  if (it == connections.end()) return;
+  std::unique_ptr<Connection> doomed = std::move(it->second);
+  connections.erase(it);
+  loop->RunAtEndOfIteration([doomed = std::move(doomed)]() {});
+}
+
+void LoopContext::FailAllAndClear(absl::string_view detail) {
+  for (auto& [key, conn] : connections) conn->FailAll(detail);
+  connections.clear();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection: bookkeeping
+
+Connection::Connection(LoopContext* ctx, const uri::TcpTarget& target, std::string key,
+                       uint64_t uid)
+    : ctx_(ctx),
+      target_(target),
+      key_(std::move(key)),
+      uid_(uid),
+      counters_(ctx->stats->Register(key_)),
+      idle_since_(absl::Now()),
+      framer_(ctx->options->max_reply_bytes) {}
+
+Connection::~Connection() {
+  CloseSocket();
+  EventLoop* loop = ctx_->loop;
+  for (EventLoop::TimerId id : {connect_timer_, retry_timer_, deadline_timer_, idle_timer_}) {
+    if (id != 0) loop->Cancel(id);
+  }
+  ctx_->stats->Unregister(counters_);
+}
+
+void Connection::SetState(ConnState state) {
+  state_ = state;
+  counters_->state.store(static_cast<int>(state), std::memory_order_relaxed);
+}
+
+void Connection::PublishCounts() {
+  counters_->queued_messages.store(static_cast<uint32_t>(live_queued_), std::memory_order_relaxed);
+  counters_->outstanding_requests.store(static_cast<uint32_t>(outstanding_.size()),
+                                        std::memory_order_relaxed);
+}
+
+uint32_t Connection::AllocateId() {
+  for (;;) {
+    uint32_t id = next_id_;
+    next_id_ = next_id_ == kMaxRequestId ? 1 : next_id_ + 1;
+    if (ids_in_use_.insert(id).second) return id;
+  }
+}
+
+void Connection::Complete(Message& message, Outcome outcome) {
+  if (outcome.code == DeliveryCode::kOk || outcome.code == DeliveryCode::kRpcError) {
+    counters_->delivered.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    counters_->failed.fetch_add(1, std::memory_order_relaxed);
+  }
+  // Callers take the message off the queue or the outstanding map first, so the published counts
+  // already exclude it when its owner hears of the outcome.
+  PublishCounts();
+  OutcomeCallback done = std::move(message.done);
+  message.done = nullptr;
+  if (done) done(std::move(outcome));
+  // After the callback, so that Drain() returning means every callback has run.
+  ctx_->pending->fetch_sub(1, std::memory_order_acq_rel);
+}
+
+void Connection::Complete(Message& message, DeliveryCode code, std::string detail) {
+  Outcome outcome;
+  outcome.code = code;
+  outcome.detail = std::move(detail);
+  Complete(message, std::move(outcome));
+}
+
+void Connection::Enqueue(Request request) {
+  const PoolOptions& options = *ctx_->options;
+  Message m;
+  m.expect_reply = request.expect_reply;
+  m.fail_fast = request.fail_fast;
+  m.body = std::move(request.body);
+  m.deadline = request.deadline;
+  m.done = std::move(request.done);
+  m.enqueued_at = absl::Now();
+  size_t body_size = m.body ? m.body->size() : 0;
+  if (m.expect_reply) m.id = AllocateId();
+  std::string& prefix = ctx_->prefix;
+  prefix.clear();
+  jsonrpc::AppendMessagePrefix(&prefix, m.id);
+  m.prefix_len = static_cast<uint8_t>(std::min(prefix.size(), sizeof(m.prefix)));
+  memcpy(m.prefix, prefix.data(), m.prefix_len);
+  m.size = m.prefix_len + body_size;
+
+  if (live_queued_ + outstanding_.size() + 1 > options.max_queue_messages ||
+      queued_bytes_ + m.size > options.max_queue_bytes) {
+    if (m.id != 0) ids_in_use_.erase(m.id);
+    Complete(m, DeliveryCode::kQueueFull,
+             absl::StrCat("queue for ", key_, " is full: ", live_queued_ + outstanding_.size(),
+                          " messages, ", queued_bytes_, " bytes"));
+    return;
+  }
+  if (state_ == ConnState::kBackoff && m.deadline < retry_at_) {
+    // The next connect attempt comes after this message's deadline.
+    if (m.id != 0) ids_in_use_.erase(m.id);
+    Complete(m, NotConnectedOutcome());
+    return;
+  }
+
+  if (queue_.empty()) front_seq_ = next_seq_;
+  m.seq = next_seq_++;
+  deadlines_.push_back(DeadlineEntry{m.deadline, m.seq, m.id});
+  std::push_heap(deadlines_.begin(), deadlines_.end(), Later());
+  queued_bytes_ += m.size;
+  ++live_queued_;
+  queue_.push_back(std::move(m));
+  ArmDeadlineTimer();
+  PublishCounts();
+}
+
+void Connection::Flush() {
+  switch (state_) {
+    case ConnState::kIdle:
+      if (live_queued_ > 0) StartConnect();
+      break;
+    case ConnState::kBackoff:
+      if (live_queued_ > 0 && retry_timer_ == 0) {
+        if (absl::Now() >= retry_at_) {
+          StartConnect();
+        } else {
+          retry_timer_ = ctx_->loop->RunAt(retry_at_, [this] { OnRetryTimer(); });
+        }
+      }
+      break;
+    case ConnState::kConnected:
+      // With EPOLLOUT armed the kernel buffer is full (or this wakeup's budget is spent): the
+      // writable event continues the work.
+      if (!want_write_) WriteSome();
+      break;
+    case ConnState::kResolving:
+    case ConnState::kConnecting:
+      break;
+  }
+  MaybeIdle();
+  PublishCounts();
+}
+
+void Connection::FailAll(absl::string_view detail) {
+  CloseSocket();
+  std::deque<Message> queue = std::move(queue_);
+  queue_.clear();
+  auto outstanding = std::move(outstanding_);
+  outstanding_.clear();
+  live_queued_ = 0;
+  queued_bytes_ = 0;
+  write_offset_ = 0;
+  ids_in_use_.clear();
+  deadlines_.clear();
+  SetState(ConnState::kIdle);
+  for (Message& m : queue) {
+    if (!m.dead) Complete(m, DeliveryCode::kConnectionLost, std::string(detail));
+  }
+  for (auto& [id, m] : outstanding) Complete(m, DeliveryCode::kConnectionLost, std::string(detail));
+}
+
+void Connection::OnIo(uint32_t events) {
+  if (state_ == ConnState::kConnecting) {
+    OnConnectEvent();
+  } else if (state_ == ConnState::kConnected) {
+    bool alive = true;
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) alive = ReadSome();
+    if (alive && (events & EPOLLOUT) && state_ == ConnState::kConnected) WriteSome();
+  }
+  MaybeIdle();
+  PublishCounts();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connecting
+
+void Connection::StartConnect() {
+  SetState(ConnState::kResolving);
+  addresses_.clear();
+  next_address_ = 0;
+  if (std::optional<SocketAddress> literal = ParseIpLiteral(target_.host, target_.port)) {
+    addresses_.push_back(std::move(*literal));
+    TryNextAddress();
+    return;
+  }
+  // getaddrinfo blocks: the resolver threads run it and post the result back to this loop.
+  LoopContext* ctx = ctx_;
+  ctx_->resolver->Resolve(target_.host, target_.port, ctx_->loop,
+                          [ctx, key = key_, uid = uid_](ResolveResult result) {
+                            if (Connection* conn = ctx->Find(key, uid)) {
+                              conn->OnResolved(std::move(result));
+                              conn->MaybeIdle();
+                              conn->PublishCounts();
+                            }
+                          });
+}
+
+void Connection::OnResolved(ResolveResult result) {
+  if (state_ != ConnState::kResolving) return;
+  if (!result.ok()) {
+    last_error_code_ = DeliveryCode::kResolveFailed;
+    last_error_ = std::string(result.status().message());
+    ConnectFailed();
+    return;
+  }
+  addresses_ = *std::move(result);
+  next_address_ = 0;
+  TryNextAddress();
+}
+
+void Connection::TryNextAddress() {
+  while (next_address_ < addresses_.size()) {
+    const SocketAddress& addr = addresses_[next_address_++];
+    connecting_to_ = addr.text;
+    base::UniqueFd fd(
+        ::socket(addr.storage.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP));
+    if (!fd.valid()) {
+      last_error_code_ = DeliveryCode::kConnectFailed;
+      last_error_ = absl::StrCat("connect to ", addr.text, ": socket: ", Errno(errno));
+      continue;
+    }
+    int one = 1;
+    ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    int rc = ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr.storage), addr.length);
+    if (rc != 0 && errno != EINPROGRESS) {
+      last_error_code_ = DeliveryCode::kConnectFailed;
+      last_error_ = absl::StrCat("connect to ", addr.text, ": ", Errno(errno));
+      continue;
+    }
+    fd_ = std::move(fd);
+    if (rc == 0) {
+      ctx_->loop->Add(fd_.get(), EPOLLIN, this);
+      registered_ = true;
+      OnConnected();
+      return;
+    }
+    SetState(ConnState::kConnecting);
+    // A non-blocking connect reports completion as writability; SO_ERROR says how it ended.
+    ctx_->loop->Add(fd_.get(), EPOLLOUT, this);
+    registered_ = true;
+    connect_timer_ =
+        ctx_->loop->RunAfter(ctx_->options->connect_timeout, [this] { OnConnectTimeout(); });
+    return;
+  }
+  ConnectFailed();
+}
+
+void Connection::OnConnectEvent() {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (::getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err == 0) {
+    OnConnected();
+    return;
+  }
+  last_error_code_ = DeliveryCode::kConnectFailed;
+  last_error_ = absl::StrCat("connect to ", connecting_to_, ": ", Errno(err));
+  CloseSocket();
+  TryNextAddress();
+}
+
+void Connection::OnConnectTimeout() {
+  connect_timer_ = 0;
+  if (state_ != ConnState::kConnecting) return;
+  last_error_code_ = DeliveryCode::kConnectFailed;
+  last_error_ = absl::StrCat("connect to ", connecting_to_, ": timed out");
+  CloseSocket();
+  TryNextAddress();
+  MaybeIdle();
+  PublishCounts();
+}
+
+void Connection::OnConnected() {
+  if (connect_timer_ != 0) {
+    ctx_->loop->Cancel(connect_timer_);
+    connect_timer_ = 0;
+  }
+  SetState(ConnState::kConnected);
+  if (ever_connected_) counters_->reconnects.fetch_add(1, std::memory_order_relaxed);
+  ever_connected_ = true;
+  consecutive_failures_ = 0;
+  last_error_.clear();
+  framer_.Reset();
+  // EPOLLIN stays armed even on notification-only connections, to notice a peer close.
+  want_write_ = true;  // forces the Modify below
+  SetWantWrite(false);
+  EB_LOG(kDebug, "connected", "target=", key_, " address=", connecting_to_);
+  WriteSome();
+}
+
+void Connection::ConnectFailed() {
+  CloseSocket();
+  ++consecutive_failures_;
+  const PoolOptions& options = *ctx_->options;
+  absl::Duration backoff = options.min_backoff;
+  for (int i = 1; i < consecutive_failures_ && backoff < options.max_backoff; ++i) backoff *= 2;
+  backoff = std::min(backoff, options.max_backoff);
+  backoff *= absl::Uniform(ctx_->rng, 0.8, 1.2);
+  retry_at_ = absl::Now() + backoff;
+  SetState(ConnState::kBackoff);
+  EB_LOG(kDebug, "connect failed", "target=", key_, " error=", base::LogValue(last_error_),
+         " retry_in=", absl::FormatDuration(backoff));
+  // Whatever would still be waiting when the next attempt starts fails now, and so does whatever
+  // asked not to wait for retries at all.
+  FailQueuedAfterConnectFailure(retry_at_);
+  if (live_queued_ > 0) {
+    retry_timer_ = ctx_->loop->RunAt(retry_at_, [this] { OnRetryTimer(); });
+  }
+}
+
+void Connection::OnRetryTimer() {
+  retry_timer_ = 0;
+  if (state_ == ConnState::kBackoff && live_queued_ > 0) StartConnect();
+  MaybeIdle();
+  PublishCounts();
+}
+
+void Connection::CloseSocket() {
+  if (connect_timer_ != 0) {
+    ctx_->loop->Cancel(connect_timer_);
+    connect_timer_ = 0;
+  }
+  if (!fd_.valid()) return;
+  // Deregister before close: the fd number may be reused at once by the next socket.
+  if (registered_) ctx_->loop->Remove(fd_.get());
+  registered_ = false;
+  want_write_ = false;
+  fd_.Reset();
+}
+
+Outcome Connection::NotConnectedOutcome() const {
+  Outcome outcome;
+  if (!last_error_.empty()) {
+    outcome.code = last_error_code_;
+    outcome.detail = last_error_;
+  } else if (state_ == ConnState::kResolving) {
+    outcome.code = DeliveryCode::kResolveFailed;
+    outcome.detail = absl::StrCat("resolve \"", target_.host, "\": timed out");
+  } else if (state_ == ConnState::kConnecting) {
+    outcome.code = DeliveryCode::kConnectFailed;
+    outcome.detail = absl::StrCat("connect to ", connecting_to_, ": timed out");
+  } else {
+    outcome.code = DeliveryCode::kConnectFailed;
+    outcome.detail = absl::StrCat("connect to ", key_, ": not connected");
+  }
+  return outcome;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+void Connection::SetWantWrite(bool want) {
+  if (want == want_write_ || !registered_) return;
+  want_write_ = want;
+  ctx_->loop->Modify(fd_.get(), want ? (EPOLLIN | EPOLLOUT) : EPOLLIN, this);
+}
+
+void Connection::WriteSome() {
+  size_t budget = ctx_->options->max_write_bytes_per_wakeup;
+  iovec iov[kMaxIov];
+  while (live_queued_ > 0 && budget > 0) {
+    PopDeadFront();
+    int n_iov = 0;
+    size_t total = 0;
+    auto add = [&](const char* data, size_t len) {
+      len = std::min(len, budget - total);
+      if (len == 0) return;
+      iov[n_iov].iov_base = const_cast<char*>(data);
+      iov[n_iov].iov_len = len;
+      ++n_iov;
+      total += len;
+    };
+    for (size_t i = 0; i < queue_.size() && n_iov + 2 <= kMaxIov && total < budget; ++i) {
+      const Message& m = queue_[i];
+      if (m.dead) continue;
+      size_t skip = i == 0 ? write_offset_ : 0;
+      if (skip < m.prefix_len) {
+        add(m.prefix + skip, m.prefix_len - skip);
+        skip = 0;
+      } else {
+        skip -= m.prefix_len;
+      }
+      if (m.body && skip < m.body->size()) add(m.body->data() + skip, m.body->size() - skip);
+    }
+    if (n_iov == 0) break;
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = n_iov;
+    // MSG_NOSIGNAL: a peer that went away is EPIPE here, never SIGPIPE.
+    ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        SetWantWrite(true);
+        return;
+      }
+      LoseConnection(absl::StrCat("write to ", connecting_to_, ": ", Errno(errno)));
+      return;
+    }
+    budget -= static_cast<size_t>(n);
+    Consume(static_cast<size_t>(n));
+  }
+  // Budget spent with more to write: EPOLLOUT fires again on the next iteration, after the other
+  // connections had their turn (as redis' writeToClient with NET_MAX_WRITES_PER_EVENT).
+  SetWantWrite(live_queued_ > 0);
+}
+
+void Connection::Consume(size_t bytes) {
+  while (bytes > 0) {
+    PopDeadFront();
+    Message& head = queue_.front();
+    size_t left = head.size - write_offset_;
+    if (bytes < left) {
+      write_offset_ += bytes;
+      return;
+    }
+    bytes -= left;
+    write_offset_ = 0;
+    Message m = std::move(head);
+    queue_.pop_front();
+    ++front_seq_;
+    --live_queued_;
+    queued_bytes_ -= m.size;
+    if (m.expect_reply) {
+      uint32_t id = m.id;
+      outstanding_.emplace(id, std::move(m));
+    } else {
+      Complete(m, Outcome{});
+    }
+  }
+  PopDeadFront();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+bool Connection::ReadSome() {
+  std::vector<char>& buf = ctx_->read_buffer;
+  for (int round = 0; round < kMaxReadsPerWakeup;) {
+    ssize_t n = ::recv(fd_.get(), buf.data(), buf.size(), 0);
+    if (n > 0) {
+      framer_.Append(absl::string_view(buf.data(), static_cast<size_t>(n)));
+      if (!ProcessFrames()) return false;
+      if (static_cast<size_t>(n) < buf.size()) return true;
+      ++round;
+      continue;
+    }
+    if (n == 0) {
+      LoseConnection(absl::StrCat("connection to ", connecting_to_, " closed by peer"));
+      return false;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+    LoseConnection(absl::StrCat("read from ", connecting_to_, ": ", Errno(errno)));
+    return false;
+  }
+  return true;
+}
+
+bool Connection::ProcessFrames() {
+  std::string& frame = ctx_->frame;
+  while (framer_.Next(&frame)) {
+    jsonrpc::Reply reply = ctx_->parser.Parse(frame);
+    if (reply.kind == jsonrpc::Reply::Kind::kInvalid) {
+      BreakStream(reply.detail);
+      return false;
+    }
+    auto it = reply.kind == jsonrpc::Reply::Kind::kNoId || reply.id <= 0 || reply.id > kMaxRequestId
+                  ? outstanding_.end()
+                  : outstanding_.find(static_cast<uint32_t>(reply.id));
+    if (it == outstanding_.end()) {
+      // A late reply (after its timeout) or one without an id: counted, the stream stays usable.
+      counters_->unmatched_replies.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    Message m = std::move(it->second);
+    outstanding_.erase(it);
+    ids_in_use_.erase(m.id);
+    Outcome outcome;
+    switch (reply.kind) {
+      case jsonrpc::Reply::Kind::kResult:
+        outcome.code = DeliveryCode::kOk;
+        outcome.result = std::move(reply.result);
+        break;
+      case jsonrpc::Reply::Kind::kError:
+        outcome.code = DeliveryCode::kRpcError;
+        outcome.error_code = reply.error_code;
+        outcome.error_message = std::move(reply.error_message);
+        outcome.error_data = std::move(reply.error_data);
+        break;
+      default:
+        outcome.code = DeliveryCode::kBadReply;
+        outcome.detail = absl::StrCat("bad reply from ", connecting_to_, ": ", reply.detail);
+        break;
+    }
+    Complete(m, std::move(outcome));
+  }
+  if (!framer_.status().ok()) {
+    BreakStream(framer_.status().message());
+    return false;
+  }
+  return true;
+}
+
+void Connection::BreakStream(absl::string_view why) {
+  // The request whose reply was being read gets BAD_REPLY; replies come in any order, so the
+  // oldest outstanding one is the best guess. The others lose their connection.
+  auto oldest = outstanding_.end();
+  for (auto it = outstanding_.begin(); it != outstanding_.end(); ++it) {
+    if (oldest == outstanding_.end() || it->second.seq < oldest->second.seq) oldest = it;
+  }
+  if (oldest != outstanding_.end()) {
+    Message m = std::move(oldest->second);
+    outstanding_.erase(oldest);
+    ids_in_use_.erase(m.id);
+    Complete(m, DeliveryCode::kBadReply,
+             absl::StrCat("bad reply from ", connecting_to_, ": ", why));
+  }
+  EB_LOG(kWarning, "closing connection after a bad reply", "target=", key_,
+         " error=", base::LogValue(why));
+  LoseConnection(
+      absl::StrCat("connection to ", connecting_to_, " closed after a bad reply: ", why));
+}
+
+void Connection::LoseConnection(absl::string_view detail) {
+  CloseSocket();
+  SetState(ConnState::kIdle);
+  framer_.Reset();
+  auto outstanding = std::move(outstanding_);
+  outstanding_.clear();
+  for (auto& [id, m] : outstanding) {
+    ids_in_use_.erase(id);
+    Complete(m, DeliveryCode::kConnectionLost, std::string(detail));
+  }
+  if (write_offset_ > 0) {
+    // Half-written: the rest can never be sent on a new connection.
+    Message m = std::move(queue_.front());
+    queue_.pop_front();
+    ++front_seq_;
+    write_offset_ = 0;
+    if (!m.dead) {
+      --live_queued_;
+      queued_bytes_ -= m.size;
+      if (m.id != 0) ids_in_use_.erase(m.id);
+      Complete(m, DeliveryCode::kConnectionLost, std::string(detail));
+    }
+    PopDeadFront();
+  }
+  // Unwritten messages wait for the new connection; the first attempt is immediate
+  // (consecutive_failures_ is 0 after a successful connect), repeated failures back off.
+  if (live_queued_ > 0) StartConnect();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queue, deadlines, idle
+
+void Connection::PopDeadFront() {
+  while (!queue_.empty() && queue_.front().dead && write_offset_ == 0) {
+    queue_.pop_front();
+    ++front_seq_;
+  }
+}
+
+void Connection::KillQueued(Message& message, Outcome outcome) {
+  message.dead = true;
+  --live_queued_;
+  queued_bytes_ -= message.size;
+  if (message.id != 0) ids_in_use_.erase(message.id);
+  message.body.reset();
+  Complete(message, std::move(outcome));
+}
+
+void Connection::FailQueuedAfterConnectFailure(absl::Time limit) {
+  for (Message& m : queue_) {
+    if (!m.dead && (m.fail_fast || m.deadline < limit)) KillQueued(m, NotConnectedOutcome());
+  }
+  PopDeadFront();
+}
+
+bool Connection::IsLive(const DeadlineEntry& entry) const {
+  if (entry.seq >= front_seq_ && entry.seq - front_seq_ < queue_.size()) {
+    return !queue_[entry.seq - front_seq_].dead;
+  }
+  if (entry.id == 0) return false;
+  auto it = outstanding_.find(entry.id);
+  return it != outstanding_.end() && it->second.seq == entry.seq;
+}
+
+void Connection::ArmDeadlineTimer() {
+  // Entries of completed messages are dropped lazily; rebuild when they dominate.
+  size_t live = live_queued_ + outstanding_.size();
+  if (deadlines_.size() > 64 && deadlines_.size() > 4 * live) {
+    deadlines_.erase(std::remove_if(deadlines_.begin(), deadlines_.end(),
+                                    [this](const DeadlineEntry& e) { return !IsLive(e); }),
+                     deadlines_.end());
+    std::make_heap(deadlines_.begin(), deadlines_.end(), Later());
+  }
+  if (deadlines_.empty()) return;
+  absl::Time earliest = deadlines_.front().when;
+  if (deadline_timer_ != 0) {
+    if (deadline_timer_at_ <= earliest) return;
+    ctx_->loop->Cancel(deadline_timer_);
+  }
+  deadline_timer_at_ = earliest;
+  deadline_timer_ = ctx_->loop->RunAt(earliest, [this] { OnDeadlineTimer(); });
+}
+
+void Connection::OnDeadlineTimer() {
+  deadline_timer_ = 0;
+  deadline_timer_at_ = absl::InfiniteFuture();
+  absl::Time now = absl::Now();
+  std::vector<DeadlineEntry> expired;
+  while (!deadlines_.empty() && deadlines_.front().when <= now) {
+    std::pop_heap(deadlines_.begin(), deadlines_.end(), Later());
+    expired.push_back(deadlines_.back());
+    deadlines_.pop_back();
+  }
+  bool half_written_expired = false;
+  for (const DeadlineEntry& e : expired) {
+    if (!IsLive(e)) continue;
+    if (e.seq >= front_seq_ && e.seq - front_seq_ < queue_.size()) {
+      Message& m = queue_[e.seq - front_seq_];
+      absl::Duration budget = m.deadline - m.enqueued_at;
+      if (e.seq == front_seq_ && write_offset_ > 0) {
+        // Half-written: the stream would be corrupt if the rest were dropped, so the connection
+        // is re-established (below) once every expired message is accounted for.
+        half_written_expired = true;
+        Outcome outcome;
+        outcome.code = DeliveryCode::kTimeout;
+        outcome.detail = absl::StrCat("not completely written to ", key_, " within ",
+                                      absl::FormatDuration(budget), "; reconnecting");
+        KillQueued(m, std::move(outcome));
+      } else if (state_ == ConnState::kConnected) {
+        Outcome outcome;
+        outcome.code = DeliveryCode::kTimeout;
+        outcome.detail =
+            absl::StrCat("not written to ", key_, " within ", absl::FormatDuration(budget));
+        KillQueued(m, std::move(outcome));
+      } else {
+        KillQueued(m, NotConnectedOutcome());
+      }
+    } else {
+      auto it = outstanding_.find(e.id);
+      Message m = std::move(it->second);
+      outstanding_.erase(it);
+      ids_in_use_.erase(m.id);
+      Complete(m, DeliveryCode::kTimeout,
+               absl::StrCat("no reply from ", key_, " within ",
+                            absl::FormatDuration(m.deadline - m.enqueued_at)));
+    }
+  }
+  PopDeadFront();
+  if (half_written_expired) {
+    LoseConnection(absl::StrCat("connection to ", connecting_to_,
+                                " closed: a message timed out half-written"));
+  }
+  ArmDeadlineTimer();
+  MaybeIdle();
+  PublishCounts();
+}
+
+void Connection::MaybeIdle() {
+  if (live_queued_ > 0 || !outstanding_.empty()) return;
+  // Nothing left to time out.
+  deadlines_.clear();
+  if (deadline_timer_ != 0) {
+    ctx_->loop->Cancel(deadline_timer_);
+    deadline_timer_ = 0;
+    deadline_timer_at_ = absl::InfiniteFuture();
+  }
+  idle_since_ = absl::Now();
+  if (idle_timer_ == 0) {
+    idle_timer_ =
+        ctx_->loop->RunAt(idle_since_ + ctx_->options->idle_timeout, [this] { OnIdleTimer(); });
+  }
+}
+
+void Connection::OnIdleTimer() {
+  idle_timer_ = 0;
+  // Busy since: the next MaybeIdle() arms the timer again.
+  if (live_queued_ > 0 || !outstanding_.empty()) return;
+  absl::Time due = idle_since_ + ctx_->options->idle_timeout;
+  if (absl::Now() < due) {
+    idle_timer_ = ctx_->loop->RunAt(due, [this] { OnIdleTimer(); });
+    return;
+  }
+  EB_LOG(kDebug, "closing idle connection", "target=", key_);
+  CloseSocket();
+  if (retry_timer_ != 0) {
+    ctx_->loop->Cancel(retry_timer_);
+    retry_timer_ = 0;
+  }
+  ctx_->stats->Unregister(counters_);
+  ctx_->DestroyLater(key_);  // `this` stays valid until the end of the iteration
+}
+
+}  // namespace eventbus::net

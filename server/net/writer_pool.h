@@ -52,6 +52,11 @@ struct Request {
   bool expect_reply = false;
   // Sync: the whole budget for connect + write + reply. Async: the latest time to be written.
   absl::Time deadline;
+  // Fail with kConnectFailed/kResolveFailed as soon as one connect (or resolve) attempt fails,
+  // instead of staying queued for the retries until the deadline. Virtual-group members use it so
+  // the next member gets the rest of the budget. (A target in backoff still waits for its next
+  // scheduled attempt when that comes before the deadline.)
+  bool fail_fast = false;
   // Exactly once, on the owning loop thread. kQueueFull runs inside Submit's loop batch, before
   // `all_enqueued`.
   OutcomeCallback done;

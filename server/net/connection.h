@@ -1,0 +1,239 @@
+// One persistent TCP connection to one target host:port (SPEC §3, §4), and the per-loop context
+// its loop shares among its connections. A Connection connects lazily, writes its queue with
+// coalesced sendmsg() calls, pipelines sync requests and matches their replies by id, enforces
+// per-message deadlines and the bounded queue, and reconnects with backoff. Internal to
+// server/net; WriterPool is the only user.
+#ifndef EVENTBUS_SERVER_NET_CONNECTION_H_
+#define EVENTBUS_SERVER_NET_CONNECTION_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/random/random.h"
+#include "absl/time/time.h"
+#include "server/base/fd.h"
+#include "server/jsonrpc/reply_framer.h"
+#include "server/jsonrpc/reply_parser.h"
+#include "server/net/event_loop.h"
+#include "server/net/outcome.h"
+#include "server/net/resolver.h"
+#include "server/net/writer_pool.h"
+
+namespace eventbus::net {
+
+// The counters of one connection: written by its loop thread, read by any thread (Stats()).
+struct TargetCounters {
+  explicit TargetCounters(std::string k) : key(std::move(k)) {}
+  TargetStats Snapshot() const;
+
+  const std::string key;
+  std::atomic<int> state{static_cast<int>(ConnState::kIdle)};
+  std::atomic<uint32_t> queued_messages{0};
+  std::atomic<uint32_t> outstanding_requests{0};
+  std::atomic<uint64_t> delivered{0};
+  std::atomic<uint64_t> failed{0};
+  std::atomic<uint64_t> reconnects{0};
+  std::atomic<uint64_t> unmatched_replies{0};
+};
+
+// key -> counters of the live connection to that target. Thread-safe.
+class StatsRegistry {
+ public:
+  // Creates the counters of a new connection to `key` (replacing any previous entry).
+  std::shared_ptr<TargetCounters> Register(const std::string& key);
+  // Forgets `counters`, unless a newer connection to the same key registered since.
+  void Unregister(const std::shared_ptr<TargetCounters>& counters);
+  std::optional<TargetStats> Get(const std::string& key) const;
+  std::vector<TargetStats> All() const;
+
+ private:
+  // std::mutex: see the note on post_mu in event_loop.cc (TSan visibility).
+  mutable std::mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<TargetCounters>> map_;  // guarded by mu_
+};
+
+class Connection;
+
+// What the connections of one loop share: options, the resolver, the reply parser (one per loop
+// thread, so simdjson's buffers are allocated once) and the connection map. Created before the
+// loop thread starts; afterwards loop thread only (and main thread once the loop has stopped).
+struct LoopContext {
+  LoopContext(EventLoop* loop, const PoolOptions* options, Resolver* resolver, StatsRegistry* stats,
+              std::atomic<int64_t>* pending);
+  ~LoopContext();
+
+  // One Submit() batch for this loop: enqueues every request, then flushes each touched
+  // connection once so that the batch coalesces into few syscalls.
+  struct Item {
+    std::string key;
+    Request request;
+  };
+  void EnqueueBatch(std::vector<Item>& items);
+
+  // The connection with this key and uid, or null (it may have been destroyed meanwhile).
+  Connection* Find(const std::string& key, uint64_t uid);
+  // Removes the connection from the map and destroys it at the end of the loop iteration.
+  void DestroyLater(const std::string& key);
+  // Completes everything queued or outstanding on every connection with kConnectionLost and
+  // drops the connections. Only once the loop has stopped.
+  void FailAllAndClear(absl::string_view detail);
+
+  EventLoop* const loop;
+  const PoolOptions* const options;
+  Resolver* const resolver;
+  StatsRegistry* const stats;
+  // Pool-wide count of messages submitted but not yet completed (for Drain).
+  std::atomic<int64_t>* const pending;
+
+  jsonrpc::ReplyParser parser;
+  absl::BitGen rng;
+  std::vector<char> read_buffer;
+  std::string frame;   // scratch for ReplyFramer::Next
+  std::string prefix;  // scratch for jsonrpc::AppendMessagePrefix
+  absl::flat_hash_map<std::string, std::unique_ptr<Connection>> connections;
+  uint64_t next_uid = 1;
+};
+
+// Owned by its LoopContext (unique_ptr in `connections`); loop thread only.
+class Connection final : public IoHandler {
+ public:
+  Connection(LoopContext* ctx, const uri::TcpTarget& target, std::string key, uint64_t uid);
+  ~Connection() override;
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Queues `request` without writing. Completes it at once with kQueueFull when the queue is
+  // full, or with the last connect/resolve error when backing off past its deadline.
+  void Enqueue(Request request);
+  // Writes what is queued, connecting first when needed.
+  void Flush();
+  // Completes everything queued or outstanding with kConnectionLost and `detail`.
+  void FailAll(absl::string_view detail);
+
+  void OnIo(uint32_t events) override;
+
+  uint64_t uid() const { return uid_; }
+  // Set while the connection is on EnqueueBatch's flush list.
+  bool in_batch = false;
+
+ private:
+  struct Message {
+    uint64_t seq = 0;
+    uint32_t id = 0;  // 0: notification
+    bool expect_reply = false;
+    bool fail_fast = false;  // Request::fail_fast: fails with the first failed connect attempt
+    bool dead = false;       // completed while queued (deadline); skipped by the writer
+    uint8_t prefix_len = 0;
+    char prefix[24];
+    std::shared_ptr<const std::string> body;
+    size_t size = 0;  // prefix + body
+    absl::Time enqueued_at;
+    absl::Time deadline;
+    OutcomeCallback done;
+  };
+  struct DeadlineEntry {
+    absl::Time when;
+    uint64_t seq;
+    uint32_t id;
+  };
+  struct Later {
+    bool operator()(const DeadlineEntry& a, const DeadlineEntry& b) const {
+      return a.when > b.when;
+    }
+  };
+
+  void SetState(ConnState state);
+  void PublishCounts();
+  uint32_t AllocateId();
+  void Complete(Message& message, Outcome outcome);
+  void Complete(Message& message, DeliveryCode code, std::string detail);
+
+  // Connecting.
+  void StartConnect();
+  void OnResolved(ResolveResult result);
+  void TryNextAddress();
+  void OnConnectEvent();
+  void OnConnectTimeout();
+  void OnConnected();
+  void ConnectFailed();
+  void OnRetryTimer();
+  void CloseSocket();
+  Outcome NotConnectedOutcome() const;
+
+  // Connected.
+  void SetWantWrite(bool want);
+  void WriteSome();
+  void Consume(size_t bytes);
+  bool ReadSome();
+  bool ProcessFrames();
+  void BreakStream(absl::string_view why);
+  void LoseConnection(absl::string_view detail);
+
+  // Queue bookkeeping.
+  void PopDeadFront();
+  void KillQueued(Message& message, Outcome outcome);
+  // Fails the queued messages whose deadline is before `limit`, and the fail-fast ones.
+  void FailQueuedAfterConnectFailure(absl::Time limit);
+  bool IsLive(const DeadlineEntry& entry) const;
+  void ArmDeadlineTimer();
+  void OnDeadlineTimer();
+  void MaybeIdle();
+  void OnIdleTimer();
+
+  LoopContext* const ctx_;
+  const uri::TcpTarget target_;
+  const std::string key_;
+  const uint64_t uid_;
+  std::shared_ptr<TargetCounters> counters_;
+
+  ConnState state_ = ConnState::kIdle;
+  base::UniqueFd fd_;
+  bool registered_ = false;
+  bool want_write_ = false;
+  bool ever_connected_ = false;
+
+  std::vector<SocketAddress> addresses_;
+  size_t next_address_ = 0;
+  std::string connecting_to_;
+  DeliveryCode last_error_code_ = DeliveryCode::kConnectFailed;
+  std::string last_error_;
+  int consecutive_failures_ = 0;
+  absl::Time retry_at_ = absl::InfinitePast();
+
+  EventLoop::TimerId connect_timer_ = 0;
+  EventLoop::TimerId retry_timer_ = 0;
+  EventLoop::TimerId deadline_timer_ = 0;
+  absl::Time deadline_timer_at_ = absl::InfiniteFuture();
+  EventLoop::TimerId idle_timer_ = 0;
+  absl::Time idle_since_;
+
+  // Unwritten messages; queue_[i].seq == front_seq_ + i. The head may be partially written
+  // (write_offset_ bytes); dead messages stay in place until they reach the head.
+  std::deque<Message> queue_;
+  uint64_t front_seq_ = 0;
+  uint64_t next_seq_ = 0;
+  size_t write_offset_ = 0;
+  size_t live_queued_ = 0;
+  size_t queued_bytes_ = 0;
+  // Written requests awaiting their reply, by id.
+  absl::flat_hash_map<uint32_t, Message> outstanding_;
+  // Ids of queued and outstanding requests.
+  absl::flat_hash_set<uint32_t> ids_in_use_;
+  uint32_t next_id_ = 1;
+  // Min-heap of message deadlines; entries of completed messages are skipped lazily.
+  std::vector<DeadlineEntry> deadlines_;
+
+  jsonrpc::ReplyFramer framer_;
+};
+
+}  // namespace eventbus::net
+
+#endif  // EVENTBUS_SERVER_NET_CONNECTION_H_

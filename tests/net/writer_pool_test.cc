@@ -1,0 +1,876 @@
+#include "server/net/writer_pool.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "tests/net/loopback_peer.h"
+#include "tests/net/test_sync.h"
+
+namespace eventbus::net {
+namespace {
+
+constexpr absl::Duration kWait = absl::Seconds(10);
+
+// Collects the outcomes of a test's messages, whatever thread completes them.
+class Outcomes {
+ public:
+  // The `done` of message `index`: records the outcome and when it arrived.
+  OutcomeCallback Callback(int index) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (static_cast<int>(slots_.size()) <= index) slots_.resize(index + 1);
+    }
+    return [this, index](Outcome outcome) {
+      std::lock_guard<std::mutex> lock(mu_);
+      Slot& slot = slots_[index];
+      ++slot.calls;
+      slot.outcome = std::move(outcome);
+      slot.at = absl::Now();
+      ++completed_;
+      cv_.notify_all();
+    };
+  }
+  bool WaitFor(int count, absl::Duration timeout = kWait) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+                        [&] { return completed_ >= count; });
+  }
+  Outcome Get(int index) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (slots_[index].outcome.has_value()) return *slots_[index].outcome;
+    Outcome pending;
+    pending.code = DeliveryCode::kQueued;
+    return pending;
+  }
+  bool Done(int index) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return slots_[index].outcome.has_value();
+  }
+  absl::Time At(int index) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return slots_[index].at;
+  }
+  int Calls(int index) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return slots_[index].calls;
+  }
+  int completed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return completed_;
+  }
+
+ private:
+  struct Slot {
+    std::optional<Outcome> outcome;
+    absl::Time at;
+    int calls = 0;
+  };
+  std::mutex mu_;
+  std::condition_variable cv_;
+  // std:: primitives so that ThreadSanitizer sees them (see test_sync.h).
+  std::vector<Slot> slots_;  // guarded by mu_
+  int completed_ = 0;        // guarded by mu_
+};
+
+uri::TcpTarget Target(uint16_t port, std::string host = "127.0.0.1") {
+  uri::TcpTarget t;
+  t.host = std::move(host);
+  t.port = port;
+  return t;
+}
+
+std::shared_ptr<const std::string> Body(absl::string_view method, absl::string_view params = "") {
+  std::string body = absl::StrCat("\"jsonrpc\":\"2.0\",\"method\":\"", method, "\"");
+  if (!params.empty()) absl::StrAppend(&body, ",\"params\":", params);
+  body += "}";
+  return std::make_shared<const std::string>(std::move(body));
+}
+
+Request Notification(uint16_t port, std::shared_ptr<const std::string> body, OutcomeCallback done,
+                     absl::Duration timeout = absl::Seconds(5)) {
+  Request r;
+  r.target = Target(port);
+  r.body = std::move(body);
+  r.expect_reply = false;
+  r.deadline = absl::Now() + timeout;
+  r.done = std::move(done);
+  return r;
+}
+
+Request Call(uint16_t port, std::shared_ptr<const std::string> body, OutcomeCallback done,
+             absl::Duration timeout = absl::Seconds(5)) {
+  Request r = Notification(port, std::move(body), std::move(done), timeout);
+  r.expect_reply = true;
+  return r;
+}
+
+// Submits one request and returns.
+void SubmitOne(WriterPool& pool, Request r) {
+  std::vector<Request> batch;
+  batch.push_back(std::move(r));
+  pool.Submit(std::move(batch));
+}
+
+std::string ResultReply(int64_t id, absl::string_view result) {
+  return absl::StrCat("{\"jsonrpc\":\"2.0\",\"id\":", id, ",\"result\":", result, "}");
+}
+
+// The "method" member of a message, as the peer received it.
+std::string MethodOf(const std::string& message) {
+  size_t at = message.find("\"method\":\"");
+  if (at == std::string::npos) return "";
+  at += 10;
+  return message.substr(at, message.find('"', at) - at);
+}
+
+// A port where connect() is refused: bound, never listening, held for the whole test.
+class ClosedPort {
+ public:
+  ClosedPort() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+  }
+  ~ClosedPort() { ::close(fd_); }
+  uint16_t port() const { return port_; }
+
+ private:
+  int fd_;
+  uint16_t port_;
+};
+
+// A port whose SYNs go unanswered, so connect() neither succeeds nor fails: a listener with
+// backlog 0 whose accept queue is already full (one connection, never accepted) drops them.
+class BlackholePort {
+ public:
+  BlackholePort() {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    EXPECT_EQ(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    EXPECT_EQ(::listen(listen_fd_, 0), 0);
+    ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    filler_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    EXPECT_EQ(::connect(filler_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  }
+  ~BlackholePort() {
+    ::close(filler_fd_);
+    ::close(listen_fd_);
+  }
+  uint16_t port() const { return port_; }
+
+ private:
+  int listen_fd_;
+  int filler_fd_;
+  uint16_t port_;
+};
+
+class WriterPoolTest : public ::testing::Test {
+ protected:
+  void StartPool(PoolOptions options = PoolOptions()) {
+    if (options.num_loops == 0) options.num_loops = 2;
+    auto pool = WriterPool::Create(options);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    pool_ = *std::move(pool);
+  }
+
+  // Waits until `pred` holds for the stats of `key`.
+  template <typename Pred>
+  bool WaitForStats(const std::string& key, Pred pred, absl::Duration timeout = kWait) {
+    absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      std::optional<TargetStats> stats = pool_->Stats(key);
+      if (pred(stats)) return true;
+      absl::SleepFor(absl::Milliseconds(1));  // polling a condition, bounded by the deadline
+    }
+    return false;
+  }
+
+  // Declared before pool_: the pool (destroyed first) may still complete messages into them.
+  Outcomes outcomes_;
+  Outcomes other_outcomes_;
+  std::unique_ptr<WriterPool> pool_;
+};
+
+TEST_F(WriterPoolTest, NotificationArrivesByteExactAndCompletesOk) {
+  auto peer = LoopbackPeer::Start({});
+  StartPool();
+  auto body = Body("E_PIKE_BLOCKED", R"({"ip":"192.168.2.11","count":3})");
+  SubmitOne(*pool_, Notification(peer->port(), body, outcomes_.Callback(0)));
+  std::string expected =
+      R"({"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{"ip":"192.168.2.11","count":3}})";
+  ASSERT_TRUE(peer->WaitForBytes(0, expected.size(), kWait));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  EXPECT_EQ(peer->Received(0), expected);
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kOk);
+}
+
+TEST_F(WriterPoolTest, TwoNotificationsArriveBackToBackOnOneConnection) {
+  auto peer = LoopbackPeer::Start({});
+  StartPool();
+  SubmitOne(*pool_, Notification(peer->port(), Body("A"), outcomes_.Callback(0)));
+  SubmitOne(*pool_, Notification(peer->port(), Body("B"), outcomes_.Callback(1)));
+  std::string expected = R"({"jsonrpc":"2.0","method":"A"}{"jsonrpc":"2.0","method":"B"})";
+  ASSERT_TRUE(peer->WaitForBytes(0, expected.size(), kWait));
+  ASSERT_TRUE(outcomes_.WaitFor(2));
+  EXPECT_EQ(peer->Received(0), expected);
+  EXPECT_EQ(peer->connections(), 1);
+}
+
+TEST_F(WriterPoolTest, BatchOfThousandNotificationsArrivesCompleteAndInOrderOnOneConnection) {
+  auto peer = LoopbackPeer::Start({});
+  StartPool();
+  constexpr int kCount = 1000;
+  std::vector<Request> batch;
+  std::string expected;
+  for (int i = 0; i < kCount; ++i) {
+    auto body = Body("E", absl::StrCat("[", i, "]"));
+    absl::StrAppend(&expected, "{", *body);
+    batch.push_back(Notification(peer->port(), body, outcomes_.Callback(i)));
+  }
+  TestEvent enqueued;
+  pool_->Submit(std::move(batch), [&] { enqueued.Notify(); });
+  ASSERT_TRUE(enqueued.WaitFor(kWait));
+  ASSERT_TRUE(peer->WaitForBytes(0, expected.size(), kWait));
+  ASSERT_TRUE(outcomes_.WaitFor(kCount));
+  EXPECT_EQ(peer->Received(0), expected);
+  EXPECT_EQ(peer->connections(), 1);
+  for (int i = 0; i < kCount; ++i) EXPECT_EQ(outcomes_.Get(i).code, DeliveryCode::kOk);
+  auto stats = pool_->Stats(Target(peer->port()).Key());
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_EQ(stats->delivered, static_cast<uint64_t>(kCount));
+}
+
+TEST_F(WriterPoolTest, RequestCarriesAPositiveIdAndItsReplyCompletesIt) {
+  auto peer = LoopbackPeer::Start({}, [](int, const std::string& m) {
+    return ResultReply(LoopbackPeer::IdOf(m), R"({"ok":true,"n":[1,2]})");
+  });
+  StartPool();
+  SubmitOne(*pool_, Call(peer->port(), Body("E", "{}"), outcomes_.Callback(0)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  Outcome o = outcomes_.Get(0);
+  EXPECT_EQ(o.code, DeliveryCode::kOk) << o.detail;
+  EXPECT_EQ(o.result, R"({"ok":true,"n":[1,2]})");
+  std::vector<std::string> messages = peer->Messages();
+  ASSERT_EQ(messages.size(), 1u);
+  int64_t id = LoopbackPeer::IdOf(messages[0]);
+  EXPECT_GT(id, 0);
+  EXPECT_LT(id, int64_t{1} << 31);
+  EXPECT_EQ(messages[0],
+            absl::StrCat(R"({"id":)", id, R"(,"jsonrpc":"2.0","method":"E","params":{}})"));
+}
+
+TEST_F(WriterPoolTest, ErrorReplyCompletesWithRpcError) {
+  auto peer = LoopbackPeer::Start({}, [](int, const std::string& m) {
+    return absl::StrCat(R"({"jsonrpc":"2.0","id":)", LoopbackPeer::IdOf(m),
+                        R"(,"error":{"code":-32601,"message":"no such method","data":[1]}})");
+  });
+  StartPool();
+  SubmitOne(*pool_, Call(peer->port(), Body("E"), outcomes_.Callback(0)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  Outcome o = outcomes_.Get(0);
+  EXPECT_EQ(o.code, DeliveryCode::kRpcError) << o.detail;
+  EXPECT_EQ(o.error_code, -32601);
+  EXPECT_EQ(o.error_message, "no such method");
+  EXPECT_EQ(o.error_data, "[1]");
+}
+
+TEST_F(WriterPoolTest, OutOfOrderRepliesCompleteTheirOwnRequests) {
+  constexpr int kCount = 5;
+  // Holds the requests until all arrived, then answers newest first, each with its method name.
+  std::mutex mu;
+  std::vector<std::string> held;
+  std::unique_ptr<LoopbackPeer> peer;
+  peer = LoopbackPeer::Start({}, [&](int conn, const std::string& m) {
+    std::string replies;
+    std::lock_guard<std::mutex> lock(mu);
+    held.push_back(m);
+    if (held.size() == kCount) {
+      for (auto it = held.rbegin(); it != held.rend(); ++it) {
+        absl::StrAppend(
+            &replies, ResultReply(LoopbackPeer::IdOf(*it), absl::StrCat("\"", MethodOf(*it), "\"")),
+            "\n");
+      }
+    }
+    return replies;
+  });
+  StartPool();
+  std::vector<Request> batch;
+  for (int i = 0; i < kCount; ++i) {
+    batch.push_back(Call(peer->port(), Body(absl::StrCat("m", i)), outcomes_.Callback(i)));
+  }
+  pool_->Submit(std::move(batch));
+  ASSERT_TRUE(outcomes_.WaitFor(kCount));
+  for (int i = 0; i < kCount; ++i) {
+    Outcome o = outcomes_.Get(i);
+    EXPECT_EQ(o.code, DeliveryCode::kOk) << o.detail;
+    EXPECT_EQ(o.result, absl::StrCat("\"m", i, "\""));
+  }
+}
+
+TEST_F(WriterPoolTest, ThousandPipelinedRequestsAreAllMatched) {
+  auto peer = LoopbackPeer::Start({}, [](int, const std::string& m) {
+    return ResultReply(LoopbackPeer::IdOf(m), absl::StrCat("\"", MethodOf(m), "\""));
+  });
+  StartPool();
+  constexpr int kCount = 1000;
+  std::vector<Request> batch;
+  for (int i = 0; i < kCount; ++i) {
+    batch.push_back(Call(peer->port(), Body(absl::StrCat("m", i)), outcomes_.Callback(i)));
+  }
+  pool_->Submit(std::move(batch));
+  ASSERT_TRUE(outcomes_.WaitFor(kCount));
+  for (int i = 0; i < kCount; ++i) {
+    Outcome o = outcomes_.Get(i);
+    ASSERT_EQ(o.code, DeliveryCode::kOk) << i << ": " << o.detail;
+    ASSERT_EQ(o.result, absl::StrCat("\"m", i, "\""));
+    ASSERT_EQ(outcomes_.Calls(i), 1);
+  }
+  EXPECT_EQ(peer->connections(), 1);
+}
+
+TEST_F(WriterPoolTest, UnansweredRequestTimesOutWithinAFewMillisecondsOfItsDeadline) {
+  auto peer = LoopbackPeer::Start({});  // reads, never replies
+  StartPool();
+  Request r = Call(peer->port(), Body("E"), outcomes_.Callback(0), absl::Milliseconds(100));
+  absl::Time deadline = r.deadline;
+  SubmitOne(*pool_, std::move(r));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  Outcome o = outcomes_.Get(0);
+  EXPECT_EQ(o.code, DeliveryCode::kTimeout);
+  EXPECT_TRUE(absl::StrContains(o.detail, "no reply")) << o.detail;
+  EXPECT_GE(outcomes_.At(0), deadline);
+  // Timers are precise to ~1 ms; the margin is for a busy shared test machine.
+  EXPECT_LT(outcomes_.At(0) - deadline, absl::Milliseconds(25));
+  ASSERT_TRUE(WaitForStats(Target(peer->port()).Key(), [](const std::optional<TargetStats>& s) {
+    return s && s->outstanding_requests == 0 && s->failed == 1;
+  }));
+}
+
+TEST_F(WriterPoolTest, LateReplyIsCountedAsUnmatchedAndTheConnectionStays) {
+  auto peer = LoopbackPeer::Start({});
+  StartPool();
+  SubmitOne(*pool_, Call(peer->port(), Body("E"), outcomes_.Callback(0), absl::Milliseconds(20)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kTimeout);
+  ASSERT_EQ(peer->message_count(), 1u);
+  peer->Send(0, ResultReply(LoopbackPeer::IdOf(peer->Messages()[0]), "1"));
+  peer->Send(0, R"({"jsonrpc":"2.0","method":"no_id"})");
+  std::string key = Target(peer->port()).Key();
+  ASSERT_TRUE(WaitForStats(
+      key, [](const std::optional<TargetStats>& s) { return s && s->unmatched_replies == 2; }));
+  EXPECT_EQ(pool_->Stats(key)->state, ConnState::kConnected);
+  EXPECT_EQ(peer->connections(), 1);
+}
+
+TEST_F(WriterPoolTest, RefusedPortFailsWithConnectFailedBeforeTheDeadline) {
+  ClosedPort closed;
+  PoolOptions options;
+  options.min_backoff = absl::Seconds(5);  // the retry comes after the deadline: fail now
+  options.max_backoff = absl::Seconds(5);
+  StartPool(options);
+  absl::Time start = absl::Now();
+  SubmitOne(*pool_, Call(closed.port(), Body("E"), outcomes_.Callback(0), absl::Seconds(2)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  Outcome o = outcomes_.Get(0);
+  EXPECT_EQ(o.code, DeliveryCode::kConnectFailed);
+  EXPECT_EQ(o.detail, absl::StrCat("connect to 127.0.0.1:", closed.port(), ": Connection refused"));
+  EXPECT_LT(outcomes_.At(0) - start, absl::Seconds(1));
+  auto stats = pool_->Stats(Target(closed.port()).Key());
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_EQ(stats->state, ConnState::kBackoff);
+}
+
+TEST_F(WriterPoolTest, RefusedPortKeepsMessagesQueuedAcrossRetriesUntilTheDeadline) {
+  ClosedPort closed;
+  PoolOptions options;
+  options.min_backoff = absl::Milliseconds(10);
+  options.max_backoff = absl::Milliseconds(20);
+  StartPool(options);
+  Request r =
+      Notification(closed.port(), Body("E"), outcomes_.Callback(0), absl::Milliseconds(150));
+  absl::Time deadline = r.deadline;
+  SubmitOne(*pool_, std::move(r));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  Outcome o = outcomes_.Get(0);
+  EXPECT_EQ(o.code, DeliveryCode::kConnectFailed);
+  EXPECT_TRUE(absl::StrContains(o.detail, "Connection refused")) << o.detail;
+  // Failed once the next retry would come after the deadline (<= 24 ms before it).
+  EXPECT_GT(outcomes_.At(0), deadline - absl::Milliseconds(40));
+}
+
+TEST_F(WriterPoolTest, BlackholedTargetFailsWithConnectTimedOutAtTheDeadline) {
+  BlackholePort blackhole;
+  PoolOptions options;
+  options.connect_timeout = absl::Seconds(30);
+  StartPool(options);
+  Request r = Call(blackhole.port(), Body("E"), outcomes_.Callback(0), absl::Milliseconds(100));
+  absl::Time deadline = r.deadline;
+  SubmitOne(*pool_, std::move(r));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  Outcome o = outcomes_.Get(0);
+  EXPECT_EQ(o.code, DeliveryCode::kConnectFailed);
+  EXPECT_EQ(o.detail, absl::StrCat("connect to 127.0.0.1:", blackhole.port(), ": timed out"));
+  EXPECT_GE(outcomes_.At(0), deadline);
+  EXPECT_EQ(pool_->Stats(Target(blackhole.port()).Key())->state, ConnState::kConnecting);
+}
+
+TEST_F(WriterPoolTest, ConnectTimeoutEndsTheAttemptAndBacksOff) {
+  BlackholePort blackhole;
+  PoolOptions options;
+  options.connect_timeout = absl::Milliseconds(50);
+  options.min_backoff = absl::Seconds(10);  // the retry comes after the deadline: fail now
+  options.max_backoff = absl::Seconds(10);
+  StartPool(options);
+  absl::Time start = absl::Now();
+  SubmitOne(*pool_, Call(blackhole.port(), Body("E"), outcomes_.Callback(0), absl::Seconds(5)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  Outcome o = outcomes_.Get(0);
+  EXPECT_EQ(o.code, DeliveryCode::kConnectFailed);
+  EXPECT_EQ(o.detail, absl::StrCat("connect to 127.0.0.1:", blackhole.port(), ": timed out"));
+  EXPECT_GE(outcomes_.At(0) - start, absl::Milliseconds(50));
+  EXPECT_LT(outcomes_.At(0) - start, absl::Seconds(2));
+  EXPECT_EQ(pool_->Stats(Target(blackhole.port()).Key())->state, ConnState::kBackoff);
+}
+
+TEST_F(WriterPoolTest, FailFastMessageFailsWithTheFirstFailedAttemptOthersWaitForRetries) {
+  ClosedPort closed;
+  PoolOptions options;
+  options.min_backoff = absl::Milliseconds(100);  // retries come well before the deadline
+  options.max_backoff = absl::Milliseconds(100);
+  StartPool(options);
+  absl::Time start = absl::Now();
+  std::vector<Request> batch;
+  batch.push_back(Call(closed.port(), Body("E"), outcomes_.Callback(0), absl::Seconds(1)));
+  batch.back().fail_fast = true;
+  batch.push_back(Call(closed.port(), Body("E"), outcomes_.Callback(1), absl::Seconds(1)));
+  pool_->Submit(std::move(batch));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kConnectFailed);
+  EXPECT_TRUE(absl::StrContains(outcomes_.Get(0).detail, "Connection refused"))
+      << outcomes_.Get(0).detail;
+  EXPECT_LT(outcomes_.At(0) - start, absl::Milliseconds(80));
+  EXPECT_FALSE(outcomes_.Done(1));  // still queued for the retries
+  ASSERT_TRUE(outcomes_.WaitFor(2));
+  EXPECT_EQ(outcomes_.Get(1).code, DeliveryCode::kConnectFailed);
+  EXPECT_GT(outcomes_.At(1) - start, absl::Milliseconds(500));
+}
+
+TEST_F(WriterPoolTest, UnresolvableHostFailsWithResolveFailed) {
+  PoolOptions options;
+  options.min_backoff = absl::Seconds(5);
+  options.max_backoff = absl::Seconds(5);
+  StartPool(options);
+  Request r = Call(9, Body("E"), outcomes_.Callback(0), absl::Seconds(3));
+  r.target.host = "no-such-host.invalid";
+  SubmitOne(*pool_, std::move(r));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  Outcome o = outcomes_.Get(0);
+  EXPECT_EQ(o.code, DeliveryCode::kResolveFailed) << o.detail;
+  EXPECT_TRUE(absl::StartsWith(o.detail, "resolve \"no-such-host.invalid\": ")) << o.detail;
+}
+
+TEST_F(WriterPoolTest, HostNameIsResolvedAndConnected) {
+  auto peer = LoopbackPeer::Start({});
+  StartPool();
+  Request r = Notification(peer->port(), Body("E"), outcomes_.Callback(0));
+  r.target.host = "localhost";
+  SubmitOne(*pool_, std::move(r));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kOk) << outcomes_.Get(0).detail;
+  ASSERT_TRUE(peer->WaitForMessages(1, kWait));
+}
+
+TEST_F(WriterPoolTest, Ipv6LiteralTargetIsConnected) {
+  LoopbackPeer::Options v6;
+  v6.ipv6 = true;
+  auto peer = LoopbackPeer::Start(
+      v6, [](int, const std::string& m) { return ResultReply(LoopbackPeer::IdOf(m), "6"); });
+  StartPool();
+  Request r = Call(peer->port(), Body("E"), outcomes_.Callback(0));
+  r.target.host = "::1";
+  std::string key = r.target.Key();
+  EXPECT_EQ(key, absl::StrCat("[::1]:", peer->port()));
+  SubmitOne(*pool_, std::move(r));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kOk) << outcomes_.Get(0).detail;
+  EXPECT_EQ(outcomes_.Get(0).result, "6");
+  EXPECT_TRUE(pool_->Stats(key).has_value());
+}
+
+TEST_F(WriterPoolTest, PeerClosingWithARequestOutstandingLosesIt) {
+  std::unique_ptr<LoopbackPeer> peer;
+  peer = LoopbackPeer::Start({}, [&](int conn, const std::string&) {
+    peer->CloseConnection(conn);
+    return std::string();
+  });
+  StartPool();
+  SubmitOne(*pool_, Call(peer->port(), Body("E"), outcomes_.Callback(0)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  Outcome o = outcomes_.Get(0);
+  EXPECT_EQ(o.code, DeliveryCode::kConnectionLost);
+  EXPECT_TRUE(absl::StrContains(o.detail, "closed by peer")) << o.detail;
+}
+
+TEST_F(WriterPoolTest, GarbageReplyIsBadReplyAndTheNextRequestReconnects) {
+  std::atomic<bool> garbage{true};
+  auto peer = LoopbackPeer::Start({}, [&](int, const std::string& m) {
+    if (garbage.exchange(false)) return std::string("{\"id\":1,]]] not json");
+    return ResultReply(LoopbackPeer::IdOf(m), "2");
+  });
+  StartPool();
+  SubmitOne(*pool_, Call(peer->port(), Body("E"), outcomes_.Callback(0)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kBadReply) << outcomes_.Get(0).detail;
+
+  SubmitOne(*pool_, Call(peer->port(), Body("E"), outcomes_.Callback(1)));
+  ASSERT_TRUE(outcomes_.WaitFor(2));
+  EXPECT_EQ(outcomes_.Get(1).code, DeliveryCode::kOk) << outcomes_.Get(1).detail;
+  EXPECT_EQ(outcomes_.Get(1).result, "2");
+  EXPECT_EQ(peer->connections(), 2);
+  auto stats = pool_->Stats(Target(peer->port()).Key());
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_EQ(stats->reconnects, 1u);
+}
+
+TEST_F(WriterPoolTest, GarbageWithTwoRequestsOutstandingFailsTheOldestAsBadReplyOtherLost) {
+  std::mutex mu;
+  int seen = 0;
+  auto peer = LoopbackPeer::Start({}, [&](int, const std::string&) {
+    std::lock_guard<std::mutex> lock(mu);
+    return ++seen == 2 ? std::string("%%garbage") : std::string();
+  });
+  StartPool();
+  std::vector<Request> batch;
+  batch.push_back(Call(peer->port(), Body("first"), outcomes_.Callback(0)));
+  batch.push_back(Call(peer->port(), Body("second"), outcomes_.Callback(1)));
+  pool_->Submit(std::move(batch));
+  ASSERT_TRUE(outcomes_.WaitFor(2));
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kBadReply) << outcomes_.Get(0).detail;
+  EXPECT_EQ(outcomes_.Get(1).code, DeliveryCode::kConnectionLost) << outcomes_.Get(1).detail;
+}
+
+TEST_F(WriterPoolTest, ReplyLargerThanTheLimitIsBadReply) {
+  auto peer = LoopbackPeer::Start({}, [](int, const std::string& m) {
+    return ResultReply(LoopbackPeer::IdOf(m), absl::StrCat("\"", std::string(500, 'r'), "\""));
+  });
+  PoolOptions options;
+  options.max_reply_bytes = 256;
+  StartPool(options);
+  SubmitOne(*pool_, Call(peer->port(), Body("E"), outcomes_.Callback(0)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  Outcome o = outcomes_.Get(0);
+  EXPECT_EQ(o.code, DeliveryCode::kBadReply);
+  EXPECT_TRUE(absl::StrContains(o.detail, "larger than 256 bytes")) << o.detail;
+}
+
+TEST_F(WriterPoolTest, ReplyWithoutResultOrErrorIsBadReplyAndTheConnectionStays) {
+  auto peer = LoopbackPeer::Start({}, [](int, const std::string& m) {
+    return absl::StrCat(R"({"jsonrpc":"2.0","id":)", LoopbackPeer::IdOf(m), "}");
+  });
+  StartPool();
+  SubmitOne(*pool_, Call(peer->port(), Body("E"), outcomes_.Callback(0)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kBadReply);
+  SubmitOne(*pool_, Call(peer->port(), Body("E"), outcomes_.Callback(1)));
+  ASSERT_TRUE(outcomes_.WaitFor(2));
+  EXPECT_EQ(peer->connections(), 1);
+}
+
+TEST_F(WriterPoolTest, NonReadingPeerGetsQueueFullWhileAnotherTargetGetsEverything) {
+  LoopbackPeer::Options stuck_options;
+  stuck_options.reading = false;
+  stuck_options.receive_buffer = 4096;
+  auto stuck = LoopbackPeer::Start(stuck_options);
+  auto healthy = LoopbackPeer::Start({});
+  PoolOptions options;
+  options.num_loops = 1;  // both targets on the same loop: the stuck one must not delay the other
+  options.max_queue_bytes = 64 << 10;
+  StartPool(options);
+
+  auto big = std::make_shared<const std::string>(absl::StrCat(
+      "\"jsonrpc\":\"2.0\",\"method\":\"E\",\"params\":[\"", std::string(4000, 'x'), "\"]}"));
+  constexpr int kRounds = 2000;
+  int stuck_sent = 0;
+  int healthy_sent = 0;
+  bool queue_full = false;
+  for (int round = 0; round < kRounds && !queue_full; ++round) {
+    std::vector<Request> batch;
+    for (int i = 0; i < 16; ++i) {
+      batch.push_back(
+          Notification(stuck->port(), big, outcomes_.Callback(stuck_sent++), absl::Minutes(1)));
+    }
+    batch.push_back(Notification(healthy->port(), Body("H", absl::StrCat("[", healthy_sent, "]")),
+                                 other_outcomes_.Callback(healthy_sent)));
+    ++healthy_sent;
+    TestEvent enqueued;
+    pool_->Submit(std::move(batch), [&] { enqueued.Notify(); });
+    ASSERT_TRUE(enqueued.WaitFor(kWait));
+    // kQueueFull completes inside the batch, before all_enqueued.
+    for (int i = stuck_sent - 16; i < stuck_sent; ++i) {
+      if (outcomes_.Done(i) && outcomes_.Get(i).code == DeliveryCode::kQueueFull) {
+        queue_full = true;
+      }
+    }
+  }
+  ASSERT_TRUE(queue_full);
+  ASSERT_TRUE(healthy->WaitForMessages(healthy_sent, kWait));
+  ASSERT_TRUE(other_outcomes_.WaitFor(healthy_sent));
+  std::vector<std::string> messages = healthy->Messages();
+  for (int i = 0; i < healthy_sent; ++i) {
+    ASSERT_EQ(messages[i], absl::StrCat(R"({"jsonrpc":"2.0","method":"H","params":[)", i, "]}"));
+    ASSERT_EQ(other_outcomes_.Get(i).code, DeliveryCode::kOk);
+  }
+  auto stats = pool_->Stats(Target(stuck->port()).Key());
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_EQ(stats->state, ConnState::kConnected);
+  EXPECT_GT(stats->queued_messages, 0u);
+  EXPECT_GT(stats->failed, 0u);
+
+  // Once the peer reads again, everything still queued is written.
+  stuck->SetReading(true);
+  int accepted = 0;
+  for (int i = 0; i < stuck_sent; ++i) {
+    if (!outcomes_.Done(i) || outcomes_.Get(i).code != DeliveryCode::kQueueFull) {
+      ++accepted;
+    }
+  }
+  ASSERT_TRUE(stuck->WaitForMessages(accepted, kWait));
+  ASSERT_TRUE(outcomes_.WaitFor(stuck_sent));
+}
+
+TEST_F(WriterPoolTest, QueueFullIsReportedInsideTheBatchWithoutAffectingOthers) {
+  auto peer = LoopbackPeer::Start({});  // never replies: requests stay outstanding
+  PoolOptions options;
+  options.max_queue_messages = 3;
+  StartPool(options);
+  std::vector<Request> batch;
+  for (int i = 0; i < 5; ++i) batch.push_back(Call(peer->port(), Body("E"), outcomes_.Callback(i)));
+  std::atomic<int> completed_before_enqueued{-1};
+  TestEvent enqueued;
+  pool_->Submit(std::move(batch), [&] {
+    completed_before_enqueued = outcomes_.completed();
+    enqueued.Notify();
+  });
+  ASSERT_TRUE(enqueued.WaitFor(kWait));
+  EXPECT_EQ(completed_before_enqueued.load(), 2);
+  EXPECT_EQ(outcomes_.Get(3).code, DeliveryCode::kQueueFull);
+  EXPECT_EQ(outcomes_.Get(4).code, DeliveryCode::kQueueFull);
+  ASSERT_TRUE(peer->WaitForMessages(3, kWait));
+  EXPECT_FALSE(outcomes_.Done(0));
+}
+
+TEST_F(WriterPoolTest, PeerRestartedOnTheSamePortGetsLaterMessages) {
+  auto peer = LoopbackPeer::Start({});
+  uint16_t port = peer->port();
+  PoolOptions options;
+  options.min_backoff = absl::Milliseconds(5);
+  options.max_backoff = absl::Milliseconds(20);
+  StartPool(options);
+  SubmitOne(*pool_, Notification(port, Body("before"), outcomes_.Callback(0)));
+  ASSERT_TRUE(peer->WaitForMessages(1, kWait));
+  peer->Stop();
+  std::string key = Target(port).Key();
+  // The pool notices the close (EPOLLIN stays armed on notification connections).
+  ASSERT_TRUE(WaitForStats(key, [](const std::optional<TargetStats>& s) {
+    return s && s->state != ConnState::kConnected;
+  }));
+
+  LoopbackPeer::Options same_port;
+  same_port.port = port;
+  auto restarted = LoopbackPeer::Start(same_port);
+  ASSERT_NE(restarted, nullptr);
+  SubmitOne(*pool_, Notification(port, Body("after"), outcomes_.Callback(1)));
+  ASSERT_TRUE(restarted->WaitForMessages(1, kWait));
+  EXPECT_EQ(restarted->Messages()[0], R"({"jsonrpc":"2.0","method":"after"})");
+  ASSERT_TRUE(outcomes_.WaitFor(2));
+  EXPECT_EQ(outcomes_.Get(1).code, DeliveryCode::kOk);
+  EXPECT_EQ(pool_->Stats(key)->reconnects, 1u);
+}
+
+TEST_F(WriterPoolTest, HalfWrittenMessageTimesOutAndTheNextMessageGoesOnAFreshConnection) {
+  LoopbackPeer::Options options;
+  options.reading = false;
+  options.receive_buffer = 4096;
+  auto peer = LoopbackPeer::Start(options);
+  StartPool();
+  // Larger than the socket buffers can grow (tcp_wmem max 4 MiB): it cannot be written
+  // completely while the peer does not read.
+  auto huge = std::make_shared<const std::string>(absl::StrCat(
+      "\"jsonrpc\":\"2.0\",\"method\":\"E\",\"params\":[\"", std::string(8 << 20, 'x'), "\"]}"));
+  SubmitOne(*pool_,
+            Notification(peer->port(), huge, outcomes_.Callback(0), absl::Milliseconds(200)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  Outcome o = outcomes_.Get(0);
+  EXPECT_EQ(o.code, DeliveryCode::kTimeout);
+  EXPECT_TRUE(absl::StrContains(o.detail, "not completely written")) << o.detail;
+
+  SubmitOne(*pool_, Notification(peer->port(), Body("next"), outcomes_.Callback(1)));
+  ASSERT_TRUE(peer->WaitForConnections(2, kWait));
+  peer->SetReading(true);
+  std::string expected = R"({"jsonrpc":"2.0","method":"next"})";
+  ASSERT_TRUE(peer->WaitForBytes(1, expected.size(), kWait));
+  EXPECT_EQ(peer->Received(1), expected);
+  ASSERT_TRUE(outcomes_.WaitFor(2));
+  EXPECT_EQ(outcomes_.Get(1).code, DeliveryCode::kOk);
+}
+
+TEST_F(WriterPoolTest, UnwrittenNotificationTimesOutWhileConnected) {
+  LoopbackPeer::Options options;
+  options.reading = false;
+  options.receive_buffer = 4096;
+  auto peer = LoopbackPeer::Start(options);
+  StartPool();
+  auto huge = std::make_shared<const std::string>(absl::StrCat(
+      "\"jsonrpc\":\"2.0\",\"method\":\"E\",\"params\":[\"", std::string(8 << 20, 'x'), "\"]}"));
+  std::vector<Request> batch;
+  batch.push_back(Notification(peer->port(), huge, outcomes_.Callback(0), absl::Seconds(30)));
+  batch.push_back(
+      Notification(peer->port(), Body("E"), outcomes_.Callback(1), absl::Milliseconds(50)));
+  pool_->Submit(std::move(batch));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  Outcome o = outcomes_.Get(1);
+  EXPECT_EQ(o.code, DeliveryCode::kTimeout);
+  EXPECT_TRUE(absl::StartsWith(o.detail, "not written")) << o.detail;
+  EXPECT_FALSE(outcomes_.Done(0));
+}
+
+TEST_F(WriterPoolTest, StatsShowStateAndCounters) {
+  auto peer = LoopbackPeer::Start({}, [](int, const std::string& m) {
+    if (LoopbackPeer::IdOf(m) == 0) return std::string();
+    return ResultReply(LoopbackPeer::IdOf(m), "null");
+  });
+  StartPool();
+  std::string key = Target(peer->port()).Key();
+  EXPECT_FALSE(pool_->Stats(key).has_value());
+  std::vector<Request> batch;
+  batch.push_back(Notification(peer->port(), Body("N"), outcomes_.Callback(0)));
+  batch.push_back(Call(peer->port(), Body("R"), outcomes_.Callback(1)));
+  pool_->Submit(std::move(batch));
+  ASSERT_TRUE(outcomes_.WaitFor(2));
+  std::optional<TargetStats> stats = pool_->Stats(key);
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_EQ(stats->key, key);
+  EXPECT_EQ(stats->state, ConnState::kConnected);
+  EXPECT_EQ(stats->delivered, 2u);
+  EXPECT_EQ(stats->failed, 0u);
+  EXPECT_EQ(stats->queued_messages, 0u);
+  EXPECT_EQ(stats->outstanding_requests, 0u);
+  EXPECT_EQ(stats->reconnects, 0u);
+  std::vector<TargetStats> all = pool_->AllStats();
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].key, key);
+  EXPECT_EQ(ConnStateName(stats->state), "CONNECTED");
+}
+
+TEST_F(WriterPoolTest, IdleConnectionIsClosedAndForgotten) {
+  auto peer = LoopbackPeer::Start({});
+  PoolOptions options;
+  options.idle_timeout = absl::Milliseconds(50);
+  StartPool(options);
+  SubmitOne(*pool_, Notification(peer->port(), Body("E"), outcomes_.Callback(0)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  ASSERT_TRUE(peer->WaitForClosed(0, kWait));
+  EXPECT_TRUE(WaitForStats(Target(peer->port()).Key(),
+                           [](const std::optional<TargetStats>& s) { return !s.has_value(); }));
+}
+
+TEST_F(WriterPoolTest, DrainWaitsUntilEverythingIsAnswered) {
+  TestEvent answer;
+  std::unique_ptr<LoopbackPeer> peer;
+  peer = LoopbackPeer::Start({}, [&](int, const std::string& m) {
+    answer.WaitFor(kWait);
+    return ResultReply(LoopbackPeer::IdOf(m), "1");
+  });
+  StartPool();
+  SubmitOne(*pool_, Call(peer->port(), Body("E"), outcomes_.Callback(0)));
+  EXPECT_FALSE(pool_->Drain(absl::Now() + absl::Milliseconds(20)));
+  answer.Notify();
+  EXPECT_TRUE(pool_->Drain(absl::Now() + kWait));
+  EXPECT_TRUE(outcomes_.Done(0));
+}
+
+TEST_F(WriterPoolTest, ShutdownCompletesEverythingWithConnectionLost) {
+  auto peer = LoopbackPeer::Start({});  // never replies
+  ClosedPort closed;
+  PoolOptions options;
+  options.min_backoff = absl::Seconds(10);
+  options.max_backoff = absl::Seconds(10);
+  StartPool(options);
+  std::vector<Request> batch;
+  for (int i = 0; i < 10; ++i) {
+    batch.push_back(Call(peer->port(), Body("E"), outcomes_.Callback(i), absl::Minutes(1)));
+  }
+  // Refused, and queued for a retry that comes before its deadline.
+  batch.push_back(Call(closed.port(), Body("E"), outcomes_.Callback(10), absl::Minutes(1)));
+  pool_->Submit(std::move(batch));
+  ASSERT_TRUE(peer->WaitForMessages(10, kWait));
+  pool_->Shutdown();
+  ASSERT_TRUE(outcomes_.WaitFor(11, absl::ZeroDuration()));
+  for (int i = 0; i < 11; ++i) {
+    Outcome o = outcomes_.Get(i);
+    EXPECT_EQ(o.code, DeliveryCode::kConnectionLost) << i;
+    EXPECT_EQ(o.detail, "shutting down");
+    EXPECT_EQ(outcomes_.Calls(i), 1);
+  }
+  // After Shutdown, Submit completes at once.
+  SubmitOne(*pool_, Call(peer->port(), Body("E"), outcomes_.Callback(11)));
+  EXPECT_EQ(outcomes_.Get(11).code, DeliveryCode::kConnectionLost);
+  pool_->Shutdown();  // idempotent
+}
+
+TEST_F(WriterPoolTest, EmptyBatchRunsAllEnqueuedInline) {
+  StartPool();
+  bool ran = false;
+  pool_->Submit({}, [&] { ran = true; });
+  EXPECT_TRUE(ran);
+}
+
+TEST_F(WriterPoolTest, BatchOverManyTargetsRunsAllEnqueuedOnce) {
+  std::vector<std::unique_ptr<LoopbackPeer>> peers;
+  for (int i = 0; i < 6; ++i) peers.push_back(LoopbackPeer::Start({}));
+  PoolOptions options;
+  options.num_loops = 3;
+  StartPool(options);
+  std::vector<Request> batch;
+  for (int i = 0; i < 60; ++i) {
+    batch.push_back(Notification(peers[i % 6]->port(), Body("E"), outcomes_.Callback(i)));
+  }
+  std::atomic<int> calls{0};
+  TestEvent enqueued;
+  pool_->Submit(std::move(batch), [&] {
+    calls.fetch_add(1);
+    enqueued.Notify();
+  });
+  ASSERT_TRUE(enqueued.WaitFor(kWait));
+  ASSERT_TRUE(outcomes_.WaitFor(60));
+  for (auto& p : peers) ASSERT_TRUE(p->WaitForMessages(10, kWait));
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_EQ(pool_->AllStats().size(), 6u);
+}
+
+}  // namespace
+}  // namespace eventbus::net
