@@ -1,1 +1,377 @@
-// placeholder: being written
+#include "server/delivery/dispatcher.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/base/log.h"
+
+namespace eventbus::delivery {
+namespace {
+
+using net::DeliveryCode;
+using net::Outcome;
+
+// The bodies of one event, encoded once per distinct (method, event_param) and shared by every
+// target that uses that combination. Raise-local; a Raise rarely has more than two.
+class BodyCache {
+ public:
+  BodyCache(const std::string& event, const jsonrpc::Params& params)
+      : event_(event), params_(params) {}
+
+  std::shared_ptr<const std::string> Get(const std::string& method,
+                                         const std::string& event_param) {
+    for (const Entry& e : entries_) {
+      if (e.method == method && e.event_param == event_param) return e.body;
+    }
+    auto body = std::make_shared<const std::string>(
+        jsonrpc::EncodeBody(event_, params_, {method, event_param}));
+    entries_.push_back({method, event_param, body});
+    return body;
+  }
+
+ private:
+  struct Entry {
+    std::string method;
+    std::string event_param;
+    std::shared_ptr<const std::string> body;
+  };
+  const std::string& event_;
+  const jsonrpc::Params& params_;
+  std::vector<Entry> entries_;
+};
+
+// An attempt succeeded: sync, a result reply; async, completely written.
+bool Delivered(const Outcome& o) { return o.code == DeliveryCode::kOk; }
+
+// A failure of the member itself (as opposed to an RPC error reply, which proves it alive).
+bool MemberFailed(const Outcome& o) {
+  return o.code != DeliveryCode::kOk && o.code != DeliveryCode::kRpcError &&
+         o.code != DeliveryCode::kQueued;
+}
+
+}  // namespace
+
+// The reports of one Raise. Callbacks arrive on loop threads; the mutex is per Raise, so it is
+// uncontended but for the callbacks of this one event.
+struct Dispatcher::RaiseState {
+  absl::Mutex mu;
+  std::vector<DeliveryReport> reports ABSL_GUARDED_BY(mu);
+  std::vector<bool> final ABSL_GUARDED_BY(mu);
+  size_t pending ABSL_GUARDED_BY(mu) = 0;
+  bool answered ABSL_GUARDED_BY(mu) = false;
+  bool sync = false;
+  absl::Time start;
+  Done done;
+
+  // Records the final report of slot `i`. Sync: answers when it was the last one. Async: kept only
+  // while the Raise has not been answered yet (an immediate failure); later outcomes are the
+  // connection's business (counted in its stats).
+  void Complete(size_t i, DeliveryReport report) {
+    Done to_run;
+    std::vector<DeliveryReport> out;
+    {
+      absl::MutexLock lock(&mu);
+      if (answered || final[i]) return;
+      final[i] = true;
+      reports[i] = std::move(report);
+      if (!sync || --pending > 0) return;
+      answered = true;
+      out = std::move(reports);
+      to_run = std::move(done);
+    }
+    to_run(std::move(out));
+  }
+
+  // Async: records an attempt of a group still in progress, so the answer can show it.
+  void NoteAttempts(size_t i, const std::vector<Attempt>& attempts) {
+    absl::MutexLock lock(&mu);
+    if (answered || final[i]) return;
+    reports[i].attempts = attempts;
+  }
+
+  // Async: answers with QUEUED for every slot that has no immediate failure.
+  void AnswerQueued(absl::Time now) {
+    std::vector<DeliveryReport> out;
+    {
+      absl::MutexLock lock(&mu);
+      if (answered) return;
+      answered = true;
+      for (size_t i = 0; i < reports.size(); ++i) {
+        if (final[i]) continue;
+        reports[i].outcome = Outcome{};
+        reports[i].outcome.code = DeliveryCode::kQueued;
+        reports[i].latency = now - start;
+      }
+      out = std::move(reports);
+    }
+    done(std::move(out));
+  }
+};
+
+// One subscription to a FAILOVER or ROUND-ROBIN group: its members are tried one at a time, in
+// `order`, until one delivers or the budget ends. Each attempt's callback starts the next, so
+// the run is never touched by two threads at once.
+struct Dispatcher::GroupRun {
+  std::shared_ptr<RaiseState> raise;
+  size_t slot = 0;
+  registry::SubscriptionPtr sub;
+  std::vector<std::shared_ptr<const std::string>> bodies;  // per member
+  std::vector<size_t> order;                               // member indexes to try
+  size_t next = 0;
+  bool handover = true;  // try the next member after a failure
+  absl::Time deadline;
+  std::vector<Attempt> attempts;
+};
+
+Dispatcher::Dispatcher(net::WriterPool* pool, const base::Clock* clock, DispatcherOptions options)
+    : pool_(pool), clock_(clock), options_(std::move(options)) {}
+
+Dispatcher::~Dispatcher() = default;
+
+void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
+                       const RaiseOptions& options,
+                       std::shared_ptr<const registry::SubscriberList> subscribers, Done done) {
+  const absl::Time now = clock_->Now();
+  std::vector<registry::SubscriptionPtr> live;
+  live.reserve(subscribers->size());
+  for (const registry::SubscriptionPtr& sub : *subscribers) {
+    if (sub->LiveAt(now)) live.push_back(sub);
+  }
+  if (live.empty()) {
+    done({});
+    return;
+  }
+
+  auto state = std::make_shared<RaiseState>();
+  state->sync = options.sync;
+  state->start = now;
+  state->done = std::move(done);
+  {
+    absl::MutexLock lock(&state->mu);
+    state->reports.resize(live.size());
+    state->final.assign(live.size(), false);
+    state->pending = live.size();
+    for (size_t i = 0; i < live.size(); ++i) {
+      state->reports[i].subscription_id = live[i]->id;
+      state->reports[i].socket = live[i]->socket;
+    }
+  }
+
+  const absl::Time deadline = now + options.timeout;
+  BodyCache bodies(event, params);
+  std::vector<net::Request> batch;
+  batch.reserve(live.size());
+  std::vector<std::shared_ptr<GroupRun>> groups;
+
+  for (size_t i = 0; i < live.size(); ++i) {
+    const registry::Subscription& sub = *live[i];
+    const std::string& event_param = sub.event_param ? *sub.event_param : options_.event_param;
+    const std::vector<uri::TcpTarget>& members = sub.target.targets;
+
+    if (!sub.target.is_virtual) {
+      net::Request req;
+      req.target = members[0];
+      req.body = bodies.Get(members[0].method, event_param);
+      req.expect_reply = options.sync;
+      req.deadline = deadline;
+      req.done = [state, i, sync = options.sync, clock = clock_](Outcome o) {
+        // Async: a written notification is what QUEUED promised; only failures are news.
+        if (!sync && Delivered(o)) return;
+        DeliveryReport r;
+        r.latency = clock->Now() - state->start;
+        r.outcome = std::move(o);
+        state->Complete(i, std::move(r));
+      };
+      batch.push_back(std::move(req));
+      continue;
+    }
+
+    if (sub.target.policy == uri::VirtualPolicy::kParallel) {
+      // Every member gets the event; the group is decided when all members are.
+      struct Parallel {
+        absl::Mutex mu;
+        std::vector<Attempt> attempts;
+        size_t left;
+      };
+      auto par = std::make_shared<Parallel>();
+      par->attempts.resize(members.size());
+      par->left = members.size();
+      for (size_t m = 0; m < members.size(); ++m) {
+        par->attempts[m].member = members[m].ToString();
+        // Async: a member with no news by the answer is queued.
+        par->attempts[m].outcome.code = DeliveryCode::kQueued;
+        net::Request req;
+        req.target = members[m];
+        req.body = bodies.Get(members[m].method, event_param);
+        req.expect_reply = options.sync;
+        req.deadline = deadline;
+        req.done = [state, i, m, par, sync = options.sync, clock = clock_](Outcome o) {
+          if (!sync && Delivered(o)) return;
+          std::vector<Attempt> attempts;
+          {
+            absl::MutexLock lock(&par->mu);
+            par->attempts[m].outcome = std::move(o);
+            par->attempts[m].latency = clock->Now() - state->start;
+            if (sync && --par->left > 0) return;
+            attempts = par->attempts;
+          }
+          DeliveryReport r;
+          r.latency = clock->Now() - state->start;
+          r.attempts = std::move(attempts);
+          // The group is OK when every member is; otherwise it carries the first failure.
+          size_t failed = 0;
+          for (const Attempt& a : r.attempts) {
+            if (a.outcome.code == DeliveryCode::kOk || a.outcome.code == DeliveryCode::kQueued) {
+              continue;
+            }
+            if (failed++ == 0) r.outcome = a.outcome;
+          }
+          if (failed == 0) {
+            r.outcome = r.attempts.front().outcome;
+            r.outcome.result.clear();
+          } else {
+            r.outcome.detail = absl::StrCat(failed, " of ", r.attempts.size(),
+                                            " members failed; first: ", r.outcome.detail);
+          }
+          state->Complete(i, std::move(r));
+        };
+        batch.push_back(std::move(req));
+      }
+      continue;
+    }
+
+    auto run = std::make_shared<GroupRun>();
+    run->raise = state;
+    run->slot = i;
+    run->sub = live[i];
+    run->deadline = deadline;
+    for (const uri::TcpTarget& member : members) {
+      run->bodies.push_back(bodies.Get(member.method, event_param));
+    }
+    const size_t n = members.size();
+    if (sub.target.policy == uri::VirtualPolicy::kFailover) {
+      // Members in order; those that failed within failover_timeout go last, so they are tried
+      // only when every other member failed too.
+      std::vector<size_t> fresh, recently_failed;
+      {
+        absl::MutexLock lock(&mu_);
+        for (size_t m = 0; m < n; ++m) {
+          auto it = failed_at_.find(members[m].ToString());
+          bool skip = it != failed_at_.end() && now - it->second < options_.failover_timeout;
+          (skip ? recently_failed : fresh).push_back(m);
+        }
+      }
+      run->order = fresh;
+      run->order.insert(run->order.end(), recently_failed.begin(), recently_failed.end());
+    } else {
+      // ROUND-ROBIN: rotate the starting member; in sync mode a failed member hands over.
+      uint64_t start;
+      {
+        absl::MutexLock lock(&mu_);
+        start = rr_next_[sub.id]++;
+      }
+      for (size_t k = 0; k < n; ++k) run->order.push_back((start + k) % n);
+      run->handover = options.sync;
+    }
+    groups.push_back(std::move(run));
+  }
+
+  // Async answers once everything is enqueued; sync answers from the last outcome.
+  absl::AnyInvocable<void()> all_enqueued;
+  if (!options.sync) {
+    all_enqueued = [state, clock = clock_] { state->AnswerQueued(clock->Now()); };
+  }
+  if (groups.empty()) {
+    pool_->Submit(std::move(batch), std::move(all_enqueued));
+    return;
+  }
+  // Groups submit their own first attempts; the async answer must wait for those too, so the
+  // batch's completion is counted together with theirs.
+  struct Join {
+    std::atomic<size_t> left;
+    absl::AnyInvocable<void()> then;
+  };
+  auto join = std::make_shared<Join>();
+  join->left = groups.size() + 1;
+  join->then = std::move(all_enqueued);
+  auto arrive = [join] {
+    if (join->left.fetch_sub(1, std::memory_order_acq_rel) == 1 && join->then) join->then();
+  };
+  pool_->Submit(std::move(batch), arrive);
+  for (auto& run : groups) NextGroupAttempt(std::move(run), arrive);
+}
+
+void Dispatcher::NextGroupAttempt(std::shared_ptr<GroupRun> run,
+                                  absl::AnyInvocable<void()> enqueued) {
+  RaiseState& state = *run->raise;
+  const absl::Time now = clock_->Now();
+  const bool out_of_members = run->next >= run->order.size();
+  if (out_of_members || now >= run->deadline) {
+    DeliveryReport r;
+    r.latency = now - state.start;
+    r.attempts = run->attempts;
+    if (run->attempts.empty()) {
+      r.outcome.code = DeliveryCode::kTimeout;
+      r.outcome.detail = "no time left for any member";
+    } else {
+      r.outcome = run->attempts.back().outcome;
+      r.outcome.detail =
+          absl::StrCat("all ", run->attempts.size(), " attempts failed; last: ", r.outcome.detail);
+    }
+    state.Complete(run->slot, std::move(r));
+    if (enqueued) enqueued();
+    return;
+  }
+
+  const size_t m = run->order[run->next++];
+  const uri::TcpTarget& member = run->sub->target.targets[m];
+  net::Request req;
+  req.target = member;
+  req.body = run->bodies[m];
+  req.expect_reply = state.sync;
+  req.deadline = run->deadline;
+  req.fail_fast = true;
+  req.done = [this, run, member_text = member.ToString(), started = now](Outcome o) mutable {
+    RaiseState& state = *run->raise;
+    const absl::Time at = clock_->Now();
+    if (MemberFailed(o)) {
+      absl::MutexLock lock(&mu_);
+      failed_at_[member_text] = at;
+    } else if (run->sub->target.policy == uri::VirtualPolicy::kFailover) {
+      absl::MutexLock lock(&mu_);
+      failed_at_.erase(member_text);
+    }
+    run->attempts.push_back({member_text, o, at - started});
+    if (Delivered(o)) {
+      DeliveryReport r;
+      r.latency = at - state.start;
+      r.outcome = std::move(o);
+      r.attempts = run->attempts;
+      if (!state.sync) {
+        // Async: the answer (QUEUED) has usually gone already; keep the attempts if not.
+        state.NoteAttempts(run->slot, run->attempts);
+        return;
+      }
+      state.Complete(run->slot, std::move(r));
+      return;
+    }
+    if (!run->handover) {
+      DeliveryReport r;
+      r.latency = at - state.start;
+      r.outcome = std::move(o);
+      r.attempts = run->attempts;
+      state.Complete(run->slot, std::move(r));
+      return;
+    }
+    state.NoteAttempts(run->slot, run->attempts);
+    // Hand the event to the next member. Submit posts to the member's loop: this callback stays
+    // short and never waits.
+    NextGroupAttempt(std::move(run), nullptr);
+  };
+  std::vector<net::Request> one;
+  one.push_back(std::move(req));
+  pool_->Submit(std::move(one), std::move(enqueued));
+}
+
+}  // namespace eventbus::delivery

@@ -72,8 +72,9 @@ class Dispatcher {
  private:
   struct RaiseState;
   struct GroupRun;
-  void StartGroup(std::shared_ptr<GroupRun> run);
-  void NextGroupAttempt(std::shared_ptr<GroupRun> run);
+  // Tries the group's next member, or completes its report when none is left or time is up.
+  // `enqueued` (may be null) runs once the attempt is enqueued or the report completed.
+  void NextGroupAttempt(std::shared_ptr<GroupRun> run, absl::AnyInvocable<void()> enqueued);
 
   net::WriterPool* pool_;
   const base::Clock* clock_;

@@ -1,0 +1,257 @@
+// Dispatcher against a real WriterPool and real loopback JSON-RPC peers: fan-out, per-target
+// statuses in sync and async mode, and the virtual-group policies of SPEC §7.
+#include "server/delivery/dispatcher.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/uri/socket_uri.h"
+#include "tests/testing/jsonrpc_peer.h"
+#include "tests/testing/ports.h"
+
+namespace eventbus::delivery {
+namespace {
+
+using net::DeliveryCode;
+using ::testing::ElementsAre;
+using testing::JsonRpcPeer;
+using testing::PeerMode;
+using ::testing::SizeIs;
+
+constexpr absl::Duration kWait = absl::Seconds(10);
+
+std::unique_ptr<JsonRpcPeer> StartPeer(PeerMode mode = PeerMode::kReplyResult) {
+  JsonRpcPeer::Options options;
+  options.behavior.mode = mode;
+  auto peer = JsonRpcPeer::Start(options);
+  EXPECT_TRUE(peer.ok()) << peer.status();
+  return std::move(*peer);
+}
+
+registry::SubscriptionPtr Sub(const std::string& id, const std::string& socket,
+                              std::optional<std::string> event_param = std::nullopt) {
+  auto parsed = uri::ParseSocket(socket);
+  EXPECT_TRUE(parsed.ok()) << parsed.status();
+  auto sub = std::make_shared<registry::Subscription>();
+  sub->id = id;
+  sub->event = "E_TEST";
+  sub->socket = parsed->ToString();
+  sub->target = *parsed;
+  sub->create_time = absl::Now();
+  sub->event_param = std::move(event_param);
+  return sub;
+}
+
+std::string ClosedSocket() { return absl::StrCat("tcp:127.0.0.1:", testing::ClosedPort()); }
+
+class DispatcherTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    net::PoolOptions options;
+    options.num_loops = 2;
+    options.min_backoff = absl::Milliseconds(20);
+    options.max_backoff = absl::Milliseconds(200);
+    auto pool = net::WriterPool::Create(options);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    pool_ = std::move(*pool);
+    MakeDispatcher(DispatcherOptions{});
+  }
+
+  void MakeDispatcher(DispatcherOptions options) {
+    dispatcher_ =
+        std::make_unique<Dispatcher>(pool_.get(), base::RealClock::Get(), std::move(options));
+  }
+
+  // Raises and waits for the reports.
+  std::vector<DeliveryReport> Raise(std::vector<registry::SubscriptionPtr> subs, bool sync,
+                                    jsonrpc::Params params = {},
+                                    absl::Duration timeout = absl::Milliseconds(1000)) {
+    auto list = std::make_shared<const registry::SubscriberList>(std::move(subs));
+    absl::Notification done;
+    std::vector<DeliveryReport> out;
+    RaiseOptions options;
+    options.sync = sync;
+    options.timeout = timeout;
+    dispatcher_->Raise("E_TEST", params, options, list, [&](std::vector<DeliveryReport> reports) {
+      out = std::move(reports);
+      done.Notify();
+    });
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(kWait));
+    return out;
+  }
+
+  static std::vector<DeliveryCode> Codes(const std::vector<DeliveryReport>& reports) {
+    std::vector<DeliveryCode> codes;
+    for (const auto& r : reports) codes.push_back(r.outcome.code);
+    return codes;
+  }
+
+  std::unique_ptr<net::WriterPool> pool_;
+  std::unique_ptr<Dispatcher> dispatcher_;
+};
+
+TEST_F(DispatcherTest, NoSubscribersAnswersAtOnceWithNoReports) {
+  EXPECT_THAT(Raise({}, /*sync=*/true), SizeIs(0));
+}
+
+TEST_F(DispatcherTest, AsyncQueuesEveryTargetAndSendsExactBytes) {
+  auto a = StartPeer(), b = StartPeer();
+  jsonrpc::Params params{jsonrpc::Params::Kind::kNamed, R"({"ip":"192.168.2.11","count":3})"};
+  auto reports = Raise({Sub("s1", a->socket()), Sub("s2", b->socket("handle_cmd"))},
+                       /*sync=*/false, params);
+  EXPECT_THAT(Codes(reports), ElementsAre(DeliveryCode::kQueued, DeliveryCode::kQueued));
+  EXPECT_EQ(reports[0].subscription_id, "s1");
+  ASSERT_TRUE(a->WaitForMessages(1, kWait));
+  ASSERT_TRUE(b->WaitForMessages(1, kWait));
+  EXPECT_EQ(a->Received(),
+            R"({"jsonrpc":"2.0","method":"E_TEST","params":{"ip":"192.168.2.11","count":3}})");
+  EXPECT_EQ(b->Received(),
+            R"({"jsonrpc":"2.0","method":"handle_cmd","params":{"ip":"192.168.2.11","count":3}})");
+}
+
+TEST_F(DispatcherTest, SubscriptionEventParamOverridesServerDefault) {
+  DispatcherOptions options;
+  options.event_param = "opensips_event";
+  MakeDispatcher(options);
+  auto a = StartPeer(), b = StartPeer();
+  jsonrpc::Params params{jsonrpc::Params::Kind::kPositional, "[3,5]"};
+  Raise({Sub("s1", a->socket()), Sub("s2", b->socket(), /*event_param=*/"")}, false, params);
+  ASSERT_TRUE(a->WaitForMessages(1, kWait));
+  ASSERT_TRUE(b->WaitForMessages(1, kWait));
+  EXPECT_EQ(a->Received(), R"({"jsonrpc":"2.0","method":"E_TEST","params":["E_TEST",3,5]})");
+  EXPECT_EQ(b->Received(), R"({"jsonrpc":"2.0","method":"E_TEST","params":[3,5]})");
+}
+
+TEST_F(DispatcherTest, ExpiredSubscriptionGetsNothing) {
+  auto a = StartPeer();
+  auto sub = std::const_pointer_cast<registry::Subscription>(Sub("s1", a->socket()));
+  sub->expire_time = absl::Now() - absl::Milliseconds(1);
+  EXPECT_THAT(Raise({sub}, false), SizeIs(0));
+}
+
+TEST_F(DispatcherTest, SyncReportsResultErrorAndTimeoutPerTarget) {
+  auto ok = StartPeer(PeerMode::kReplyResult);
+  auto err = StartPeer(PeerMode::kReplyError);
+  auto silent = StartPeer(PeerMode::kNeverReply);
+  absl::Time start = absl::Now();
+  auto reports =
+      Raise({Sub("ok", ok->socket()), Sub("err", err->socket()), Sub("silent", silent->socket())},
+            /*sync=*/true, {}, absl::Milliseconds(300));
+  absl::Duration took = absl::Now() - start;
+  EXPECT_THAT(Codes(reports),
+              ElementsAre(DeliveryCode::kOk, DeliveryCode::kRpcError, DeliveryCode::kTimeout));
+  EXPECT_EQ(reports[0].outcome.result, "\"ok\"");
+  EXPECT_EQ(reports[1].outcome.error_code, -32000);
+  EXPECT_EQ(reports[1].outcome.error_message, "peer error");
+  EXPECT_GE(took, absl::Milliseconds(295));
+  EXPECT_LT(took, absl::Milliseconds(600));
+  EXPECT_GE(reports[2].latency, absl::Milliseconds(295));
+}
+
+TEST_F(DispatcherTest, ParallelGroupReportsEveryMember) {
+  auto a = StartPeer(), b = StartPeer();
+  std::string socket =
+      absl::StrCat("virtual:PARALLEL ", a->socket(), " ", ClosedSocket(), " ", b->socket());
+  auto reports = Raise({Sub("g", socket)}, /*sync=*/true, {}, absl::Milliseconds(500));
+  ASSERT_THAT(reports, SizeIs(1));
+  ASSERT_THAT(reports[0].attempts, SizeIs(3));
+  EXPECT_EQ(reports[0].attempts[0].outcome.code, DeliveryCode::kOk);
+  EXPECT_EQ(reports[0].attempts[1].outcome.code, DeliveryCode::kConnectFailed);
+  EXPECT_EQ(reports[0].attempts[2].outcome.code, DeliveryCode::kOk);
+  EXPECT_EQ(reports[0].outcome.code, DeliveryCode::kConnectFailed);
+  EXPECT_EQ(reports[0].attempts[0].member, a->socket());
+}
+
+TEST_F(DispatcherTest, FailoverSkipsDeadFirstMemberAndRemembersIt) {
+  DispatcherOptions options;
+  options.failover_timeout = absl::Milliseconds(400);
+  MakeDispatcher(options);
+  auto good = StartPeer();
+  std::string dead = ClosedSocket();
+  auto sub = Sub("g", absl::StrCat("virtual:FAILOVER ", dead, " ", good->socket()));
+
+  auto first = Raise({sub}, /*sync=*/true);
+  ASSERT_THAT(first, SizeIs(1));
+  EXPECT_EQ(first[0].outcome.code, DeliveryCode::kOk);
+  ASSERT_THAT(first[0].attempts, SizeIs(2));
+  EXPECT_EQ(first[0].attempts[0].member, dead);
+  EXPECT_EQ(first[0].attempts[0].outcome.code, DeliveryCode::kConnectFailed);
+  EXPECT_EQ(first[0].attempts[1].outcome.code, DeliveryCode::kOk);
+
+  // Within failover_timeout the dead member is skipped altogether.
+  auto second = Raise({sub}, /*sync=*/true);
+  ASSERT_THAT(second[0].attempts, SizeIs(1));
+  EXPECT_EQ(second[0].attempts[0].member, good->socket());
+
+  // After it, the first member is tried again.
+  absl::SleepFor(absl::Milliseconds(450));  // waits out a configured interval, not a race
+  auto third = Raise({sub}, /*sync=*/true);
+  ASSERT_THAT(third[0].attempts, SizeIs(2));
+  EXPECT_EQ(third[0].attempts[0].member, dead);
+}
+
+TEST_F(DispatcherTest, FailoverTriesSkippedMembersWhenAllOthersFail) {
+  auto good = StartPeer();
+  auto sub = Sub("g", absl::StrCat("virtual:FAILOVER ", good->socket(), " ", ClosedSocket()));
+  // Mark the good member failed by making it refuse once.
+  good->Stop();
+  auto down = Raise({sub}, /*sync=*/true, {}, absl::Milliseconds(300));
+  EXPECT_NE(down[0].outcome.code, DeliveryCode::kOk);
+  ASSERT_TRUE(good->Restart().ok());
+  // Both members are now marked failed; the group still tries them, in order.
+  auto up = Raise({sub}, /*sync=*/true, {}, absl::Milliseconds(1500));
+  EXPECT_EQ(up[0].outcome.code, DeliveryCode::kOk) << up[0].outcome.detail;
+}
+
+TEST_F(DispatcherTest, FailoverAsyncDeliversToFirstWritableMember) {
+  auto good = StartPeer();
+  auto sub = Sub("g", absl::StrCat("virtual:FAILOVER ", ClosedSocket(), " ", good->socket()));
+  auto reports = Raise({sub}, /*sync=*/false, {}, absl::Milliseconds(1000));
+  EXPECT_THAT(Codes(reports), ElementsAre(DeliveryCode::kQueued));
+  EXPECT_TRUE(good->WaitForMessages(1, kWait));
+}
+
+TEST_F(DispatcherTest, RoundRobinSpreadsEvenly) {
+  auto a = StartPeer(), b = StartPeer(), c = StartPeer();
+  auto sub = Sub(
+      "g", absl::StrCat("virtual:ROUND-ROBIN ", a->socket(), " ", b->socket(), " ", c->socket()));
+  for (int i = 0; i < 9; ++i) {
+    auto reports = Raise({sub}, /*sync=*/true);
+    ASSERT_EQ(reports[0].outcome.code, DeliveryCode::kOk);
+    ASSERT_THAT(reports[0].attempts, SizeIs(1));
+  }
+  EXPECT_EQ(a->message_count(), 3u);
+  EXPECT_EQ(b->message_count(), 3u);
+  EXPECT_EQ(c->message_count(), 3u);
+}
+
+TEST_F(DispatcherTest, RoundRobinSyncHandsFailedEventToNextMember) {
+  auto a = StartPeer(), c = StartPeer();
+  auto sub = Sub("g", absl::StrCat("virtual:ROUND-ROBIN ", a->socket(), " ", ClosedSocket(), " ",
+                                   c->socket()));
+  for (int i = 0; i < 6; ++i) {
+    auto reports = Raise({sub}, /*sync=*/true);
+    ASSERT_EQ(reports[0].outcome.code, DeliveryCode::kOk) << i;
+  }
+  // Six events, none lost: the dead member's two went to the member after it.
+  EXPECT_EQ(a->message_count() + c->message_count(), 6u);
+  EXPECT_EQ(a->message_count(), 2u);
+  EXPECT_EQ(c->message_count(), 4u);
+}
+
+TEST_F(DispatcherTest, RoundRobinAsyncRotates) {
+  auto a = StartPeer(), b = StartPeer();
+  auto sub = Sub("g", absl::StrCat("virtual:ROUND-ROBIN ", a->socket(), " ", b->socket()));
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_THAT(Codes(Raise({sub}, /*sync=*/false)), ElementsAre(DeliveryCode::kQueued));
+  }
+  EXPECT_TRUE(a->WaitForMessages(2, kWait));
+  EXPECT_TRUE(b->WaitForMessages(2, kWait));
+}
+
+}  // namespace
+}  // namespace eventbus::delivery
