@@ -56,8 +56,17 @@ class Registry {
 
  private:
   struct Index;
+  class Edit;
+
+  std::shared_ptr<const Index> Snapshot() const;
+  // Swaps `next` in; the previous index is released after mu_ is unlocked.
+  void Publish(std::shared_ptr<const Index> next);
+
+  // Serialises writers, so each builds on the index the previous one published.
+  absl::Mutex write_mu_;
   mutable absl::Mutex mu_;
-  // Readers copy this pointer under mu_; writers copy the index, change it, and swap it in.
+  // Readers copy this pointer under mu_; writers copy the index, change it, and swap it in. The
+  // index is sharded into immutable parts, so a write copies only the parts it touches.
   std::shared_ptr<const Index> index_ ABSL_GUARDED_BY(mu_);
 };
 

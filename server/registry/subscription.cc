@@ -1,1 +1,51 @@
-// placeholder: being written
+#include "server/registry/subscription.h"
+
+#include <cstdint>
+
+#include "absl/random/random.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+
+namespace eventbus::registry {
+namespace {
+
+// Longest prefix of a name quoted in an error message: the message must stay readable when a
+// client sends megabytes.
+constexpr size_t kMaxQuoted = 64;
+
+std::string Quote(absl::string_view text) {
+  if (text.size() <= kMaxQuoted) return absl::CHexEscape(text);
+  return absl::StrCat(absl::CHexEscape(text.substr(0, kMaxQuoted)), "...");
+}
+
+bool IsEventChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '.' || c == ':' || c == '-';
+}
+
+}  // namespace
+
+absl::Status ValidateEventName(absl::string_view event, size_t max_len) {
+  if (event.empty()) return absl::InvalidArgumentError("event \"\": empty");
+  if (event.size() > max_len) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("event \"", Quote(event), "\": longer than ", max_len, " bytes"));
+  }
+  for (size_t i = 0; i < event.size(); ++i) {
+    if (!IsEventChar(event[i])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("event \"", Quote(event), "\": invalid character '",
+                       absl::CHexEscape(event.substr(i, 1)), "' at offset ", i));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string NewSubscriptionId() {
+  // absl::BitGen is not thread-safe; one per thread, seeded from the OS.
+  thread_local absl::BitGen gen;
+  uint64_t value = absl::Uniform<uint64_t>(gen);
+  return absl::StrCat(absl::Hex(value, absl::kZeroPad16));
+}
+
+}  // namespace eventbus::registry

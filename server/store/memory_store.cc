@@ -1,1 +1,87 @@
-// placeholder: being written
+#include "server/store/memory_store.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/status/status.h"
+
+namespace eventbus::store {
+namespace {
+
+absl::Status Unavailable() { return absl::UnavailableError("store memory: unavailable (test)"); }
+
+}  // namespace
+
+absl::Status MemoryStore::Start(Listener* listener) {
+  absl::MutexLock listener_lock(&listener_mu_);
+  listener_ = listener;
+  if (listener_ != nullptr) listener_->OnReload(Contents());
+  return absl::OkStatus();
+}
+
+void MemoryStore::Stop() {
+  absl::MutexLock listener_lock(&listener_mu_);
+  listener_ = nullptr;
+}
+
+void MemoryStore::Put(registry::SubscriptionPtr sub, Done done) {
+  absl::Status status;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!available_) {
+      status = Unavailable();
+    } else if (sub != nullptr) {
+      subs_[sub->id] = std::move(sub);
+    }
+  }
+  done(std::move(status));
+}
+
+void MemoryStore::Delete(registry::SubscriptionPtr sub, Done done) {
+  absl::Status status;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!available_) {
+      status = Unavailable();
+    } else if (sub != nullptr) {
+      subs_.erase(sub->id);
+    }
+  }
+  done(std::move(status));
+}
+
+bool MemoryStore::healthy() const {
+  absl::MutexLock lock(&mu_);
+  return available_;
+}
+
+void MemoryStore::SetAvailable(bool available) {
+  absl::MutexLock listener_lock(&listener_mu_);
+  {
+    absl::MutexLock lock(&mu_);
+    if (available_ == available) return;
+    available_ = available;
+  }
+  if (listener_ != nullptr) listener_->OnHealth(available);
+}
+
+std::vector<registry::SubscriptionPtr> MemoryStore::Contents() const {
+  std::vector<registry::SubscriptionPtr> out;
+  {
+    absl::MutexLock lock(&mu_);
+    out.reserve(subs_.size());
+    for (const auto& [id, sub] : subs_) out.push_back(sub);
+  }
+  std::sort(out.begin(), out.end(),
+            [](const registry::SubscriptionPtr& a, const registry::SubscriptionPtr& b) {
+              return a->id < b->id;
+            });
+  return out;
+}
+
+size_t MemoryStore::size() const {
+  absl::MutexLock lock(&mu_);
+  return subs_.size();
+}
+
+}  // namespace eventbus::store

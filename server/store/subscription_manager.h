@@ -7,11 +7,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -19,6 +22,7 @@
 #include "server/base/clock.h"
 #include "server/registry/registry.h"
 #include "server/store/subscription_store.h"
+#include "server/uri/socket_uri.h"
 
 namespace eventbus::store {
 
@@ -26,7 +30,7 @@ struct SubscriptionLimits {
   size_t max_event_name_bytes = 128;
   size_t max_socket_bytes = 1024;
   size_t max_virtual_members = 16;
-  size_t max_subscriptions = 100000;          // RESOURCE_EXHAUSTED beyond
+  size_t max_subscriptions = 100000;           // RESOURCE_EXHAUSTED beyond
   size_t max_subscriptions_per_event = 10000;  // RESOURCE_EXHAUSTED beyond
   absl::Duration default_expire = absl::Seconds(3600);
 };
@@ -82,8 +86,29 @@ class SubscriptionManager : public SubscriptionStore::Listener {
   void OnHealth(bool healthy) override;
 
  private:
+  // (event, normalised socket).
+  using Key = std::pair<std::string, std::string>;
+
   void ExpiryThread();
-  void WakeExpiry();
+  // Wakes the expiry thread when `expiry` is earlier than the instant it waits for.
+  void WakeExpiry(absl::Time expiry);
+
+  // Runs `work` now, or after the work already running or queued for `key`: Subscribe,
+  // Unsubscribe and expiry of one (event, socket) never overlap. `work` must end by calling
+  // FinishKey(key), possibly later from a store callback.
+  void RunKeyed(const Key& key, absl::AnyInvocable<void()> work);
+  void FinishKey(const Key& key);
+
+  void SubscribeKeyed(const Key& key, SubscribeRequest request, uri::SocketUri target,
+                      absl::AnyInvocable<void(absl::StatusOr<SubscribeResult>)> done);
+  void UnsubscribeKeyed(const Key& key, registry::SubscriptionPtr sub,
+                        absl::AnyInvocable<void(absl::StatusOr<int>)> done);
+  // Deletes an expired subscription (already out of the registry) from the store, unless a
+  // refresh put it back meanwhile.
+  void DeleteExpired(registry::SubscriptionPtr sub);
+  // Counts a subscription about to be created against the limits; RESOURCE_EXHAUSTED over one.
+  absl::Status Reserve(const std::string& event);
+  void Unreserve(const std::string& event);
 
   registry::Registry* registry_;
   SubscriptionStore* store_;
@@ -92,10 +117,21 @@ class SubscriptionManager : public SubscriptionStore::Listener {
   std::atomic<bool> store_healthy_{true};
 
   absl::Mutex mu_;
+  absl::CondVar expiry_cv_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   // Bumped whenever the earliest expiry may have moved earlier.
   uint64_t expiry_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  // The instant the expiry thread sleeps until; InfiniteFuture while it is working.
+  absl::Time expiry_wait_until_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  // Expired subscriptions found by OnReload, deleted from the store by the next ExpireDue (not
+  // from inside the store's own Start).
+  std::vector<registry::SubscriptionPtr> reload_expired_ ABSL_GUARDED_BY(mu_);
+  // Keys with work running; each holds the work queued behind it.
+  absl::flat_hash_map<Key, std::deque<absl::AnyInvocable<void()>>> keyed_ ABSL_GUARDED_BY(mu_);
+  // Creations admitted by Reserve whose store write has not finished yet.
+  size_t pending_creates_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<std::string, size_t> pending_creates_by_event_ ABSL_GUARDED_BY(mu_);
   std::thread expiry_thread_;
 };
 

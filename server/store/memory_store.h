@@ -1,0 +1,57 @@
+// The in-memory SubscriptionStore (SPEC §8): for tests and throwaway runs; everything is lost at
+// exit. Writes complete inline. A test hook makes it unavailable, so callers' UNAVAILABLE paths
+// can be exercised without etcd.
+#ifndef EVENTBUS_SERVER_STORE_MEMORY_STORE_H_
+#define EVENTBUS_SERVER_STORE_MEMORY_STORE_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "server/store/subscription_store.h"
+
+namespace eventbus::store {
+
+// Owned by whoever opened it. Thread-safe. `done` runs inline on the calling thread, never under a
+// lock of the store's; listener calls are serialised.
+class MemoryStore final : public SubscriptionStore {
+ public:
+  MemoryStore() = default;
+  ~MemoryStore() override = default;
+
+  // Calls listener->OnReload with the current contents (empty unless written before Start).
+  absl::Status Start(Listener* listener) override;
+  // No listener call after it returns. Idempotent.
+  void Stop() override;
+
+  // done(OK) at once; UNAVAILABLE while SetAvailable(false).
+  void Put(registry::SubscriptionPtr sub, Done done) override;
+  void Delete(registry::SubscriptionPtr sub, Done done) override;
+
+  bool healthy() const override;
+  absl::string_view kind() const override { return "memory"; }
+
+  // Test hook: while unavailable, Put and Delete answer UNAVAILABLE and healthy() is false. A
+  // change of state is reported to the listener's OnHealth.
+  void SetAvailable(bool available);
+
+  // The stored subscriptions, sorted by id (for tests).
+  std::vector<registry::SubscriptionPtr> Contents() const;
+  size_t size() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, registry::SubscriptionPtr> subs_ ABSL_GUARDED_BY(mu_);
+  bool available_ ABSL_GUARDED_BY(mu_) = true;
+
+  // Held while calling the listener, so calls never overlap and none follows Stop.
+  absl::Mutex listener_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  Listener* listener_ ABSL_GUARDED_BY(listener_mu_) = nullptr;
+};
+
+}  // namespace eventbus::store
+
+#endif  // EVENTBUS_SERVER_STORE_MEMORY_STORE_H_

@@ -1,0 +1,79 @@
+#include "server/registry/subscription.h"
+
+#include <string>
+
+#include "absl/container/flat_hash_set.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace eventbus::registry {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ValidateEventNameTest, AcceptsEveryAllowedCharacter) {
+  EXPECT_TRUE(ValidateEventName("E_PIKE_BLOCKED").ok());
+  EXPECT_TRUE(ValidateEventName("a.b:c-d_e0123456789XYZ").ok());
+  EXPECT_TRUE(ValidateEventName("x").ok());
+}
+
+TEST(ValidateEventNameTest, RejectsEmpty) {
+  absl::Status status = ValidateEventName("");
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(), "event \"\": empty");
+}
+
+TEST(ValidateEventNameTest, RejectsSpaceNamingItsOffset) {
+  absl::Status status = ValidateEventName("a b");
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(), "event \"a b\": invalid character ' ' at offset 1");
+}
+
+TEST(ValidateEventNameTest, EscapesControlBytesAndQuotesInMessages) {
+  EXPECT_EQ(ValidateEventName("ab\n").message(),
+            "event \"ab\\n\": invalid character '\\n' at offset 2");
+  EXPECT_EQ(ValidateEventName("a\"").message(),
+            "event \"a\\\"\": invalid character '\\\"' at offset 1");
+}
+
+TEST(ValidateEventNameTest, Accepts128BytesAndRejects129) {
+  EXPECT_TRUE(ValidateEventName(std::string(128, 'E')).ok());
+  absl::Status status = ValidateEventName(std::string(129, 'E'));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(), "event \"" + std::string(64, 'E') + "...\": longer than 128 bytes");
+}
+
+TEST(ValidateEventNameTest, HonoursACustomMaximum) {
+  EXPECT_TRUE(ValidateEventName("abcd", 4).ok());
+  EXPECT_THAT(ValidateEventName("abcde", 4).message(), HasSubstr("longer than 4 bytes"));
+}
+
+TEST(NewSubscriptionIdTest, Is16LowercaseHexDigits) {
+  for (int i = 0; i < 100; ++i) {
+    std::string id = NewSubscriptionId();
+    ASSERT_EQ(id.size(), 16u) << id;
+    for (char c : id) {
+      EXPECT_TRUE((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) << id;
+    }
+  }
+}
+
+TEST(NewSubscriptionIdTest, DoesNotRepeat) {
+  absl::flat_hash_set<std::string> ids;
+  for (int i = 0; i < 10000; ++i) EXPECT_TRUE(ids.insert(NewSubscriptionId()).second);
+}
+
+TEST(SubscriptionTest, IsLiveStrictlyBeforeItsExpiry) {
+  Subscription sub;
+  absl::Time t = absl::FromUnixSeconds(1000);
+  sub.expire_time = t;
+  EXPECT_TRUE(sub.Expires());
+  EXPECT_TRUE(sub.LiveAt(t - absl::Nanoseconds(1)));
+  EXPECT_FALSE(sub.LiveAt(t));
+  sub.expire_time = absl::InfiniteFuture();
+  EXPECT_FALSE(sub.Expires());
+  EXPECT_TRUE(sub.LiveAt(t));
+}
+
+}  // namespace
+}  // namespace eventbus::registry
