@@ -1,0 +1,96 @@
+// The embedded default store (SPEC §8): subscriptions in one SQLite file that survives restarts and
+// SIGKILL. All SQLite work runs on one writer thread; Put and Delete enqueue and return, and the
+// writer commits everything queued in one transaction (group commit) before acknowledging it.
+#ifndef EVENTBUS_SERVER_STORE_SQLITE_STORE_H_
+#define EVENTBUS_SERVER_STORE_SQLITE_STORE_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/store/subscription_store.h"
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace eventbus::store {
+
+struct SqliteStoreOptions {
+  // The database file; created (with its schema) when missing. Its directory must exist.
+  std::string path;
+  // How long a write waits for a lock held by another connection before it fails.
+  absl::Duration busy_timeout = absl::Seconds(5);
+};
+
+// Owned by whoever opened it (OpenStore). Thread-safe. `done` callbacks and OnHealth run on the
+// writer thread, OnReload on the thread calling Start (serialised with OnHealth); `done` runs
+// inline only when the store is not running.
+class SqliteStore final : public SubscriptionStore {
+ public:
+  explicit SqliteStore(SqliteStoreOptions options);
+  ~SqliteStore() override;
+
+  // Opens or creates the file, checks the schema version, loads every row into
+  // listener->OnReload and starts the writer thread. Errors name the file:
+  // `sqlite "/data/subscriptions.db": file is not a database`. FAILED_PRECONDITION when the file
+  // was written by a newer schema; UNAVAILABLE when it cannot be opened or read.
+  absl::Status Start(Listener* listener) override;
+  // Commits what is queued, then stops the writer and closes the file. Idempotent.
+  void Stop() override;
+
+  // done(OK) once the change is committed (WAL, synchronous=FULL: on disk); UNAVAILABLE when the
+  // write failed (disk full, I/O error, locked) or the store is not running.
+  void Put(registry::SubscriptionPtr sub, Done done) override;
+  void Delete(registry::SubscriptionPtr sub, Done done) override;
+
+  // False after a failed commit, true again after a successful one.
+  bool healthy() const override { return healthy_.load(); }
+  absl::string_view kind() const override { return "sqlite"; }
+
+  const std::string& path() const { return options_.path; }
+
+ private:
+  struct Op {
+    bool put = true;
+    registry::SubscriptionPtr sub;
+    Done done;
+  };
+
+  void Enqueue(Op op);
+  void WriterLoop();
+  // Writes `ops` in one transaction. Returns the commit's status, which applies to every op.
+  absl::Status Commit(const std::vector<Op>& ops);
+  absl::Status Exec(const char* sql);
+  absl::Status SqlError(absl::string_view operation, int rc) const;
+  void SetHealthy(bool healthy);
+  void CloseDb();
+
+  const SqliteStoreOptions options_;
+  // Held across listener calls so they never overlap.
+  absl::Mutex listener_mu_;
+  Listener* listener_ = nullptr;
+  // Used by Start (before the writer exists) and then only by the writer thread.
+  sqlite3* db_ = nullptr;
+  // Prepared once by the writer thread; used only there.
+  sqlite3_stmt* put_stmt_ = nullptr;
+  sqlite3_stmt* delete_stmt_ = nullptr;
+  std::atomic<bool> healthy_{true};
+
+  absl::Mutex mu_;
+  std::vector<Op> queue_ ABSL_GUARDED_BY(mu_);
+  bool running_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread writer_;
+};
+
+}  // namespace eventbus::store
+
+#endif  // EVENTBUS_SERVER_STORE_SQLITE_STORE_H_

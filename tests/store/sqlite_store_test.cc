@@ -1,0 +1,354 @@
+#include "server/store/sqlite_store.h"
+
+#include <sqlite3.h>
+#include <stdlib.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/store/store_test_listener.h"
+
+namespace eventbus::store {
+namespace {
+
+using ::testing::HasSubstr;
+
+// A time with sub-microsecond digits, to check what precision survives a round trip.
+absl::Time SomeInstant(int64_t seconds_from_now) {
+  return absl::FromUnixNanos(1'700'000'000'123'456'789) + absl::Seconds(seconds_from_now);
+}
+
+class SqliteStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char dir[] = "/tmp/eventbus-sqlite-XXXXXX";
+    ASSERT_NE(::mkdtemp(dir), nullptr);
+    dir_ = dir;
+    path_ = dir_ + "/subscriptions.db";
+  }
+  void TearDown() override {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+
+  std::unique_ptr<SqliteStore> Open(RecordingListener* listener, std::string path = "") {
+    SqliteStoreOptions options;
+    options.path = path.empty() ? path_ : path;
+    options.busy_timeout = busy_timeout_;
+    auto store = std::make_unique<SqliteStore>(options);
+    absl::Status status = store->Start(listener);
+    EXPECT_TRUE(status.ok()) << status;
+    return status.ok() ? std::move(store) : nullptr;
+  }
+
+  absl::Status StartError(const std::string& path) {
+    SqliteStore store(SqliteStoreOptions{path});
+    RecordingListener listener;
+    return store.Start(&listener);
+  }
+
+  // Runs `sql` on the file through a separate connection.
+  void ExecOnFile(const std::string& sql) {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK)
+        << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  }
+
+  std::string dir_;
+  std::string path_;
+  absl::Duration busy_timeout_ = absl::Seconds(5);
+};
+
+TEST_F(SqliteStoreTest, ANewFileStartsEmpty) {
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(store->kind(), "sqlite");
+  EXPECT_TRUE(store->healthy());
+  ListenerState state = listener.state();
+  EXPECT_EQ(state.reloads, 1);
+  EXPECT_TRUE(state.subs.empty());
+  EXPECT_TRUE(std::filesystem::exists(path_));
+}
+
+TEST_F(SqliteStoreTest, PutSubscriptionsAreReloadedAfterReopen) {
+  std::vector<registry::SubscriptionPtr> subs = {
+      MakeSubscription("00000000000000a1", "E_PIKE_BLOCKED", "tcp:127.0.0.1:8080/handle",
+                       SomeInstant(0), SomeInstant(3600), "opensips_event"),
+      MakeSubscription("00000000000000a2", "E_MY_EVENT", "tcp:Example.COM:9", SomeInstant(1)),
+      MakeSubscription("00000000000000a3", "E_MY_EVENT",
+                       "virtual:FAILOVER tcp:[::1]:8080 tcp:h:1/m", SomeInstant(2), SomeInstant(10),
+                       ""),
+  };
+  {
+    RecordingListener listener;
+    auto store = Open(&listener);
+    ASSERT_NE(store, nullptr);
+    for (const auto& sub : subs) ASSERT_TRUE(PutAndWait(*store, sub).ok());
+    store->Stop();
+  }
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+  ListenerState state = listener.state();
+  ASSERT_EQ(state.subs.size(), subs.size());
+  for (const auto& want : subs) {
+    ASSERT_EQ(state.subs.count(want->id), 1u) << want->id;
+    ExpectSameSubscription(*state.subs[want->id], *want);
+  }
+  // Reloaded subscriptions are parsed again, not just text.
+  EXPECT_EQ(state.subs["00000000000000a2"]->target.targets.at(0).host, "example.com");
+  EXPECT_TRUE(state.subs["00000000000000a3"]->target.is_virtual);
+  EXPECT_EQ(state.subs["00000000000000a3"]->target.targets.size(), 2u);
+}
+
+TEST_F(SqliteStoreTest, PutWithTheSameIdReplacesTheRow) {
+  auto first =
+      MakeSubscription("00000000000000b1", "E", "tcp:h:1", SomeInstant(0), SomeInstant(60));
+  auto refreshed =
+      MakeSubscription("00000000000000b1", "E", "tcp:h:1", SomeInstant(0), SomeInstant(7200), "p");
+  {
+    RecordingListener listener;
+    auto store = Open(&listener);
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(PutAndWait(*store, first).ok());
+    ASSERT_TRUE(PutAndWait(*store, refreshed).ok());
+  }
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+  ListenerState state = listener.state();
+  ASSERT_EQ(state.subs.size(), 1u);
+  ExpectSameSubscription(*state.subs.begin()->second, *refreshed);
+}
+
+TEST_F(SqliteStoreTest, DeletedSubscriptionsStayDeletedAfterReopen) {
+  auto keep = MakeSubscription("00000000000000c1", "E", "tcp:h:1", SomeInstant(0));
+  auto gone = MakeSubscription("00000000000000c2", "E", "tcp:h:2", SomeInstant(0));
+  {
+    RecordingListener listener;
+    auto store = Open(&listener);
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(PutAndWait(*store, keep).ok());
+    ASSERT_TRUE(PutAndWait(*store, gone).ok());
+    ASSERT_TRUE(DeleteAndWait(*store, gone).ok());
+    // Deleting what is not there is fine.
+    ASSERT_TRUE(DeleteAndWait(*store, gone).ok());
+  }
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+  ListenerState state = listener.state();
+  ASSERT_EQ(state.subs.size(), 1u);
+  EXPECT_EQ(state.subs.begin()->first, keep->id);
+}
+
+TEST_F(SqliteStoreTest, AThousandConcurrentPutsAreAllAcknowledgedAndDurable) {
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 125;
+  {
+    RecordingListener listener;
+    auto store = Open(&listener);
+    ASSERT_NE(store, nullptr);
+    std::atomic<int> ok{0}, failed{0}, pending{kThreads * kPerThread};
+    absl::Notification all_done;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        for (int i = 0; i < kPerThread; ++i) {
+          int n = t * kPerThread + i;
+          store->Put(MakeSubscription(absl::StrCat("id", n), "E_BULK",
+                                      absl::StrCat("tcp:10.0.0.1:", 1000 + n), SomeInstant(0),
+                                      SomeInstant(3600)),
+                     [&](absl::Status status) {
+                       (status.ok() ? ok : failed).fetch_add(1);
+                       if (pending.fetch_sub(1) == 1) all_done.Notify();
+                     });
+        }
+      });
+    }
+    for (std::thread& thread : threads) thread.join();
+    ASSERT_TRUE(all_done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+    EXPECT_EQ(ok.load(), kThreads * kPerThread);
+    EXPECT_EQ(failed.load(), 0);
+  }
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(listener.state().subs.size(), static_cast<size_t>(kThreads * kPerThread));
+}
+
+TEST_F(SqliteStoreTest, StopCommitsWhatIsStillQueued) {
+  constexpr int kCount = 200;
+  std::atomic<int> ok{0};
+  {
+    RecordingListener listener;
+    auto store = Open(&listener);
+    ASSERT_NE(store, nullptr);
+    for (int n = 0; n < kCount; ++n) {
+      store->Put(MakeSubscription(absl::StrCat("q", n), "E", absl::StrCat("tcp:h:", 1 + n),
+                                  SomeInstant(0)),
+                 [&](absl::Status status) {
+                   if (status.ok()) ok.fetch_add(1);
+                 });
+    }
+    store->Stop();
+    // Every write was acknowledged before Stop returned.
+    EXPECT_EQ(ok.load(), kCount);
+  }
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(listener.state().subs.size(), static_cast<size_t>(kCount));
+}
+
+TEST_F(SqliteStoreTest, WritesAfterStopFailUnavailable) {
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+  store->Stop();
+  store->Stop();  // idempotent
+  absl::Status status = PutAndWait(*store, MakeSubscription("x1", "E", "tcp:h:1", SomeInstant(0)));
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_THAT(status.message(), HasSubstr(path_));
+}
+
+TEST_F(SqliteStoreTest, ACorruptFileFailsStartNamingThePath) {
+  {
+    std::ofstream out(path_, std::ios::binary);
+    for (int i = 0; i < 512; ++i) out << "this is not an sqlite database ";
+  }
+  absl::Status status = StartError(path_);
+  EXPECT_EQ(status,
+            absl::UnavailableError(absl::StrCat("sqlite \"", path_, "\": file is not a database")));
+}
+
+TEST_F(SqliteStoreTest, ADirectoryWhereTheFileShouldBeFailsStart) {
+  std::filesystem::create_directory(path_);
+  absl::Status status = StartError(path_);
+  EXPECT_FALSE(status.ok());
+  EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("sqlite \"", path_, "\"")));
+  EXPECT_THAT(status.message(), HasSubstr("is a directory"));
+}
+
+TEST_F(SqliteStoreTest, APathUnderARegularFileFailsStart) {
+  std::string file = dir_ + "/plain-file";
+  std::ofstream(file) << "x";
+  std::string path = file + "/subscriptions.db";
+  absl::Status status = StartError(path);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("sqlite \"", path, "\"")));
+  EXPECT_THAT(status.message(), HasSubstr("Not a directory"));
+}
+
+TEST_F(SqliteStoreTest, AMissingDirectoryFailsStart) {
+  std::string path = dir_ + "/no/such/dir/subscriptions.db";
+  absl::Status status = StartError(path);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("sqlite \"", path, "\"")));
+  EXPECT_THAT(status.message(), HasSubstr("No such file or directory"));
+}
+
+TEST_F(SqliteStoreTest, ASchemaFromANewerVersionIsRefused) {
+  ExecOnFile("PRAGMA user_version=99");
+  absl::Status status = StartError(path_);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_THAT(status.message(), HasSubstr(path_));
+  EXPECT_THAT(status.message(), HasSubstr("schema version 99"));
+}
+
+TEST_F(SqliteStoreTest, ARowThatNoLongerParsesIsSkipped) {
+  {
+    RecordingListener listener;
+    auto store = Open(&listener);
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(PutAndWait(*store, MakeSubscription("good", "E", "tcp:h:1", SomeInstant(0))).ok());
+  }
+  ExecOnFile(
+      "INSERT INTO subscriptions (id, event, socket, create_time_us) "
+      "VALUES ('bad', 'E', 'tcp:h:70000', 0)");
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+  ListenerState state = listener.state();
+  ASSERT_EQ(state.subs.size(), 1u);
+  EXPECT_EQ(state.subs.begin()->first, "good");
+}
+
+TEST_F(SqliteStoreTest, AFailedWriteMakesItUnhealthyUntilAWriteSucceeds) {
+  busy_timeout_ = absl::Milliseconds(50);
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+
+  // Another connection holds the write lock, so the store's commit fails (SQLITE_BUSY).
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(path_.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+  absl::Status status = PutAndWait(*store, MakeSubscription("w1", "E", "tcp:h:1", SomeInstant(0)));
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_THAT(status.message(), HasSubstr(path_));
+  EXPECT_FALSE(store->healthy());
+  EXPECT_EQ(listener.state().health, std::vector<bool>{false});
+
+  ASSERT_EQ(sqlite3_exec(other, "COMMIT", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+  EXPECT_TRUE(PutAndWait(*store, MakeSubscription("w1", "E", "tcp:h:1", SomeInstant(0))).ok());
+  EXPECT_TRUE(store->healthy());
+  EXPECT_EQ(listener.state().health, (std::vector<bool>{false, true}));
+}
+
+TEST_F(SqliteStoreTest, OpenStoreSqliteKeepsTheFileInTheDataDirectoryItCreates) {
+  const std::string data_dir = dir_ + "/var/lib/eventbus";
+  absl::StatusOr<std::unique_ptr<SubscriptionStore>> store = OpenStore("sqlite", data_dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->kind(), "sqlite");
+  RecordingListener listener;
+  ASSERT_TRUE((*store)->Start(&listener).ok());
+  ASSERT_TRUE(PutAndWait(**store, MakeSubscription("d1", "E", "tcp:h:1", SomeInstant(0))).ok());
+  (*store)->Stop();
+  EXPECT_TRUE(std::filesystem::is_regular_file(data_dir + "/subscriptions.db"));
+}
+
+TEST_F(SqliteStoreTest, OpenStoreSqliteWithAPathUsesThatFile) {
+  absl::StatusOr<std::unique_ptr<SubscriptionStore>> store =
+      OpenStore(absl::StrCat("sqlite:", dir_, "/custom.db"), "/nonexistent");
+  ASSERT_TRUE(store.ok()) << store.status();
+  RecordingListener listener;
+  ASSERT_TRUE((*store)->Start(&listener).ok());
+  (*store)->Stop();
+  EXPECT_TRUE(std::filesystem::is_regular_file(dir_ + "/custom.db"));
+}
+
+TEST_F(SqliteStoreTest, OpenStoreSqliteFailsWhenTheDataDirectoryCannotBeCreated) {
+  std::string file = dir_ + "/plain-file";
+  std::ofstream(file) << "x";
+  absl::StatusOr<std::unique_ptr<SubscriptionStore>> store = OpenStore("sqlite", file + "/data");
+  ASSERT_FALSE(store.ok());
+  EXPECT_THAT(store.status().message(),
+              HasSubstr(absl::StrCat("cannot create data directory \"", file, "/data\"")));
+  EXPECT_EQ(OpenStore("sqlite:", dir_).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SqliteStoreTest, StartTwiceIsRefused) {
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ(store->Start(&listener).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace eventbus::store
