@@ -1,1 +1,548 @@
-// placeholder: being written
+#include "client/cli.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "client/client.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace eventbus::client {
+namespace {
+
+namespace v1 = ::eventbus::v1;
+
+constexpr char kUsage[] =
+    "usage: eventbus [--server ADDR] [--timeout_ms MS] COMMAND ...\n"
+    "\n"
+    "global flags:\n"
+    "  --server ADDR      EventBus server (default: $EVENTBUS_SERVER or 127.0.0.1:50051)\n"
+    "  --timeout_ms MS    deadline of the call (default 10000)\n"
+    "\n"
+    "commands:\n"
+    "  subscribe EVENT SOCKET [--expire SECONDS] [--event_param KEY] [--output table|json]\n"
+    "      SOCKET: tcp:HOST:PORT[/METHOD] or \"virtual:POLICY SOCKET SOCKET ...\";\n"
+    "      --expire 0 never expires; without it the server default applies\n"
+    "  unsubscribe ID | unsubscribe EVENT SOCKET\n"
+    "  raise [--sync|--async] [--timeout MS] [--output table|json] EVENT [ARGS...]\n"
+    "  raise [--sync|--async] [--timeout MS] [--output table|json] EVENT --json TEXT\n"
+    "      ARGS: name=value (string), name:=json (typed: 3, true, null, [1,2], {\"a\":1}),\n"
+    "      or plain values (positional params, JSON when valid, else strings); use -- before\n"
+    "      positional values that start with --\n"
+    "  list [EVENT] [--output table|json]\n"
+    "  events [--output table|json]\n";
+
+constexpr char kDefaultServer[] = "127.0.0.1:50051";
+
+// Arguments split into options (in order) and positional words.
+struct SplitResult {
+  std::vector<std::pair<std::string, std::string>> options;
+  std::vector<std::string> positional;
+};
+
+// Splits `args` of `command`: "--name value" / "--name=value" for `valued` options, "--name" for
+// `flags`; "--" ends options. Unknown "--options" are errors; "-5" is a positional value.
+absl::StatusOr<SplitResult> SplitArgs(absl::string_view command,
+                                      const std::vector<std::string>& args,
+                                      const std::vector<absl::string_view>& valued,
+                                      const std::vector<absl::string_view>& flags) {
+  SplitResult result;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "--") {
+      result.positional.insert(result.positional.end(), args.begin() + i + 1, args.end());
+      break;
+    }
+    if (!absl::StartsWith(arg, "--") || arg.size() == 2) {
+      result.positional.push_back(arg);
+      continue;
+    }
+    size_t eq = arg.find('=');
+    std::string name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
+    if (std::find(flags.begin(), flags.end(), name) != flags.end()) {
+      if (eq != std::string::npos) {
+        return absl::InvalidArgumentError(absl::StrCat(command, ": --", name, " takes no value"));
+      }
+      result.options.emplace_back(name, "");
+    } else if (std::find(valued.begin(), valued.end(), name) != valued.end()) {
+      if (eq != std::string::npos) {
+        result.options.emplace_back(name, arg.substr(eq + 1));
+      } else if (i + 1 < args.size()) {
+        result.options.emplace_back(name, args[++i]);
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat(command, ": --", name, " needs a value"));
+      }
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(command, ": unknown option --", name));
+    }
+  }
+  return result;
+}
+
+absl::StatusOr<OutputFormat> ParseOutput(absl::string_view command, absl::string_view text) {
+  if (text == "table") return OutputFormat::kTable;
+  if (text == "json") return OutputFormat::kJson;
+  return absl::InvalidArgumentError(
+      absl::StrCat(command, ": --output \"", text, "\": expected table or json"));
+}
+
+absl::StatusOr<uint32_t> ParseUint32(absl::string_view command, absl::string_view option,
+                                     absl::string_view text) {
+  uint32_t value = 0;
+  if (!absl::SimpleAtoi(text, &value)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(command, ": ", option, " \"", text, "\": expected a non-negative integer"));
+  }
+  return value;
+}
+
+bool IsParamName(absl::string_view name) {
+  if (name.empty()) return false;
+  for (char c : name) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '.' && c != '-') {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string Quote(absl::string_view text) { return absl::StrCat("\"", text, "\""); }
+
+absl::Time FromProto(const google::protobuf::Timestamp& ts) {
+  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+}
+
+absl::Duration FromProto(const google::protobuf::Duration& d) {
+  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+}
+
+std::string FormatTime(const google::protobuf::Timestamp& ts) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", FromProto(ts), absl::UTCTimeZone());
+}
+
+std::string FormatTtl(const google::protobuf::Duration& d) {
+  return absl::FormatDuration(absl::Trunc(FromProto(d), absl::Seconds(1)));
+}
+
+std::string FormatLatency(const google::protobuf::Duration& d) {
+  return absl::StrFormat("%.2f ms", absl::ToDoubleMilliseconds(FromProto(d)));
+}
+
+// The last column of a delivery or attempt line.
+template <typename Message>
+std::string OutcomeText(const Message& m) {
+  if (m.status() == v1::DELIVERY_STATUS_RPC_ERROR) {
+    std::string text = absl::StrCat("error ", m.error().code(), ": ", m.error().message());
+    if (!m.error().data().empty()) absl::StrAppend(&text, " data=", m.error().data());
+    return text;
+  }
+  if (!m.result().empty()) return m.result();
+  return m.detail();
+}
+
+std::string TargetsText(const v1::Subscription& sub) {
+  std::vector<std::string> parts;
+  for (const v1::TargetState& t : sub.targets()) {
+    std::string part = absl::StrCat(t.address(), " ", StateName(t.state()));
+    if (t.delivered() != 0 || t.failed() != 0 || t.queued_messages() != 0) {
+      absl::StrAppend(&part, " (delivered ", t.delivered(), ", failed ", t.failed(), ", queued ",
+                      t.queued_messages(), ")");
+    }
+    parts.push_back(std::move(part));
+  }
+  return absl::StrJoin(parts, ", ");
+}
+
+// Pads every column but the last to its widest cell; two spaces between columns.
+std::string RenderTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (const auto& row : rows) {
+    for (size_t c = 0; c + 1 < row.size(); ++c) {
+      if (widths.size() <= c) widths.resize(c + 1, 0);
+      widths[c] = std::max(widths[c], row[c].size());
+    }
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t c = 0; c < row.size(); ++c) {
+      line += row[c];
+      if (c + 1 < row.size()) line.append(widths[c] - row[c].size() + 2, ' ');
+    }
+    // Trailing blanks come from empty last cells.
+    absl::StripTrailingAsciiWhitespace(&line);
+    absl::StrAppend(&out, line, "\n");
+  }
+  return out;
+}
+
+std::string ToJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  std::string out;
+  // Printing a well-formed message cannot fail.
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  if (out.empty() || out.back() != '\n') out.push_back('\n');
+  return out;
+}
+
+int UsageError(const absl::Status& status, std::ostream& err) {
+  err << "eventbus: " << status.message() << "\n\n" << kUsage;
+  return 2;
+}
+
+int CallError(absl::string_view command, const absl::Status& status, std::ostream& err) {
+  // One line, whatever the transport put in the message.
+  std::string message(status.message());
+  std::replace(message.begin(), message.end(), '\n', ' ');
+  err << "eventbus: " << command << ": " << absl::StatusCodeToString(status.code()) << ": "
+      << message << "\n";
+  return 1;
+}
+
+void WarnIfStale(bool stale, std::ostream& err) {
+  if (stale) err << "warning: the server's store is unreachable; this list may be out of date\n";
+}
+
+}  // namespace
+
+absl::StatusOr<google::protobuf::Value> ParseJsonValue(absl::string_view text) {
+  google::protobuf::Value value;
+  auto status = google::protobuf::util::JsonStringToMessage(
+      google::protobuf::StringPiece(text.data(), text.size()), &value);
+  if (!status.ok()) {
+    // protobuf's message spans lines (it draws a caret under the input); keep the first.
+    std::string message(status.message().data(), status.message().size());
+    message = message.substr(0, message.find('\n'));
+    return absl::InvalidArgumentError(message.empty() ? "invalid JSON" : message);
+  }
+  return value;
+}
+
+absl::StatusOr<RaiseCommand> ParseRaiseCommand(const std::vector<std::string>& args) {
+  absl::StatusOr<SplitResult> split =
+      SplitArgs("raise", args, {"timeout", "output", "json"}, {"sync", "async"});
+  if (!split.ok()) return split.status();
+  RaiseCommand command;
+  v1::RaiseRequest& request = command.request;
+  std::optional<std::string> json;
+  for (const auto& [name, value] : split->options) {
+    if (name == "sync" || name == "async") {
+      request.set_sync(name == "sync");
+    } else if (name == "timeout") {
+      absl::StatusOr<uint32_t> ms = ParseUint32("raise", "--timeout", value);
+      if (!ms.ok()) return ms.status();
+      if (*ms == 0) return absl::InvalidArgumentError("raise: --timeout must be at least 1 ms");
+      request.set_timeout_ms(*ms);
+    } else if (name == "output") {
+      absl::StatusOr<OutputFormat> output = ParseOutput("raise", value);
+      if (!output.ok()) return output.status();
+      command.output = *output;
+    } else if (name == "json") {
+      json = value;
+    }
+  }
+  const std::vector<std::string>& words = split->positional;
+  if (words.empty()) return absl::InvalidArgumentError("raise: missing EVENT");
+  request.set_event(words[0]);
+  if (json.has_value()) {
+    if (words.size() > 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("raise: --json cannot be combined with ARGS (", Quote(words[1]), ")"));
+    }
+    request.set_json(*json);
+    return command;
+  }
+
+  std::optional<std::string> first_named, first_positional;
+  for (size_t i = 1; i < words.size(); ++i) {
+    const std::string& arg = words[i];
+    size_t eq = arg.find('=');
+    if (eq != std::string::npos) {
+      bool typed = eq > 0 && arg[eq - 1] == ':';
+      absl::string_view name = absl::string_view(arg).substr(0, typed ? eq - 1 : eq);
+      if (name.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("raise: argument ", Quote(arg), " has an empty name"));
+      }
+      if (IsParamName(name)) {
+        if (!first_named) first_named = arg;
+        v1::Param* param = request.mutable_named()->add_params();
+        param->set_name(std::string(name));
+        absl::string_view value = absl::string_view(arg).substr(eq + 1);
+        if (!typed) {
+          param->mutable_value()->set_string_value(std::string(value));
+          continue;
+        }
+        absl::StatusOr<google::protobuf::Value> parsed = ParseJsonValue(value);
+        if (!parsed.ok()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "raise: argument ", Quote(arg), ": invalid JSON value: ", parsed.status().message()));
+        }
+        *param->mutable_value() = *std::move(parsed);
+        continue;
+      }
+    }
+    if (!first_positional) first_positional = arg;
+    absl::StatusOr<google::protobuf::Value> parsed = ParseJsonValue(arg);
+    google::protobuf::Value* value = request.mutable_positional()->add_values();
+    if (parsed.ok()) {
+      *value = *std::move(parsed);
+    } else {
+      value->set_string_value(arg);
+    }
+  }
+  if (first_named && first_positional) {
+    return absl::InvalidArgumentError(absl::StrCat("raise: cannot mix named (", Quote(*first_named),
+                                                   ") and positional (", Quote(*first_positional),
+                                                   ") params; use --json for anything else"));
+  }
+  return command;
+}
+
+absl::StatusOr<v1::RaiseRequest> ParseRaiseArgs(const std::vector<std::string>& args) {
+  absl::StatusOr<RaiseCommand> command = ParseRaiseCommand(args);
+  if (!command.ok()) return command.status();
+  return std::move(command->request);
+}
+
+absl::StatusOr<SubscribeCommand> ParseSubscribeArgs(const std::vector<std::string>& args) {
+  absl::StatusOr<SplitResult> split =
+      SplitArgs("subscribe", args, {"expire", "event_param", "output"}, {});
+  if (!split.ok()) return split.status();
+  SubscribeCommand command;
+  for (const auto& [name, value] : split->options) {
+    if (name == "expire") {
+      absl::StatusOr<uint32_t> seconds = ParseUint32("subscribe", "--expire", value);
+      if (!seconds.ok()) return seconds.status();
+      command.request.set_expire_seconds(*seconds);
+    } else if (name == "event_param") {
+      command.request.set_event_param(value);
+    } else if (name == "output") {
+      absl::StatusOr<OutputFormat> output = ParseOutput("subscribe", value);
+      if (!output.ok()) return output.status();
+      command.output = *output;
+    }
+  }
+  if (split->positional.size() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat("subscribe: expected EVENT SOCKET, got ",
+                                                   split->positional.size(), " argument(s)"));
+  }
+  command.request.set_event(split->positional[0]);
+  command.request.set_socket(split->positional[1]);
+  return command;
+}
+
+absl::StatusOr<v1::UnsubscribeRequest> ParseUnsubscribeArgs(const std::vector<std::string>& args) {
+  absl::StatusOr<SplitResult> split = SplitArgs("unsubscribe", args, {}, {});
+  if (!split.ok()) return split.status();
+  v1::UnsubscribeRequest request;
+  const std::vector<std::string>& words = split->positional;
+  if (words.size() == 1) {
+    request.set_id(words[0]);
+  } else if (words.size() == 2) {
+    request.set_event(words[0]);
+    request.set_socket(words[1]);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("unsubscribe: expected ID or EVENT SOCKET, got ",
+                                                   words.size(), " argument(s)"));
+  }
+  return request;
+}
+
+std::string StatusName(v1::DeliveryStatus status) {
+  absl::string_view name = v1::DeliveryStatus_Name(status);
+  absl::ConsumePrefix(&name, "DELIVERY_STATUS_");
+  return name.empty() ? absl::StrCat(static_cast<int>(status)) : std::string(name);
+}
+
+std::string StateName(v1::ConnectionState state) {
+  absl::string_view name = v1::ConnectionState_Name(state);
+  absl::ConsumePrefix(&name, "CONNECTION_STATE_");
+  return name.empty() ? absl::StrCat(static_cast<int>(state)) : std::string(name);
+}
+
+std::string FormatRaiseTable(const v1::RaiseResponse& response) {
+  if (response.deliveries().empty()) return "no subscribers\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Delivery& d : response.deliveries()) {
+    rows.push_back(
+        {d.socket(), StatusName(d.status()), FormatLatency(d.latency()), OutcomeText(d)});
+    for (const v1::Attempt& a : d.attempts()) {
+      rows.push_back({absl::StrCat("  ", a.member()), StatusName(a.status()),
+                      FormatLatency(a.latency()), OutcomeText(a)});
+    }
+  }
+  return RenderTable(rows);
+}
+
+std::string FormatSubscription(const v1::Subscription& sub, bool created) {
+  std::vector<std::vector<std::string>> rows = {
+      {"id", sub.id()},
+      {"event", sub.event()},
+      {"socket", sub.socket()},
+      {"created",
+       absl::StrCat(FormatTime(sub.create_time()),
+                    created ? " (new subscription)" : " (existing subscription, refreshed)")},
+      {"expires", sub.has_expire_time() ? absl::StrCat(FormatTime(sub.expire_time()), " (in ",
+                                                       FormatTtl(sub.ttl()), ")")
+                                        : "never"},
+  };
+  if (sub.has_event_param()) {
+    rows.push_back({"event_param", sub.event_param().empty() ? "(off)" : sub.event_param()});
+  }
+  if (!sub.targets().empty()) rows.push_back({"targets", TargetsText(sub)});
+  return RenderTable(rows);
+}
+
+std::string FormatSubscriptionsTable(const v1::ListSubscriptionsResponse& response) {
+  if (response.subscriptions().empty()) return "no subscriptions\n";
+  std::vector<std::vector<std::string>> rows = {
+      {"ID", "EVENT", "SOCKET", "EXPIRES", "TTL", "TARGETS"}};
+  for (const v1::Subscription& sub : response.subscriptions()) {
+    rows.push_back({sub.id(), sub.event(), sub.socket(),
+                    sub.has_expire_time() ? FormatTime(sub.expire_time()) : "never",
+                    sub.has_ttl() ? FormatTtl(sub.ttl()) : "-", TargetsText(sub)});
+  }
+  return RenderTable(rows);
+}
+
+std::string FormatEventsTable(const v1::ListEventsResponse& response) {
+  if (response.events().empty()) return "no events\n";
+  std::vector<std::vector<std::string>> rows = {{"EVENT", "SUBSCRIBERS"}};
+  for (const v1::EventInfo& e : response.events()) {
+    rows.push_back({e.event(), absl::StrCat(e.subscribers())});
+  }
+  return RenderTable(rows);
+}
+
+int RunCli(const std::vector<std::string>& args, const std::string& default_server,
+           std::ostream& out, std::ostream& err) {
+  std::string server = default_server.empty() ? kDefaultServer : default_server;
+  ClientOptions options;
+  size_t i = 0;
+  for (; i < args.size() && absl::StartsWith(args[i], "-"); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "-h" || arg == "--help") {
+      out << kUsage;
+      return 0;
+    }
+    size_t eq = arg.find('=');
+    std::string name = arg.substr(0, eq);
+    std::string value;
+    if (name != "--server" && name != "--timeout_ms") {
+      return UsageError(absl::InvalidArgumentError(absl::StrCat("unknown flag ", name)), err);
+    }
+    if (eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+    } else if (i + 1 < args.size()) {
+      value = args[++i];
+    } else {
+      return UsageError(absl::InvalidArgumentError(absl::StrCat(name, " needs a value")), err);
+    }
+    if (name == "--server") {
+      server = value;
+    } else {
+      absl::StatusOr<uint32_t> ms = ParseUint32("eventbus", "--timeout_ms", value);
+      if (!ms.ok()) return UsageError(ms.status(), err);
+      if (*ms == 0) {
+        return UsageError(absl::InvalidArgumentError("--timeout_ms must be at least 1"), err);
+      }
+      options.deadline = absl::Milliseconds(*ms);
+    }
+  }
+  if (i == args.size()) return UsageError(absl::InvalidArgumentError("missing COMMAND"), err);
+  const std::string& command = args[i];
+  std::vector<std::string> rest(args.begin() + i + 1, args.end());
+  if (command == "help") {
+    out << kUsage;
+    return 0;
+  }
+  if (command != "subscribe" && command != "unsubscribe" && command != "raise" &&
+      command != "list" && command != "events") {
+    return UsageError(absl::InvalidArgumentError(absl::StrCat("unknown command ", Quote(command))),
+                      err);
+  }
+
+  // Parse before connecting, so usage errors never wait on the network.
+  absl::StatusOr<SubscribeCommand> subscribe;
+  absl::StatusOr<v1::UnsubscribeRequest> unsubscribe;
+  absl::StatusOr<RaiseCommand> raise;
+  v1::ListSubscriptionsRequest list;
+  OutputFormat output = OutputFormat::kTable;
+  absl::Status parsed;
+  if (command == "subscribe") {
+    subscribe = ParseSubscribeArgs(rest);
+    parsed = subscribe.status();
+    if (subscribe.ok()) output = subscribe->output;
+  } else if (command == "unsubscribe") {
+    unsubscribe = ParseUnsubscribeArgs(rest);
+    parsed = unsubscribe.status();
+  } else if (command == "raise") {
+    raise = ParseRaiseCommand(rest);
+    parsed = raise.status();
+    if (raise.ok()) output = raise->output;
+  } else {
+    absl::StatusOr<SplitResult> split = SplitArgs(command, rest, {"output"}, {});
+    parsed = split.status();
+    if (split.ok()) {
+      for (const auto& option : split->options) {
+        absl::StatusOr<OutputFormat> format = ParseOutput(command, option.second);
+        if (!format.ok()) return UsageError(format.status(), err);
+        output = *format;
+      }
+      size_t max_words = command == "list" ? 1 : 0;
+      if (split->positional.size() > max_words) {
+        parsed = absl::InvalidArgumentError(
+            absl::StrCat(command, ": unexpected argument ", Quote(split->positional[max_words])));
+      } else if (!split->positional.empty()) {
+        list.set_event(split->positional[0]);
+      }
+    }
+  }
+  if (!parsed.ok()) return UsageError(parsed, err);
+
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(server, options);
+  if (!client.ok()) return CallError(command, client.status(), err);
+
+  if (command == "subscribe") {
+    absl::StatusOr<v1::SubscribeResponse> response = (*client)->Subscribe(subscribe->request);
+    if (!response.ok()) return CallError(command, response.status(), err);
+    out << (output == OutputFormat::kJson
+                ? ToJson(*response)
+                : FormatSubscription(response->subscription(), response->created()));
+  } else if (command == "unsubscribe") {
+    absl::StatusOr<v1::UnsubscribeResponse> response = (*client)->Unsubscribe(*unsubscribe);
+    if (!response.ok()) return CallError(command, response.status(), err);
+    out << "removed " << response->removed() << "\n";
+  } else if (command == "raise") {
+    absl::StatusOr<v1::RaiseResponse> response = (*client)->Raise(raise->request);
+    if (!response.ok()) return CallError(command, response.status(), err);
+    out << (output == OutputFormat::kJson ? ToJson(*response) : FormatRaiseTable(*response));
+  } else if (command == "list") {
+    absl::StatusOr<v1::ListSubscriptionsResponse> response = (*client)->ListSubscriptions(list);
+    if (!response.ok()) return CallError(command, response.status(), err);
+    out << (output == OutputFormat::kJson ? ToJson(*response)
+                                          : FormatSubscriptionsTable(*response));
+    WarnIfStale(response->stale(), err);
+  } else {
+    absl::StatusOr<v1::ListEventsResponse> response = (*client)->ListEvents();
+    if (!response.ok()) return CallError(command, response.status(), err);
+    out << (output == OutputFormat::kJson ? ToJson(*response) : FormatEventsTable(*response));
+    WarnIfStale(response->stale(), err);
+  }
+  return 0;
+}
+
+}  // namespace eventbus::client

@@ -1,1 +1,13 @@
-int main() { return 0; }
+// The `eventbus` command: forwards argv to RunCli (client/cli.h).
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "client/cli.h"
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  const char* server = std::getenv("EVENTBUS_SERVER");
+  return eventbus::client::RunCli(args, server == nullptr ? "" : server, std::cout, std::cerr);
+}

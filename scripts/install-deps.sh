@@ -16,7 +16,7 @@ PACKAGES=(
 )
 
 # npm (for buf) may already come from outside Debian's packaging; only ask apt when it is absent.
-command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
+[ "${SKIP_TOOLS:-0}" = 1 ] || command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -36,6 +36,8 @@ else
 fi
 
 # buf (protobuf linter) comes from npm into a project-local tools folder, never at build time.
+# SKIP_TOOLS=1 (container builds) skips it.
+[ "${SKIP_TOOLS:-0}" = 1 ] && exit 0
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$ROOT/.tools"
 if [ ! -x "$TOOLS/node_modules/.bin/buf" ]; then

@@ -1,1 +1,200 @@
-int main() { return 0; }
+// eventbusd: flags (each also settable as EVENTBUS_<FLAG> in the environment), wiring into
+// service::ServerConfig, and signals. No logic lives here; see server/service/server.h.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/base/log.h"
+#include "server/service/server.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
+          "gRPC listening address HOST:PORT (port 0 picks a free port, logged at start-up)");
+ABSL_FLAG(std::string, store, "sqlite",
+          "Subscription store: memory | sqlite | sqlite:PATH | "
+          "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]");
+ABSL_FLAG(std::string, data_dir, "/var/lib/eventbus",
+          "Directory of the sqlite store's subscriptions.db");
+ABSL_FLAG(int64_t, timeout_ms, 1000,
+          "Default Raise timeout in ms (sync: connect + write + reply; async: time to be written)");
+ABSL_FLAG(bool, sync_mode, false, "Default Raise mode: wait for each target's JSON-RPC reply");
+ABSL_FLAG(std::string, event_param, "",
+          "Params key that carries the event name (\"\" = off); a subscription may override it");
+ABSL_FLAG(int32_t, loops, 0, "Event-loop threads of the writer pool (0 = number of cores)");
+ABSL_FLAG(int64_t, queue_max_messages, 10000, "Per-target queue bound, in messages");
+ABSL_FLAG(int64_t, queue_max_bytes, 16777216, "Per-target queue bound, in bytes");
+ABSL_FLAG(int64_t, connect_timeout_ms, 2000, "TCP connect timeout in ms");
+ABSL_FLAG(int64_t, reconnect_min_backoff_ms, 50,
+          "First reconnect delay in ms (doubles per failure)");
+ABSL_FLAG(int64_t, reconnect_max_backoff_ms, 5000, "Longest reconnect delay in ms");
+ABSL_FLAG(int64_t, max_reply_bytes, 1048576,
+          "Largest JSON-RPC reply accepted; a larger one closes the connection");
+ABSL_FLAG(int64_t, idle_timeout_s, 300,
+          "A target connection with nothing queued or outstanding for this long is closed");
+ABSL_FLAG(int64_t, default_expire_s, 3600,
+          "Subscription lifetime in seconds when Subscribe gives none (0 = never expires)");
+ABSL_FLAG(int64_t, max_event_name_bytes, 128, "Longest event name");
+ABSL_FLAG(int64_t, max_socket_bytes, 1024, "Longest subscriber socket text");
+ABSL_FLAG(int64_t, max_virtual_members, 16, "Most members of one virtual: socket");
+ABSL_FLAG(int64_t, max_params_bytes, 65536, "Largest Raise params, as JSON text");
+ABSL_FLAG(int64_t, max_subscriptions, 100000, "Most subscriptions in total");
+ABSL_FLAG(int64_t, max_subscriptions_per_event, 10000, "Most subscriptions of one event");
+ABSL_FLAG(int64_t, failover_timeout_ms, 30000,
+          "A virtual FAILOVER member that failed is skipped for this long");
+ABSL_FLAG(int64_t, shutdown_grace_ms, 5000,
+          "On SIGTERM/SIGINT: time to finish in-flight calls and drain queued deliveries");
+ABSL_FLAG(std::string, log_level, "info", "Lowest log level written: debug, info, warning, error");
+
+namespace {
+
+// Every flag above; each may also be set by EVENTBUS_<NAME IN UPPER CASE>.
+constexpr const char* kFlagNames[] = {
+    "listen",
+    "store",
+    "data_dir",
+    "timeout_ms",
+    "sync_mode",
+    "event_param",
+    "loops",
+    "queue_max_messages",
+    "queue_max_bytes",
+    "connect_timeout_ms",
+    "reconnect_min_backoff_ms",
+    "reconnect_max_backoff_ms",
+    "max_reply_bytes",
+    "idle_timeout_s",
+    "default_expire_s",
+    "max_event_name_bytes",
+    "max_socket_bytes",
+    "max_virtual_members",
+    "max_params_bytes",
+    "max_subscriptions",
+    "max_subscriptions_per_event",
+    "failover_timeout_ms",
+    "shutdown_grace_ms",
+    "log_level",
+};
+
+[[noreturn]] void Fail(const std::string& message) {
+  std::fprintf(stderr, "eventbusd: %s\n", message.c_str());
+  std::exit(1);
+}
+
+// Applies EVENTBUS_* environment variables; the command line, parsed afterwards, wins.
+void ApplyEnvironment() {
+  for (const char* name : kFlagNames) {
+    std::string variable = absl::StrCat("EVENTBUS_", absl::AsciiStrToUpper(name));
+    const char* value = std::getenv(variable.c_str());
+    if (value == nullptr) continue;
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr) Fail(absl::StrCat("internal: no flag --", name));
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      Fail(absl::StrCat("environment variable ", variable, "=\"", value, "\": ", error));
+    }
+  }
+}
+
+size_t NonNegative(const char* name, int64_t value) {
+  if (value < 0) Fail(absl::StrCat("--", name, "=", value, ": must not be negative"));
+  return static_cast<size_t>(value);
+}
+
+eventbus::service::ServerConfig ConfigFromFlags() {
+  eventbus::service::ServerConfig config;
+  config.listen = absl::GetFlag(FLAGS_listen);
+  config.store = absl::GetFlag(FLAGS_store);
+  config.data_dir = absl::GetFlag(FLAGS_data_dir);
+  config.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_timeout_ms));
+  config.sync_mode = absl::GetFlag(FLAGS_sync_mode);
+  config.event_param = absl::GetFlag(FLAGS_event_param);
+  config.failover_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_failover_timeout_ms));
+  config.max_params_bytes = NonNegative("max_params_bytes", absl::GetFlag(FLAGS_max_params_bytes));
+
+  config.pool.num_loops = absl::GetFlag(FLAGS_loops);
+  config.pool.max_queue_messages =
+      NonNegative("queue_max_messages", absl::GetFlag(FLAGS_queue_max_messages));
+  config.pool.max_queue_bytes =
+      NonNegative("queue_max_bytes", absl::GetFlag(FLAGS_queue_max_bytes));
+  config.pool.connect_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_connect_timeout_ms));
+  config.pool.min_backoff = absl::Milliseconds(absl::GetFlag(FLAGS_reconnect_min_backoff_ms));
+  config.pool.max_backoff = absl::Milliseconds(absl::GetFlag(FLAGS_reconnect_max_backoff_ms));
+  config.pool.max_reply_bytes =
+      NonNegative("max_reply_bytes", absl::GetFlag(FLAGS_max_reply_bytes));
+  config.pool.idle_timeout = absl::Seconds(absl::GetFlag(FLAGS_idle_timeout_s));
+
+  config.limits.max_event_name_bytes =
+      NonNegative("max_event_name_bytes", absl::GetFlag(FLAGS_max_event_name_bytes));
+  config.limits.max_socket_bytes =
+      NonNegative("max_socket_bytes", absl::GetFlag(FLAGS_max_socket_bytes));
+  config.limits.max_virtual_members =
+      NonNegative("max_virtual_members", absl::GetFlag(FLAGS_max_virtual_members));
+  config.limits.max_subscriptions =
+      NonNegative("max_subscriptions", absl::GetFlag(FLAGS_max_subscriptions));
+  config.limits.max_subscriptions_per_event =
+      NonNegative("max_subscriptions_per_event", absl::GetFlag(FLAGS_max_subscriptions_per_event));
+  config.limits.default_expire =
+      absl::Seconds(NonNegative("default_expire_s", absl::GetFlag(FLAGS_default_expire_s)));
+  return config;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Block the shutdown signals before any thread starts, so every thread inherits the mask and
+  // only sigwait() below receives them (this also works as PID 1 in a container, where default
+  // dispositions are ignored).
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A subscriber that closes its end must cost an EPIPE, never the process.
+  signal(SIGPIPE, SIG_IGN);
+
+  absl::SetProgramUsageMessage(
+      "EventBus server: stores subscriptions and fans raised events out as JSON-RPC 2.0 over TCP.\n"
+      "Every flag may also be set as EVENTBUS_<FLAG> (e.g. EVENTBUS_LISTEN); the command line "
+      "wins.\nUsage: eventbusd [--flag=value ...]");
+  // --help lists this file's flags (absl's default looks for a file named after the binary).
+  absl::FlagsUsageConfig usage_config;
+  usage_config.contains_help_flags = [](absl::string_view path) {
+    return absl::EndsWith(path, "server/main.cc");
+  };
+  usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage_config);
+  ApplyEnvironment();
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) Fail(absl::StrCat("unexpected argument \"", rest[1], "\"; see --help"));
+
+  eventbus::base::LogLevel level;
+  if (!eventbus::base::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    Fail(absl::StrCat("--log_level=", absl::GetFlag(FLAGS_log_level),
+                      ": expected debug, info, warning or error"));
+  }
+  eventbus::base::SetLogLevel(level);
+  absl::Duration grace =
+      absl::Milliseconds(NonNegative("shutdown_grace_ms", absl::GetFlag(FLAGS_shutdown_grace_ms)));
+
+  auto server = eventbus::service::EventBusServer::Start(ConfigFromFlags());
+  if (!server.ok()) Fail(absl::StrCat("cannot start: ", server.status().ToString()));
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  EB_LOG(kInfo, "signal received", "signal=", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+  (*server)->Shutdown(grace);
+  return 0;
+}

@@ -74,6 +74,9 @@ struct Dispatcher::RaiseState {
       absl::MutexLock lock(&mu);
       if (answered || final[i]) return;
       final[i] = true;
+      // The slot already names its subscription; the callbacks only know the outcome.
+      report.subscription_id = std::move(reports[i].subscription_id);
+      report.socket = std::move(reports[i].socket);
       reports[i] = std::move(report);
       if (!sync || --pending > 0) return;
       answered = true;
@@ -253,25 +256,18 @@ void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
     if (sub.target.policy == uri::VirtualPolicy::kFailover) {
       // Members in order; those that failed within failover_timeout go last, so they are tried
       // only when every other member failed too.
-      std::vector<size_t> fresh, recently_failed;
-      {
-        absl::MutexLock lock(&mu_);
-        for (size_t m = 0; m < n; ++m) {
-          auto it = failed_at_.find(members[m].ToString());
-          bool skip = it != failed_at_.end() && now - it->second < options_.failover_timeout;
-          (skip ? recently_failed : fresh).push_back(m);
-        }
-      }
-      run->order = fresh;
-      run->order.insert(run->order.end(), recently_failed.begin(), recently_failed.end());
+      for (size_t m = 0; m < n; ++m) run->order.push_back(m);
+      DemoteFailedMembers(members, now, &run->order);
     } else {
-      // ROUND-ROBIN: rotate the starting member; in sync mode a failed member hands over.
+      // ROUND-ROBIN: rotate the starting member; in sync mode a failed member hands over. A
+      // member known to be down is passed over (it would only wait for its reconnect).
       uint64_t start;
       {
         absl::MutexLock lock(&mu_);
         start = rr_next_[sub.id]++;
       }
       for (size_t k = 0; k < n; ++k) run->order.push_back((start + k) % n);
+      DemoteFailedMembers(members, now, &run->order);
       run->handover = options.sync;
     }
     groups.push_back(std::move(run));
@@ -300,6 +296,29 @@ void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
   };
   pool_->Submit(std::move(batch), arrive);
   for (auto& run : groups) NextGroupAttempt(std::move(run), arrive);
+}
+
+void Dispatcher::DemoteFailedMembers(const std::vector<uri::TcpTarget>& members, absl::Time now,
+                                     std::vector<size_t>* order) {
+  std::vector<size_t> fresh, failed;
+  for (size_t m : *order) {
+    bool down;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = failed_at_.find(members[m].ToString());
+      down = it != failed_at_.end() && now - it->second < options_.failover_timeout;
+    }
+    // The member's connection (shared with every subscription to that target) may have failed
+    // for someone else's delivery: that counts too, until it connects again.
+    if (!down) {
+      std::optional<net::TargetStats> stats = pool_->Stats(members[m].Key());
+      down = stats && stats->state != net::ConnState::kConnected &&
+             now - stats->last_connect_failure < options_.failover_timeout;
+    }
+    (down ? failed : fresh).push_back(m);
+  }
+  *order = std::move(fresh);
+  order->insert(order->end(), failed.begin(), failed.end());
 }
 
 void Dispatcher::NextGroupAttempt(std::shared_ptr<GroupRun> run,
@@ -338,7 +357,7 @@ void Dispatcher::NextGroupAttempt(std::shared_ptr<GroupRun> run,
     if (MemberFailed(o)) {
       absl::MutexLock lock(&mu_);
       failed_at_[member_text] = at;
-    } else if (run->sub->target.policy == uri::VirtualPolicy::kFailover) {
+    } else {
       absl::MutexLock lock(&mu_);
       failed_at_.erase(member_text);
     }

@@ -72,6 +72,11 @@ class Dispatcher {
  private:
   struct RaiseState;
   struct GroupRun;
+  // Moves the members of `order` that are known to be down to its end, keeping the relative
+  // order: those whose attempt failed within failover_timeout, and those whose shared connection
+  // failed to connect within it and has not connected since.
+  void DemoteFailedMembers(const std::vector<uri::TcpTarget>& members, absl::Time now,
+                           std::vector<size_t>* order);
   // Tries the group's next member, or completes its report when none is left or time is up.
   // `enqueued` (may be null) runs once the attempt is enqueued or the report completed.
   void NextGroupAttempt(std::shared_ptr<GroupRun> run, absl::AnyInvocable<void()> enqueued);

@@ -44,6 +44,8 @@ TargetStats TargetCounters::Snapshot() const {
   s.failed = failed.load(std::memory_order_relaxed);
   s.reconnects = reconnects.load(std::memory_order_relaxed);
   s.unmatched_replies = unmatched_replies.load(std::memory_order_relaxed);
+  int64_t failed_ns = last_connect_failure_ns.load(std::memory_order_relaxed);
+  if (failed_ns != 0) s.last_connect_failure = absl::FromUnixNanos(failed_ns);
   return s;
 }
 
@@ -423,7 +425,9 @@ void Connection::ConnectFailed() {
   for (int i = 1; i < consecutive_failures_ && backoff < options.max_backoff; ++i) backoff *= 2;
   backoff = std::min(backoff, options.max_backoff);
   backoff *= absl::Uniform(ctx_->rng, 0.8, 1.2);
-  retry_at_ = absl::Now() + backoff;
+  const absl::Time now = absl::Now();
+  retry_at_ = now + backoff;
+  counters_->last_connect_failure_ns.store(absl::ToUnixNanos(now), std::memory_order_relaxed);
   SetState(ConnState::kBackoff);
   EB_LOG(kDebug, "connect failed", "target=", key_, " error=", base::LogValue(last_error_),
          " retry_in=", absl::FormatDuration(backoff));

@@ -42,6 +42,8 @@ struct TargetCounters {
   std::atomic<uint64_t> failed{0};
   std::atomic<uint64_t> reconnects{0};
   std::atomic<uint64_t> unmatched_replies{0};
+  // absl::ToUnixNanos of the last failed connect or resolve attempt; 0 = never.
+  std::atomic<int64_t> last_connect_failure_ns{0};
 };
 
 // key -> counters of the live connection to that target. Thread-safe.

@@ -75,6 +75,8 @@ struct TargetStats {
   uint64_t failed = 0;     // every outcome other than kOk/kRpcError
   uint64_t reconnects = 0;
   uint64_t unmatched_replies = 0;  // unknown id or no id: counted and ignored
+  // When the last connect (or resolve) attempt failed; InfinitePast when none did.
+  absl::Time last_connect_failure = absl::InfinitePast();
 };
 
 // Thread-safe.

@@ -1,1 +1,183 @@
-// placeholder: being written
+#include "server/service/eventbus_service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/service/convert.h"
+
+namespace eventbus::service {
+namespace {
+
+namespace v1 = ::eventbus::v1;
+
+// The caller's deadline; InfiniteFuture when it set none.
+absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
+  std::chrono::system_clock::time_point deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
+  return absl::FromChrono(deadline);
+}
+
+}  // namespace
+
+EventBusServiceImpl::EventBusServiceImpl(registry::Registry* registry,
+                                         store::SubscriptionManager* manager,
+                                         delivery::Dispatcher* dispatcher,
+                                         const net::WriterPool* pool, const base::Clock* clock,
+                                         ServiceOptions options)
+    : registry_(registry),
+      manager_(manager),
+      dispatcher_(dispatcher),
+      pool_(pool),
+      clock_(clock),
+      options_(std::move(options)) {}
+
+grpc::ServerUnaryReactor* EventBusServiceImpl::Subscribe(grpc::CallbackServerContext* context,
+                                                         const v1::SubscribeRequest* request,
+                                                         v1::SubscribeResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  store::SubscribeRequest sub;
+  sub.event = request->event();
+  sub.socket = request->socket();
+  if (request->has_expire_seconds()) sub.expire_seconds = request->expire_seconds();
+  if (request->has_event_param()) sub.event_param = request->event_param();
+  // `done` may run inline or on a store thread; the response outlives it until Finish.
+  manager_->Subscribe(
+      std::move(sub), [this, reactor, response](absl::StatusOr<store::SubscribeResult> result) {
+        if (!result.ok()) {
+          reactor->Finish(ToGrpcStatus(result.status()));
+          return;
+        }
+        FillSubscription(*result->subscription, clock_->Now(), response->mutable_subscription());
+        response->set_created(result->created);
+        reactor->Finish(grpc::Status::OK);
+      });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* EventBusServiceImpl::Unsubscribe(grpc::CallbackServerContext* context,
+                                                           const v1::UnsubscribeRequest* request,
+                                                           v1::UnsubscribeResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  manager_->Unsubscribe(request->id(), request->event(), request->socket(),
+                        [reactor, response](absl::StatusOr<int> removed) {
+                          if (!removed.ok()) {
+                            reactor->Finish(ToGrpcStatus(removed.status()));
+                            return;
+                          }
+                          response->set_removed(static_cast<uint32_t>(*removed));
+                          reactor->Finish(grpc::Status::OK);
+                        });
+  return reactor;
+}
+
+absl::StatusOr<delivery::RaiseOptions> EventBusServiceImpl::ResolveRaiseOptions(
+    const v1::RaiseRequest& request, absl::Time deadline, absl::Time now) const {
+  delivery::RaiseOptions options;
+  options.sync = request.has_sync() ? request.sync() : options_.default_sync;
+  options.timeout = options_.default_timeout;
+  if (request.has_timeout_ms()) {
+    options.timeout = absl::Milliseconds(request.timeout_ms());
+    if (request.timeout_ms() == 0 || options.timeout > options_.max_timeout) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("timeout_ms: ", request.timeout_ms(), " is outside 1..",
+                       absl::ToInt64Milliseconds(options_.max_timeout)));
+    }
+  }
+  absl::Duration left = deadline - now;
+  if (left <= absl::ZeroDuration()) {
+    return absl::DeadlineExceededError("raise: the caller's deadline has already passed");
+  }
+  // Async Raise answers once everything is queued, so only a sync wait must end before the
+  // caller gives up; an async notification keeps its full time to be written.
+  if (options.sync && deadline != absl::InfiniteFuture()) {
+    absl::Duration margin = std::min(options_.deadline_margin, left / 4);
+    options.timeout = std::min(options.timeout, left - margin);
+  }
+  return options;
+}
+
+grpc::ServerUnaryReactor* EventBusServiceImpl::Raise(grpc::CallbackServerContext* context,
+                                                     const v1::RaiseRequest* request,
+                                                     v1::RaiseResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status valid = registry::ValidateEventName(request->event(), options_.max_event_name_bytes);
+  if (!valid.ok()) {
+    reactor->Finish(ToGrpcStatus(valid));
+    return reactor;
+  }
+  absl::StatusOr<jsonrpc::Params> params = ParamsFromRequest(*request, options_.max_params_bytes);
+  if (!params.ok()) {
+    reactor->Finish(ToGrpcStatus(params.status()));
+    return reactor;
+  }
+  // The caller's deadline is wall-clock time, whatever clock_ is.
+  absl::StatusOr<delivery::RaiseOptions> options =
+      ResolveRaiseOptions(*request, DeadlineOf(*context), absl::Now());
+  if (!options.ok()) {
+    reactor->Finish(ToGrpcStatus(options.status()));
+    return reactor;
+  }
+  // `done` runs inline (nobody to deliver to) or on an event-loop thread.
+  dispatcher_->Raise(request->event(), *params, *options, registry_->Subscribers(request->event()),
+                     [reactor, response](std::vector<delivery::DeliveryReport> reports) {
+                       response->mutable_deliveries()->Reserve(static_cast<int>(reports.size()));
+                       for (const delivery::DeliveryReport& report : reports) {
+                         ReportToProto(report, response->add_deliveries());
+                       }
+                       reactor->Finish(grpc::Status::OK);
+                     });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* EventBusServiceImpl::ListSubscriptions(
+    grpc::CallbackServerContext* context, const v1::ListSubscriptionsRequest* request,
+    v1::ListSubscriptionsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (!request->event().empty()) {
+    absl::Status valid =
+        registry::ValidateEventName(request->event(), options_.max_event_name_bytes);
+    if (!valid.ok()) {
+      reactor->Finish(ToGrpcStatus(valid));
+      return reactor;
+    }
+  }
+  absl::Time now = clock_->Now();
+  std::vector<registry::SubscriptionPtr> subs = registry_->List(request->event());
+  response->mutable_subscriptions()->Reserve(static_cast<int>(subs.size()));
+  for (const registry::SubscriptionPtr& sub : subs) {
+    FillSubscription(*sub, now, response->add_subscriptions());
+  }
+  response->set_stale(manager_->stale());
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* EventBusServiceImpl::ListEvents(grpc::CallbackServerContext* context,
+                                                          const v1::ListEventsRequest* request,
+                                                          v1::ListEventsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  for (const registry::EventCount& event : registry_->Events()) {
+    v1::EventInfo* info = response->add_events();
+    info->set_event(event.event);
+    info->set_subscribers(static_cast<uint32_t>(event.subscribers));
+  }
+  response->set_stale(manager_->stale());
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+void EventBusServiceImpl::FillSubscription(const registry::Subscription& sub, absl::Time now,
+                                           v1::Subscription* out) const {
+  SubscriptionToProto(
+      sub, now, [this](const std::string& key) { return pool_->Stats(key); }, out);
+}
+
+}  // namespace eventbus::service

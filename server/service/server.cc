@@ -1,1 +1,193 @@
-// placeholder: being written
+#include "server/service/server.h"
+
+#include <utility>
+
+#include "absl/memory/memory.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "grpc/grpc.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "server/base/log.h"
+
+namespace eventbus::service {
+namespace {
+
+constexpr char kServiceName[] = "eventbus.v1.EventBusService";
+
+absl::Status ValidateConfig(const ServerConfig& config) {
+  if (config.listen.empty()) return absl::InvalidArgumentError("listen: empty address");
+  if (config.timeout <= absl::ZeroDuration() || config.timeout > absl::Hours(1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "timeout_ms: ", config.timeout / absl::Milliseconds(1), " is outside 1..3600000"));
+  }
+  if (config.pool.num_loops < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("loops: ", config.pool.num_loops, " is negative (0 means one per core)"));
+  }
+  if (config.pool.max_queue_messages == 0 || config.pool.max_queue_bytes == 0) {
+    return absl::InvalidArgumentError("queue_max_messages and queue_max_bytes must be positive");
+  }
+  if (config.pool.connect_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("connect_timeout_ms must be positive");
+  }
+  if (config.pool.min_backoff <= absl::ZeroDuration() ||
+      config.pool.max_backoff < config.pool.min_backoff) {
+    return absl::InvalidArgumentError(
+        "reconnect backoff: need 0 < reconnect_min_backoff_ms <= reconnect_max_backoff_ms");
+  }
+  if (config.max_params_bytes == 0) {
+    return absl::InvalidArgumentError("max_params_bytes must be positive");
+  }
+  if (config.store_health_poll <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("store_health_poll must be positive");
+  }
+  return absl::OkStatus();
+}
+
+// "host:port" with the bound port in place of the configured one (which may be 0).
+std::string DialAddress(const std::string& listen, int port) {
+  size_t colon = listen.rfind(':');
+  std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
+  return absl::StrCat(host, ":", port);
+}
+
+}  // namespace
+
+EventBusServer::EventBusServer(const ServerConfig& config) : config_(config) {}
+
+EventBusServer::~EventBusServer() { Shutdown(absl::ZeroDuration()); }
+
+absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const ServerConfig& config) {
+  if (absl::Status valid = ValidateConfig(config); !valid.ok()) return valid;
+  std::unique_ptr<EventBusServer> server = absl::WrapUnique(new EventBusServer(config));
+  base::RealClock* clock = base::RealClock::Get();
+
+  absl::StatusOr<std::unique_ptr<net::WriterPool>> pool = net::WriterPool::Create(config.pool);
+  if (!pool.ok()) return pool.status();
+  server->pool_ = *std::move(pool);
+  server->registry_ = std::make_unique<registry::Registry>();
+
+  absl::StatusOr<std::unique_ptr<store::SubscriptionStore>> store =
+      store::OpenStore(config.store, config.data_dir);
+  if (!store.ok()) return store.status();
+  server->store_ = *std::move(store);
+  server->manager_ = std::make_unique<store::SubscriptionManager>(
+      server->registry_.get(), server->store_.get(), clock, config.limits);
+  if (absl::Status started = server->manager_->Start(); !started.ok()) return started;
+
+  delivery::DispatcherOptions dispatcher_options;
+  dispatcher_options.event_param = config.event_param;
+  dispatcher_options.failover_timeout = config.failover_timeout;
+  server->dispatcher_ =
+      std::make_unique<delivery::Dispatcher>(server->pool_.get(), clock, dispatcher_options);
+
+  ServiceOptions service_options;
+  service_options.default_sync = config.sync_mode;
+  service_options.default_timeout = config.timeout;
+  service_options.max_params_bytes = config.max_params_bytes;
+  service_options.max_event_name_bytes = config.limits.max_event_name_bytes;
+  server->service_ = std::make_unique<EventBusServiceImpl>(
+      server->registry_.get(), server->manager_.get(), server->dispatcher_.get(),
+      server->pool_.get(), clock, service_options);
+
+  // Both are process-wide switches read by the next ServerBuilder.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default, which would let a second server silently share the port.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  int port = 0;
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || port == 0) {
+    server->server_.reset();
+    return absl::UnavailableError(absl::StrCat(
+        "listen \"", config.listen, "\": cannot bind (address in use, not local, or malformed)"));
+  }
+  server->port_ = port;
+  server->address_ = DialAddress(config.listen, port);
+
+  grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus(kServiceName, true);
+  bool store_healthy = server->store_->healthy();
+  {
+    absl::MutexLock lock(&server->mu_);
+    server->store_healthy_ = store_healthy;
+  }
+  health->SetServingStatus(kStoreHealthService, store_healthy);
+  server->health_thread_ = std::thread([s = server.get()] { s->HealthLoop(); });
+
+  EB_LOG(kInfo, "eventbusd serving", "listen=", base::LogValue(server->address_), " port=", port,
+         " store=", base::LogValue(config.store), " loops=", server->pool_->num_loops(),
+         " sync_mode=", config.sync_mode ? "true" : "false",
+         " timeout_ms=", config.timeout / absl::Milliseconds(1));
+  return server;
+}
+
+void EventBusServer::HealthLoop() {
+  absl::MutexLock lock(&mu_);
+  while (!mu_.AwaitWithTimeout(absl::Condition(&stopping_), config_.store_health_poll)) {
+    bool healthy = store_->healthy();
+    if (healthy == store_healthy_) continue;
+    store_healthy_ = healthy;
+    // SetServingStatus takes gRPC's own lock only; it never calls back into us.
+    server_->GetHealthCheckService()->SetServingStatus(kStoreHealthService, healthy);
+    if (healthy) {
+      EB_LOG(kInfo, "store reachable again", "store=", store_->kind());
+    } else {
+      EB_LOG(kWarning, "store unreachable; lists may be stale", "store=", store_->kind());
+    }
+  }
+}
+
+void EventBusServer::Shutdown(absl::Duration grace) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) {
+      mu_.Await(absl::Condition(&stopped_));
+      return;
+    }
+    stopping_ = true;
+  }
+  if (health_thread_.joinable()) health_thread_.join();
+  absl::Time deadline = absl::Now() + grace;
+  if (server_ != nullptr) {
+    EB_LOG(kInfo, "shutting down", "grace_ms=", grace / absl::Milliseconds(1));
+    // Every service reports NOT_SERVING from here on.
+    server_->GetHealthCheckService()->Shutdown();
+    // grpc::Server::Shutdown stops accepting, waits for in-flight calls until the deadline, then
+    // cancels them, and returns only once each call has finished. A sync Raise finishes when its
+    // deliveries have outcomes, which pool_->Shutdown() forces; so it runs aside while this thread
+    // drains the pool and, at the deadline, stops it.
+    absl::Notification server_down;
+    std::thread shutdown_thread([this, deadline, &server_down] {
+      server_->Shutdown(absl::ToChronoTime(deadline));
+      server_down.Notify();
+    });
+    server_down.WaitForNotificationWithDeadline(deadline);
+    bool drained = pool_->Drain(deadline);
+    if (!drained) EB_LOG(kWarning, "grace period over; failing undelivered messages");
+    pool_->Shutdown();
+    shutdown_thread.join();
+  } else if (pool_ != nullptr) {
+    pool_->Shutdown();
+  }
+  if (manager_ != nullptr) manager_->Stop();
+  if (server_ != nullptr) EB_LOG(kInfo, "stopped");
+  absl::MutexLock lock(&mu_);
+  stopped_ = true;
+}
+
+void EventBusServer::Wait() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(&stopped_));
+}
+
+}  // namespace eventbus::service

@@ -105,6 +105,9 @@ void SubscriptionManager::SubscribeKeyed(
     const Key& key, SubscribeRequest request, uri::SocketUri target,
     absl::AnyInvocable<void(absl::StatusOr<SubscribeResult>)> done) {
   absl::Time now = clock_->Now();
+  // Stores keep whole microseconds (store_codec.h): times handed out must be the ones a restart
+  // (sqlite) or another replica (etcd) reads back, so they carry no finer digits.
+  const absl::Time stamp = absl::FromUnixMicros(absl::ToUnixMicros(now));
   SubscriptionPtr existing = registry_->FindByKey(key.first, key.second);
   if (existing != nullptr && !existing->LiveAt(now)) {
     // Expired a moment ago and not collected yet: this is a new subscription. The old one is
@@ -122,7 +125,7 @@ void SubscriptionManager::SubscribeKeyed(
       return;
     }
     sub->id = registry::NewSubscriptionId();
-    sub->create_time = now;
+    sub->create_time = stamp;
     sub->event_param = std::move(request.event_param);
   } else {
     sub->id = existing->id;
@@ -133,7 +136,7 @@ void SubscriptionManager::SubscribeKeyed(
   sub->event = key.first;
   sub->socket = key.second;
   sub->target = std::move(target);
-  sub->expire_time = ExpireTime(now, request.expire_seconds, limits_.default_expire);
+  sub->expire_time = ExpireTime(stamp, request.expire_seconds, limits_.default_expire);
 
   SubscriptionPtr stored = sub;
   store_->Put(std::move(stored), [this, key, sub = SubscriptionPtr(std::move(sub)), created,

@@ -144,6 +144,8 @@ TEST_F(DispatcherTest, SyncReportsResultErrorAndTimeoutPerTarget) {
   absl::Duration took = absl::Now() - start;
   EXPECT_THAT(Codes(reports),
               ElementsAre(DeliveryCode::kOk, DeliveryCode::kRpcError, DeliveryCode::kTimeout));
+  EXPECT_EQ(reports[1].subscription_id, "err");
+  EXPECT_EQ(reports[1].socket, err->socket());
   EXPECT_EQ(reports[0].outcome.result, "\"ok\"");
   EXPECT_EQ(reports[1].outcome.error_code, -32000);
   EXPECT_EQ(reports[1].outcome.error_message, "peer error");
@@ -158,6 +160,8 @@ TEST_F(DispatcherTest, ParallelGroupReportsEveryMember) {
       absl::StrCat("virtual:PARALLEL ", a->socket(), " ", ClosedSocket(), " ", b->socket());
   auto reports = Raise({Sub("g", socket)}, /*sync=*/true, {}, absl::Milliseconds(500));
   ASSERT_THAT(reports, SizeIs(1));
+  EXPECT_EQ(reports[0].subscription_id, "g");
+  EXPECT_EQ(reports[0].socket, socket);
   ASSERT_THAT(reports[0].attempts, SizeIs(3));
   EXPECT_EQ(reports[0].attempts[0].outcome.code, DeliveryCode::kOk);
   EXPECT_EQ(reports[0].attempts[1].outcome.code, DeliveryCode::kConnectFailed);
@@ -192,6 +196,26 @@ TEST_F(DispatcherTest, FailoverSkipsDeadFirstMemberAndRemembersIt) {
   auto third = Raise({sub}, /*sync=*/true);
   ASSERT_THAT(third[0].attempts, SizeIs(2));
   EXPECT_EQ(third[0].attempts[0].member, dead);
+}
+
+TEST_F(DispatcherTest, FailoverPassesOverAMemberWhoseSharedConnectionIsReconnecting) {
+  auto good = StartPeer();
+  std::string dead = ClosedSocket();
+  // A plain subscription to the dead target leaves its shared connection waiting to reconnect.
+  auto plain = Raise({Sub("plain", dead)}, /*sync=*/true, {}, absl::Milliseconds(300));
+  ASSERT_EQ(plain[0].outcome.code, DeliveryCode::kConnectFailed);
+  auto stats = pool_->Stats(uri::ParseTcpSocket(dead)->Key());
+  ASSERT_TRUE(stats.has_value());
+  ASSERT_EQ(stats->state, net::ConnState::kBackoff);
+
+  absl::Time start = absl::Now();
+  auto reports = Raise({Sub("g", absl::StrCat("virtual:FAILOVER ", dead, " ", good->socket()))},
+                       /*sync=*/true);
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(100));
+  ASSERT_THAT(reports, SizeIs(1));
+  EXPECT_EQ(reports[0].outcome.code, DeliveryCode::kOk);
+  ASSERT_THAT(reports[0].attempts, SizeIs(1));
+  EXPECT_EQ(reports[0].attempts[0].member, good->socket());
 }
 
 TEST_F(DispatcherTest, FailoverTriesSkippedMembersWhenAllOthersFail) {

@@ -112,7 +112,9 @@ TEST_F(EtcdStoreTest, APutOnOneReplicaReachesTheOtherWithinASecond) {
   ASSERT_TRUE(
       listener_a->WaitFor([](const ListenerState& s) { return Has(s, "y1"); }, absl::Seconds(1)));
   ASSERT_TRUE(listener_b->WaitFor([](const ListenerState& s) { return !Has(s, "x1"); }));
-  EXPECT_FALSE(Has(listener_a->state(), "x1"));
+  // A's listener is not asserted on x1: the watch may echo A's own put before its ack, and skips
+  // A's own delete when the ack came first. The SubscriptionManager applies its own acknowledged
+  // writes, so it stays consistent; this recording listener does not.
 }
 
 TEST_F(EtcdStoreTest, ADeleteOnOneReplicaReachesTheOther) {

@@ -1,0 +1,65 @@
+// C++ client of eventbus.v1.EventBusService: one channel, a deadline on every call, and gRPC
+// errors returned as absl::Status carrying the server's code and message. Used by the `eventbus`
+// CLI, the benchmarks and any C++ program that subscribes or raises.
+#ifndef EVENTBUS_CLIENT_CLIENT_H_
+#define EVENTBUS_CLIENT_CLIENT_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "eventbus/v1/eventbus.grpc.pb.h"
+#include "eventbus/v1/eventbus.pb.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/support/status.h"
+
+namespace eventbus::client {
+
+struct ClientOptions {
+  // Deadline of every call, from its start.
+  absl::Duration deadline = absl::Seconds(10);
+};
+
+// Thread-safe: calls may be issued from any number of threads at once.
+class Client {
+ public:
+  // Creates a channel to `address` ("host:port", or any gRPC target such as "dns:///host:port").
+  // The connection is made lazily by the first call, so an unreachable server shows up there as
+  // UNAVAILABLE. INVALID_ARGUMENT for an empty address or a non-positive deadline.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& address,
+                                                         ClientOptions options = {});
+
+  // Each returns the server's response, or its error (same code and message), or
+  // DEADLINE_EXCEEDED / UNAVAILABLE from the transport.
+  absl::StatusOr<eventbus::v1::SubscribeResponse> Subscribe(
+      const eventbus::v1::SubscribeRequest& request);
+  absl::StatusOr<eventbus::v1::UnsubscribeResponse> Unsubscribe(
+      const eventbus::v1::UnsubscribeRequest& request);
+  absl::StatusOr<eventbus::v1::RaiseResponse> Raise(const eventbus::v1::RaiseRequest& request);
+  absl::StatusOr<eventbus::v1::ListSubscriptionsResponse> ListSubscriptions(
+      const eventbus::v1::ListSubscriptionsRequest& request);
+  absl::StatusOr<eventbus::v1::ListEventsResponse> ListEvents(
+      const eventbus::v1::ListEventsRequest& request = {});
+
+  // The generated stub, for advanced use (e.g. many concurrent Raises through stub()->async()).
+  // Callers set their own deadlines there.
+  eventbus::v1::EventBusService::Stub* stub() { return stub_.get(); }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+  const ClientOptions& options() const { return options_; }
+
+ private:
+  Client(std::shared_ptr<grpc::Channel> channel, ClientOptions options);
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<eventbus::v1::EventBusService::Stub> stub_;
+  const ClientOptions options_;
+};
+
+// Same canonical code, same message.
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+}  // namespace eventbus::client
+
+#endif  // EVENTBUS_CLIENT_CLIENT_H_

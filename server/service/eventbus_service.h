@@ -1,0 +1,79 @@
+// The eventbus.v1.EventBusService implementation: thin callback-API glue that validates and
+// converts requests (convert.h), hands Subscribe/Unsubscribe to the SubscriptionManager and Raise
+// to the Dispatcher, and finishes each call from whichever thread completes it. Never blocks.
+#ifndef EVENTBUS_SERVER_SERVICE_EVENTBUS_SERVICE_H_
+#define EVENTBUS_SERVER_SERVICE_EVENTBUS_SERVICE_H_
+
+#include <cstddef>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "eventbus/v1/eventbus.grpc.pb.h"
+#include "eventbus/v1/eventbus.pb.h"
+#include "grpcpp/grpcpp.h"
+#include "server/base/clock.h"
+#include "server/delivery/dispatcher.h"
+#include "server/net/writer_pool.h"
+#include "server/registry/registry.h"
+#include "server/store/subscription_manager.h"
+
+namespace eventbus::service {
+
+struct ServiceOptions {
+  // Raise defaults when the request leaves them unset.
+  bool default_sync = false;
+  absl::Duration default_timeout = absl::Milliseconds(1000);
+  // A Raise timeout must lie in [1 ms, max_timeout].
+  absl::Duration max_timeout = absl::Hours(1);
+  // Sync Raise answers this long before the caller's deadline (at most a quarter of what is left),
+  // so that the caller sees per-target statuses instead of DEADLINE_EXCEEDED.
+  absl::Duration deadline_margin = absl::Milliseconds(100);
+  size_t max_params_bytes = 65536;
+  size_t max_event_name_bytes = 128;
+};
+
+// Thread-safe; every method returns at once and finishes its reactor later, on a store thread or
+// an event-loop thread. `registry`, `manager`, `dispatcher`, `pool` and `clock` must outlive it.
+class EventBusServiceImpl final : public eventbus::v1::EventBusService::CallbackService {
+ public:
+  EventBusServiceImpl(registry::Registry* registry, store::SubscriptionManager* manager,
+                      delivery::Dispatcher* dispatcher, const net::WriterPool* pool,
+                      const base::Clock* clock, ServiceOptions options);
+
+  grpc::ServerUnaryReactor* Subscribe(grpc::CallbackServerContext* context,
+                                      const eventbus::v1::SubscribeRequest* request,
+                                      eventbus::v1::SubscribeResponse* response) override;
+  grpc::ServerUnaryReactor* Unsubscribe(grpc::CallbackServerContext* context,
+                                        const eventbus::v1::UnsubscribeRequest* request,
+                                        eventbus::v1::UnsubscribeResponse* response) override;
+  grpc::ServerUnaryReactor* Raise(grpc::CallbackServerContext* context,
+                                  const eventbus::v1::RaiseRequest* request,
+                                  eventbus::v1::RaiseResponse* response) override;
+  grpc::ServerUnaryReactor* ListSubscriptions(
+      grpc::CallbackServerContext* context, const eventbus::v1::ListSubscriptionsRequest* request,
+      eventbus::v1::ListSubscriptionsResponse* response) override;
+  grpc::ServerUnaryReactor* ListEvents(grpc::CallbackServerContext* context,
+                                       const eventbus::v1::ListEventsRequest* request,
+                                       eventbus::v1::ListEventsResponse* response) override;
+
+  // Resolves the Raise options of `request` given the caller's deadline (InfiniteFuture when
+  // none) at `now`: INVALID_ARGUMENT for a timeout outside [1 ms, max_timeout], DEADLINE_EXCEEDED
+  // when the deadline has already passed. A sync timeout is shortened to end before the deadline.
+  absl::StatusOr<delivery::RaiseOptions> ResolveRaiseOptions(
+      const eventbus::v1::RaiseRequest& request, absl::Time deadline, absl::Time now) const;
+
+ private:
+  void FillSubscription(const registry::Subscription& sub, absl::Time now,
+                        eventbus::v1::Subscription* out) const;
+
+  registry::Registry* registry_;
+  store::SubscriptionManager* manager_;
+  delivery::Dispatcher* dispatcher_;
+  const net::WriterPool* pool_;
+  const base::Clock* clock_;
+  const ServiceOptions options_;
+};
+
+}  // namespace eventbus::service
+
+#endif  // EVENTBUS_SERVER_SERVICE_EVENTBUS_SERVICE_H_

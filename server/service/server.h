@@ -1,0 +1,106 @@
+// EventBusServer wires the whole process together: writer pool, registry, store, subscription
+// manager, dispatcher and the gRPC server (EventBusService, reflection, grpc.health.v1). Used by
+// server/main.cc and, in-process, by tests (listen on port 0, read port()).
+#ifndef EVENTBUS_SERVER_SERVICE_SERVER_H_
+#define EVENTBUS_SERVER_SERVICE_SERVER_H_
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "grpcpp/server.h"
+#include "server/base/clock.h"
+#include "server/delivery/dispatcher.h"
+#include "server/net/writer_pool.h"
+#include "server/registry/registry.h"
+#include "server/service/eventbus_service.h"
+#include "server/store/subscription_manager.h"
+#include "server/store/subscription_store.h"
+
+namespace eventbus::service {
+
+// Every setting of the server, with the documented defaults (server/main.cc maps flags onto it).
+struct ServerConfig {
+  // gRPC listening address; port 0 picks a free port (see EventBusServer::port()).
+  std::string listen = "127.0.0.1:50051";
+  // Store url: "memory", "sqlite[:PATH]", "etcd://HOST:PORT[,...][/PREFIX]".
+  std::string store = "sqlite";
+  // Where "sqlite" keeps subscriptions.db.
+  std::string data_dir = "/var/lib/eventbus";
+  // Raise defaults.
+  absl::Duration timeout = absl::Milliseconds(1000);
+  bool sync_mode = false;
+  // Server-wide event_param key ("" = off).
+  std::string event_param;
+  // FAILOVER skips a failed member for this long.
+  absl::Duration failover_timeout = absl::Seconds(30);
+  size_t max_params_bytes = 65536;
+  // Event loops, queue bounds, connect/reconnect/idle timing, reply size.
+  net::PoolOptions pool;
+  // Name/socket/member/count limits and the default expiry.
+  store::SubscriptionLimits limits;
+  // How often the store's health is copied to the "eventbus.store" health status.
+  absl::Duration store_health_poll = absl::Milliseconds(500);
+};
+
+// The running server. Thread-safe: Shutdown() and Wait() may be called from any thread.
+class EventBusServer {
+ public:
+  // The health service name that reports the store's reachability.
+  static constexpr char kStoreHealthService[] = "eventbus.store";
+
+  // Builds every component and starts serving. INVALID_ARGUMENT for a bad setting or store url,
+  // the store's own error when it cannot start, UNAVAILABLE when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<EventBusServer>> Start(const ServerConfig& config);
+
+  // Shutdown(absl::ZeroDuration()) if not done yet.
+  ~EventBusServer();
+
+  // Reports NOT_SERVING, stops accepting calls and lets in-flight ones finish, drains queued
+  // deliveries, all within `grace`; then fails what is left (CONNECTION_LOST), stops the pool and
+  // the store. Blocking; idempotent.
+  void Shutdown(absl::Duration grace);
+  // Blocks until Shutdown() has completed.
+  void Wait();
+
+  // The bound port (useful with port 0) and "host:port" to dial.
+  int port() const { return port_; }
+  const std::string& address() const { return address_; }
+
+  registry::Registry* registry() { return registry_.get(); }
+  store::SubscriptionManager* manager() { return manager_.get(); }
+  net::WriterPool* pool() { return pool_.get(); }
+
+ private:
+  explicit EventBusServer(const ServerConfig& config);
+  void HealthLoop();
+
+  const ServerConfig config_;
+  int port_ = 0;
+  std::string address_;
+
+  // Declared in construction order; destroyed in reverse.
+  std::unique_ptr<net::WriterPool> pool_;
+  std::unique_ptr<registry::Registry> registry_;
+  std::unique_ptr<store::SubscriptionStore> store_;
+  std::unique_ptr<store::SubscriptionManager> manager_;
+  std::unique_ptr<delivery::Dispatcher> dispatcher_;
+  std::unique_ptr<EventBusServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::thread health_thread_;
+
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  // Last store health reported, to log changes once.
+  bool store_healthy_ ABSL_GUARDED_BY(mu_) = true;
+};
+
+}  // namespace eventbus::service
+
+#endif  // EVENTBUS_SERVER_SERVICE_SERVER_H_

@@ -1,0 +1,269 @@
+#include "client/cli.h"
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace eventbus::client {
+namespace {
+
+namespace v1 = ::eventbus::v1;
+using ::testing::HasSubstr;
+
+TEST(ParseRaiseArgsTest, NamedStringAndTypedParamsKeepOrder) {
+  auto request = ParseRaiseArgs({"E_PIKE_BLOCKED", "ip=192.168.2.11", "count:=3"});
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->event(), "E_PIKE_BLOCKED");
+  ASSERT_TRUE(request->has_named());
+  ASSERT_EQ(request->named().params_size(), 2);
+  EXPECT_EQ(request->named().params(0).name(), "ip");
+  EXPECT_EQ(request->named().params(0).value().string_value(), "192.168.2.11");
+  EXPECT_EQ(request->named().params(1).name(), "count");
+  EXPECT_EQ(request->named().params(1).value().kind_case(), google::protobuf::Value::kNumberValue);
+  EXPECT_EQ(request->named().params(1).value().number_value(), 3);
+  EXPECT_FALSE(request->has_sync());
+  EXPECT_FALSE(request->has_timeout_ms());
+}
+
+TEST(ParseRaiseArgsTest, TypedParamsTakeAnyJsonValue) {
+  auto request =
+      ParseRaiseArgs({"E", "b:=true", "n:=null", "l:=[1,2]", "o:={\"a\":1}", "s:=\"x\"", "eq=a=b"});
+  ASSERT_TRUE(request.ok()) << request.status();
+  const auto& p = request->named().params();
+  ASSERT_EQ(p.size(), 6);
+  EXPECT_TRUE(p[0].value().bool_value());
+  EXPECT_EQ(p[1].value().kind_case(), google::protobuf::Value::kNullValue);
+  EXPECT_EQ(p[2].value().list_value().values_size(), 2);
+  EXPECT_EQ(p[3].value().struct_value().fields().at("a").number_value(), 1);
+  EXPECT_EQ(p[4].value().string_value(), "x");
+  EXPECT_EQ(p[5].name(), "eq");
+  EXPECT_EQ(p[5].value().string_value(), "a=b");
+}
+
+TEST(ParseRaiseArgsTest, PlainValuesArePositionalJsonOrStrings) {
+  auto request = ParseRaiseArgs({"E_MY_EVENT", "3", "x"});
+  ASSERT_TRUE(request.ok()) << request.status();
+  ASSERT_TRUE(request->has_positional());
+  ASSERT_EQ(request->positional().values_size(), 2);
+  EXPECT_EQ(request->positional().values(0).number_value(), 3);
+  EXPECT_EQ(request->positional().values(1).string_value(), "x");
+}
+
+TEST(ParseRaiseArgsTest, PositionalValuesThatAreNotNamesStayPositional) {
+  auto request = ParseRaiseArgs({"E", "192.168.2.11", "{\"a\":\"b=c\"}", "-5", "\"q\""});
+  ASSERT_TRUE(request.ok()) << request.status();
+  const auto& v = request->positional().values();
+  ASSERT_EQ(v.size(), 4);
+  EXPECT_EQ(v[0].string_value(), "192.168.2.11");
+  EXPECT_EQ(v[1].struct_value().fields().at("a").string_value(), "b=c");
+  EXPECT_EQ(v[2].number_value(), -5);
+  EXPECT_EQ(v[3].string_value(), "q");
+}
+
+TEST(ParseRaiseArgsTest, NoArgsMeansNoParams) {
+  auto request = ParseRaiseArgs({"E"});
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->params_case(), v1::RaiseRequest::PARAMS_NOT_SET);
+}
+
+TEST(ParseRaiseArgsTest, JsonIsForwardedAsGiven) {
+  auto request = ParseRaiseArgs({"E", "--json", "{\"a\": [1, 2]}"});
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->json(), "{\"a\": [1, 2]}");
+  request = ParseRaiseArgs({"--json={\"a\":1}", "E"});
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->json(), "{\"a\":1}");
+}
+
+TEST(ParseRaiseArgsTest, OptionsSetSyncTimeoutAndOutput) {
+  auto command = ParseRaiseCommand({"--sync", "--timeout", "250", "--output=json", "E", "a=1"});
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_TRUE(command->request.sync());
+  EXPECT_EQ(command->request.timeout_ms(), 250u);
+  EXPECT_EQ(command->output, OutputFormat::kJson);
+
+  command = ParseRaiseCommand({"E", "--async"});
+  ASSERT_TRUE(command.ok()) << command.status();
+  ASSERT_TRUE(command->request.has_sync());
+  EXPECT_FALSE(command->request.sync());
+  EXPECT_EQ(command->output, OutputFormat::kTable);
+}
+
+TEST(ParseRaiseArgsTest, DoubleDashEndsOptions) {
+  auto request = ParseRaiseArgs({"E", "--", "--sync"});
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_FALSE(request->has_sync());
+  EXPECT_EQ(request->positional().values(0).string_value(), "--sync");
+}
+
+TEST(ParseRaiseArgsTest, RejectsMixingNamedAndPositional) {
+  auto request = ParseRaiseArgs({"E", "ip=1.2.3.4", "3"});
+  EXPECT_EQ(request.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(request.status().message(), HasSubstr("cannot mix named"));
+  EXPECT_THAT(request.status().message(), HasSubstr("\"ip=1.2.3.4\""));
+  EXPECT_THAT(request.status().message(), HasSubstr("\"3\""));
+}
+
+TEST(ParseRaiseArgsTest, RejectsBadTypedJsonNamingTheArgument) {
+  auto request = ParseRaiseArgs({"E", "count:=abc"});
+  EXPECT_EQ(request.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(request.status().message(), HasSubstr("\"count:=abc\""));
+  EXPECT_THAT(request.status().message(), HasSubstr("invalid JSON"));
+  EXPECT_THAT(request.status().message(), ::testing::Not(HasSubstr("\n")));
+}
+
+TEST(ParseRaiseArgsTest, RejectsEmptyName) {
+  EXPECT_THAT(ParseRaiseArgs({"E", "=x"}).status().message(), HasSubstr("empty name"));
+  EXPECT_THAT(ParseRaiseArgs({"E", ":=3"}).status().message(), HasSubstr("empty name"));
+}
+
+TEST(ParseRaiseArgsTest, RejectsUsageMistakes) {
+  EXPECT_THAT(ParseRaiseArgs({}).status().message(), HasSubstr("missing EVENT"));
+  EXPECT_THAT(ParseRaiseArgs({"E", "--json", "{}", "a=1"}).status().message(),
+              HasSubstr("--json cannot be combined"));
+  EXPECT_THAT(ParseRaiseArgs({"E", "--timeout", "x"}).status().message(),
+              HasSubstr("--timeout \"x\""));
+  EXPECT_THAT(ParseRaiseArgs({"E", "--timeout", "0"}).status().message(),
+              HasSubstr("at least 1 ms"));
+  EXPECT_THAT(ParseRaiseArgs({"E", "--timeout"}).status().message(), HasSubstr("needs a value"));
+  EXPECT_THAT(ParseRaiseArgs({"E", "--bogus"}).status().message(),
+              HasSubstr("unknown option --bogus"));
+  EXPECT_THAT(ParseRaiseArgs({"E", "--output", "xml"}).status().message(),
+              HasSubstr("expected table or json"));
+}
+
+TEST(ParseSubscribeArgsTest, ParsesEventSocketAndOptions) {
+  auto command = ParseSubscribeArgs(
+      {"E", "virtual:FAILOVER tcp:a:1 tcp:b:2", "--expire", "0", "--event_param=opensips_event"});
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_EQ(command->request.event(), "E");
+  EXPECT_EQ(command->request.socket(), "virtual:FAILOVER tcp:a:1 tcp:b:2");
+  ASSERT_TRUE(command->request.has_expire_seconds());
+  EXPECT_EQ(command->request.expire_seconds(), 0u);
+  EXPECT_EQ(command->request.event_param(), "opensips_event");
+
+  command = ParseSubscribeArgs({"E", "tcp:a:1"});
+  ASSERT_TRUE(command.ok()) << command.status();
+  EXPECT_FALSE(command->request.has_expire_seconds());
+  EXPECT_FALSE(command->request.has_event_param());
+}
+
+TEST(ParseSubscribeArgsTest, RejectsWrongArgumentCountAndBadExpire) {
+  EXPECT_FALSE(ParseSubscribeArgs({"E"}).ok());
+  EXPECT_FALSE(ParseSubscribeArgs({"E", "s", "x"}).ok());
+  EXPECT_THAT(ParseSubscribeArgs({"E", "s", "--expire", "-1"}).status().message(),
+              HasSubstr("--expire \"-1\""));
+}
+
+TEST(ParseUnsubscribeArgsTest, TakesIdOrEventAndSocket) {
+  auto by_id = ParseUnsubscribeArgs({"0123456789abcdef"});
+  ASSERT_TRUE(by_id.ok());
+  EXPECT_EQ(by_id->id(), "0123456789abcdef");
+  auto by_key = ParseUnsubscribeArgs({"E", "tcp:a:1"});
+  ASSERT_TRUE(by_key.ok());
+  EXPECT_EQ(by_key->event(), "E");
+  EXPECT_EQ(by_key->socket(), "tcp:a:1");
+  EXPECT_FALSE(ParseUnsubscribeArgs({}).ok());
+  EXPECT_FALSE(ParseUnsubscribeArgs({"a", "b", "c"}).ok());
+}
+
+TEST(FormatTest, ShortStatusAndStateNames) {
+  EXPECT_EQ(StatusName(v1::DELIVERY_STATUS_CONNECT_FAILED), "CONNECT_FAILED");
+  EXPECT_EQ(StatusName(v1::DELIVERY_STATUS_OK), "OK");
+  EXPECT_EQ(StateName(v1::CONNECTION_STATE_BACKOFF), "BACKOFF");
+}
+
+TEST(FormatTest, RaiseTableHasOneLinePerTargetAndIndentedAttempts) {
+  v1::RaiseResponse response;
+  v1::Delivery* ok = response.add_deliveries();
+  ok->set_socket("tcp:127.0.0.1:8080");
+  ok->set_status(v1::DELIVERY_STATUS_OK);
+  ok->mutable_latency()->set_nanos(1500000);
+  ok->set_result("{\"ok\":true}");
+  v1::Delivery* err = response.add_deliveries();
+  err->set_socket("tcp:h:1");
+  err->set_status(v1::DELIVERY_STATUS_RPC_ERROR);
+  err->mutable_error()->set_code(-32601);
+  err->mutable_error()->set_message("Method not found");
+  v1::Delivery* group = response.add_deliveries();
+  group->set_socket("virtual:FAILOVER tcp:a:1 tcp:b:2");
+  group->set_status(v1::DELIVERY_STATUS_TIMEOUT);
+  group->set_detail("no reply");
+  v1::Attempt* attempt = group->add_attempts();
+  attempt->set_member("tcp:a:1");
+  attempt->set_status(v1::DELIVERY_STATUS_CONNECT_FAILED);
+  attempt->set_detail("connect to a:1: Connection refused");
+
+  std::string table = FormatRaiseTable(response);
+  std::vector<std::string> lines = absl::StrSplit(table, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 4u) << table;
+  EXPECT_THAT(lines[0], HasSubstr("tcp:127.0.0.1:8080"));
+  EXPECT_THAT(lines[0], HasSubstr("OK"));
+  EXPECT_THAT(lines[0], HasSubstr("1.50 ms"));
+  EXPECT_THAT(lines[0], HasSubstr("{\"ok\":true}"));
+  EXPECT_THAT(lines[1], HasSubstr("error -32601: Method not found"));
+  EXPECT_THAT(lines[2], HasSubstr("TIMEOUT"));
+  EXPECT_THAT(lines[2], HasSubstr("no reply"));
+  EXPECT_THAT(lines[3], ::testing::StartsWith("  tcp:a:1"));
+  EXPECT_THAT(lines[3], HasSubstr("CONNECT_FAILED"));
+  EXPECT_THAT(lines[3], HasSubstr("Connection refused"));
+}
+
+TEST(FormatTest, EmptyResultsSaySo) {
+  EXPECT_EQ(FormatRaiseTable({}), "no subscribers\n");
+  EXPECT_EQ(FormatSubscriptionsTable({}), "no subscriptions\n");
+  EXPECT_EQ(FormatEventsTable({}), "no events\n");
+}
+
+TEST(FormatTest, SubscriptionsTableShowsExpiryAndTargets) {
+  v1::ListSubscriptionsResponse response;
+  v1::Subscription* never = response.add_subscriptions();
+  never->set_id("0123456789abcdef");
+  never->set_event("E");
+  never->set_socket("tcp:a:1");
+  v1::TargetState* t = never->add_targets();
+  t->set_address("a:1");
+  t->set_state(v1::CONNECTION_STATE_CONNECTED);
+  v1::Subscription* expiring = response.add_subscriptions();
+  expiring->set_id("fedcba9876543210");
+  expiring->set_event("E");
+  expiring->set_socket("tcp:b:2");
+  expiring->mutable_expire_time()->set_seconds(1700003600);
+  expiring->mutable_ttl()->set_seconds(90);
+  std::string table = FormatSubscriptionsTable(response);
+  std::vector<std::string> lines = absl::StrSplit(table, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u) << table;
+  EXPECT_THAT(lines[0], HasSubstr("ID"));
+  EXPECT_THAT(lines[1], HasSubstr("never"));
+  EXPECT_THAT(lines[1], HasSubstr("a:1 CONNECTED"));
+  EXPECT_THAT(lines[2], HasSubstr("2023-11-14T23:13:20Z"));
+  EXPECT_THAT(lines[2], HasSubstr("1m30s"));
+}
+
+TEST(RunCliTest, UsageErrorsExitTwoWithoutContactingAServer) {
+  std::ostringstream out, err;
+  // Port 1 on loopback: nothing listens, but parsing fails before any call.
+  EXPECT_EQ(RunCli({"raise", "E", "a=1", "2"}, "127.0.0.1:1", out, err), 2);
+  EXPECT_THAT(err.str(), HasSubstr("cannot mix named"));
+  EXPECT_THAT(err.str(), HasSubstr("usage: eventbus"));
+  std::ostringstream out2, err2;
+  EXPECT_EQ(RunCli({"frobnicate"}, "127.0.0.1:1", out2, err2), 2);
+  EXPECT_THAT(err2.str(), HasSubstr("unknown command \"frobnicate\""));
+  std::ostringstream out3, err3;
+  EXPECT_EQ(RunCli({}, "127.0.0.1:1", out3, err3), 2);
+  std::ostringstream out4, err4;
+  EXPECT_EQ(RunCli({"--timeout_ms", "abc", "events"}, "127.0.0.1:1", out4, err4), 2);
+}
+
+TEST(RunCliTest, HelpExitsZero) {
+  std::ostringstream out, err;
+  EXPECT_EQ(RunCli({"--help"}, "", out, err), 0);
+  EXPECT_THAT(out.str(), HasSubstr("usage: eventbus"));
+}
+
+}  // namespace
+}  // namespace eventbus::client

@@ -1,0 +1,166 @@
+// The client library and the CLI against an in-process EventBusServer (memory store, port 0).
+#include "client/client.h"
+
+#include <algorithm>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "client/cli.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/service/server.h"
+#include "tests/testing/ports.h"
+
+namespace eventbus::client {
+namespace {
+
+namespace v1 = ::eventbus::v1;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+class ClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    service::ServerConfig config;
+    config.listen = "127.0.0.1:0";
+    config.store = "memory";
+    config.pool.num_loops = 1;
+    auto server = service::EventBusServer::Start(config);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    auto client = Client::Connect(server_->address(), ClientOptions{absl::Seconds(10)});
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
+  }
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown(absl::Seconds(2));
+  }
+
+  // Runs the CLI against the server; returns the exit code.
+  int Cli(std::vector<std::string> args) {
+    out_.str("");
+    err_.str("");
+    return RunCli(args, server_->address(), out_, err_);
+  }
+
+  std::unique_ptr<service::EventBusServer> server_;
+  std::unique_ptr<Client> client_;
+  std::ostringstream out_, err_;
+};
+
+TEST_F(ClientTest, CallsEveryMethod) {
+  v1::SubscribeRequest subscribe;
+  subscribe.set_event("E");
+  subscribe.set_socket("tcp:127.0.0.1:9000");
+  auto subscribed = client_->Subscribe(subscribe);
+  ASSERT_TRUE(subscribed.ok()) << subscribed.status();
+  EXPECT_TRUE(subscribed->created());
+
+  auto list = client_->ListSubscriptions({});
+  ASSERT_TRUE(list.ok()) << list.status();
+  ASSERT_EQ(list->subscriptions_size(), 1);
+  EXPECT_EQ(list->subscriptions(0).id(), subscribed->subscription().id());
+
+  auto events = client_->ListEvents();
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->events_size(), 1);
+  EXPECT_EQ(events->events(0).subscribers(), 1u);
+
+  v1::RaiseRequest raise;
+  raise.set_event("E");
+  raise.set_sync(false);
+  auto raised = client_->Raise(raise);
+  ASSERT_TRUE(raised.ok()) << raised.status();
+  ASSERT_EQ(raised->deliveries_size(), 1);
+  EXPECT_EQ(raised->deliveries(0).status(), v1::DELIVERY_STATUS_QUEUED);
+
+  v1::UnsubscribeRequest unsubscribe;
+  unsubscribe.set_id(subscribed->subscription().id());
+  auto removed = client_->Unsubscribe(unsubscribe);
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  EXPECT_EQ(removed->removed(), 1u);
+}
+
+TEST_F(ClientTest, ReturnsTheServersCodeAndMessage) {
+  v1::SubscribeRequest subscribe;
+  subscribe.set_event("E");
+  subscribe.set_socket("tcp:h:70000");
+  auto subscribed = client_->Subscribe(subscribe);
+  EXPECT_EQ(subscribed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(subscribed.status().message(), HasSubstr("tcp:h:70000"));
+}
+
+TEST(ClientConnectTest, RejectsEmptyAddressAndNonPositiveDeadline) {
+  EXPECT_EQ(Client::Connect("").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Client::Connect("127.0.0.1:1", ClientOptions{absl::ZeroDuration()}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ClientConnectTest, UnreachableServerIsUnavailableWithinTheDeadline) {
+  auto client = Client::Connect(absl::StrCat("127.0.0.1:", testing::ClosedPort()),
+                                ClientOptions{absl::Seconds(5)});
+  ASSERT_TRUE(client.ok());
+  absl::Time start = absl::Now();
+  auto events = (*client)->ListEvents();
+  EXPECT_EQ(events.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(6));
+}
+
+TEST_F(ClientTest, CliSubscribeListRaiseEventsUnsubscribe) {
+  std::string socket = absl::StrCat("tcp:127.0.0.1:", testing::ClosedPort());
+  ASSERT_EQ(Cli({"subscribe", "E_PIKE_BLOCKED", socket, "--expire", "0"}), 0) << err_.str();
+  EXPECT_THAT(out_.str(), HasSubstr("(new subscription)"));
+  EXPECT_THAT(out_.str(), HasSubstr("never"));
+  ASSERT_EQ(Cli({"subscribe", "E_PIKE_BLOCKED", socket}), 0) << err_.str();
+  EXPECT_THAT(out_.str(), HasSubstr("refreshed"));
+
+  ASSERT_EQ(Cli({"list"}), 0) << err_.str();
+  EXPECT_THAT(out_.str(), HasSubstr("E_PIKE_BLOCKED"));
+  EXPECT_THAT(out_.str(), HasSubstr(socket));
+  EXPECT_EQ(err_.str(), "");
+
+  ASSERT_EQ(Cli({"events"}), 0) << err_.str();
+  EXPECT_THAT(out_.str(), HasSubstr("E_PIKE_BLOCKED  1"));
+
+  ASSERT_EQ(Cli({"raise", "--async", "E_PIKE_BLOCKED", "ip=192.168.2.11", "count:=3"}), 0)
+      << err_.str();
+  EXPECT_THAT(out_.str(), HasSubstr(socket));
+  EXPECT_THAT(out_.str(), HasSubstr("QUEUED"));
+
+  ASSERT_EQ(Cli({"raise", "--sync", "--timeout", "300", "E_PIKE_BLOCKED"}), 0) << err_.str();
+  EXPECT_THAT(out_.str(), HasSubstr("CONNECT_FAILED"));
+
+  ASSERT_EQ(Cli({"raise", "--output", "json", "--sync", "--timeout=300", "E_PIKE_BLOCKED"}), 0)
+      << err_.str();
+  EXPECT_THAT(out_.str(), HasSubstr("\"DELIVERY_STATUS_CONNECT_FAILED\""));
+
+  ASSERT_EQ(Cli({"raise", "E_NOBODY", "1"}), 0) << err_.str();
+  EXPECT_EQ(out_.str(), "no subscribers\n");
+
+  ASSERT_EQ(Cli({"unsubscribe", "E_PIKE_BLOCKED", socket}), 0) << err_.str();
+  EXPECT_EQ(out_.str(), "removed 1\n");
+  ASSERT_EQ(Cli({"unsubscribe", "E_PIKE_BLOCKED", socket}), 0) << err_.str();
+  EXPECT_EQ(out_.str(), "removed 0\n");
+}
+
+TEST_F(ClientTest, CliServerErrorIsOneLineWithTheCodeNameAndExitsOne) {
+  EXPECT_EQ(Cli({"subscribe", "E", "tcp:h:70000"}), 1);
+  EXPECT_THAT(err_.str(), StartsWith("eventbus: subscribe: INVALID_ARGUMENT: "));
+  EXPECT_THAT(err_.str(), HasSubstr("tcp:h:70000"));
+  std::string err = err_.str();
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+}
+
+TEST(CliConnectTest, UnreachableServerIsOneLineUnavailable) {
+  std::ostringstream out, err;
+  std::string address = absl::StrCat("127.0.0.1:", testing::ClosedPort());
+  EXPECT_EQ(RunCli({"--timeout_ms=3000", "events"}, address, out, err), 1);
+  EXPECT_THAT(err.str(), StartsWith("eventbus: events: UNAVAILABLE: "));
+  std::string text = err.str();
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 1) << text;
+}
+
+}  // namespace
+}  // namespace eventbus::client

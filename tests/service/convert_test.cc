@@ -1,0 +1,392 @@
+#include "server/service/convert.h"
+
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/util/json_util.h"
+#include "gtest/gtest.h"
+
+namespace eventbus::service {
+namespace {
+
+namespace v1 = ::eventbus::v1;
+using google::protobuf::Value;
+using ::testing::HasSubstr;
+
+Value Json(const std::string& text) {
+  Value value;
+  EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(text, &value).ok()) << text;
+  return value;
+}
+
+Value Str(const std::string& s) {
+  Value v;
+  v.set_string_value(s);
+  return v;
+}
+
+Value Num(double d) {
+  Value v;
+  v.set_number_value(d);
+  return v;
+}
+
+v1::RaiseRequest Named(std::vector<std::pair<std::string, Value>> params) {
+  v1::RaiseRequest request;
+  request.set_event("E");
+  for (auto& [name, value] : params) {
+    v1::Param* p = request.mutable_named()->add_params();
+    p->set_name(name);
+    *p->mutable_value() = value;
+  }
+  return request;
+}
+
+TEST(ValueToJsonTest, WritesIntegralNumbersWithoutDecimalPoint) {
+  EXPECT_EQ(ValueToJson(Num(3)), "3");
+  EXPECT_EQ(ValueToJson(Num(-7)), "-7");
+  EXPECT_EQ(ValueToJson(Num(0)), "0");
+  EXPECT_EQ(ValueToJson(Num(9007199254740992.0)), "9007199254740992");
+}
+
+TEST(ValueToJsonTest, WritesFractionalNumbers) { EXPECT_EQ(ValueToJson(Num(2.5)), "2.5"); }
+
+TEST(ValueToJsonTest, WritesBoolNullAndUnsetKindAsNull) {
+  Value t, f, null, unset;
+  t.set_bool_value(true);
+  f.set_bool_value(false);
+  null.set_null_value(google::protobuf::NULL_VALUE);
+  EXPECT_EQ(ValueToJson(t), "true");
+  EXPECT_EQ(ValueToJson(f), "false");
+  EXPECT_EQ(ValueToJson(null), "null");
+  EXPECT_EQ(ValueToJson(unset), "null");
+}
+
+TEST(ValueToJsonTest, EscapesStringsAsSpecSection2) {
+  EXPECT_EQ(ValueToJson(Str("a\"b\\c/d\n\t\r\b\f")), R"("a\"b\\c/d\n\t\r\b\f")");
+  EXPECT_EQ(ValueToJson(Str(std::string("\x01\x1f", 2))), R"("\u0001\u001f")");
+  EXPECT_EQ(ValueToJson(Str("h\xc3\xa9llo")), "\"h\xc3\xa9llo\"");
+  EXPECT_EQ(ValueToJson(Str("")), R"("")");
+}
+
+TEST(ValueToJsonTest, WritesListsAndNestedValues) {
+  EXPECT_EQ(ValueToJson(Json(R"([1, "x", [true, null], {"k": []}])")),
+            R"([1,"x",[true,null],{"k":[]}])");
+  EXPECT_EQ(ValueToJson(Json("[]")), "[]");
+}
+
+TEST(ValueToJsonTest, SortsStructKeys) {
+  EXPECT_EQ(ValueToJson(Json(R"({"b": 1, "a": {"z": 2, "y": [3]}, "c\"": "q"})")),
+            R"({"a":{"y":[3],"z":2},"b":1,"c\"":"q"})");
+  EXPECT_EQ(ValueToJson(Json("{}")), "{}");
+}
+
+TEST(ParamsFromRequestTest, NoParamsIsKindNone) {
+  v1::RaiseRequest request;
+  request.set_event("E");
+  auto params = ParamsFromRequest(request, 100);
+  ASSERT_TRUE(params.ok()) << params.status();
+  EXPECT_EQ(params->kind, jsonrpc::Params::Kind::kNone);
+  EXPECT_EQ(params->json, "");
+}
+
+TEST(ParamsFromRequestTest, NamedParamsKeepTheGivenOrder) {
+  auto params = ParamsFromRequest(
+      Named({{"ip", Str("192.168.2.11")}, {"count", Num(3)}, {"a", Json("[1]")}}), 1000);
+  ASSERT_TRUE(params.ok()) << params.status();
+  EXPECT_EQ(params->kind, jsonrpc::Params::Kind::kNamed);
+  EXPECT_EQ(params->json, R"({"ip":"192.168.2.11","count":3,"a":[1]})");
+}
+
+TEST(ParamsFromRequestTest, EmptyNamedListIsAnEmptyObject) {
+  v1::RaiseRequest request;
+  request.mutable_named();
+  auto params = ParamsFromRequest(request, 1000);
+  ASSERT_TRUE(params.ok()) << params.status();
+  EXPECT_EQ(params->kind, jsonrpc::Params::Kind::kNamed);
+  EXPECT_EQ(params->json, "{}");
+}
+
+TEST(ParamsFromRequestTest, EscapesNamedParamNames) {
+  auto params = ParamsFromRequest(Named({{"a\"b", Num(1)}}), 1000);
+  ASSERT_TRUE(params.ok()) << params.status();
+  EXPECT_EQ(params->json, R"({"a\"b":1})");
+}
+
+TEST(ParamsFromRequestTest, RejectsEmptyName) {
+  auto params = ParamsFromRequest(Named({{"ip", Num(1)}, {"", Num(2)}}), 1000);
+  EXPECT_EQ(params.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(params.status().message(), "params: parameter 2 has an empty name");
+}
+
+TEST(ParamsFromRequestTest, RejectsDuplicateName) {
+  auto params = ParamsFromRequest(Named({{"ip", Num(1)}, {"n", Num(1)}, {"ip", Num(2)}}), 1000);
+  EXPECT_EQ(params.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(params.status().message(), R"(params: duplicate name "ip")");
+}
+
+TEST(ParamsFromRequestTest, PositionalParamsAreAnArray) {
+  v1::RaiseRequest request;
+  *request.mutable_positional()->add_values() = Num(3);
+  *request.mutable_positional()->add_values() = Str("x");
+  auto params = ParamsFromRequest(request, 1000);
+  ASSERT_TRUE(params.ok()) << params.status();
+  EXPECT_EQ(params->kind, jsonrpc::Params::Kind::kPositional);
+  EXPECT_EQ(params->json, R"([3,"x"])");
+}
+
+TEST(ParamsFromRequestTest, RawJsonIsKeptByteForByte) {
+  v1::RaiseRequest request;
+  request.set_json(R"({"b": 1,  "a":[2.50]})");
+  auto params = ParamsFromRequest(request, 1000);
+  ASSERT_TRUE(params.ok()) << params.status();
+  EXPECT_EQ(params->kind, jsonrpc::Params::Kind::kNamed);
+  EXPECT_EQ(params->json, R"({"b": 1,  "a":[2.50]})");
+
+  request.set_json("[1,2]");
+  params = ParamsFromRequest(request, 1000);
+  ASSERT_TRUE(params.ok()) << params.status();
+  EXPECT_EQ(params->kind, jsonrpc::Params::Kind::kPositional);
+}
+
+TEST(ParamsFromRequestTest, RejectsRawJsonThatIsNotAnObjectOrArray) {
+  v1::RaiseRequest request;
+  for (const char* text : {"3", "\"x\"", "{", "{\"a\":}", ""}) {
+    request.set_json(text);
+    EXPECT_EQ(ParamsFromRequest(request, 1000).status().code(), absl::StatusCode::kInvalidArgument)
+        << text;
+  }
+}
+
+TEST(ParamsFromRequestTest, RejectsParamsOverTheSizeLimit) {
+  // {"k":"0123456789"} is 18 bytes.
+  v1::RaiseRequest request = Named({{"k", Str("0123456789")}});
+  EXPECT_TRUE(ParamsFromRequest(request, 18).ok());
+  auto params = ParamsFromRequest(request, 17);
+  EXPECT_EQ(params.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(params.status().message(),
+            "params: 18 bytes exceed the limit of 17 (--max_params_bytes)");
+
+  v1::RaiseRequest positional;
+  *positional.mutable_positional()->add_values() = Str("0123456789");
+  EXPECT_EQ(ParamsFromRequest(positional, 5).status().message(),
+            "params: 14 bytes exceed the limit of 5 (--max_params_bytes)");
+
+  v1::RaiseRequest raw;
+  raw.set_json("[1, 2, 3]");
+  EXPECT_EQ(ParamsFromRequest(raw, 8).status().message(),
+            "params: 9 bytes exceed the limit of 8 (--max_params_bytes)");
+}
+
+TEST(DeliveryStatusTest, MapsEveryCode) {
+  EXPECT_EQ(DeliveryStatusFromCode(net::DeliveryCode::kQueued), v1::DELIVERY_STATUS_QUEUED);
+  EXPECT_EQ(DeliveryStatusFromCode(net::DeliveryCode::kOk), v1::DELIVERY_STATUS_OK);
+  EXPECT_EQ(DeliveryStatusFromCode(net::DeliveryCode::kRpcError), v1::DELIVERY_STATUS_RPC_ERROR);
+  EXPECT_EQ(DeliveryStatusFromCode(net::DeliveryCode::kTimeout), v1::DELIVERY_STATUS_TIMEOUT);
+  EXPECT_EQ(DeliveryStatusFromCode(net::DeliveryCode::kConnectFailed),
+            v1::DELIVERY_STATUS_CONNECT_FAILED);
+  EXPECT_EQ(DeliveryStatusFromCode(net::DeliveryCode::kResolveFailed),
+            v1::DELIVERY_STATUS_RESOLVE_FAILED);
+  EXPECT_EQ(DeliveryStatusFromCode(net::DeliveryCode::kConnectionLost),
+            v1::DELIVERY_STATUS_CONNECTION_LOST);
+  EXPECT_EQ(DeliveryStatusFromCode(net::DeliveryCode::kBadReply), v1::DELIVERY_STATUS_BAD_REPLY);
+  EXPECT_EQ(DeliveryStatusFromCode(net::DeliveryCode::kQueueFull), v1::DELIVERY_STATUS_QUEUE_FULL);
+}
+
+TEST(ConnectionStateTest, MapsEveryState) {
+  EXPECT_EQ(ConnectionStateFromConnState(net::ConnState::kIdle), v1::CONNECTION_STATE_IDLE);
+  EXPECT_EQ(ConnectionStateFromConnState(net::ConnState::kResolving),
+            v1::CONNECTION_STATE_RESOLVING);
+  EXPECT_EQ(ConnectionStateFromConnState(net::ConnState::kConnecting),
+            v1::CONNECTION_STATE_CONNECTING);
+  EXPECT_EQ(ConnectionStateFromConnState(net::ConnState::kConnected),
+            v1::CONNECTION_STATE_CONNECTED);
+  EXPECT_EQ(ConnectionStateFromConnState(net::ConnState::kBackoff), v1::CONNECTION_STATE_BACKOFF);
+}
+
+TEST(ReportToProtoTest, OkCarriesResultAndLatency) {
+  delivery::DeliveryReport report;
+  report.subscription_id = "00000000000000ab";
+  report.socket = "tcp:127.0.0.1:8080";
+  report.outcome.code = net::DeliveryCode::kOk;
+  report.outcome.result = R"({"ok":true})";
+  report.latency = absl::Microseconds(1500);
+  v1::Delivery d;
+  ReportToProto(report, &d);
+  EXPECT_EQ(d.subscription_id(), "00000000000000ab");
+  EXPECT_EQ(d.socket(), "tcp:127.0.0.1:8080");
+  EXPECT_EQ(d.status(), v1::DELIVERY_STATUS_OK);
+  EXPECT_EQ(d.result(), R"({"ok":true})");
+  EXPECT_FALSE(d.has_error());
+  EXPECT_EQ(d.latency().seconds(), 0);
+  EXPECT_EQ(d.latency().nanos(), 1500000);
+  EXPECT_EQ(d.attempts_size(), 0);
+}
+
+TEST(ReportToProtoTest, RpcErrorCarriesTheErrorOnly) {
+  delivery::DeliveryReport report;
+  report.outcome.code = net::DeliveryCode::kRpcError;
+  report.outcome.result = "ignored";
+  report.outcome.error_code = -32601;
+  report.outcome.error_message = "Method not found";
+  report.outcome.error_data = R"({"m":"E"})";
+  report.latency = absl::Milliseconds(2500);
+  v1::Delivery d;
+  ReportToProto(report, &d);
+  EXPECT_EQ(d.status(), v1::DELIVERY_STATUS_RPC_ERROR);
+  ASSERT_TRUE(d.has_error());
+  EXPECT_EQ(d.error().code(), -32601);
+  EXPECT_EQ(d.error().message(), "Method not found");
+  EXPECT_EQ(d.error().data(), R"({"m":"E"})");
+  EXPECT_EQ(d.result(), "");
+  EXPECT_EQ(d.latency().seconds(), 2);
+  EXPECT_EQ(d.latency().nanos(), 500000000);
+}
+
+TEST(ReportToProtoTest, FailureCarriesDetailAndNoError) {
+  delivery::DeliveryReport report;
+  report.outcome.code = net::DeliveryCode::kConnectFailed;
+  report.outcome.detail = "connect to 127.0.0.1:9: Connection refused";
+  v1::Delivery d;
+  ReportToProto(report, &d);
+  EXPECT_EQ(d.status(), v1::DELIVERY_STATUS_CONNECT_FAILED);
+  EXPECT_EQ(d.detail(), "connect to 127.0.0.1:9: Connection refused");
+  EXPECT_FALSE(d.has_error());
+}
+
+TEST(ReportToProtoTest, VirtualGroupListsEveryAttemptInOrder) {
+  delivery::DeliveryReport report;
+  report.socket = "virtual:FAILOVER tcp:a:1 tcp:b:2";
+  report.outcome.code = net::DeliveryCode::kOk;
+  report.outcome.result = "1";
+  delivery::Attempt first;
+  first.member = "tcp:a:1";
+  first.outcome.code = net::DeliveryCode::kRpcError;
+  first.outcome.error_code = 7;
+  first.outcome.error_message = "no";
+  first.latency = absl::Milliseconds(1);
+  delivery::Attempt second;
+  second.member = "tcp:b:2";
+  second.outcome.code = net::DeliveryCode::kOk;
+  second.outcome.result = "1";
+  second.latency = absl::Milliseconds(2);
+  report.attempts = {first, second};
+  v1::Delivery d;
+  ReportToProto(report, &d);
+  ASSERT_EQ(d.attempts_size(), 2);
+  EXPECT_EQ(d.attempts(0).member(), "tcp:a:1");
+  EXPECT_EQ(d.attempts(0).status(), v1::DELIVERY_STATUS_RPC_ERROR);
+  EXPECT_EQ(d.attempts(0).error().code(), 7);
+  EXPECT_EQ(d.attempts(0).latency().nanos(), 1000000);
+  EXPECT_EQ(d.attempts(1).member(), "tcp:b:2");
+  EXPECT_EQ(d.attempts(1).status(), v1::DELIVERY_STATUS_OK);
+  EXPECT_EQ(d.attempts(1).result(), "1");
+  EXPECT_FALSE(d.attempts(1).has_error());
+}
+
+registry::Subscription MakeSubscription() {
+  registry::Subscription sub;
+  sub.id = "0123456789abcdef";
+  sub.event = "E_PIKE_BLOCKED";
+  sub.socket = "virtual:PARALLEL tcp:a:1 tcp:[::1]:2/m";
+  sub.target.is_virtual = true;
+  sub.target.targets = {uri::TcpTarget{"a", 1, ""}, uri::TcpTarget{"::1", 2, "m"}};
+  sub.create_time = absl::FromUnixSeconds(1700000000) + absl::Milliseconds(250);
+  return sub;
+}
+
+std::optional<net::TargetStats> NoStats(const std::string&) { return std::nullopt; }
+
+TEST(SubscriptionToProtoTest, NeverExpiringHasNoExpiryOrTtl) {
+  registry::Subscription sub = MakeSubscription();
+  v1::Subscription out;
+  SubscriptionToProto(sub, absl::FromUnixSeconds(1700000100), NoStats, &out);
+  EXPECT_EQ(out.id(), "0123456789abcdef");
+  EXPECT_EQ(out.event(), "E_PIKE_BLOCKED");
+  EXPECT_EQ(out.socket(), "virtual:PARALLEL tcp:a:1 tcp:[::1]:2/m");
+  EXPECT_EQ(out.create_time().seconds(), 1700000000);
+  EXPECT_EQ(out.create_time().nanos(), 250000000);
+  EXPECT_FALSE(out.has_expire_time());
+  EXPECT_FALSE(out.has_ttl());
+  EXPECT_FALSE(out.has_event_param());
+}
+
+TEST(SubscriptionToProtoTest, TtlIsTimeLeftAndNeverNegative) {
+  registry::Subscription sub = MakeSubscription();
+  sub.expire_time = absl::FromUnixSeconds(1700003600);
+  sub.event_param = "";
+  v1::Subscription out;
+  SubscriptionToProto(sub, absl::FromUnixSeconds(1700000600), NoStats, &out);
+  EXPECT_EQ(out.expire_time().seconds(), 1700003600);
+  EXPECT_EQ(out.ttl().seconds(), 3000);
+  ASSERT_TRUE(out.has_event_param());
+  EXPECT_EQ(out.event_param(), "");
+
+  v1::Subscription expired;
+  SubscriptionToProto(sub, absl::FromUnixSeconds(1700009999), NoStats, &expired);
+  ASSERT_TRUE(expired.has_ttl());
+  EXPECT_EQ(expired.ttl().seconds(), 0);
+  EXPECT_EQ(expired.ttl().nanos(), 0);
+}
+
+TEST(SubscriptionToProtoTest, ReportsEachTargetIdleWithoutAConnection) {
+  registry::Subscription sub = MakeSubscription();
+  auto stats = [](const std::string& key) -> std::optional<net::TargetStats> {
+    if (key != "[::1]:2") return std::nullopt;
+    net::TargetStats s;
+    s.key = key;
+    s.state = net::ConnState::kConnected;
+    s.queued_messages = 3;
+    s.outstanding_requests = 2;
+    s.delivered = 10;
+    s.failed = 1;
+    s.reconnects = 4;
+    return s;
+  };
+  v1::Subscription out;
+  SubscriptionToProto(sub, absl::FromUnixSeconds(1700000000), stats, &out);
+  ASSERT_EQ(out.targets_size(), 2);
+  EXPECT_EQ(out.targets(0).address(), "a:1");
+  EXPECT_EQ(out.targets(0).state(), v1::CONNECTION_STATE_IDLE);
+  EXPECT_EQ(out.targets(0).delivered(), 0u);
+  EXPECT_EQ(out.targets(1).address(), "[::1]:2");
+  EXPECT_EQ(out.targets(1).state(), v1::CONNECTION_STATE_CONNECTED);
+  EXPECT_EQ(out.targets(1).queued_messages(), 3u);
+  EXPECT_EQ(out.targets(1).outstanding_requests(), 2u);
+  EXPECT_EQ(out.targets(1).delivered(), 10u);
+  EXPECT_EQ(out.targets(1).failed(), 1u);
+  EXPECT_EQ(out.targets(1).reconnects(), 4u);
+}
+
+TEST(TimeToProtoTest, NanosStayNonNegativeBeforeTheEpoch) {
+  google::protobuf::Timestamp ts;
+  TimeToProto(absl::FromUnixMillis(-1500), &ts);
+  EXPECT_EQ(ts.seconds(), -2);
+  EXPECT_EQ(ts.nanos(), 500000000);
+}
+
+TEST(DurationToProtoTest, SecondsAndNanosShareTheSign) {
+  google::protobuf::Duration d;
+  DurationToProto(-absl::Milliseconds(1500), &d);
+  EXPECT_EQ(d.seconds(), -1);
+  EXPECT_EQ(d.nanos(), -500000000);
+}
+
+TEST(ToGrpcStatusTest, KeepsCodeAndMessage) {
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
+  grpc::Status s = ToGrpcStatus(absl::InvalidArgumentError(R"(socket "tcp:h:70000": bad)"));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message(), R"(socket "tcp:h:70000": bad)");
+  EXPECT_EQ(ToGrpcStatus(absl::ResourceExhaustedError("x")).error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(ToGrpcStatus(absl::UnavailableError("x")).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(ToGrpcStatus(absl::DeadlineExceededError("x")).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
+}  // namespace
+}  // namespace eventbus::service

@@ -1,0 +1,477 @@
+// EventBusServer in-process (memory store, port 0) driven through a real gRPC channel, a deadline
+// on every call. Delivery through real JSON-RPC peers is covered by tests/integration.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "eventbus/v1/eventbus.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "grpc/health/v1/health.pb.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "server/service/eventbus_service.h"
+#include "server/service/server.h"
+#include "src/proto/grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "tests/testing/ports.h"
+
+namespace eventbus::service {
+namespace {
+
+namespace v1 = ::eventbus::v1;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+constexpr absl::Duration kCallDeadline = absl::Seconds(10);
+
+std::unique_ptr<grpc::ClientContext> Context(absl::Duration deadline = kCallDeadline) {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  return context;
+}
+
+// A loopback port that accepts connections (through the kernel's backlog) but never reads or
+// answers: a sync delivery to it can only time out.
+class SilentListener {
+ public:
+  SilentListener() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = 0;
+    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    EXPECT_EQ(::listen(fd_, 16), 0);
+    socklen_t len = sizeof(addr);
+    EXPECT_EQ(::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+    port_ = ntohs(addr.sin_port);
+  }
+  ~SilentListener() { ::close(fd_); }
+  int port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerConfig config;
+    config.listen = "127.0.0.1:0";
+    config.store = "memory";
+    config.pool.num_loops = 2;
+    auto server = EventBusServer::Start(config);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    ASSERT_GT(server_->port(), 0);
+    channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+    stub_ = v1::EventBusService::NewStub(channel_);
+  }
+
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown(absl::Seconds(2));
+  }
+
+  grpc::Status Subscribe(const std::string& event, const std::string& socket,
+                         v1::SubscribeResponse* response,
+                         std::optional<uint32_t> expire = std::nullopt) {
+    v1::SubscribeRequest request;
+    request.set_event(event);
+    request.set_socket(socket);
+    if (expire.has_value()) request.set_expire_seconds(*expire);
+    return stub_->Subscribe(Context().get(), request, response);
+  }
+
+  grpc::Status Raise(const v1::RaiseRequest& request, v1::RaiseResponse* response,
+                     absl::Duration deadline = kCallDeadline) {
+    return stub_->Raise(Context(deadline).get(), request, response);
+  }
+
+  // grpc.health.v1.Health/Check through a generic stub (Debian ships no generated health stub).
+  grpc::Status HealthCheck(const std::string& service,
+                           grpc::health::v1::HealthCheckResponse* response) {
+    grpc::TemplatedGenericStub<grpc::health::v1::HealthCheckRequest,
+                               grpc::health::v1::HealthCheckResponse>
+        stub(channel_);
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
+    auto context = Context();
+    absl::Notification done;
+    grpc::Status status;
+    stub.UnaryCall(context.get(), "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                   response, [&](grpc::Status s) {
+                     status = std::move(s);
+                     done.Notify();
+                   });
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(kCallDeadline + absl::Seconds(5)));
+    return status;
+  }
+
+  std::unique_ptr<EventBusServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::EventBusService::Stub> stub_;
+};
+
+TEST_F(ServiceTest, SubscribeCreatesThenRefreshesWithTheSameId) {
+  v1::SubscribeResponse first;
+  ASSERT_TRUE(Subscribe("E_PIKE_BLOCKED", "tcp:LocalHost:8080/handle", &first).ok());
+  EXPECT_TRUE(first.created());
+  const v1::Subscription& sub = first.subscription();
+  EXPECT_EQ(sub.id().size(), 16u);
+  EXPECT_EQ(sub.event(), "E_PIKE_BLOCKED");
+  EXPECT_EQ(sub.socket(), "tcp:localhost:8080/handle");
+  EXPECT_TRUE(sub.has_create_time());
+  ASSERT_TRUE(sub.has_ttl());
+  EXPECT_GT(sub.ttl().seconds(), 3590);
+  EXPECT_LE(sub.ttl().seconds(), 3600);
+  ASSERT_EQ(sub.targets_size(), 1);
+  EXPECT_EQ(sub.targets(0).address(), "localhost:8080");
+  EXPECT_EQ(sub.targets(0).state(), v1::CONNECTION_STATE_IDLE);
+
+  v1::SubscribeResponse second;
+  ASSERT_TRUE(Subscribe("E_PIKE_BLOCKED", "tcp:localhost:8080/handle", &second, 60).ok());
+  EXPECT_FALSE(second.created());
+  EXPECT_EQ(second.subscription().id(), sub.id());
+  EXPECT_LE(second.subscription().ttl().seconds(), 60);
+}
+
+TEST_F(ServiceTest, SubscribeWithExpireZeroNeverExpires) {
+  v1::SubscribeResponse response;
+  ASSERT_TRUE(Subscribe("E", "tcp:127.0.0.1:9000", &response, 0).ok());
+  EXPECT_FALSE(response.subscription().has_expire_time());
+  EXPECT_FALSE(response.subscription().has_ttl());
+}
+
+TEST_F(ServiceTest, SubscribeRejectsBadSocketNamingIt) {
+  v1::SubscribeResponse response;
+  grpc::Status status = Subscribe("E", "tcp:h:70000", &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("tcp:h:70000"));
+}
+
+TEST_F(ServiceTest, SubscribeRejectsBadEventName) {
+  v1::SubscribeResponse response;
+  grpc::Status status = Subscribe("a b", "tcp:127.0.0.1:9000", &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("a b"));
+}
+
+TEST_F(ServiceTest, UnsubscribeByIdAndByEventAndSocket) {
+  v1::SubscribeResponse a, b;
+  ASSERT_TRUE(Subscribe("E", "tcp:127.0.0.1:9001", &a).ok());
+  ASSERT_TRUE(Subscribe("E", "tcp:127.0.0.1:9002", &b).ok());
+
+  v1::UnsubscribeRequest by_id;
+  by_id.set_id(a.subscription().id());
+  v1::UnsubscribeResponse removed;
+  ASSERT_TRUE(stub_->Unsubscribe(Context().get(), by_id, &removed).ok());
+  EXPECT_EQ(removed.removed(), 1u);
+  ASSERT_TRUE(stub_->Unsubscribe(Context().get(), by_id, &removed).ok());
+  EXPECT_EQ(removed.removed(), 0u);
+
+  v1::UnsubscribeRequest by_key;
+  by_key.set_event("E");
+  by_key.set_socket("tcp:127.0.0.1:9002");
+  ASSERT_TRUE(stub_->Unsubscribe(Context().get(), by_key, &removed).ok());
+  EXPECT_EQ(removed.removed(), 1u);
+
+  v1::ListSubscriptionsResponse list;
+  ASSERT_TRUE(stub_->ListSubscriptions(Context().get(), {}, &list).ok());
+  EXPECT_THAT(list.subscriptions(), IsEmpty());
+}
+
+TEST_F(ServiceTest, UnsubscribeUnknownRemovesNothing) {
+  v1::UnsubscribeRequest request;
+  request.set_id("ffffffffffffffff");
+  v1::UnsubscribeResponse response;
+  ASSERT_TRUE(stub_->Unsubscribe(Context().get(), request, &response).ok());
+  EXPECT_EQ(response.removed(), 0u);
+}
+
+TEST_F(ServiceTest, UnsubscribeWithoutIdOrEventIsInvalid) {
+  v1::UnsubscribeResponse response;
+  grpc::Status status = stub_->Unsubscribe(Context().get(), {}, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServiceTest, ListsSubscriptionsAndEvents) {
+  v1::SubscribeResponse unused;
+  ASSERT_TRUE(Subscribe("E1", "tcp:127.0.0.1:9001", &unused).ok());
+  ASSERT_TRUE(
+      Subscribe("E1", "virtual:FAILOVER tcp:127.0.0.1:9002 tcp:127.0.0.1:9003", &unused).ok());
+  ASSERT_TRUE(Subscribe("E2", "tcp:127.0.0.1:9001", &unused).ok());
+
+  v1::ListSubscriptionsResponse all;
+  ASSERT_TRUE(stub_->ListSubscriptions(Context().get(), {}, &all).ok());
+  EXPECT_EQ(all.subscriptions_size(), 3);
+  EXPECT_FALSE(all.stale());
+
+  v1::ListSubscriptionsRequest only_e1;
+  only_e1.set_event("E1");
+  v1::ListSubscriptionsResponse e1;
+  ASSERT_TRUE(stub_->ListSubscriptions(Context().get(), only_e1, &e1).ok());
+  ASSERT_EQ(e1.subscriptions_size(), 2);
+  std::set<std::string> sockets;
+  for (const auto& sub : e1.subscriptions()) {
+    EXPECT_EQ(sub.event(), "E1");
+    sockets.insert(sub.socket());
+  }
+  EXPECT_EQ(sockets,
+            (std::set<std::string>{"tcp:127.0.0.1:9001",
+                                   "virtual:FAILOVER tcp:127.0.0.1:9002 tcp:127.0.0.1:9003"}));
+  for (const auto& sub : e1.subscriptions()) {
+    if (sub.socket() == "tcp:127.0.0.1:9001") continue;
+    ASSERT_EQ(sub.targets_size(), 2);
+    EXPECT_EQ(sub.targets(0).address(), "127.0.0.1:9002");
+    EXPECT_EQ(sub.targets(1).address(), "127.0.0.1:9003");
+  }
+
+  v1::ListEventsResponse events;
+  ASSERT_TRUE(stub_->ListEvents(Context().get(), {}, &events).ok());
+  ASSERT_EQ(events.events_size(), 2);
+  EXPECT_EQ(events.events(0).event(), "E1");
+  EXPECT_EQ(events.events(0).subscribers(), 2u);
+  EXPECT_EQ(events.events(1).event(), "E2");
+  EXPECT_EQ(events.events(1).subscribers(), 1u);
+  EXPECT_FALSE(events.stale());
+}
+
+TEST_F(ServiceTest, RaiseWithNoSubscribersHasZeroDeliveries) {
+  v1::RaiseRequest request;
+  request.set_event("E_NOBODY");
+  request.set_sync(true);
+  v1::RaiseResponse response;
+  ASSERT_TRUE(Raise(request, &response).ok());
+  EXPECT_EQ(response.deliveries_size(), 0);
+}
+
+TEST_F(ServiceTest, RaiseRejectsBadEventName) {
+  v1::RaiseRequest request;
+  request.set_event("");
+  v1::RaiseResponse response;
+  EXPECT_EQ(Raise(request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServiceTest, RaiseRejectsDuplicateParamName) {
+  v1::RaiseRequest request;
+  request.set_event("E");
+  for (int i = 0; i < 2; ++i) {
+    v1::Param* p = request.mutable_named()->add_params();
+    p->set_name("ip");
+    p->mutable_value()->set_number_value(i);
+  }
+  v1::RaiseResponse response;
+  grpc::Status status = Raise(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("duplicate name \"ip\""));
+}
+
+TEST_F(ServiceTest, RaiseRejectsTimeoutOutsideBounds) {
+  v1::RaiseRequest request;
+  request.set_event("E");
+  v1::RaiseResponse response;
+  request.set_timeout_ms(0);
+  EXPECT_EQ(Raise(request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  request.set_timeout_ms(3600001);
+  EXPECT_EQ(Raise(request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServiceTest, AsyncRaiseReportsQueued) {
+  v1::SubscribeResponse sub;
+  ASSERT_TRUE(Subscribe("E", absl::StrCat("tcp:127.0.0.1:", testing::ClosedPort()), &sub).ok());
+  v1::RaiseRequest request;
+  request.set_event("E");
+  request.set_sync(false);
+  v1::RaiseResponse response;
+  ASSERT_TRUE(Raise(request, &response).ok());
+  ASSERT_EQ(response.deliveries_size(), 1);
+  EXPECT_EQ(response.deliveries(0).subscription_id(), sub.subscription().id());
+  EXPECT_EQ(response.deliveries(0).status(), v1::DELIVERY_STATUS_QUEUED);
+}
+
+TEST_F(ServiceTest, SyncRaiseToRefusingTargetReportsConnectFailed) {
+  v1::SubscribeResponse sub;
+  ASSERT_TRUE(Subscribe("E", absl::StrCat("tcp:127.0.0.1:", testing::ClosedPort()), &sub).ok());
+  v1::RaiseRequest request;
+  request.set_event("E");
+  request.set_sync(true);
+  request.set_timeout_ms(300);
+  v1::RaiseResponse response;
+  ASSERT_TRUE(Raise(request, &response).ok());
+  ASSERT_EQ(response.deliveries_size(), 1);
+  EXPECT_EQ(response.deliveries(0).subscription_id(), sub.subscription().id());
+  EXPECT_EQ(response.deliveries(0).socket(), sub.subscription().socket());
+  EXPECT_EQ(response.deliveries(0).status(), v1::DELIVERY_STATUS_CONNECT_FAILED);
+  EXPECT_THAT(response.deliveries(0).detail(), HasSubstr("refused"));
+  EXPECT_GT(response.deliveries(0).latency().nanos(), 0);
+}
+
+TEST_F(ServiceTest, SyncRaiseAnswersBeforeTheCallersDeadline) {
+  SilentListener silent;
+  v1::SubscribeResponse sub;
+  ASSERT_TRUE(Subscribe("E", absl::StrCat("tcp:127.0.0.1:", silent.port()), &sub).ok());
+  v1::RaiseRequest request;
+  request.set_event("E");
+  request.set_sync(true);
+  request.set_timeout_ms(60000);
+  v1::RaiseResponse response;
+  absl::Time start = absl::Now();
+  // Without the cap the caller would see DEADLINE_EXCEEDED instead of per-target statuses.
+  grpc::Status status = Raise(request, &response, absl::Seconds(2));
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  ASSERT_EQ(response.deliveries_size(), 1);
+  EXPECT_EQ(response.deliveries(0).status(), v1::DELIVERY_STATUS_TIMEOUT);
+}
+
+TEST_F(ServiceTest, ReflectionListsTheServiceAndHealth) {
+  auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(channel_);
+  auto context = Context();
+  auto stream = stub->ServerReflectionInfo(context.get());
+  grpc::reflection::v1alpha::ServerReflectionRequest request;
+  request.set_list_services("*");
+  ASSERT_TRUE(stream->Write(request));
+  grpc::reflection::v1alpha::ServerReflectionResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  std::set<std::string> services;
+  for (const auto& service : response.list_services_response().service()) {
+    services.insert(service.name());
+  }
+  EXPECT_TRUE(services.count("eventbus.v1.EventBusService")) << response.DebugString();
+  EXPECT_TRUE(services.count("grpc.health.v1.Health")) << response.DebugString();
+
+  // Both can be described, so grpcurl works without .proto files.
+  for (const char* symbol : {"eventbus.v1.EventBusService", "grpc.health.v1.Health"}) {
+    request.set_file_containing_symbol(symbol);
+    ASSERT_TRUE(stream->Write(request));
+    ASSERT_TRUE(stream->Read(&response));
+    EXPECT_TRUE(response.has_file_descriptor_response())
+        << symbol << ": " << response.DebugString();
+  }
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(ServiceTest, HealthReportsServing) {
+  for (const char* service : {"", "eventbus.v1.EventBusService", "eventbus.store"}) {
+    grpc::health::v1::HealthCheckResponse response;
+    grpc::Status status = HealthCheck(service, &response);
+    ASSERT_TRUE(status.ok()) << service << ": " << status.error_message();
+    EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING) << service;
+  }
+}
+
+TEST(EventBusServerTest, StartFailsClearlyWhenThePortIsTaken) {
+  ServerConfig config;
+  config.listen = "127.0.0.1:0";
+  config.store = "memory";
+  config.pool.num_loops = 1;
+  auto first = EventBusServer::Start(config);
+  ASSERT_TRUE(first.ok()) << first.status();
+  config.listen = (*first)->address();
+  auto second = EventBusServer::Start(config);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(second.status().message(), HasSubstr((*first)->address()));
+  (*first)->Shutdown(absl::Seconds(1));
+}
+
+TEST(EventBusServerTest, StartRejectsAnUnknownStore) {
+  ServerConfig config;
+  config.listen = "127.0.0.1:0";
+  config.store = "mongodb://x";
+  config.pool.num_loops = 1;
+  EXPECT_EQ(EventBusServer::Start(config).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(EventBusServerTest, ShutdownIsIdempotentAndWaitReturnsAfterIt) {
+  ServerConfig config;
+  config.listen = "127.0.0.1:0";
+  config.store = "memory";
+  config.pool.num_loops = 1;
+  auto server = EventBusServer::Start(config);
+  ASSERT_TRUE(server.ok()) << server.status();
+  (*server)->Shutdown(absl::Milliseconds(100));
+  (*server)->Shutdown(absl::Milliseconds(100));
+  (*server)->Wait();
+}
+
+class ResolveRaiseOptionsTest : public ::testing::Test {
+ protected:
+  ResolveRaiseOptionsTest()
+      : service_(nullptr, nullptr, nullptr, nullptr, base::RealClock::Get(), Options()) {}
+  static ServiceOptions Options() {
+    ServiceOptions options;
+    options.default_sync = false;
+    options.default_timeout = absl::Milliseconds(1000);
+    return options;
+  }
+  EventBusServiceImpl service_;
+  absl::Time now_ = absl::FromUnixSeconds(1700000000);
+};
+
+TEST_F(ResolveRaiseOptionsTest, UsesServerDefaultsWhenUnset) {
+  auto options = service_.ResolveRaiseOptions({}, absl::InfiniteFuture(), now_);
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_FALSE(options->sync);
+  EXPECT_EQ(options->timeout, absl::Milliseconds(1000));
+}
+
+TEST_F(ResolveRaiseOptionsTest, RequestOverridesDefaults) {
+  v1::RaiseRequest request;
+  request.set_sync(true);
+  request.set_timeout_ms(250);
+  auto options = service_.ResolveRaiseOptions(request, absl::InfiniteFuture(), now_);
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_TRUE(options->sync);
+  EXPECT_EQ(options->timeout, absl::Milliseconds(250));
+}
+
+TEST_F(ResolveRaiseOptionsTest, SyncTimeoutEndsBeforeTheDeadline) {
+  v1::RaiseRequest request;
+  request.set_sync(true);
+  request.set_timeout_ms(5000);
+  auto options = service_.ResolveRaiseOptions(request, now_ + absl::Seconds(1), now_);
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->timeout, absl::Milliseconds(900));
+  // With little time left the margin shrinks to a quarter of it.
+  options = service_.ResolveRaiseOptions(request, now_ + absl::Milliseconds(40), now_);
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->timeout, absl::Milliseconds(30));
+}
+
+TEST_F(ResolveRaiseOptionsTest, AsyncTimeoutIgnoresTheDeadline) {
+  v1::RaiseRequest request;
+  request.set_sync(false);
+  request.set_timeout_ms(5000);
+  auto options = service_.ResolveRaiseOptions(request, now_ + absl::Seconds(1), now_);
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_EQ(options->timeout, absl::Milliseconds(5000));
+}
+
+TEST_F(ResolveRaiseOptionsTest, RejectsPassedDeadlineAndBadTimeouts) {
+  EXPECT_EQ(service_.ResolveRaiseOptions({}, now_, now_).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  v1::RaiseRequest request;
+  request.set_timeout_ms(0);
+  EXPECT_EQ(service_.ResolveRaiseOptions(request, absl::InfiniteFuture(), now_).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  request.set_timeout_ms(3600 * 1000 + 1);
+  EXPECT_EQ(service_.ResolveRaiseOptions(request, absl::InfiniteFuture(), now_).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  request.set_timeout_ms(3600 * 1000);
+  EXPECT_TRUE(service_.ResolveRaiseOptions(request, absl::InfiniteFuture(), now_).ok());
+}
+
+}  // namespace
+}  // namespace eventbus::service
