@@ -1,6 +1,7 @@
 #include "server/delivery/dispatcher.h"
 
 #include <algorithm>
+#include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -55,11 +56,11 @@ bool MemberFailed(const Outcome& o) {
 // The reports of one Raise. Callbacks arrive on loop threads; the mutex is per Raise, so it is
 // uncontended but for the callbacks of this one event.
 struct Dispatcher::RaiseState {
-  absl::Mutex mu;
-  std::vector<DeliveryReport> reports ABSL_GUARDED_BY(mu);
-  std::vector<bool> final ABSL_GUARDED_BY(mu);
-  size_t pending ABSL_GUARDED_BY(mu) = 0;
-  bool answered ABSL_GUARDED_BY(mu) = false;
+  std::mutex mu;  // guards reports, final, pending, answered
+  std::vector<DeliveryReport> reports;
+  std::vector<bool> final;
+  size_t pending = 0;
+  bool answered = false;
   bool sync = false;
   absl::Time start;
   Done done;
@@ -71,7 +72,7 @@ struct Dispatcher::RaiseState {
     Done to_run;
     std::vector<DeliveryReport> out;
     {
-      absl::MutexLock lock(&mu);
+      std::lock_guard<std::mutex> lock(mu);
       if (answered || final[i]) return;
       final[i] = true;
       // The slot already names its subscription; the callbacks only know the outcome.
@@ -88,7 +89,7 @@ struct Dispatcher::RaiseState {
 
   // Async: records an attempt of a group still in progress, so the answer can show it.
   void NoteAttempts(size_t i, const std::vector<Attempt>& attempts) {
-    absl::MutexLock lock(&mu);
+    std::lock_guard<std::mutex> lock(mu);
     if (answered || final[i]) return;
     reports[i].attempts = attempts;
   }
@@ -97,7 +98,7 @@ struct Dispatcher::RaiseState {
   void AnswerQueued(absl::Time now) {
     std::vector<DeliveryReport> out;
     {
-      absl::MutexLock lock(&mu);
+      std::lock_guard<std::mutex> lock(mu);
       if (answered) return;
       answered = true;
       for (size_t i = 0; i < reports.size(); ++i) {
@@ -151,7 +152,7 @@ void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
   state->start = now;
   state->done = std::move(done);
   {
-    absl::MutexLock lock(&state->mu);
+    std::lock_guard<std::mutex> lock(state->mu);
     state->reports.resize(live.size());
     state->final.assign(live.size(), false);
     state->pending = live.size();
@@ -193,7 +194,7 @@ void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
     if (sub.target.policy == uri::VirtualPolicy::kParallel) {
       // Every member gets the event; the group is decided when all members are.
       struct Parallel {
-        absl::Mutex mu;
+        std::mutex mu;
         std::vector<Attempt> attempts;
         size_t left;
       };
@@ -213,7 +214,7 @@ void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
           if (!sync && Delivered(o)) return;
           std::vector<Attempt> attempts;
           {
-            absl::MutexLock lock(&par->mu);
+            std::lock_guard<std::mutex> lock(par->mu);
             par->attempts[m].outcome = std::move(o);
             par->attempts[m].latency = clock->Now() - state->start;
             if (sync && --par->left > 0) return;
@@ -263,7 +264,7 @@ void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
       // member known to be down is passed over (it would only wait for its reconnect).
       uint64_t start;
       {
-        absl::MutexLock lock(&mu_);
+        std::lock_guard<std::mutex> lock(mu_);
         start = rr_next_[sub.id]++;
       }
       for (size_t k = 0; k < n; ++k) run->order.push_back((start + k) % n);
@@ -304,7 +305,7 @@ void Dispatcher::DemoteFailedMembers(const std::vector<uri::TcpTarget>& members,
   for (size_t m : *order) {
     bool down;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       auto it = failed_at_.find(members[m].ToString());
       down = it != failed_at_.end() && now - it->second < options_.failover_timeout;
     }
@@ -355,10 +356,10 @@ void Dispatcher::NextGroupAttempt(std::shared_ptr<GroupRun> run,
     RaiseState& state = *run->raise;
     const absl::Time at = clock_->Now();
     if (MemberFailed(o)) {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       failed_at_[member_text] = at;
     } else {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       failed_at_.erase(member_text);
     }
     run->attempts.push_back({member_text, o, at - started});

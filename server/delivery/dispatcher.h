@@ -7,12 +7,12 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/base/clock.h"
 #include "server/jsonrpc/encoder.h"
@@ -85,11 +85,13 @@ class Dispatcher {
   const base::Clock* clock_;
   DispatcherOptions options_;
 
-  // FAILOVER: when each member (by socket text) last failed. ROUND-ROBIN: next index per
-  // subscription id.
-  absl::Mutex mu_;
-  absl::flat_hash_map<std::string, absl::Time> failed_at_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, uint64_t> rr_next_ ABSL_GUARDED_BY(mu_);
+  // Guards the two maps below. std::mutex, not absl::Mutex: Debian's abseil has no TSan
+  // annotations, and loop threads share this state.
+  std::mutex mu_;
+  // When each group member (by socket text) last failed an attempt.
+  absl::flat_hash_map<std::string, absl::Time> failed_at_;
+  // ROUND-ROBIN: the next starting member per subscription id.
+  absl::flat_hash_map<std::string, uint64_t> rr_next_;
 };
 
 }  // namespace eventbus::delivery
