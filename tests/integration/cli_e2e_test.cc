@@ -89,8 +89,9 @@ TEST_F(CliE2eTest, SubscribeAndRaiseDeliverTheReadmeBytes) {
   ASSERT_EQ(code, 0) << out;
   EXPECT_THAT(out, HasSubstr("QUEUED"));
   ASSERT_TRUE((*peer)->WaitForMessages(1, absl::Seconds(10)));
-  EXPECT_EQ((*peer)->Received(),
-            R"({"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{"ip":"192.168.2.11","count":3}})");
+  EXPECT_EQ(
+      (*peer)->Received(),
+      R"({"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{"ip":"192.168.2.11","count":3}})");
 }
 
 TEST_F(CliE2eTest, SyncRaisePrintsOneLinePerTargetWithStatus) {
@@ -126,6 +127,82 @@ TEST_F(CliE2eTest, SubscriptionsSurviveARestartAndSigtermExitsCleanly) {
   auto [code, out] = Cli({"list", "E_KEEP"});
   ASSERT_EQ(code, 0) << out;
   EXPECT_THAT(out, HasSubstr((*peer)->socket()));
+}
+
+// Runs eventbusd configured by `env` (and `args`) until it answers the CLI, or returns null.
+std::unique_ptr<Process> StartConfigured(std::vector<std::pair<std::string, std::string>> env,
+                                         std::vector<std::string> args, const std::string& log,
+                                         const std::string& address) {
+  ProcessOptions options;
+  options.argv = {EVENTBUSD_PATH};
+  options.argv.insert(options.argv.end(), args.begin(), args.end());
+  options.env = std::move(env);
+  options.log_path = log;
+  auto server = Process::Start(options);
+  if (!server.ok()) return nullptr;
+  absl::Time deadline = absl::Now() + absl::Seconds(15);
+  while (absl::Now() < deadline && (*server)->Running()) {
+    ProcessOptions cli;
+    cli.argv = {EVENTBUS_CLI_PATH, absl::StrCat("--server=", address), "events"};
+    auto run = Process::Start(cli);
+    if (run.ok()) {
+      auto status = (*run)->Wait(absl::Seconds(10));
+      if (status.ok() && status->Success()) return std::move(*server);
+    }
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return nullptr;
+}
+
+TEST(EventbusdConfigTest, ListenStoreAndSyncModeComeFromTheEnvironment) {
+  const std::string log = ::testing::TempDir() + "/eventbusd-env.log";
+  const std::string address = absl::StrCat("127.0.0.1:", testing::PickUnusedPort());
+  // Listen address, store and the sync default come from the environment only.
+  auto server = StartConfigured(
+      {{"EVENTBUS_LISTEN", address}, {"EVENTBUS_STORE", "memory"}, {"EVENTBUS_SYNC_MODE", "true"}},
+      {}, log, address);
+  ASSERT_NE(server, nullptr);
+  auto peer = testing::JsonRpcPeer::Start();
+  ASSERT_TRUE(peer.ok());
+  for (std::vector<std::string> args :
+       {std::vector<std::string>{"subscribe", "E_ENV", (*peer)->socket()},
+        std::vector<std::string>{"raise", "E_ENV", "a=1"}}) {
+    ProcessOptions cli;
+    cli.argv = {EVENTBUS_CLI_PATH, absl::StrCat("--server=", address)};
+    cli.argv.insert(cli.argv.end(), args.begin(), args.end());
+    cli.log_path = log + ".cli";
+    auto run = Process::Start(cli);
+    ASSERT_TRUE(run.ok());
+    ASSERT_TRUE((*run)->Wait(absl::Seconds(10)).ok());
+  }
+  // A raise without --sync was answered with the peer's reply: EVENTBUS_SYNC_MODE took effect.
+  std::ifstream in(log + ".cli");
+  std::string output((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(output, HasSubstr("OK"));
+  EXPECT_THAT(output, HasSubstr("\"ok\""));
+  EXPECT_THAT(output, ::testing::Not(HasSubstr("QUEUED")));
+}
+
+TEST(EventbusdConfigTest, CommandLineWinsOverTheEnvironment) {
+  const std::string log = ::testing::TempDir() + "/eventbusd-flag.log";
+  const std::string address = absl::StrCat("127.0.0.1:", testing::PickUnusedPort());
+  const std::string unused = absl::StrCat("127.0.0.1:", testing::PickUnusedPort());
+  auto server = StartConfigured({{"EVENTBUS_LISTEN", unused}, {"EVENTBUS_STORE", "memory"}},
+                                {absl::StrCat("--listen=", address)}, log, address);
+  ASSERT_NE(server, nullptr);
+}
+
+TEST(EventbusdConfigTest, ABadEnvironmentValueNamesTheVariableAndExits1) {
+  ProcessOptions options;
+  options.argv = {EVENTBUSD_PATH, "--store=memory", "--listen=127.0.0.1:0"};
+  options.env = {{"EVENTBUS_TIMEOUT_MS", "soon"}};
+  options.log_path = ::testing::TempDir() + "/eventbusd-badenv.log";
+  auto server = Process::Start(options);
+  ASSERT_TRUE(server.ok());
+  auto exit = (*server)->Wait(absl::Seconds(10));
+  ASSERT_TRUE(exit.ok());
+  EXPECT_EQ(exit->code, 1) << exit->ToString();
+  EXPECT_THAT((*server)->ReadLog(), HasSubstr("EVENTBUS_TIMEOUT_MS"));
 }
 
 }  // namespace
