@@ -94,7 +94,6 @@ LoopContext::LoopContext(EventLoop* loop, const PoolOptions* options, Resolver* 
 LoopContext::~LoopContext() = default;
 
 void LoopContext::EnqueueBatch(std::vector<Item>& items) {
-  std::vector<Connection*> touched;
   for (Item& item : items) {
     auto it = connections.find(item.key);
     if (it == connections.end()) {
@@ -106,11 +105,22 @@ void LoopContext::EnqueueBatch(std::vector<Item>& items) {
     conn->Enqueue(std::move(item.request));
     if (!conn->in_batch) {
       conn->in_batch = true;
-      touched.push_back(conn);
+      flush_list.emplace_back(it->first, conn->uid());
     }
   }
-  // Nothing above destroys a connection: destruction is deferred to the end of the iteration.
-  for (Connection* conn : touched) {
+  if (!flush_scheduled && !flush_list.empty()) {
+    flush_scheduled = true;
+    loop->RunAtEndOfIteration([this] { FlushPending(); });
+  }
+}
+
+void LoopContext::FlushPending() {
+  flush_scheduled = false;
+  std::vector<std::pair<std::string, uint64_t>> list;
+  list.swap(flush_list);
+  for (const auto& [key, uid] : list) {
+    Connection* conn = Find(key, uid);
+    if (conn == nullptr) continue;
     conn->in_batch = false;
     conn->Flush();
   }

@@ -72,13 +72,17 @@ struct LoopContext {
               std::atomic<int64_t>* pending);
   ~LoopContext();
 
-  // One Submit() batch for this loop: enqueues every request, then flushes each touched
-  // connection once so that the batch coalesces into few syscalls.
+  // One Submit() batch for this loop: enqueues every request and puts each touched connection on
+  // the flush list.
   struct Item {
     std::string key;
     Request request;
   };
   void EnqueueBatch(std::vector<Item>& items);
+  // Flushes every connection on the flush list, once. Runs at the end of the loop iteration, so
+  // all the batches (Raises) drained in one iteration share one sendmsg per connection (after
+  // redis' handleClientsWithPendingWrites): under load that is many messages per syscall.
+  void FlushPending();
 
   // The connection with this key and uid, or null (it may have been destroyed meanwhile).
   Connection* Find(const std::string& key, uint64_t uid);
@@ -94,6 +98,11 @@ struct LoopContext {
   StatsRegistry* const stats;
   // Pool-wide count of messages submitted but not yet completed (for Drain).
   std::atomic<int64_t>* const pending;
+
+  // Connections with messages enqueued since the last FlushPending, by key and uid (a connection
+  // may be destroyed before the flush).
+  std::vector<std::pair<std::string, uint64_t>> flush_list;
+  bool flush_scheduled = false;
 
   jsonrpc::ReplyParser parser;
   absl::BitGen rng;
@@ -123,7 +132,7 @@ class Connection final : public IoHandler {
   void OnIo(uint32_t events) override;
 
   uint64_t uid() const { return uid_; }
-  // Set while the connection is on EnqueueBatch's flush list.
+  // Set while the connection is on the loop's flush list.
   bool in_batch = false;
 
  private:
