@@ -25,12 +25,12 @@ std::string LogValue(absl::string_view value);
 }  // namespace eventbus::base
 
 // EB_LOG(kInfo, "connected", "target=", key, " fd=", fd): message, then logfmt fields.
-#define EB_LOG(level, msg, ...)                                                   \
-  do {                                                                            \
-    if (::eventbus::base::LogEnabled(::eventbus::base::LogLevel::level)) {        \
-      ::eventbus::base::LogLine(::eventbus::base::LogLevel::level, msg,           \
-                                ::absl::StrCat(__VA_ARGS__));                     \
-    }                                                                             \
+#define EB_LOG(level, msg, ...)                                            \
+  do {                                                                     \
+    if (::eventbus::base::LogEnabled(::eventbus::base::LogLevel::level)) { \
+      ::eventbus::base::LogLine(::eventbus::base::LogLevel::level, msg,    \
+                                ::absl::StrCat(__VA_ARGS__));              \
+    }                                                                      \
   } while (0)
 
 #endif  // EVENTBUS_SERVER_BASE_LOG_H_

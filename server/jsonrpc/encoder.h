@@ -43,8 +43,8 @@ std::string EncodeBody(absl::string_view event, const Params& params, const Body
 void AppendMessagePrefix(std::string* out, uint32_t id);
 
 // Convenience for tests and tools: the whole message.
-std::string EncodeMessage(absl::string_view event, const Params& params,
-                          const BodyOptions& options, uint32_t id = 0);
+std::string EncodeMessage(absl::string_view event, const Params& params, const BodyOptions& options,
+                          uint32_t id = 0);
 
 }  // namespace eventbus::jsonrpc
 

@@ -18,7 +18,8 @@ enum class DeliveryCode {
   kOk,              // sync: result reply; async: completely written to the socket
   kRpcError,        // sync: error reply
   kTimeout,         // deadline passed while connected (not written / no reply)
-  kConnectFailed,   // deadline passed, or no retry before it, while the target could not be connected
+  kConnectFailed,   // deadline passed, or no retry before it, while the target could not be
+                    // connected
   kResolveFailed,   // as above, but the host name did not resolve
   kConnectionLost,  // the connection closed while the request was outstanding
   kBadReply,        // the reply was not valid JSON-RPC

@@ -50,7 +50,9 @@ struct Percentiles {
 Percentiles Summarize(std::vector<double> us) {
   if (us.empty()) return {};
   std::sort(us.begin(), us.end());
-  auto at = [&](double q) { return us[std::min(us.size() - 1, static_cast<size_t>(q * us.size()))]; };
+  auto at = [&](double q) {
+    return us[std::min(us.size() - 1, static_cast<size_t>(q * us.size()))];
+  };
   return {at(0.50), at(0.99)};
 }
 
@@ -123,8 +125,8 @@ Percentiles PlainRoundTrip(uint16_t port, int calls) {
   std::vector<double> us;
   char buf[4096];
   for (int i = 1; i <= calls; ++i) {
-    std::string req = absl::StrCat(R"({"id":)", i,
-                                   R"(,"jsonrpc":"2.0","method":"BENCH","params":{"n":1}})");
+    std::string req =
+        absl::StrCat(R"({"id":)", i, R"(,"jsonrpc":"2.0","method":"BENCH","params":{"n":1}})");
     absl::Time t0 = absl::Now();
     if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) break;
     // The sink answers with one small object per request.

@@ -136,8 +136,8 @@ void Sink::Loop() {
               if (reply_) {
                 long long id = FindId(f.current);
                 if (id >= 0) {
-                  replies += "{\"jsonrpc\":\"2.0\",\"id\":" + std::to_string(id) +
-                             ",\"result\":true}";
+                  replies +=
+                      "{\"jsonrpc\":\"2.0\",\"id\":" + std::to_string(id) + ",\"result\":true}";
                 }
                 f.current.clear();
               }

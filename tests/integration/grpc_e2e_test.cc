@@ -23,10 +23,10 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using ::testing::SizeIs;
 using testing::JsonRpcPeer;
 using testing::PeerBehavior;
 using testing::PeerMode;
+using ::testing::SizeIs;
 using v1::DeliveryStatus;
 
 constexpr absl::Duration kWait = absl::Seconds(10);
@@ -131,8 +131,9 @@ TEST_F(GrpcE2eTest, NamedParamsArriveByteExact) {
   auto resp = Raise(Named("E_PIKE_BLOCKED", {{"ip", Str("192.168.2.11")}, {"count", Num(3)}}));
   EXPECT_THAT(Statuses(resp), ElementsAre(v1::DELIVERY_STATUS_QUEUED));
   ASSERT_TRUE(peer->WaitForMessages(1, kWait));
-  EXPECT_EQ(peer->Received(),
-            R"({"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{"ip":"192.168.2.11","count":3}})");
+  EXPECT_EQ(
+      peer->Received(),
+      R"({"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{"ip":"192.168.2.11","count":3}})");
 }
 
 TEST_F(GrpcE2eTest, PositionalRawAndNoParamsArriveByteExact) {
@@ -151,10 +152,11 @@ TEST_F(GrpcE2eTest, PositionalRawAndNoParamsArriveByteExact) {
   none.set_event("E_MY_EVENT");
   Raise(none);
   ASSERT_TRUE(peer->WaitForMessages(3, kWait));
-  EXPECT_EQ(peer->Received(),
-            R"({"jsonrpc":"2.0","method":"E_MY_EVENT","params":[3,"x"]})"
-            R"({"jsonrpc":"2.0","method":"E_MY_EVENT","params":{"a": [1, 2.5, null], "b": {"c": true}}})"
-            R"({"jsonrpc":"2.0","method":"E_MY_EVENT"})");
+  EXPECT_EQ(
+      peer->Received(),
+      R"({"jsonrpc":"2.0","method":"E_MY_EVENT","params":[3,"x"]})"
+      R"({"jsonrpc":"2.0","method":"E_MY_EVENT","params":{"a": [1, 2.5, null], "b": {"c": true}}})"
+      R"({"jsonrpc":"2.0","method":"E_MY_EVENT"})");
   EXPECT_EQ(peer->connections_accepted(), 1);
 }
 
@@ -166,9 +168,8 @@ TEST_F(GrpcE2eTest, SocketMethodAndEventParamShapeTheMessage) {
   Subscribe("E_PIKE_BLOCKED", peer->socket("handle_cmd"));
   Raise(Named("E_PIKE_BLOCKED", {{"ip", Str("192.168.2.11")}}));
   ASSERT_TRUE(peer->WaitForMessages(1, kWait));
-  EXPECT_EQ(peer->Received(),
-            R"({"jsonrpc":"2.0","method":"handle_cmd","params":)"
-            R"({"opensips_event":"E_PIKE_BLOCKED","ip":"192.168.2.11"}})");
+  EXPECT_EQ(peer->Received(), R"({"jsonrpc":"2.0","method":"handle_cmd","params":)"
+                              R"({"opensips_event":"E_PIKE_BLOCKED","ip":"192.168.2.11"}})");
 }
 
 TEST_F(GrpcE2eTest, OneEventFansOutToFiftyPeers) {
@@ -375,8 +376,7 @@ TEST_F(GrpcE2eTest, SyncGarbageIsBadReplyAndTheNextRaiseWorks) {
   peer->SetMode(PeerMode::kReplyResult);
   auto good = RaiseSync("E_S", 1000);
   ASSERT_THAT(good.deliveries(), SizeIs(1));
-  EXPECT_EQ(good.deliveries(0).status(), v1::DELIVERY_STATUS_OK)
-      << good.deliveries(0).detail();
+  EXPECT_EQ(good.deliveries(0).status(), v1::DELIVERY_STATUS_OK) << good.deliveries(0).detail();
 }
 
 TEST_F(GrpcE2eTest, SyncNothingListeningIsConnectFailed) {
@@ -421,8 +421,7 @@ TEST_F(GrpcE2eTest, ThousandConcurrentSyncRaisesAreEachMatchedToTheirOwnReply) {
   PeerBehavior b;
   b.mode = PeerMode::kCustom;
   b.reverse_batch = 10;
-  b.responder = [](absl::string_view message,
-                   absl::string_view id) -> std::optional<std::string> {
+  b.responder = [](absl::string_view message, absl::string_view id) -> std::optional<std::string> {
     if (id.empty()) return std::nullopt;
     size_t at = message.find("\"params\":");
     std::string params(message.substr(at + 9, message.size() - at - 9 - 1));
