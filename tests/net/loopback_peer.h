@@ -2,6 +2,9 @@
 // connections on 127.0.0.1, records every byte received per connection, splits the stream into
 // JSON messages and answers them through a handler. It can pause reading (a non-reading peer),
 // close a connection, and be restarted on the same port.
+// Why not tests/testing/jsonrpc_peer.h (the JSON-RPC peer the higher layers use): the net tests
+// address single connections (send on, close, read bytes of connection N), and this peer locks
+// with std::mutex so ThreadSanitizer runs of server/net need no suppressions.
 #ifndef EVENTBUS_TESTS_NET_LOOPBACK_PEER_H_
 #define EVENTBUS_TESTS_NET_LOOPBACK_PEER_H_
 
