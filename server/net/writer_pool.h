@@ -57,8 +57,9 @@ struct Request {
   // the next member gets the rest of the budget. (A target in backoff still waits for its next
   // scheduled attempt when that comes before the deadline.)
   bool fail_fast = false;
-  // Exactly once, on the owning loop thread. kQueueFull runs inside Submit's loop batch, before
-  // `all_enqueued`.
+  // Exactly once, on the owning loop thread; after Shutdown(), on the thread that called it (or
+  // inline in a Submit that comes later), since the loops are gone by then. kQueueFull runs inside
+  // Submit's loop batch, before `all_enqueued`.
   OutcomeCallback done;
 };
 

@@ -587,6 +587,36 @@ TEST_F(WriterPoolTest, ReplyLargerThanTheLimitIsBadReply) {
   EXPECT_TRUE(absl::StrContains(o.detail, "larger than 256 bytes")) << o.detail;
 }
 
+TEST_F(WriterPoolTest, ReplyOfExactlyTheLimitIsDelivered) {
+  auto peer = LoopbackPeer::Start({}, [](int, const std::string& m) {
+    int64_t id = LoopbackPeer::IdOf(m);
+    std::string pad(256 - ResultReply(id, "\"\"").size(), 'r');
+    return ResultReply(id, absl::StrCat("\"", pad, "\""));
+  });
+  PoolOptions options;
+  options.max_reply_bytes = 256;
+  StartPool(options);
+  SubmitOne(*pool_, Call(peer->port(), Body("E"), outcomes_.Callback(0)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kOk) << outcomes_.Get(0).detail;
+  EXPECT_GT(outcomes_.Get(0).result.size(), 200u);  // the reply itself is 256 bytes
+}
+
+TEST_F(WriterPoolTest, PeerTalkingOnANotificationConnectionIsCountedAndTheConnectionStays) {
+  auto peer = LoopbackPeer::Start(
+      {}, [](int, const std::string&) { return std::string(R"({"jsonrpc":"2.0","id":99})"); });
+  StartPool();
+  for (int i = 0; i < 5; ++i) {
+    SubmitOne(*pool_, Notification(peer->port(), Body("E"), outcomes_.Callback(i)));
+    ASSERT_TRUE(outcomes_.WaitFor(i + 1));
+    EXPECT_EQ(outcomes_.Get(i).code, DeliveryCode::kOk);
+  }
+  ASSERT_TRUE(WaitForStats(Target(peer->port()).Key(), [](const std::optional<TargetStats>& s) {
+    return s && s->unmatched_replies == 5;
+  }));
+  EXPECT_EQ(peer->connections(), 1);
+}
+
 TEST_F(WriterPoolTest, ReplyWithoutResultOrErrorIsBadReplyAndTheConnectionStays) {
   auto peer = LoopbackPeer::Start({}, [](int, const std::string& m) {
     return absl::StrCat(R"({"jsonrpc":"2.0","id":)", LoopbackPeer::IdOf(m), "}");
@@ -738,6 +768,39 @@ TEST_F(WriterPoolTest, HalfWrittenMessageTimesOutAndTheNextMessageGoesOnAFreshCo
   EXPECT_EQ(outcomes_.Get(1).code, DeliveryCode::kOk);
 }
 
+TEST_F(WriterPoolTest, MessagesQueuedBehindAHalfWrittenTimeoutGoOutIntactAndInOrder) {
+  LoopbackPeer::Options options;
+  options.reading = false;
+  options.receive_buffer = 4096;
+  auto peer = LoopbackPeer::Start(options);
+  StartPool();
+  // Larger than the socket buffers can grow: it stays half-written while the peer does not read.
+  auto huge = std::make_shared<const std::string>(absl::StrCat(
+      "\"jsonrpc\":\"2.0\",\"method\":\"E\",\"params\":[\"", std::string(8 << 20, 'x'), "\"]}"));
+  std::vector<Request> batch;
+  batch.push_back(Notification(peer->port(), huge, outcomes_.Callback(0), absl::Milliseconds(200)));
+  batch.push_back(Notification(peer->port(), Body("B"), outcomes_.Callback(1), absl::Seconds(30)));
+  batch.push_back(Call(peer->port(), Body("C"), outcomes_.Callback(2), absl::Seconds(30)));
+  batch.push_back(Notification(peer->port(), Body("D"), outcomes_.Callback(3), absl::Seconds(30)));
+  pool_->Submit(std::move(batch));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kTimeout) << outcomes_.Get(0).detail;
+  ASSERT_TRUE(peer->WaitForConnections(2, kWait));
+  peer->SetReading(true);
+  ASSERT_TRUE(peer->WaitForMessages(3, kWait));
+  ASSERT_TRUE(outcomes_.WaitFor(3));
+  // The fresh connection carries exactly B, C, D: nothing of the half-written message, no repeat.
+  std::string received = peer->Received(1);
+  int64_t id = LoopbackPeer::IdOf(peer->Messages()[1]);
+  EXPECT_EQ(received,
+            absl::StrCat(R"({"jsonrpc":"2.0","method":"B"}{"id":)", id,
+                         R"(,"jsonrpc":"2.0","method":"C"}{"jsonrpc":"2.0","method":"D"})"));
+  EXPECT_EQ(outcomes_.Get(1).code, DeliveryCode::kOk);
+  EXPECT_EQ(outcomes_.Get(3).code, DeliveryCode::kOk);
+  EXPECT_FALSE(outcomes_.Done(2));  // written, awaiting its reply
+  EXPECT_EQ(outcomes_.Calls(0), 1);
+}
+
 TEST_F(WriterPoolTest, UnwrittenNotificationTimesOutWhileConnected) {
   LoopbackPeer::Options options;
   options.reading = false;
@@ -840,6 +903,45 @@ TEST_F(WriterPoolTest, ShutdownCompletesEverythingWithConnectionLost) {
   SubmitOne(*pool_, Call(peer->port(), Body("E"), outcomes_.Callback(11)));
   EXPECT_EQ(outcomes_.Get(11).code, DeliveryCode::kConnectionLost);
   pool_->Shutdown();  // idempotent
+}
+
+TEST_F(WriterPoolTest, ShutdownRightAfterSubmitCompletesEveryMessageExactlyOnce) {
+  auto peer = LoopbackPeer::Start({});  // never replies
+  ClosedPort closed;
+  constexpr int kCount = 30;
+  for (int round = 0; round < 10; ++round) {
+    // Declared before the pool, which may still complete messages into it.
+    Outcomes outcomes;
+    PoolOptions options;
+    options.num_loops = 2;
+    auto pool = WriterPool::Create(options);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    // Literal and resolved hosts, requests and notifications, a live and a refusing port: the
+    // batch is still being enqueued, flushed, resolved or connected when Shutdown comes.
+    std::vector<Request> batch;
+    for (int i = 0; i < kCount; ++i) {
+      Request r = i % 2 == 1 ? Call(peer->port(), Body("E"), outcomes.Callback(i), absl::Minutes(1))
+                             : Notification(peer->port(), Body("E"), outcomes.Callback(i));
+      if (i % 3 == 0) r.target.host = "localhost";
+      if (i % 5 == 0) r.target.port = closed.port();
+      batch.push_back(std::move(r));
+    }
+    std::atomic<int> all_enqueued{0};
+    (*pool)->Submit(std::move(batch), [&] { all_enqueued.fetch_add(1); });
+    if (round % 2 == 1) (*pool)->Drain(absl::Now() + absl::Milliseconds(round));
+    (*pool)->Shutdown();
+    ASSERT_TRUE(outcomes.WaitFor(kCount, absl::ZeroDuration()));
+    EXPECT_EQ(all_enqueued.load(), 1);
+    for (int i = 0; i < kCount; ++i) {
+      ASSERT_EQ(outcomes.Calls(i), 1) << i;
+      Outcome o = outcomes.Get(i);
+      if (i % 2 == 1 && i % 5 != 0) {
+        EXPECT_EQ(o.code, DeliveryCode::kConnectionLost) << i << ": " << o.detail;
+        EXPECT_EQ(o.detail, "shutting down");
+      }
+    }
+    EXPECT_TRUE((*pool)->Drain(absl::Now()));
+  }
 }
 
 TEST_F(WriterPoolTest, EmptyBatchRunsAllEnqueuedInline) {
