@@ -101,10 +101,52 @@ absl::StatusOr<uint32_t> ParseUint32(absl::string_view command, absl::string_vie
                                      absl::string_view text) {
   uint32_t value = 0;
   if (!absl::SimpleAtoi(text, &value)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(command, ": ", option, " \"", text, "\": expected a non-negative integer"));
+    return absl::InvalidArgumentError(absl::StrCat(command, ": ", option, " \"", text,
+                                                   "\": expected an integer from 0 to 4294967295"));
   }
   return value;
+}
+
+// Named and positional params travel as google.protobuf.Value, whose numbers are doubles: an
+// integer beyond 2^53 would arrive rounded. Returns INVALID_ARGUMENT for the first such integer
+// token of `json` (valid JSON text), so nothing the CLI accepts is changed on the way.
+absl::Status CheckIntegersAreExact(absl::string_view json) {
+  constexpr uint64_t kMaxExact = uint64_t{1} << 53;
+  bool in_string = false;
+  for (size_t i = 0; i < json.size(); ++i) {
+    const char c = json[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+      continue;
+    }
+    if (c != '-' && !absl::ascii_isdigit(static_cast<unsigned char>(c))) continue;
+    size_t end = i;
+    bool integer = true;
+    while (end < json.size() && (absl::ascii_isdigit(static_cast<unsigned char>(json[end])) ||
+                                 absl::StrContains("-+.eE", json[end]))) {
+      if (absl::StrContains(".eE", json[end])) integer = false;
+      ++end;
+    }
+    absl::string_view token = json.substr(i, end - i);
+    i = end - 1;
+    if (!integer) continue;
+    absl::string_view digits = absl::StripPrefix(token, "-");
+    uint64_t value = 0;
+    if (absl::SimpleAtoi(digits, &value) && value <= kMaxExact) continue;
+    return absl::InvalidArgumentError(
+        absl::StrCat("integer ", token,
+                     " is beyond 2^53 and would be rounded (params travel as doubles); use --json "
+                     "to send it exactly"));
+  }
+  return absl::OkStatus();
 }
 
 bool IsParamName(absl::string_view name) {
@@ -290,6 +332,10 @@ absl::StatusOr<RaiseCommand> ParseRaiseCommand(const std::vector<std::string>& a
           return absl::InvalidArgumentError(absl::StrCat(
               "raise: argument ", Quote(arg), ": invalid JSON value: ", parsed.status().message()));
         }
+        if (absl::Status exact = CheckIntegersAreExact(value); !exact.ok()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("raise: argument ", Quote(arg), ": ", exact.message()));
+        }
         *param->mutable_value() = *std::move(parsed);
         continue;
       }
@@ -298,6 +344,10 @@ absl::StatusOr<RaiseCommand> ParseRaiseCommand(const std::vector<std::string>& a
     absl::StatusOr<google::protobuf::Value> parsed = ParseJsonValue(arg);
     google::protobuf::Value* value = request.mutable_positional()->add_values();
     if (parsed.ok()) {
+      if (absl::Status exact = CheckIntegersAreExact(arg); !exact.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("raise: argument ", Quote(arg), ": ", exact.message()));
+      }
       *value = *std::move(parsed);
     } else {
       value->set_string_value(arg);

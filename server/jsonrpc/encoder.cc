@@ -39,6 +39,28 @@ absl::string_view TypeName(simdjson::dom::element_type type) {
   return "an unknown value";
 }
 
+// Copies valid JSON `json` to `out` without the whitespace between tokens (SPEC §2: one compact
+// object per event, no newline). Tokens, including strings with their escapes, are kept verbatim.
+void AppendCompactJson(absl::string_view json, std::string* out) {
+  out->reserve(out->size() + json.size());
+  bool in_string = false;
+  for (size_t i = 0; i < json.size(); ++i) {
+    const char c = json[i];
+    if (in_string) {
+      out->push_back(c);
+      if (c == '\\' && i + 1 < json.size()) {
+        out->push_back(json[++i]);
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (IsJsonSpace(c)) continue;
+    if (c == '"') in_string = true;
+    out->push_back(c);
+  }
+}
+
 // Appends `json` (an object or array) with the event name inserted as its first member/element.
 // Raw client JSON may have whitespace after the opening bracket, so emptiness ignores it.
 void AppendWithEventParam(std::string* out, absl::string_view json, bool named,
@@ -75,8 +97,12 @@ absl::StatusOr<Params> ParamsFromRawJson(absl::string_view text) {
   simdjson::dom::element root;
   simdjson::error_code error = parser.parse(json.data(), json.size()).get(root);
   if (error != simdjson::SUCCESS) {
+    // simdjson's NUMBER_ERROR also covers valid JSON numbers it cannot hold: say so.
     return absl::InvalidArgumentError(
-        absl::StrCat("params json: invalid JSON: ", simdjson::error_message(error)));
+        absl::StrCat("params json: invalid JSON: ", simdjson::error_message(error),
+                     error == simdjson::NUMBER_ERROR
+                         ? " (malformed, or beyond what a 64-bit integer or a double can hold)"
+                         : ""));
   }
   Params params;
   switch (root.type()) {
@@ -90,7 +116,7 @@ absl::StatusOr<Params> ParamsFromRawJson(absl::string_view text) {
       return absl::InvalidArgumentError(
           absl::StrCat("params json: expected an object or array, got ", TypeName(root.type())));
   }
-  params.json = std::string(json);
+  AppendCompactJson(json, &params.json);
   return params;
 }
 

@@ -22,8 +22,9 @@ struct Params {
   std::string json;
 };
 
-// Validates client-given raw JSON text with simdjson: it must be one object or array (surrounding
-// whitespace allowed and trimmed). The bytes inside are kept exactly as given.
+// Validates client-given raw JSON text with simdjson: it must be one object or array. Whitespace
+// between tokens is dropped (the wire carries compact JSON, no newline); the tokens themselves
+// (numbers, strings and their escapes) are kept byte for byte.
 // Returns INVALID_ARGUMENT naming the problem ("params json: expected an object or array").
 absl::StatusOr<Params> ParamsFromRawJson(absl::string_view text);
 

@@ -40,6 +40,24 @@ absl::Status ValidateConfig(const ServerConfig& config) {
     return absl::InvalidArgumentError(
         "reconnect backoff: need 0 < reconnect_min_backoff_ms <= reconnect_max_backoff_ms");
   }
+  if (config.pool.idle_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "idle_timeout_s: ", absl::ToInt64Seconds(config.pool.idle_timeout), " must be positive"));
+  }
+  if (config.failover_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("failover_timeout_ms: ", absl::ToInt64Milliseconds(config.failover_timeout),
+                     " is negative"));
+  }
+  if (config.pool.max_reply_bytes == 0) {
+    return absl::InvalidArgumentError("max_reply_bytes must be positive");
+  }
+  if (config.limits.max_event_name_bytes == 0) {
+    return absl::InvalidArgumentError("max_event_name_bytes must be positive");
+  }
+  if (config.limits.max_socket_bytes == 0) {
+    return absl::InvalidArgumentError("max_socket_bytes must be positive");
+  }
   if (config.max_params_bytes == 0) {
     return absl::InvalidArgumentError("max_params_bytes must be positive");
   }

@@ -175,6 +175,12 @@ void SubscriptionManager::Unsubscribe(std::string id, std::string event, std::st
     done(absl::InvalidArgumentError("unsubscribe: give an id, or an event and a socket"));
     return;
   }
+  // Checked before parsing, as Subscribe does: a parse error would quote all of it.
+  if (socket.size() > limits_.max_socket_bytes) {
+    done(absl::InvalidArgumentError(absl::StrCat("socket \"", Quote(socket), "\": longer than ",
+                                                 limits_.max_socket_bytes, " bytes")));
+    return;
+  }
   absl::StatusOr<uri::SocketUri> target = uri::ParseSocket(socket);
   if (!target.ok()) {
     done(target.status());

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -136,6 +137,24 @@ TEST(ParseRaiseArgsTest, RejectsUsageMistakes) {
               HasSubstr("expected table or json"));
 }
 
+TEST(ParseRaiseArgsTest, RejectsIntegersThatADoubleWouldRoundInsteadOfLosingDigits) {
+  // google.protobuf.Value holds doubles: 12345678901234567890 would arrive
+  // as 1.2345678901234567e+19.
+  for (const char* arg : {"x:=12345678901234567890", "x:=[1,-9007199254740993]",
+                          "12345678901234567890", "{\"a\":{\"b\":99999999999999999999999}}"}) {
+    auto request = ParseRaiseArgs({"E", arg});
+    ASSERT_FALSE(request.ok()) << arg;
+    EXPECT_THAT(request.status().message(), HasSubstr(absl::StrCat("argument \"", arg, "\"")));
+    EXPECT_THAT(request.status().message(), HasSubstr("use --json")) << arg;
+  }
+  // Up to 2^53 every integer is exact; fractions, exponents and digits in strings are not checked.
+  auto request = ParseRaiseArgs({"E", "a:=9007199254740992", "b:=-9007199254740992", "c:=1.5e300",
+                                 "d:=\"123456789012345678901\""});
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->named().params(0).value().number_value(), 9007199254740992.0);
+  EXPECT_EQ(request->named().params(3).value().string_value(), "123456789012345678901");
+}
+
 TEST(ParseSubscribeArgsTest, ParsesEventSocketAndOptions) {
   auto command = ParseSubscribeArgs(
       {"E", "virtual:FAILOVER tcp:a:1 tcp:b:2", "--expire", "0", "--event_param=opensips_event"});
@@ -157,6 +176,9 @@ TEST(ParseSubscribeArgsTest, RejectsWrongArgumentCountAndBadExpire) {
   EXPECT_FALSE(ParseSubscribeArgs({"E", "s", "x"}).ok());
   EXPECT_THAT(ParseSubscribeArgs({"E", "s", "--expire", "-1"}).status().message(),
               HasSubstr("--expire \"-1\""));
+  // Too big is not "negative": the message says which range is accepted.
+  EXPECT_THAT(ParseSubscribeArgs({"E", "s", "--expire", "5000000000"}).status().message(),
+              HasSubstr("--expire \"5000000000\": expected an integer from 0 to 4294967295"));
 }
 
 TEST(ParseUnsubscribeArgsTest, TakesIdOrEventAndSocket) {

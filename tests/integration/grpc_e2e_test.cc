@@ -146,7 +146,8 @@ TEST_F(GrpcE2eTest, PositionalRawAndNoParamsArriveByteExact) {
   Raise(positional);
   v1::RaiseRequest raw;
   raw.set_event("E_MY_EVENT");
-  raw.set_json(R"({"a": [1, 2.5, null], "b": {"c": true}})");
+  // Raw JSON keeps its tokens; the whitespace between them is dropped (compact, no newline).
+  raw.set_json("{\"a\": [1, 2.50, null],\n \"b\": {\"c\": \"x y\"}}");
   Raise(raw);
   v1::RaiseRequest none;
   none.set_event("E_MY_EVENT");
@@ -155,7 +156,7 @@ TEST_F(GrpcE2eTest, PositionalRawAndNoParamsArriveByteExact) {
   EXPECT_EQ(
       peer->Received(),
       R"({"jsonrpc":"2.0","method":"E_MY_EVENT","params":[3,"x"]})"
-      R"({"jsonrpc":"2.0","method":"E_MY_EVENT","params":{"a": [1, 2.5, null], "b": {"c": true}}})"
+      R"({"jsonrpc":"2.0","method":"E_MY_EVENT","params":{"a":[1,2.50,null],"b":{"c":"x y"}}})"
       R"({"jsonrpc":"2.0","method":"E_MY_EVENT"})");
   EXPECT_EQ(peer->connections_accepted(), 1);
 }

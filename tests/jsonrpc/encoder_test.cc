@@ -168,18 +168,28 @@ TEST(EncoderTest, CarriesNestedValuesFromRawJson) {
                          raw.substr(1), "}"));
 }
 
-TEST(EncoderTest, RawJsonKeepsInnerBytesAndTrimsOuterWhitespace) {
-  absl::StatusOr<Params> params = ParamsFromRawJson(" \n\t{ \"a\" : 1 ,\n\"b\":[ ] }\r\n ");
+TEST(EncoderTest, RawJsonKeepsTokensAndDropsWhitespaceBetweenThem) {
+  // SPEC §2: one compact object per event, no newline. Tokens (numbers, escapes) stay as given.
+  absl::StatusOr<Params> params =
+      ParamsFromRawJson(" \n\t{ \"a\" : 2.50 ,\n\"b\":[ 1e2 ,\t\"s/\\u00e9\" ] }\r\n ");
   ASSERT_TRUE(params.ok()) << params.status();
   EXPECT_EQ(params->kind, Params::Kind::kNamed);
-  EXPECT_EQ(params->json, "{ \"a\" : 1 ,\n\"b\":[ ] }");
+  EXPECT_EQ(params->json, R"({"a":2.50,"b":[1e2,"s/\u00e9"]})");
+}
+
+TEST(EncoderTest, RawJsonKeepsWhitespaceAndEscapesInsideStrings) {
+  const std::string raw = R"({ "k e\"y\\" : " a \" \n\\ b " })";
+  absl::StatusOr<Params> params = ParamsFromRawJson(raw);
+  ASSERT_TRUE(params.ok()) << params.status();
+  EXPECT_EQ(params->json, R"({"k e\"y\\":" a \" \n\\ b "})");
+  EXPECT_EQ(EncodeMessage("E", *params, {}).find('\n'), std::string::npos);
 }
 
 TEST(EncoderTest, EventParamInsertsAfterBraceOfRawJsonWithWhitespace) {
   absl::StatusOr<Params> named = ParamsFromRawJson("{ \"a\": 1 }");
   ASSERT_TRUE(named.ok()) << named.status();
   EXPECT_EQ(EncodeMessage("E", *named, EventParam("ev")),
-            R"({"jsonrpc":"2.0","method":"E","params":{"ev":"E", "a": 1 }})");
+            R"({"jsonrpc":"2.0","method":"E","params":{"ev":"E","a":1}})");
 
   absl::StatusOr<Params> empty_named = ParamsFromRawJson("{ \n }");
   ASSERT_TRUE(empty_named.ok()) << empty_named.status();
@@ -190,7 +200,7 @@ TEST(EncoderTest, EventParamInsertsAfterBraceOfRawJsonWithWhitespace) {
   ASSERT_TRUE(positional.ok()) << positional.status();
   EXPECT_EQ(positional->kind, Params::Kind::kPositional);
   EXPECT_EQ(EncodeMessage("E", *positional, EventParam("ev")),
-            "{\"jsonrpc\":\"2.0\",\"method\":\"E\",\"params\":[\"E\",\n1, 2]}");
+            R"({"jsonrpc":"2.0","method":"E","params":["E",1,2]})");
 
   absl::StatusOr<Params> empty_positional = ParamsFromRawJson("[\t]");
   ASSERT_TRUE(empty_positional.ok()) << empty_positional.status();
@@ -237,6 +247,16 @@ INSTANTIATE_TEST_SUITE_P(
         RawJsonErrorCase{"{'a':1}", "params json: invalid JSON: "},
         RawJsonErrorCase{"{\"a\":\"\xff\"}", "params json: invalid JSON: "},
         RawJsonErrorCase{"{\"a\":\"x\ny\"}", "params json: invalid JSON: "}));
+
+TEST(EncoderTest, RawJsonNumberErrorSaysWhichNumbersCannotBeCarried) {
+  for (const char* raw : {"[123456789012345678901234567890]", "{\"a\":1e400}", "[01]"}) {
+    absl::StatusOr<Params> params = ParamsFromRawJson(raw);
+    ASSERT_FALSE(params.ok()) << raw;
+    EXPECT_THAT(std::string(params.status().message()),
+                HasSubstr("(malformed, or beyond what a 64-bit integer or a double can hold)"))
+        << raw;
+  }
+}
 
 TEST(EncoderTest, RawJsonErrorNamesUtf8Problem) {
   absl::StatusOr<Params> params = ParamsFromRawJson("[\"\xc3\"]");

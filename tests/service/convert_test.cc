@@ -139,13 +139,13 @@ TEST(ParamsFromRequestTest, PositionalParamsAreAnArray) {
   EXPECT_EQ(params->json, R"([3,"x"])");
 }
 
-TEST(ParamsFromRequestTest, RawJsonIsKeptByteForByte) {
+TEST(ParamsFromRequestTest, RawJsonKeepsItsTokensByteForByteWithoutWhitespace) {
   v1::RaiseRequest request;
-  request.set_json(R"({"b": 1,  "a":[2.50]})");
+  request.set_json("{\"b\": 1,  \"a\":[2.50]\n}");
   auto params = ParamsFromRequest(request, 1000);
   ASSERT_TRUE(params.ok()) << params.status();
   EXPECT_EQ(params->kind, jsonrpc::Params::Kind::kNamed);
-  EXPECT_EQ(params->json, R"({"b": 1,  "a":[2.50]})");
+  EXPECT_EQ(params->json, R"({"b":1,"a":[2.50]})");
 
   request.set_json("[1,2]");
   params = ParamsFromRequest(request, 1000);

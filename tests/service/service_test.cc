@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -392,6 +393,36 @@ TEST(EventBusServerTest, StartRejectsAnUnknownStore) {
   config.store = "mongodb://x";
   config.pool.num_loops = 1;
   EXPECT_EQ(EventBusServer::Start(config).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(EventBusServerTest, StartRejectsSettingsThatWouldBreakEveryCallNamingTheFlag) {
+  struct Case {
+    std::function<void(ServerConfig*)> set;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {[](ServerConfig* c) { c->pool.idle_timeout = absl::ZeroDuration(); },
+       "idle_timeout_s: 0 must be positive"},
+      {[](ServerConfig* c) { c->pool.idle_timeout = absl::Seconds(-1); },
+       "idle_timeout_s: -1 must be positive"},
+      {[](ServerConfig* c) { c->failover_timeout = absl::Milliseconds(-5); },
+       "failover_timeout_ms: -5 is negative"},
+      {[](ServerConfig* c) { c->pool.max_reply_bytes = 0; }, "max_reply_bytes must be positive"},
+      {[](ServerConfig* c) { c->limits.max_event_name_bytes = 0; },
+       "max_event_name_bytes must be positive"},
+      {[](ServerConfig* c) { c->limits.max_socket_bytes = 0; },
+       "max_socket_bytes must be positive"},
+  };
+  for (const Case& c : cases) {
+    ServerConfig config;
+    config.listen = "127.0.0.1:0";
+    config.store = "memory";
+    config.pool.num_loops = 1;
+    c.set(&config);
+    auto server = EventBusServer::Start(config);
+    ASSERT_FALSE(server.ok()) << c.message;
+    EXPECT_EQ(server.status(), absl::InvalidArgumentError(c.message));
+  }
 }
 
 TEST(EventBusServerTest, ShutdownIsIdempotentAndWaitReturnsAfterIt) {

@@ -399,6 +399,18 @@ TEST_F(SubscriptionManagerTest, UnsubscribeWithABadSocketIsInvalidArgument) {
   EXPECT_EQ(Unsubscribe("", "E", "tcp:h:70000").status(), uri::ParseSocket("tcp:h:70000").status());
 }
 
+TEST_F(SubscriptionManagerTest, UnsubscribeRejectsASocketOverTheLengthLimitWithAShortMessage) {
+  // A megabyte of socket must not come back in the error (gRPC would refuse such a status).
+  limits_.max_socket_bytes = 12;
+  MakeManager();
+  const std::string socket = absl::StrCat("garbage", std::string(100000, 'a'));
+  EXPECT_EQ(Unsubscribe("", "E", socket).status(),
+            absl::InvalidArgumentError(absl::StrCat("socket \"garbage", std::string(57, 'a'),
+                                                    "...\": longer than 12 bytes")));
+  EXPECT_EQ(Unsubscribe("", "E", "tcp:hh:123456").status(),
+            absl::InvalidArgumentError("socket \"tcp:hh:123456\": longer than 12 bytes"));
+}
+
 TEST_F(SubscriptionManagerTest, StoreUnavailableFailsSubscribeAndLeavesTheRegistryAlone) {
   ASSERT_TRUE(manager_->Start().ok());
   auto existing = Subscribe(Req("E", "tcp:h:1", 10));
