@@ -265,7 +265,13 @@ void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
       uint64_t start;
       {
         std::lock_guard<std::mutex> lock(mu_);
-        start = rr_next_[sub.id]++;
+        if (rr_next_.size() >= rr_prune_at_) {
+          absl::erase_if(rr_next_, [](const auto& entry) { return entry.second.sub.expired(); });
+          rr_prune_at_ = std::max(kMinPruneAt, 2 * rr_next_.size());
+        }
+        Rotation& rotation = rr_next_[sub.id];
+        rotation.sub = live[i];
+        start = rotation.next++;
       }
       for (size_t k = 0; k < n; ++k) run->order.push_back((start + k) % n);
       DemoteFailedMembers(members, now, &run->order);
@@ -297,6 +303,11 @@ void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
   };
   pool_->Submit(std::move(batch), arrive);
   for (auto& run : groups) NextGroupAttempt(std::move(run), arrive);
+}
+
+size_t Dispatcher::RotationsForTesting() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return rr_next_.size();
 }
 
 void Dispatcher::DemoteFailedMembers(const std::vector<uri::TcpTarget>& members, absl::Time now,
@@ -358,6 +369,12 @@ void Dispatcher::NextGroupAttempt(std::shared_ptr<GroupRun> run,
     if (MemberFailed(o)) {
       std::lock_guard<std::mutex> lock(mu_);
       failed_at_[member_text] = at;
+      if (failed_at_.size() >= failed_prune_at_) {
+        absl::erase_if(failed_at_, [&](const auto& entry) {
+          return at - entry.second >= options_.failover_timeout;
+        });
+        failed_prune_at_ = std::max(kMinPruneAt, 2 * failed_at_.size());
+      }
     } else {
       std::lock_guard<std::mutex> lock(mu_);
       failed_at_.erase(member_text);

@@ -69,6 +69,9 @@ class Dispatcher {
   void Raise(const std::string& event, const jsonrpc::Params& params, const RaiseOptions& options,
              std::shared_ptr<const registry::SubscriberList> subscribers, Done done);
 
+  // How many ROUND-ROBIN rotations are remembered (tests check they do not pile up).
+  size_t RotationsForTesting();
+
  private:
   struct RaiseState;
   struct GroupRun;
@@ -88,10 +91,20 @@ class Dispatcher {
   // Guards the two maps below. std::mutex, not absl::Mutex: Debian's abseil has no TSan
   // annotations, and loop threads share this state.
   std::mutex mu_;
-  // When each group member (by socket text) last failed an attempt.
+  // When each group member (by socket text) last failed an attempt. Entries older than
+  // failover_timeout mean nothing and are pruned once the map doubles (amortised O(1)).
   absl::flat_hash_map<std::string, absl::Time> failed_at_;
-  // ROUND-ROBIN: the next starting member per subscription id.
-  absl::flat_hash_map<std::string, uint64_t> rr_next_;
+  size_t failed_prune_at_ = kMinPruneAt;
+  // ROUND-ROBIN: the next starting member per subscription id. An entry whose subscription
+  // object is gone (unsubscribed, expired, or replaced by a refresh) is pruned once the map
+  // doubles; a refreshed subscription then starts its rotation again.
+  struct Rotation {
+    std::weak_ptr<const registry::Subscription> sub;
+    uint64_t next = 0;
+  };
+  absl::flat_hash_map<std::string, Rotation> rr_next_;
+  size_t rr_prune_at_ = kMinPruneAt;
+  static constexpr size_t kMinPruneAt = 1024;
 };
 
 }  // namespace eventbus::delivery

@@ -271,6 +271,27 @@ TEST_F(DispatcherTest, RoundRobinSyncHandsFailedEventToNextMember) {
   EXPECT_EQ(c->message_count(), 4u);
 }
 
+TEST_F(DispatcherTest, RotationsOfGoneSubscriptionsDoNotPileUp) {
+  auto peer = StartPeer();
+  constexpr int kGroups = 1500;
+  {
+    std::vector<registry::SubscriptionPtr> subs;
+    for (int i = 0; i < kGroups; ++i) {
+      subs.push_back(
+          Sub(absl::StrCat("rr", i), absl::StrCat("virtual:ROUND-ROBIN ", peer->socket())));
+    }
+    EXPECT_THAT(Raise(std::move(subs), /*sync=*/false), SizeIs(kGroups));
+  }
+  ASSERT_TRUE(peer->WaitForMessages(kGroups, kWait));
+  // Those subscriptions are gone; new ones make the map prune what they left behind.
+  absl::Time deadline = absl::Now() + kWait;
+  for (int i = 0; dispatcher_->RotationsForTesting() > 1100 && absl::Now() < deadline; ++i) {
+    Raise({Sub(absl::StrCat("new", i), absl::StrCat("virtual:ROUND-ROBIN ", peer->socket()))},
+          /*sync=*/false);
+  }
+  EXPECT_LE(dispatcher_->RotationsForTesting(), 1100u);
+}
+
 TEST_F(DispatcherTest, RoundRobinAsyncRotates) {
   auto a = StartPeer(), b = StartPeer();
   auto sub = Sub("g", absl::StrCat("virtual:ROUND-ROBIN ", a->socket(), " ", b->socket()));
