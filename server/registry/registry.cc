@@ -154,6 +154,15 @@ class Registry::Edit {
     changes_[sub->event].added.push_back(std::move(sub));
   }
 
+  // Inserts `sub` in place of the subscription with its id or its (event, socket), if any.
+  void Replace(SubscriptionPtr sub) {
+    Remove(sub->id);
+    if (SubscriptionPtr same_key = index_->FindByKey(SocketKey(sub->event, sub->socket))) {
+      Remove(same_key->id);
+    }
+    Insert(std::move(sub));
+  }
+
   // Removes the subscription with `id`. Returns it, or null when there is none.
   SubscriptionPtr Remove(absl::string_view id) {
     SubscriptionPtr sub = index_->FindById(id);
@@ -299,11 +308,7 @@ void Registry::Upsert(SubscriptionPtr sub) {
   absl::MutexLock write_lock(&write_mu_);
   auto next = std::make_shared<Index>(*Snapshot());
   Edit edit(next.get());
-  edit.Remove(sub->id);
-  if (SubscriptionPtr same_key = next->FindByKey(SocketKey(sub->event, sub->socket))) {
-    edit.Remove(same_key->id);
-  }
-  edit.Insert(std::move(sub));
+  edit.Replace(std::move(sub));
   edit.Finish();
   Publish(std::move(next));
 }
@@ -328,11 +333,7 @@ void Registry::ReplaceAll(std::vector<SubscriptionPtr> subs) {
   for (SubscriptionPtr& sub : subs) {
     if (sub == nullptr) continue;
     // Duplicates: the later one wins, as with Upsert.
-    edit.Remove(sub->id);
-    if (SubscriptionPtr same_key = next->FindByKey(SocketKey(sub->event, sub->socket))) {
-      edit.Remove(same_key->id);
-    }
-    edit.Insert(std::move(sub));
+    edit.Replace(std::move(sub));
   }
   edit.Finish();
   Publish(std::move(next));
