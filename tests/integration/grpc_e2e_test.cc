@@ -4,6 +4,7 @@
 // sync statuses of SPEC §3/§5.
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -320,6 +321,33 @@ TEST_F(GrpcE2eTest, BadSocketIsInvalidArgumentNamingIt) {
   ASSERT_FALSE(resp.ok());
   EXPECT_EQ(resp.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(resp.status().message(), HasSubstr("socket \"tcp:h:70000\": port out of range"));
+}
+
+TEST_F(GrpcE2eTest, GracefulShutdownDrainsQueuedDeliveries) {
+  service::ServerConfig config;
+  config.timeout = absl::Seconds(20);  // queued events must not expire while they wait
+  StartServer(config);
+  auto peer = StartPeer(PeerMode::kNoRead, /*receive_buffer_bytes=*/4096);
+  Subscribe("E_DRAIN", peer->socket());
+  // 12 MB: more than the kernel buffers of a loopback connection hold (tcp_wmem's maximum is
+  // 4 MB), so most of it waits in EventBus's queue when the shutdown starts.
+  const std::string padding(30000, 'd');
+  constexpr int kEvents = 400;
+  for (int i = 0; i < kEvents; ++i) {
+    auto resp = Raise(Named("E_DRAIN", {{"i", Num(i)}, {"pad", Str(padding)}}));
+    ASSERT_THAT(Statuses(resp), ElementsAre(v1::DELIVERY_STATUS_QUEUED));
+  }
+  auto stats = server_->pool()->AllStats();
+  ASSERT_THAT(stats, SizeIs(1));
+  ASSERT_GT(stats[0].queued_messages, 100u) << "the test needs events still queued at shutdown";
+  // Shutdown waits for the queue; the peer starts reading only once it has begun.
+  std::thread shutdown([this] { server_->Shutdown(absl::Seconds(20)); });
+  absl::SleepFor(absl::Milliseconds(100));  // lets the shutdown start first; not a race guard
+  peer->SetMode(PeerMode::kReplyResult);
+  shutdown.join();
+  // What was written before the connection closed still reaches the peer.
+  EXPECT_TRUE(peer->WaitForMessages(kEvents, kWait)) << peer->message_count();
+  EXPECT_THAT(peer->Messages().back(), HasSubstr(absl::StrCat("\"i\":", kEvents - 1, ",")));
 }
 
 // --- sync mode (issue: Sync mode) ---
