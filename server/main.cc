@@ -60,33 +60,9 @@ ABSL_FLAG(std::string, log_level, "info", "Lowest log level written: debug, info
 
 namespace {
 
-// Every flag above; each may also be set by EVENTBUS_<NAME IN UPPER CASE>.
-constexpr const char* kFlagNames[] = {
-    "listen",
-    "store",
-    "data_dir",
-    "timeout_ms",
-    "sync_mode",
-    "event_param",
-    "loops",
-    "queue_max_messages",
-    "queue_max_bytes",
-    "connect_timeout_ms",
-    "reconnect_min_backoff_ms",
-    "reconnect_max_backoff_ms",
-    "max_reply_bytes",
-    "idle_timeout_s",
-    "default_expire_s",
-    "max_event_name_bytes",
-    "max_socket_bytes",
-    "max_virtual_members",
-    "max_params_bytes",
-    "max_subscriptions",
-    "max_subscriptions_per_event",
-    "failover_timeout_ms",
-    "shutdown_grace_ms",
-    "log_level",
-};
+// True for the flags defined above (not abseil's own): they are listed by --help and each may
+// also be set by EVENTBUS_<NAME IN UPPER CASE>.
+bool IsEventbusFlagFile(absl::string_view path) { return absl::EndsWith(path, "server/main.cc"); }
 
 [[noreturn]] void Fail(const std::string& message) {
   std::fprintf(stderr, "eventbusd: %s\n", message.c_str());
@@ -95,12 +71,11 @@ constexpr const char* kFlagNames[] = {
 
 // Applies EVENTBUS_* environment variables; the command line, parsed afterwards, wins.
 void ApplyEnvironment() {
-  for (const char* name : kFlagNames) {
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (!IsEventbusFlagFile(flag->Filename())) continue;
     std::string variable = absl::StrCat("EVENTBUS_", absl::AsciiStrToUpper(name));
     const char* value = std::getenv(variable.c_str());
     if (value == nullptr) continue;
-    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
-    if (flag == nullptr) Fail(absl::StrCat("internal: no flag --", name));
     std::string error;
     if (!flag->ParseFrom(value, &error)) {
       Fail(absl::StrCat("environment variable ", variable, "=\"", value, "\": ", error));
@@ -171,9 +146,7 @@ int main(int argc, char** argv) {
       "wins.\nUsage: eventbusd [--flag=value ...]");
   // --help lists this file's flags (absl's default looks for a file named after the binary).
   absl::FlagsUsageConfig usage_config;
-  usage_config.contains_help_flags = [](absl::string_view path) {
-    return absl::EndsWith(path, "server/main.cc");
-  };
+  usage_config.contains_help_flags = IsEventbusFlagFile;
   usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
   absl::SetFlagsUsageConfig(usage_config);
   ApplyEnvironment();
