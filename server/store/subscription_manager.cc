@@ -70,6 +70,16 @@ void SubscriptionManager::Stop() {
   if (was_started) store_->Stop();
 }
 
+absl::StatusOr<uri::SocketUri> SubscriptionManager::ParseSocketWithinLimit(
+    const std::string& socket) const {
+  // Checked before parsing: a parse error would quote all of an oversized socket.
+  if (socket.size() > limits_.max_socket_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("socket \"", Quote(socket), "\": longer than ",
+                                                   limits_.max_socket_bytes, " bytes"));
+  }
+  return uri::ParseSocket(socket);
+}
+
 void SubscriptionManager::Subscribe(
     SubscribeRequest request, absl::AnyInvocable<void(absl::StatusOr<SubscribeResult>)> done) {
   absl::Status valid = registry::ValidateEventName(request.event, limits_.max_event_name_bytes);
@@ -77,13 +87,7 @@ void SubscriptionManager::Subscribe(
     done(std::move(valid));
     return;
   }
-  if (request.socket.size() > limits_.max_socket_bytes) {
-    done(absl::InvalidArgumentError(absl::StrCat("socket \"", Quote(request.socket),
-                                                 "\": longer than ", limits_.max_socket_bytes,
-                                                 " bytes")));
-    return;
-  }
-  absl::StatusOr<uri::SocketUri> target = uri::ParseSocket(request.socket);
+  absl::StatusOr<uri::SocketUri> target = ParseSocketWithinLimit(request.socket);
   if (!target.ok()) {
     done(target.status());
     return;
@@ -175,13 +179,7 @@ void SubscriptionManager::Unsubscribe(std::string id, std::string event, std::st
     done(absl::InvalidArgumentError("unsubscribe: give an id, or an event and a socket"));
     return;
   }
-  // Checked before parsing, as Subscribe does: a parse error would quote all of it.
-  if (socket.size() > limits_.max_socket_bytes) {
-    done(absl::InvalidArgumentError(absl::StrCat("socket \"", Quote(socket), "\": longer than ",
-                                                 limits_.max_socket_bytes, " bytes")));
-    return;
-  }
-  absl::StatusOr<uri::SocketUri> target = uri::ParseSocket(socket);
+  absl::StatusOr<uri::SocketUri> target = ParseSocketWithinLimit(socket);
   if (!target.ok()) {
     done(target.status());
     return;

@@ -89,6 +89,8 @@ class SubscriptionManager : public SubscriptionStore::Listener {
   // (event, normalised socket).
   using Key = std::pair<std::string, std::string>;
 
+  // Parses `socket` after checking it against max_socket_bytes (INVALID_ARGUMENT either way).
+  absl::StatusOr<uri::SocketUri> ParseSocketWithinLimit(const std::string& socket) const;
   void ExpiryThread();
   // Wakes the expiry thread when `expiry` is earlier than the instant it waits for.
   void WakeExpiry(absl::Time expiry);
