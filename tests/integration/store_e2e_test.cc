@@ -460,8 +460,8 @@ TEST_F(SqliteE2eTest, CorruptIndexPageFailsAtStartupWithAClearError) {
       return value;
     };
     page_size = query("PRAGMA page_size");
-    root = query(
-        "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_subscriptions_2'");
+    root =
+        query("SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_subscriptions_2'");
     sqlite3_close(handle);
   }
   ASSERT_GT(page_size, 0);
@@ -693,9 +693,9 @@ TEST_F(EtcdReplicasE2eTest, ARefreshWhoseEtcdReplyIsLateKeepsTheSubscriptionEver
   (*proxy)->SetReplyDelay(absl::ZeroDuration());
   v1::Subscription sentinel = Subscribe(*a, "E_LATE", peer_->socket("sentinel"));
   ASSERT_FALSE(sentinel.id().empty());
-  ASSERT_TRUE(WaitFor(absl::Seconds(10),
-                      [&] { return HasSubscriptionId(*b, "E_LATE", sentinel.id()); }))
-      << b->Log();
+  ASSERT_TRUE(WaitFor(absl::Seconds(10), [&] {
+    return HasSubscriptionId(*b, "E_LATE", sentinel.id());
+  })) << b->Log();
 
   EXPECT_TRUE(HasSubscriptionId(*b, "E_LATE", sub.id())) << "B lost the subscription";
   EXPECT_TRUE(HasSubscriptionId(*a, "E_LATE", sub.id())) << "A lost the subscription";
