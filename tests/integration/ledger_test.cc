@@ -579,8 +579,11 @@ void LedgerRun::Run() {
     ASSERT_FALSE(Subscribe(*t, kStatsEvent, 0).id().empty());
   }
   // The expiring target's subscription lives `expire` seconds, refreshed every expire/2 until
-  // 0.25 of the run; it then expires. Subscribed again at 0.45, it expires at about 0.6, around
-  // the etcd restart (0.55), whose lease handling must not bring it back.
+  // 0.25 of the run; it then expires. Subscribed again at 0.45, it expires in the middle of the
+  // etcd outage (from 0.55, `etcd_outage` long): eventbusd cannot delete it from etcd then, and a
+  // restarted etcd renews every lease to its full TTL, so the key is back in etcd when eventbusd
+  // reloads; that must not bring the subscription back.
+  const absl::Duration etcd_outage = std::min(absl::Seconds(6), duration_ * 0.1);
   const uint32_t expire =
       static_cast<uint32_t>(std::max<int64_t>(4, absl::ToInt64Seconds(duration_ * 0.1)));
   absl::Time expires_at;
@@ -639,9 +642,10 @@ void LedgerRun::Run() {
     Note("unsubscribed: Unsubscribe acknowledged");
   });
   schedule.emplace(At(0.45), [&] {
-    // After the first expiry; this one expires at about 0.6 of the run.
-    const uint32_t second_expire =
-        static_cast<uint32_t>(std::max<int64_t>(2, absl::ToInt64Seconds(At(0.6) - absl::Now())));
+    // After the first expiry; this one expires during the etcd outage (SQLite: at that time).
+    const uint32_t second_expire = static_cast<uint32_t>(
+        std::max<int64_t>(2, absl::ToInt64Seconds(absl::Ceil(
+                                 At(0.55) + etcd_outage / 2 - absl::Now(), absl::Seconds(1)))));
     absl::Time sent;
     v1::Subscription sub = SubscribeRetrying(expiring, second_expire, &sent);
     absl::MutexLock lock(&expiring.ledger.mu);
@@ -654,7 +658,11 @@ void LedgerRun::Run() {
   });
   if (etcd_ != nullptr) {
     schedule.emplace(At(0.55), [&] {
-      Note("etcd: stopping");
+      absl::Status status = etcd_->Stop();
+      EXPECT_TRUE(status.ok()) << status;
+      Note("etcd: stopped");
+    });
+    schedule.emplace(At(0.55) + etcd_outage, [&] {
       absl::Status status = etcd_->Restart(absl::Seconds(60));
       EXPECT_TRUE(status.ok()) << status;
       Note("etcd: serving again");
