@@ -587,6 +587,7 @@ void LedgerRun::Run() {
   const uint32_t expire =
       static_cast<uint32_t>(std::max<int64_t>(4, absl::ToInt64Seconds(duration_ * 0.1)));
   absl::Time expires_at;
+  int healthy_refreshes = 0;
   for (auto& t : targets_) {
     v1::Subscription sub =
         Subscribe(*t, kEvent, t.get() == &expiring ? std::optional<uint32_t>(expire) : 0);
@@ -614,6 +615,25 @@ void LedgerRun::Run() {
     });
   }
   const absl::Duration outage = std::min(kPeerOutage, duration_ * 0.2);
+  // Refreshes of permanent subscriptions while Raises fan out to them, outside the etcd outage:
+  // the same subscription, in every Raise exactly once (checked at the end).
+  Target& healthy = *target(Role::kHealthy);
+  for (absl::Time t = At(0.05); t < At(0.95); t += absl::Seconds(2)) {
+    if (t >= At(0.5) && t < At(0.75)) continue;
+    schedule.emplace(t, [&] {
+      absl::StatusOr<v1::SubscribeResponse> response = client_->Subscribe([&] {
+        v1::SubscribeRequest request;
+        request.set_event(kEvent);
+        request.set_socket(healthy.socket);
+        request.set_expire_seconds(0);
+        return request;
+      }());
+      EXPECT_TRUE(response.ok() && !response->created())
+          << "refresh " << healthy.socket << ": "
+          << (response.ok() ? "created a new subscription" : response.status().ToString());
+      ++healthy_refreshes;
+    });
+  }
   schedule.emplace(At(0.15), [&] {
     restarted.peer->Stop();
     Note("restarted peer: stopped");
@@ -628,6 +648,9 @@ void LedgerRun::Run() {
     Note("restarted peer: listening again");
   });
   schedule.emplace(At(0.4), [&] {
+    // A refresh right before the removal: its echo from the store (etcd's watch) must not
+    // bring the subscription back.
+    EXPECT_FALSE(Subscribe(unsubscribed, kEvent, 0).id().empty());
     v1::UnsubscribeRequest request;
     request.set_event(kEvent);
     request.set_socket(unsubscribed.socket);
@@ -706,7 +729,7 @@ void LedgerRun::Run() {
   });
   EXPECT_TRUE(drained) << "queues did not drain within 60 s";
   Note("queues drained");
-  Target& healthy = *target(Role::kHealthy);
+  Note(absl::StrCat("healthy: refreshed ", healthy_refreshes, " times"));
   WaitFor(absl::Seconds(30), [&] {
     absl::MutexLock lock(&healthy.ledger.mu);
     for (const auto& [seq, status] : healthy.ledger.answered) {
@@ -866,6 +889,10 @@ void LedgerRun::CheckAndPrint() {
     EXPECT_EQ(ledger.unparsable, 0) << who << ": messages without a seq";
     // Every target was raised to; the healthy one delivered everything.
     EXPECT_GT(raised, 0) << who;
+    if (t->role != Role::kExpiring && t->role != Role::kUnsubscribed) {
+      EXPECT_EQ(raised, raises_async_ + raises_sync_ - raise_errors_)
+          << who << ": a permanent subscription missing from some Raises, or listed twice";
+    }
     if (t->role == Role::kHealthy) {
       EXPECT_EQ(async_lost, 0) << who << ": notifications to the healthy peer expired";
       EXPECT_GE(static_cast<int64_t>(ledger.received.size()),
