@@ -802,7 +802,7 @@ void LedgerRun::CheckAndPrint() {
     }
 
     // Receipts the ledger forbids.
-    int64_t late = 0, phantom = 0, sync_ok_missing = 0, queued_missing = 0;
+    int64_t late = 0, phantom = 0, sync_ok_missing = 0, queued_missing = 0, queued_read = 0;
     std::vector<int64_t> late_examples, phantom_examples, missing_examples;
     for (const auto& [seq, times] : ledger.received) {
       const absl::Time sent = sent_at_[static_cast<size_t>(seq - 1)];
@@ -834,6 +834,7 @@ void LedgerRun::CheckAndPrint() {
         }
       }
       const bool read = ledger.received.contains(seq);
+      if (status == v1::DELIVERY_STATUS_QUEUED && read) ++queued_read;
       if ((status == v1::DELIVERY_STATUS_OK || status == v1::DELIVERY_STATUS_RPC_ERROR) && !read) {
         ++sync_ok_missing;
         if (missing_examples.size() < 5) missing_examples.push_back(seq);
@@ -863,9 +864,9 @@ void LedgerRun::CheckAndPrint() {
                         state.queued_messages() + state.outstanding_requests(),
                         ledger.received.size(), ledger.by_connection.size(),
                         ledger.duplicates_on_one_connection, late),
-        absl::StrFormat("%-13s         async QUEUED %d: written %d, expired or lost after "
-                        "queueing %d; reconnects %d; duplicates across connections %d\n",
-                        "", queued, async_written, async_lost, state.reconnects(),
+        absl::StrFormat("%-13s         async QUEUED %d: written %d, read %d, expired or lost "
+                        "after queueing %d; reconnects %d; duplicates across connections %d\n",
+                        "", queued, async_written, queued_read, async_lost, state.reconnects(),
                         cross_connection));
 
     const std::string who = absl::StrCat(RoleName(t->role), " (", t->socket, ")");
@@ -874,6 +875,7 @@ void LedgerRun::CheckAndPrint() {
         << who << ": raised != delivered + failed + queued + outstanding";
     EXPECT_GE(async_written, 0) << who << ": the server counts fewer deliveries than sync OKs";
     EXPECT_GE(async_lost, 0) << who << ": more notifications written than queued";
+    EXPECT_LE(queued_read, async_written) << who << ": the peer read more than was written";
     EXPECT_EQ(ledger.duplicates_on_one_connection, 0)
         << who << ": seqs read twice on one connection, e.g. "
         << absl::StrJoin(ledger.duplicate_examples, ",");
