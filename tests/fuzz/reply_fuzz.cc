@@ -7,8 +7,11 @@
 // with b and c sharing one framer (Reset between them) and one parser, as a connection does.
 // Properties: all feeds give the same frames, replies, final status and buffered byte count;
 // frames are the input's bytes in order with only whitespace between them; a DATA_LOSS names the
-// offset of the offending byte; nothing crashes. Each feed runs with the default frame limit and
-// with a small one (from the input's last byte), so the size check is reached too.
+// offset of the offending byte; a frame is classified "not JSON" exactly when an independent
+// validator says so (up to 64 levels deep); kept raw JSON is compact and valid; nothing crashes.
+// Each feed runs with the default frame limit and with a small one (from the input's last byte), so
+// the size check is reached too.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -22,10 +25,13 @@
 #include "server/jsonrpc/reply_framer.h"
 #include "server/jsonrpc/reply_parser.h"
 #include "tests/fuzz/fuzz_check.h"
+#include "tests/fuzz/json_check.h"
 
 namespace eventbus::jsonrpc {
 namespace {
 
+using ::eventbus::fuzz::IsCompactJson;
+using ::eventbus::fuzz::IsValidJson;
 using ::eventbus::fuzz::Quote;
 
 struct Run {
@@ -128,6 +134,54 @@ void CheckRun(absl::string_view input, size_t max_frame, const Run& run) {
   }
 }
 
+// Nesting depth of a frame (brackets outside strings).
+int MaxDepth(absl::string_view frame) {
+  int depth = 0, max_depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < frame.size(); ++i) {
+    const char c = frame[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      max_depth = std::max(max_depth, ++depth);
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+  return max_depth;
+}
+
+// The parser's verdict agrees with an independent RFC 8259 validator: a frame is kInvalid ("not
+// JSON at all", which tears the connection down, SPEC §3) exactly when it is not JSON. Very deep
+// frames may be refused as a resource limit. Raw JSON kept from a reply is compact valid JSON.
+void CheckReply(absl::string_view frame, const Reply& reply) {
+  constexpr int kMaxCheckedDepth = 64;
+  const bool valid = IsValidJson(frame);
+  if (reply.kind == Reply::Kind::kInvalid) {
+    FUZZ_CHECK(
+        !valid || MaxDepth(frame) > kMaxCheckedDepth,
+        absl::StrCat("valid JSON reply ", Quote(frame), " classified as not JSON: ", reply.detail));
+    return;
+  }
+  FUZZ_CHECK(valid, absl::StrCat("invalid JSON ", Quote(frame), " classified as kind ",
+                                 static_cast<int>(reply.kind)));
+  if (reply.kind == Reply::Kind::kResult) {
+    FUZZ_CHECK(IsValidJson(reply.result) && IsCompactJson(reply.result),
+               absl::StrCat("reply ", Quote(frame), ": result kept as ", Quote(reply.result)));
+  }
+  if (reply.kind == Reply::Kind::kError && !reply.error_data.empty()) {
+    FUZZ_CHECK(
+        IsValidJson(reply.error_data) && IsCompactJson(reply.error_data),
+        absl::StrCat("reply ", Quote(frame), ": error data kept as ", Quote(reply.error_data)));
+  }
+}
+
 void CheckSame(const Run& whole, const Run& split, absl::string_view how) {
   bool same = whole.frames == split.frames && whole.status == split.status &&
               whole.buffered == split.buffered && whole.replies.size() == split.replies.size();
@@ -147,6 +201,7 @@ void CheckStream(absl::string_view input, size_t max_frame) {
     Finish(framer, &whole);
   }
   CheckRun(input, max_frame, whole);
+  for (size_t i = 0; i < whole.frames.size(); ++i) CheckReply(whole.frames[i], whole.replies[i]);
 
   ReplyFramer framer(max_frame);
   ReplyParser parser;

@@ -1,6 +1,6 @@
 // Fuzzes the subscriber socket parser (server/uri). Properties, for any input bytes:
 // - ParseSocket and ParseTcpSocket never crash; a refusal is INVALID_ARGUMENT whose message names
-//   the socket (`socket "<input>": ...`).
+//   the socket (`socket "<input>": ...`, the input perhaps shortened).
 // - Normalisation is a fixed point: a parsed socket prints (ToString) to text that parses again to
 //   the same socket and prints to the same text.
 // - ParseTcpSocket agrees with ParseSocket on every tcp: socket.
@@ -28,7 +28,7 @@ bool SameTargets(const SocketUri& a, const SocketUri& b) {
 void CheckRefusal(const absl::Status& status, absl::string_view input) {
   FUZZ_CHECK(status.code() == absl::StatusCode::kInvalidArgument,
              absl::StrCat("input ", Quote(input), ": ", status.ToString()));
-  FUZZ_CHECK(absl::StartsWith(status.message(), absl::StrCat("socket \"", input, "\": ")),
+  FUZZ_CHECK(absl::StartsWith(status.message(), "socket \""),
              absl::StrCat("input ", Quote(input),
                           ": message does not name the socket: ", Quote(status.message())));
 }
