@@ -27,6 +27,17 @@ dict_for() {
   esac
 }
 
+# clang and its libFuzzer runtime (Debian: clang, libclang-rt-14-dev); installed when missing.
+if ! command -v clang++ >/dev/null ||
+   ! compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a" >/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    apt-get install -y --no-install-recommends clang libclang-rt-14-dev >/dev/null
+  else
+    echo "fuzz.sh: needs clang and libFuzzer: apt-get install clang libclang-rt-14-dev" >&2
+    exit 2
+  fi
+fi
+
 export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"
 CC=clang CXX=clang++ cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DEVENTBUS_FUZZ=ON >/dev/null
