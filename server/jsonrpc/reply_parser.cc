@@ -2,22 +2,202 @@
 
 #include <simdjson.h>
 
+#include <cstring>
+#include <optional>
 #include <string>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "server/jsonrpc/json_text.h"
 
 namespace eventbus::jsonrpc {
 
+namespace ondemand = simdjson::ondemand;
+
+namespace {
+
+// Deeper replies are refused as invalid: the walk below recurses once per level.
+constexpr int kMaxDepth = 1024;
+
+// What one walk found wrong; empty while the frame is valid JSON.
+struct Walk {
+  std::string fault;
+  bool ok() const { return fault.empty(); }
+};
+
+// How an integer member ("id", error "code") read.
+enum class IntResult { kInt, kNotInteger, kOutOfRange, kNotNumber };
+
+absl::string_view Excerpt(absl::string_view token) {
+  return token.size() <= 32 ? token : token.substr(0, 32);
+}
+
+}  // namespace
+
+// simdjson's on-demand API is used, not its DOM: the DOM converts every number and string while
+// parsing, so a valid `1e400`, an integer beyond 64 bits or a lone `\ud800` fails the whole frame
+// (NUMBER_ERROR / STRING_ERROR in simdjson 3.0). On demand, simdjson checks the structure and
+// UTF-8 (stage 1) and each value is read only as far as we ask. Every value is visited: the
+// containers through simdjson, the scalars as text (json_text.h), so the frame is still checked
+// against the whole RFC 8259 grammar while the values we only pass on stay raw text.
 struct ReplyParser::Impl {
-  // Reused for every frame: its tape and string buffers grow to the largest reply seen.
-  simdjson::dom::parser parser;
+  // Reused for every frame: its buffers grow to the largest reply seen.
+  ondemand::parser parser;
+  // The frame plus simdjson's padding.
+  std::string padded;
+  // The frame being parsed (in `padded`).
+  absl::string_view text;
+
+  size_t Offset(const char* p) const { return static_cast<size_t>(p - text.data()); }
+
+  // The raw text of the value starting at `start` (its first byte, in `text`).
+  absl::string_view RawValue(const char* start) const {
+    const size_t begin = Offset(start);
+    return text.substr(begin, SkipJsonValue(text, begin) - begin);
+  }
+
+  // The token of a scalar value, without the whitespace simdjson includes after it.
+  static absl::string_view Token(ondemand::value& value) {
+    std::string_view token = value.raw_json_token();
+    return TrimJsonSpace(absl::string_view(token.data(), token.size()));
+  }
+
+  // Returns a fault unless `token` is exactly one well-formed string.
+  std::string CheckStringToken(absl::string_view token) const {
+    if (ScanJsonString(token, 0) != token.size()) {
+      return absl::StrCat("malformed string ", Excerpt(token));
+    }
+    return {};
+  }
+
+  // Reads one member name: checked as a string token, decoded only when it has escapes.
+  bool Key(ondemand::field& field, std::string* scratch, absl::string_view* key, Walk* walk) {
+    const char* raw = field.key().raw();  // just past the opening quote
+    const size_t begin = Offset(raw) - 1;
+    const size_t end = ScanJsonString(text, begin);
+    if (end == absl::string_view::npos) {
+      walk->fault = absl::StrCat("malformed member name ", Excerpt(text.substr(begin)));
+      return false;
+    }
+    absl::string_view token = text.substr(begin, end - begin);
+    if (token.find('\\') == absl::string_view::npos) {
+      *key = token.substr(1, token.size() - 2);
+    } else {
+      *scratch = UnescapeJsonString(token);
+      *key = *scratch;
+    }
+    return true;
+  }
+
+  // Checks `value` and everything in it against the JSON grammar.
+  void Check(ondemand::value value, int depth, Walk* walk) {
+    if (depth > kMaxDepth) {
+      walk->fault = absl::StrCat("nested deeper than ", kMaxDepth, " levels");
+      return;
+    }
+    ondemand::json_type type;
+    if (auto error = value.type().get(type)) {
+      walk->fault = simdjson::error_message(error);
+      return;
+    }
+    switch (type) {
+      case ondemand::json_type::object: {
+        ondemand::object object;
+        if (auto error = value.get_object().get(object)) {
+          walk->fault = simdjson::error_message(error);
+          return;
+        }
+        std::string scratch;
+        for (auto member : object) {
+          ondemand::field field;
+          if (auto error = std::move(member).get(field)) {
+            walk->fault = simdjson::error_message(error);
+            return;
+          }
+          absl::string_view key;
+          if (!Key(field, &scratch, &key, walk)) return;
+          Check(field.value(), depth + 1, walk);
+          if (!walk->ok()) return;
+        }
+        return;
+      }
+      case ondemand::json_type::array: {
+        ondemand::array array;
+        if (auto error = value.get_array().get(array)) {
+          walk->fault = simdjson::error_message(error);
+          return;
+        }
+        for (auto element : array) {
+          ondemand::value item;
+          if (auto error = std::move(element).get(item)) {
+            walk->fault = simdjson::error_message(error);
+            return;
+          }
+          Check(item, depth + 1, walk);
+          if (!walk->ok()) return;
+        }
+        return;
+      }
+      case ondemand::json_type::number: {
+        absl::string_view token = Token(value);
+        if (!IsJsonNumber(token)) walk->fault = absl::StrCat("malformed number ", Excerpt(token));
+        return;
+      }
+      case ondemand::json_type::string:
+        walk->fault = CheckStringToken(Token(value));
+        return;
+      case ondemand::json_type::boolean: {
+        absl::string_view token = Token(value);
+        if (token != "true" && token != "false") {
+          walk->fault = absl::StrCat("malformed literal ", Excerpt(token));
+        }
+        return;
+      }
+      case ondemand::json_type::null: {
+        absl::string_view token = Token(value);
+        if (token != "null") walk->fault = absl::StrCat("malformed literal ", Excerpt(token));
+        return;
+      }
+    }
+    walk->fault = "unknown value";
+  }
+
+  // An integer member ("id", error "code"): checked, then read if it fits an int64.
+  IntResult Integer(ondemand::value value, int64_t* out, Walk* walk) {
+    ondemand::json_type type;
+    if (auto error = value.type().get(type)) {
+      walk->fault = simdjson::error_message(error);
+      return IntResult::kNotNumber;
+    }
+    if (type != ondemand::json_type::number) {
+      Check(value, 1, walk);
+      return IntResult::kNotNumber;
+    }
+    absl::string_view token = Token(value);
+    if (!IsJsonNumber(token)) {
+      walk->fault = absl::StrCat("malformed number ", Excerpt(token));
+      return IntResult::kNotNumber;
+    }
+    if (token.find_first_of(".eE") != absl::string_view::npos) return IntResult::kNotInteger;
+    return absl::SimpleAtoi(token, out) ? IntResult::kInt : IntResult::kOutOfRange;
+  }
 };
 
 namespace {
 
-using simdjson::dom::element;
-using simdjson::dom::element_type;
-using simdjson::dom::object;
+Reply Invalid(absl::string_view fault) {
+  Reply reply;
+  reply.kind = Reply::Kind::kInvalid;
+  reply.detail = absl::StrCat("invalid JSON: ", fault);
+  return reply;
+}
+
+Reply NoId(std::string detail) {
+  Reply reply;
+  reply.kind = Reply::Kind::kNoId;
+  reply.detail = std::move(detail);
+  return reply;
+}
 
 Reply BadReply(int64_t id, std::string detail) {
   Reply reply;
@@ -27,34 +207,16 @@ Reply BadReply(int64_t id, std::string detail) {
   return reply;
 }
 
-// Classifies an "error" member that is an object: code (integer) and message (string) are
-// required by JSON-RPC 2.0; data is optional and kept raw.
-Reply ErrorReply(int64_t id, object error) {
-  element code;
-  if (error["code"].get(code) != simdjson::SUCCESS) {
-    return BadReply(id, "error object has no \"code\"");
-  }
-  int64_t code_value = 0;
-  if (code.get(code_value) != simdjson::SUCCESS) {
-    return BadReply(id, "error \"code\" is not an integer");
-  }
-  element message;
-  if (error["message"].get(message) != simdjson::SUCCESS) {
-    return BadReply(id, "error object has no \"message\"");
-  }
-  std::string_view message_value;
-  if (message.get(message_value) != simdjson::SUCCESS) {
-    return BadReply(id, "error \"message\" is not a string");
-  }
-  Reply reply;
-  reply.kind = Reply::Kind::kError;
-  reply.id = id;
-  reply.error_code = code_value;
-  reply.error_message = std::string(message_value);
-  element data;
-  if (error["data"].get(data) == simdjson::SUCCESS) reply.error_data = simdjson::minify(data);
-  return reply;
-}
+// The members of the "error" object that JSON-RPC 2.0 defines; the first of each name counts.
+struct ErrorMembers {
+  bool has_code = false;
+  IntResult code_kind = IntResult::kNotNumber;
+  int64_t code = 0;
+  bool has_message = false;
+  bool message_is_string = false;
+  absl::string_view message_token;
+  std::optional<absl::string_view> data;
+};
 
 }  // namespace
 
@@ -62,50 +224,174 @@ ReplyParser::ReplyParser() : impl_(std::make_unique<Impl>()) {}
 ReplyParser::~ReplyParser() = default;
 
 Reply ReplyParser::Parse(absl::string_view frame) {
-  Reply reply;
-  element root;
-  simdjson::error_code error = impl_->parser.parse(frame.data(), frame.size()).get(root);
-  if (error != simdjson::SUCCESS) {
-    reply.kind = Reply::Kind::kInvalid;
-    reply.detail = absl::StrCat("invalid JSON: ", simdjson::error_message(error));
-    return reply;
-  }
-  object top;
-  if (root.get(top) != simdjson::SUCCESS) {
-    reply.kind = Reply::Kind::kNoId;
-    reply.detail = root.is_array() ? "top-level array (batch replies are not used)"
-                                   : "top-level value is not an object";
-    return reply;
-  }
+  Impl& impl = *impl_;
+  impl.padded.assign(frame.data(), frame.size());
+  impl.padded.append(simdjson::SIMDJSON_PADDING, '\0');
+  impl.text = absl::string_view(impl.padded.data(), frame.size());
 
-  // Only integer ids can be ours: a string, null, fractional or missing id is ignored.
-  element id_element;
-  int64_t id = 0;
-  if (top["id"].get(id_element) != simdjson::SUCCESS) {
-    reply.kind = Reply::Kind::kNoId;
-    reply.detail = "no \"id\"";
-    return reply;
+  ondemand::document doc;
+  if (auto error =
+          impl.parser.iterate(impl.padded.data(), frame.size(), impl.padded.size()).get(doc)) {
+    return Invalid(simdjson::error_message(error));
   }
-  if (id_element.type() != element_type::INT64 || id_element.get(id) != simdjson::SUCCESS) {
-    reply.kind = Reply::Kind::kNoId;
-    reply.detail = "\"id\" is not an integer";
-    return reply;
-  }
+  ondemand::json_type type;
+  if (auto error = doc.type().get(type)) return Invalid(simdjson::error_message(error));
+  Walk walk;
 
-  element error_element;
-  const bool has_error = top["error"].get(error_element) == simdjson::SUCCESS;
-  if (has_error && !error_element.is_null()) {
-    object error_object;
-    if (error_element.get(error_object) != simdjson::SUCCESS) {
-      return BadReply(id, "\"error\" is not an object");
+  // Anything but an object is valid JSON we ignore (once checked), or garbage.
+  if (type != ondemand::json_type::object) {
+    size_t end = 0;
+    if (type == ondemand::json_type::array) {
+      ondemand::array array;
+      if (auto error = doc.get_array().get(array)) return Invalid(simdjson::error_message(error));
+      for (auto element : array) {
+        ondemand::value item;
+        if (auto error = std::move(element).get(item)) {
+          return Invalid(simdjson::error_message(error));
+        }
+        impl.Check(item, 1, &walk);
+        if (!walk.ok()) return Invalid(walk.fault);
+      }
+      end = SkipJsonValue(impl.text, impl.text.find('['));
+    } else {
+      std::string_view raw = doc.raw_json_token();
+      absl::string_view token = TrimJsonSpace(absl::string_view(raw.data(), raw.size()));
+      const bool valid =
+          type == ondemand::json_type::number    ? IsJsonNumber(token)
+          : type == ondemand::json_type::string  ? ScanJsonString(token, 0) == token.size()
+          : type == ondemand::json_type::boolean ? token == "true" || token == "false"
+                                                 : token == "null";
+      if (!valid) return Invalid(absl::StrCat("malformed value ", Excerpt(token)));
+      end = impl.Offset(token.data()) + token.size();
     }
-    return ErrorReply(id, error_object);
+    if (!TrimJsonSpace(impl.text.substr(end)).empty()) return Invalid("trailing content");
+    return NoId(type == ondemand::json_type::array ? "top-level array (batch replies are not used)"
+                                                   : "top-level value is not an object");
   }
-  element result;
-  if (top["result"].get(result) == simdjson::SUCCESS) {
+
+  ondemand::object top;
+  if (auto error = doc.get_object().get(top)) return Invalid(simdjson::error_message(error));
+
+  bool has_id = false;
+  IntResult id_kind = IntResult::kNotNumber;
+  int64_t id = 0;
+  std::optional<absl::string_view> result;
+  bool has_error = false;
+  bool error_is_null = false;
+  bool error_is_object = false;
+  ErrorMembers error_members;
+
+  std::string scratch;
+  for (auto member : top) {
+    ondemand::field field;
+    if (auto error = std::move(member).get(field)) return Invalid(simdjson::error_message(error));
+    absl::string_view key;
+    if (!impl.Key(field, &scratch, &key, &walk)) return Invalid(walk.fault);
+    ondemand::value& value = field.value();
+    if (key == "id" && !has_id) {
+      has_id = true;
+      id_kind = impl.Integer(value, &id, &walk);
+    } else if (key == "result" && !result.has_value()) {
+      const char* start = value.raw_json_token().data();
+      impl.Check(value, 1, &walk);
+      if (walk.ok()) result = impl.RawValue(start);
+    } else if (key == "error" && !has_error) {
+      has_error = true;
+      ondemand::json_type error_type;
+      if (auto error = value.type().get(error_type)) return Invalid(simdjson::error_message(error));
+      if (error_type == ondemand::json_type::null) {
+        error_is_null = true;
+        impl.Check(value, 1, &walk);
+      } else if (error_type != ondemand::json_type::object) {
+        impl.Check(value, 1, &walk);
+      } else {
+        error_is_object = true;
+        ondemand::object error_object;
+        if (auto error = value.get_object().get(error_object)) {
+          return Invalid(simdjson::error_message(error));
+        }
+        std::string error_scratch;
+        for (auto error_member : error_object) {
+          ondemand::field error_field;
+          if (auto error = std::move(error_member).get(error_field)) {
+            return Invalid(simdjson::error_message(error));
+          }
+          absl::string_view error_key;
+          if (!impl.Key(error_field, &error_scratch, &error_key, &walk)) return Invalid(walk.fault);
+          ondemand::value& error_value = error_field.value();
+          if (error_key == "code" && !error_members.has_code) {
+            error_members.has_code = true;
+            error_members.code_kind = impl.Integer(error_value, &error_members.code, &walk);
+          } else if (error_key == "message" && !error_members.has_message) {
+            error_members.has_message = true;
+            ondemand::json_type message_type;
+            if (auto error = error_value.type().get(message_type)) {
+              return Invalid(simdjson::error_message(error));
+            }
+            if (message_type == ondemand::json_type::string) {
+              error_members.message_is_string = true;
+              error_members.message_token = Impl::Token(error_value);
+            }
+            impl.Check(error_value, 2, &walk);
+          } else if (error_key == "data" && !error_members.data.has_value()) {
+            const char* start = error_value.raw_json_token().data();
+            impl.Check(error_value, 2, &walk);
+            if (walk.ok()) error_members.data = impl.RawValue(start);
+          } else {
+            impl.Check(error_value, 2, &walk);
+          }
+          if (!walk.ok()) return Invalid(walk.fault);
+        }
+      }
+    } else {
+      impl.Check(value, 1, &walk);
+    }
+    if (!walk.ok()) return Invalid(walk.fault);
+  }
+  // Nothing but whitespace may follow the object (ReplyFramer never hands over more, but the
+  // parser stands on its own).
+  // Only whitespace precedes the object, so its '{' is the first one.
+  const size_t top_start = impl.text.find('{');
+  if (!TrimJsonSpace(impl.text.substr(SkipJsonValue(impl.text, top_start))).empty()) {
+    return Invalid("trailing content");
+  }
+
+  // Only integer ids that fit 64 bits can be ours: a string, null, fractional, huge or missing id
+  // is a reply nobody is waiting for, counted and ignored by the connection.
+  if (!has_id) return NoId("no \"id\"");
+  switch (id_kind) {
+    case IntResult::kInt:
+      break;
+    case IntResult::kOutOfRange:
+      return NoId("\"id\" is out of range");
+    default:
+      return NoId("\"id\" is not an integer");
+  }
+
+  if (has_error && !error_is_null) {
+    if (!error_is_object) return BadReply(id, "\"error\" is not an object");
+    if (!error_members.has_code) return BadReply(id, "error object has no \"code\"");
+    if (error_members.code_kind == IntResult::kOutOfRange) {
+      return BadReply(id, "error \"code\" is out of range");
+    }
+    if (error_members.code_kind != IntResult::kInt) {
+      return BadReply(id, "error \"code\" is not an integer");
+    }
+    if (!error_members.has_message) return BadReply(id, "error object has no \"message\"");
+    if (!error_members.message_is_string) return BadReply(id, "error \"message\" is not a string");
+    Reply reply;
+    reply.kind = Reply::Kind::kError;
+    reply.id = id;
+    reply.error_code = error_members.code;
+    reply.error_message = UnescapeJsonString(error_members.message_token);
+    if (error_members.data.has_value()) AppendCompactJson(*error_members.data, &reply.error_data);
+    return reply;
+  }
+  if (result.has_value()) {
+    Reply reply;
     reply.kind = Reply::Kind::kResult;
     reply.id = id;
-    reply.result = simdjson::minify(result);
+    AppendCompactJson(*result, &reply.result);
     return reply;
   }
   return BadReply(id, "reply has neither \"result\" nor \"error\"");
