@@ -2,10 +2,10 @@
 
 #include <simdjson.h>
 
-#include <cstring>
 #include <optional>
 #include <string>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "server/jsonrpc/json_text.h"
@@ -28,8 +28,22 @@ struct Walk {
 // How an integer member ("id", error "code") read.
 enum class IntResult { kInt, kNotInteger, kOutOfRange, kNotNumber };
 
-absl::string_view Excerpt(absl::string_view token) {
-  return token.size() <= 32 ? token : token.substr(0, 32);
+// The members of the "error" object that JSON-RPC 2.0 defines; the first of each name counts.
+struct ErrorMembers {
+  bool has_code = false;
+  IntResult code_kind = IntResult::kNotNumber;
+  int64_t code = 0;
+  bool has_message = false;
+  bool message_is_string = false;
+  absl::string_view message_token;
+  std::optional<absl::string_view> data;
+};
+
+// The start of a token for a message, escaped: the message may end up in a log line or a gRPC
+// string, and a cut may split a UTF-8 sequence.
+std::string Excerpt(absl::string_view token) {
+  if (token.size() <= 32) return absl::CHexEscape(token);
+  return absl::StrCat(absl::CHexEscape(token.substr(0, 32)), "...");
 }
 
 }  // namespace
@@ -71,7 +85,7 @@ struct ReplyParser::Impl {
   }
 
   // Reads one member name: checked as a string token, decoded only when it has escapes.
-  bool Key(ondemand::field& field, std::string* scratch, absl::string_view* key, Walk* walk) {
+  bool ReadKey(ondemand::field& field, std::string* scratch, absl::string_view* key, Walk* walk) {
     const char* raw = field.key().raw();  // just past the opening quote
     const size_t begin = Offset(raw) - 1;
     const size_t end = ScanJsonString(text, begin);
@@ -115,7 +129,7 @@ struct ReplyParser::Impl {
             return;
           }
           absl::string_view key;
-          if (!Key(field, &scratch, &key, walk)) return;
+          if (!ReadKey(field, &scratch, &key, walk)) return;
           Check(field.value(), depth + 1, walk);
           if (!walk->ok()) return;
         }
@@ -163,7 +177,7 @@ struct ReplyParser::Impl {
   }
 
   // An integer member ("id", error "code"): checked, then read if it fits an int64.
-  IntResult Integer(ondemand::value value, int64_t* out, Walk* walk) {
+  IntResult ReadInteger(ondemand::value value, int64_t* out, Walk* walk) {
     ondemand::json_type type;
     if (auto error = value.type().get(type)) {
       walk->fault = simdjson::error_message(error);
@@ -180,6 +194,50 @@ struct ReplyParser::Impl {
     }
     if (token.find_first_of(".eE") != absl::string_view::npos) return IntResult::kNotInteger;
     return absl::SimpleAtoi(token, out) ? IntResult::kInt : IntResult::kOutOfRange;
+  }
+
+  // Reads the "error" object (`value`, an object): the first code, message and data count, and
+  // everything is checked.
+  void ReadError(ondemand::value value, ErrorMembers* members, Walk* walk) {
+    ondemand::object object;
+    if (auto error = value.get_object().get(object)) {
+      walk->fault = simdjson::error_message(error);
+      return;
+    }
+    std::string scratch;
+    for (auto member : object) {
+      ondemand::field field;
+      if (auto error = std::move(member).get(field)) {
+        walk->fault = simdjson::error_message(error);
+        return;
+      }
+      absl::string_view key;
+      if (!ReadKey(field, &scratch, &key, walk)) return;
+      ondemand::value& item = field.value();
+      if (key == "code" && !members->has_code) {
+        members->has_code = true;
+        members->code_kind = ReadInteger(item, &members->code, walk);
+      } else if (key == "message" && !members->has_message) {
+        members->has_message = true;
+        ondemand::json_type type;
+        if (auto error = item.type().get(type)) {
+          walk->fault = simdjson::error_message(error);
+          return;
+        }
+        if (type == ondemand::json_type::string) {
+          members->message_is_string = true;
+          members->message_token = Token(item);
+        }
+        Check(item, 2, walk);
+      } else if (key == "data" && !members->data.has_value()) {
+        const char* start = item.raw_json_token().data();
+        Check(item, 2, walk);
+        if (walk->ok()) members->data = RawValue(start);
+      } else {
+        Check(item, 2, walk);
+      }
+      if (!walk->ok()) return;
+    }
   }
 };
 
@@ -206,17 +264,6 @@ Reply BadReply(int64_t id, std::string detail) {
   reply.detail = std::move(detail);
   return reply;
 }
-
-// The members of the "error" object that JSON-RPC 2.0 defines; the first of each name counts.
-struct ErrorMembers {
-  bool has_code = false;
-  IntResult code_kind = IntResult::kNotNumber;
-  int64_t code = 0;
-  bool has_message = false;
-  bool message_is_string = false;
-  absl::string_view message_token;
-  std::optional<absl::string_view> data;
-};
 
 }  // namespace
 
@@ -286,11 +333,11 @@ Reply ReplyParser::Parse(absl::string_view frame) {
     ondemand::field field;
     if (auto error = std::move(member).get(field)) return Invalid(simdjson::error_message(error));
     absl::string_view key;
-    if (!impl.Key(field, &scratch, &key, &walk)) return Invalid(walk.fault);
+    if (!impl.ReadKey(field, &scratch, &key, &walk)) return Invalid(walk.fault);
     ondemand::value& value = field.value();
     if (key == "id" && !has_id) {
       has_id = true;
-      id_kind = impl.Integer(value, &id, &walk);
+      id_kind = impl.ReadInteger(value, &id, &walk);
     } else if (key == "result" && !result.has_value()) {
       const char* start = value.raw_json_token().data();
       impl.Check(value, 1, &walk);
@@ -306,42 +353,7 @@ Reply ReplyParser::Parse(absl::string_view frame) {
         impl.Check(value, 1, &walk);
       } else {
         error_is_object = true;
-        ondemand::object error_object;
-        if (auto error = value.get_object().get(error_object)) {
-          return Invalid(simdjson::error_message(error));
-        }
-        std::string error_scratch;
-        for (auto error_member : error_object) {
-          ondemand::field error_field;
-          if (auto error = std::move(error_member).get(error_field)) {
-            return Invalid(simdjson::error_message(error));
-          }
-          absl::string_view error_key;
-          if (!impl.Key(error_field, &error_scratch, &error_key, &walk)) return Invalid(walk.fault);
-          ondemand::value& error_value = error_field.value();
-          if (error_key == "code" && !error_members.has_code) {
-            error_members.has_code = true;
-            error_members.code_kind = impl.Integer(error_value, &error_members.code, &walk);
-          } else if (error_key == "message" && !error_members.has_message) {
-            error_members.has_message = true;
-            ondemand::json_type message_type;
-            if (auto error = error_value.type().get(message_type)) {
-              return Invalid(simdjson::error_message(error));
-            }
-            if (message_type == ondemand::json_type::string) {
-              error_members.message_is_string = true;
-              error_members.message_token = Impl::Token(error_value);
-            }
-            impl.Check(error_value, 2, &walk);
-          } else if (error_key == "data" && !error_members.data.has_value()) {
-            const char* start = error_value.raw_json_token().data();
-            impl.Check(error_value, 2, &walk);
-            if (walk.ok()) error_members.data = impl.RawValue(start);
-          } else {
-            impl.Check(error_value, 2, &walk);
-          }
-          if (!walk.ok()) return Invalid(walk.fault);
-        }
+        impl.ReadError(value, &error_members, &walk);
       }
     } else {
       impl.Check(value, 1, &walk);
@@ -349,8 +361,7 @@ Reply ReplyParser::Parse(absl::string_view frame) {
     if (!walk.ok()) return Invalid(walk.fault);
   }
   // Nothing but whitespace may follow the object (ReplyFramer never hands over more, but the
-  // parser stands on its own).
-  // Only whitespace precedes the object, so its '{' is the first one.
+  // parser stands on its own). Only whitespace precedes it, so its '{' is the first one.
   const size_t top_start = impl.text.find('{');
   if (!TrimJsonSpace(impl.text.substr(SkipJsonValue(impl.text, top_start))).empty()) {
     return Invalid("trailing content");
