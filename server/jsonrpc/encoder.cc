@@ -147,9 +147,10 @@ absl::StatusOr<Params> ParamsFromRawJson(absl::string_view text) {
   thread_local simdjson::dom::parser parser;
   simdjson::dom::element root;
   simdjson::error_code error = parser.parse(json.data(), json.size()).get(root);
-  if (error == simdjson::UTF8_ERROR) {
+  const size_t bad_utf8 = error == simdjson::UTF8_ERROR ? InvalidUtf8Offset(text) : 0;
+  if (error == simdjson::UTF8_ERROR && bad_utf8 != absl::string_view::npos) {
     return absl::InvalidArgumentError(
-        absl::StrCat("params json: invalid UTF-8 at byte ", InvalidUtf8Offset(text)));
+        absl::StrCat("params json: invalid UTF-8 at byte ", bad_utf8));
   }
   if (error == simdjson::DEPTH_ERROR) return TooDeep("params json");
   if (error != simdjson::SUCCESS) {
