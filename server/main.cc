@@ -99,7 +99,8 @@ eventbus::service::ServerConfig ConfigFromFlags() {
   config.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_timeout_ms));
   config.sync_mode = absl::GetFlag(FLAGS_sync_mode);
   config.event_param = absl::GetFlag(FLAGS_event_param);
-  if (absl::Status valid = eventbus::registry::ValidateEventParam(config.event_param); !valid.ok()) {
+  if (absl::Status valid = eventbus::registry::ValidateEventParam(config.event_param);
+      !valid.ok()) {
     Fail(absl::StrCat("--event_param: ", valid.message()));
   }
   config.failover_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_failover_timeout_ms));
