@@ -2,6 +2,8 @@
 
 #include <cstdint>
 
+#include "absl/strings/str_cat.h"
+
 namespace eventbus::jsonrpc {
 namespace {
 
@@ -39,7 +41,91 @@ void AppendUtf8(uint32_t cp, std::string* out) {
   }
 }
 
+size_t SkipSpace(absl::string_view text, size_t pos) {
+  while (pos < text.size() && IsJsonSpace(text[pos])) ++pos;
+  return pos;
+}
+
+// A strict recursive-descent check of the value at text[pos]. Returns the offset past it, or npos
+// with *fault set.
+class JsonChecker {
+ public:
+  JsonChecker(absl::string_view text, int max_depth) : text_(text), max_depth_(max_depth) {}
+
+  size_t Value(size_t pos, int depth) {
+    if (pos >= text_.size()) return Fail("unexpected end", pos);
+    const char c = text_[pos];
+    if (c == '{' || c == '[') return Container(pos, depth + 1);
+    if (c == '"') {
+      const size_t end = ScanJsonString(text_, pos);
+      return end == absl::string_view::npos ? Fail("malformed string", pos) : end;
+    }
+    if (c == '-' || IsDigit(c)) {
+      size_t end = pos;
+      while (end < text_.size() && (IsDigit(text_[end]) || text_[end] == '-' || text_[end] == '+' ||
+                                    text_[end] == '.' || text_[end] == 'e' || text_[end] == 'E')) {
+        ++end;
+      }
+      return IsJsonNumber(text_.substr(pos, end - pos)) ? end : Fail("malformed number", pos);
+    }
+    for (absl::string_view literal : {"true", "false", "null"}) {
+      if (text_.substr(pos, literal.size()) == literal) return pos + literal.size();
+    }
+    return Fail("unexpected byte", pos);
+  }
+
+  std::string fault() const { return fault_; }
+
+ private:
+  size_t Container(size_t pos, int depth) {
+    if (depth > max_depth_) {
+      return Fail(absl::StrCat("nested deeper than ", max_depth_, " levels"), pos);
+    }
+    const bool object = text_[pos] == '{';
+    const char close = object ? '}' : ']';
+    pos = SkipSpace(text_, pos + 1);
+    if (pos < text_.size() && text_[pos] == close) return pos + 1;
+    for (;;) {
+      if (object) {
+        if (pos >= text_.size() || text_[pos] != '"') return Fail("expected a member name", pos);
+        const size_t end = ScanJsonString(text_, pos);
+        if (end == absl::string_view::npos) return Fail("malformed member name", pos);
+        pos = SkipSpace(text_, end);
+        if (pos >= text_.size() || text_[pos] != ':') return Fail("expected ':'", pos);
+        pos = SkipSpace(text_, pos + 1);
+      }
+      pos = Value(pos, depth);
+      if (pos == absl::string_view::npos) return pos;
+      pos = SkipSpace(text_, pos);
+      if (pos < text_.size() && text_[pos] == ',') {
+        pos = SkipSpace(text_, pos + 1);
+        continue;
+      }
+      if (pos < text_.size() && text_[pos] == close) return pos + 1;
+      return Fail(object ? "expected ',' or '}'" : "expected ',' or ']'", pos);
+    }
+  }
+
+  size_t Fail(absl::string_view what, size_t pos) {
+    fault_ = absl::StrCat(what, " at offset ", pos);
+    return absl::string_view::npos;
+  }
+
+  absl::string_view text_;
+  int max_depth_;
+  std::string fault_;
+};
+
 }  // namespace
+
+std::string CheckJsonText(absl::string_view text, int max_depth) {
+  JsonChecker checker(text, max_depth);
+  size_t end = checker.Value(SkipSpace(text, 0), 0);
+  if (end == absl::string_view::npos) return checker.fault();
+  end = SkipSpace(text, end);
+  if (end != text.size()) return absl::StrCat("trailing content at offset ", end);
+  return {};
+}
 
 absl::string_view TrimJsonSpace(absl::string_view text) {
   while (!text.empty() && IsJsonSpace(text.front())) text.remove_prefix(1);

@@ -27,6 +27,12 @@ bool IsJsonNumber(absl::string_view token);
 // is malformed or unterminated. A \u escape of a lone surrogate is grammatical and accepted.
 size_t ScanJsonString(absl::string_view text, size_t pos);
 
+// Checks that `text` is exactly one JSON value (RFC 8259 grammar, whitespace around it allowed)
+// with arrays and objects nested at most `max_depth` deep. Numbers may have any magnitude and \u
+// escapes may be lone surrogates. UTF-8 validity is the caller's concern (see InvalidUtf8Offset).
+// Returns "" when valid, else what is wrong and where ("expected ',' or '}' at offset 12").
+std::string CheckJsonText(absl::string_view text, int max_depth);
+
 // Returns the offset just past the value that starts at text[pos], which must be valid JSON
 // (already checked): a string, an object or array (to its matching bracket), or a scalar (to the
 // next delimiter). Returns text.size() if it runs off the end.

@@ -5,7 +5,6 @@
 #include <optional>
 #include <string>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "server/jsonrpc/json_text.h"
@@ -16,14 +15,8 @@ namespace ondemand = simdjson::ondemand;
 
 namespace {
 
-// Deeper replies are refused as invalid: the walk below recurses once per level.
+// Deeper replies are refused as invalid (as simdjson's own default).
 constexpr int kMaxDepth = 1024;
-
-// What one walk found wrong; empty while the frame is valid JSON.
-struct Walk {
-  std::string fault;
-  bool ok() const { return fault.empty(); }
-};
 
 // How an integer member ("id", error "code") read.
 enum class IntResult { kInt, kNotInteger, kOutOfRange, kNotNumber };
@@ -39,21 +32,15 @@ struct ErrorMembers {
   std::optional<absl::string_view> data;
 };
 
-// The start of a token for a message, escaped: the message may end up in a log line or a gRPC
-// string, and a cut may split a UTF-8 sequence.
-std::string Excerpt(absl::string_view token) {
-  if (token.size() <= 32) return absl::CHexEscape(token);
-  return absl::StrCat(absl::CHexEscape(token.substr(0, 32)), "...");
-}
-
 }  // namespace
 
-// simdjson's on-demand API is used, not its DOM: the DOM converts every number and string while
-// parsing, so a valid `1e400`, an integer beyond 64 bits or a lone `\ud800` fails the whole frame
-// (NUMBER_ERROR / STRING_ERROR in simdjson 3.0). On demand, simdjson checks the structure and
-// UTF-8 (stage 1) and each value is read only as far as we ask. Every value is visited: the
-// containers through simdjson, the scalars as text (json_text.h), so the frame is still checked
-// against the whole RFC 8259 grammar while the values we only pass on stay raw text.
+// Two steps. CheckJsonText checks the whole frame against the RFC 8259 grammar, as text: numbers
+// of any size and lone escaped surrogates are grammatical, where simdjson's DOM, which converts
+// every value while parsing, fails the frame on `1e400`, an integer beyond 64 bits or `"\ud800"`
+// (NUMBER_ERROR / STRING_ERROR in simdjson 3.0). Then simdjson's on-demand API finds the members
+// we need, and only those are read; everything else is skipped, and "result" and "data" are
+// taken as raw text. (On demand alone is no check: it skips unread values by counting brackets,
+// so `{"id":"a":{}}` would pass.)
 struct ReplyParser::Impl {
   // Reused for every frame: its buffers grow to the largest reply seen.
   ondemand::parser parser;
@@ -76,23 +63,13 @@ struct ReplyParser::Impl {
     return TrimJsonSpace(absl::string_view(token.data(), token.size()));
   }
 
-  // Returns a fault unless `token` is exactly one well-formed string.
-  std::string CheckStringToken(absl::string_view token) const {
-    if (ScanJsonString(token, 0) != token.size()) {
-      return absl::StrCat("malformed string ", Excerpt(token));
-    }
-    return {};
-  }
-
-  // Reads one member name: checked as a string token, decoded only when it has escapes.
-  bool ReadKey(ondemand::field& field, std::string* scratch, absl::string_view* key, Walk* walk) {
+  // Reads one member name, decoded only when it has escapes (a lone surrogate becomes U+FFFD, so
+  // it never equals a name we look for). False if it cannot be read.
+  bool ReadKey(ondemand::field& field, std::string* scratch, absl::string_view* key) const {
     const char* raw = field.key().raw();  // just past the opening quote
     const size_t begin = Offset(raw) - 1;
     const size_t end = ScanJsonString(text, begin);
-    if (end == absl::string_view::npos) {
-      walk->fault = absl::StrCat("malformed member name ", Excerpt(text.substr(begin)));
-      return false;
-    }
+    if (end == absl::string_view::npos) return false;
     absl::string_view token = text.substr(begin, end - begin);
     if (token.find('\\') == absl::string_view::npos) {
       *key = token.substr(1, token.size() - 2);
@@ -103,141 +80,44 @@ struct ReplyParser::Impl {
     return true;
   }
 
-  // Checks `value` and everything in it against the JSON grammar.
-  void Check(ondemand::value value, int depth, Walk* walk) {
-    if (depth > kMaxDepth) {
-      walk->fault = absl::StrCat("nested deeper than ", kMaxDepth, " levels");
-      return;
-    }
+  // Reads an integer member ("id", error "code") if it is an integer that fits an int64.
+  static IntResult ReadInteger(ondemand::value& value, int64_t* out) {
     ondemand::json_type type;
-    if (auto error = value.type().get(type)) {
-      walk->fault = simdjson::error_message(error);
-      return;
-    }
-    switch (type) {
-      case ondemand::json_type::object: {
-        ondemand::object object;
-        if (auto error = value.get_object().get(object)) {
-          walk->fault = simdjson::error_message(error);
-          return;
-        }
-        std::string scratch;
-        for (auto member : object) {
-          ondemand::field field;
-          if (auto error = std::move(member).get(field)) {
-            walk->fault = simdjson::error_message(error);
-            return;
-          }
-          absl::string_view key;
-          if (!ReadKey(field, &scratch, &key, walk)) return;
-          Check(field.value(), depth + 1, walk);
-          if (!walk->ok()) return;
-        }
-        return;
-      }
-      case ondemand::json_type::array: {
-        ondemand::array array;
-        if (auto error = value.get_array().get(array)) {
-          walk->fault = simdjson::error_message(error);
-          return;
-        }
-        for (auto element : array) {
-          ondemand::value item;
-          if (auto error = std::move(element).get(item)) {
-            walk->fault = simdjson::error_message(error);
-            return;
-          }
-          Check(item, depth + 1, walk);
-          if (!walk->ok()) return;
-        }
-        return;
-      }
-      case ondemand::json_type::number: {
-        absl::string_view token = Token(value);
-        if (!IsJsonNumber(token)) walk->fault = absl::StrCat("malformed number ", Excerpt(token));
-        return;
-      }
-      case ondemand::json_type::string:
-        walk->fault = CheckStringToken(Token(value));
-        return;
-      case ondemand::json_type::boolean: {
-        absl::string_view token = Token(value);
-        if (token != "true" && token != "false") {
-          walk->fault = absl::StrCat("malformed literal ", Excerpt(token));
-        }
-        return;
-      }
-      case ondemand::json_type::null: {
-        absl::string_view token = Token(value);
-        if (token != "null") walk->fault = absl::StrCat("malformed literal ", Excerpt(token));
-        return;
-      }
-    }
-    walk->fault = "unknown value";
-  }
-
-  // An integer member ("id", error "code"): checked, then read if it fits an int64.
-  IntResult ReadInteger(ondemand::value value, int64_t* out, Walk* walk) {
-    ondemand::json_type type;
-    if (auto error = value.type().get(type)) {
-      walk->fault = simdjson::error_message(error);
-      return IntResult::kNotNumber;
-    }
-    if (type != ondemand::json_type::number) {
-      Check(value, 1, walk);
+    if (value.type().get(type) != simdjson::SUCCESS || type != ondemand::json_type::number) {
       return IntResult::kNotNumber;
     }
     absl::string_view token = Token(value);
-    if (!IsJsonNumber(token)) {
-      walk->fault = absl::StrCat("malformed number ", Excerpt(token));
-      return IntResult::kNotNumber;
-    }
     if (token.find_first_of(".eE") != absl::string_view::npos) return IntResult::kNotInteger;
     return absl::SimpleAtoi(token, out) ? IntResult::kInt : IntResult::kOutOfRange;
   }
 
-  // Reads the "error" object (`value`, an object): the first code, message and data count, and
-  // everything is checked.
-  void ReadError(ondemand::value value, ErrorMembers* members, Walk* walk) {
+  // Reads the "error" object `value`. Returns false if simdjson fails on it.
+  bool ReadError(ondemand::value& value, ErrorMembers* members) const {
     ondemand::object object;
-    if (auto error = value.get_object().get(object)) {
-      walk->fault = simdjson::error_message(error);
-      return;
-    }
+    if (value.get_object().get(object) != simdjson::SUCCESS) return false;
     std::string scratch;
     for (auto member : object) {
       ondemand::field field;
-      if (auto error = std::move(member).get(field)) {
-        walk->fault = simdjson::error_message(error);
-        return;
-      }
+      if (std::move(member).get(field) != simdjson::SUCCESS) return false;
       absl::string_view key;
-      if (!ReadKey(field, &scratch, &key, walk)) return;
+      if (!ReadKey(field, &scratch, &key)) return false;
       ondemand::value& item = field.value();
       if (key == "code" && !members->has_code) {
         members->has_code = true;
-        members->code_kind = ReadInteger(item, &members->code, walk);
+        members->code_kind = ReadInteger(item, &members->code);
       } else if (key == "message" && !members->has_message) {
         members->has_message = true;
         ondemand::json_type type;
-        if (auto error = item.type().get(type)) {
-          walk->fault = simdjson::error_message(error);
-          return;
-        }
+        if (item.type().get(type) != simdjson::SUCCESS) return false;
         if (type == ondemand::json_type::string) {
           members->message_is_string = true;
           members->message_token = Token(item);
         }
-        Check(item, 2, walk);
       } else if (key == "data" && !members->data.has_value()) {
-        const char* start = item.raw_json_token().data();
-        Check(item, 2, walk);
-        if (walk->ok()) members->data = RawValue(start);
-      } else {
-        Check(item, 2, walk);
+        members->data = RawValue(item.raw_json_token().data());
       }
-      if (!walk->ok()) return;
     }
+    return true;
   }
 };
 
@@ -276,46 +156,21 @@ Reply ReplyParser::Parse(absl::string_view frame) {
   impl.padded.append(simdjson::SIMDJSON_PADDING, '\0');
   impl.text = absl::string_view(impl.padded.data(), frame.size());
 
+  // simdjson checks UTF-8 and unescaped control characters (stage 1), then the grammar is checked.
   ondemand::document doc;
   if (auto error =
           impl.parser.iterate(impl.padded.data(), frame.size(), impl.padded.size()).get(doc)) {
     return Invalid(simdjson::error_message(error));
   }
+  std::string fault = CheckJsonText(impl.text, kMaxDepth);
+  if (!fault.empty()) return Invalid(fault);
+
   ondemand::json_type type;
   if (auto error = doc.type().get(type)) return Invalid(simdjson::error_message(error));
-  Walk walk;
-
-  // Anything but an object is valid JSON we ignore (once checked), or garbage.
-  if (type != ondemand::json_type::object) {
-    size_t end = 0;
-    if (type == ondemand::json_type::array) {
-      ondemand::array array;
-      if (auto error = doc.get_array().get(array)) return Invalid(simdjson::error_message(error));
-      for (auto element : array) {
-        ondemand::value item;
-        if (auto error = std::move(element).get(item)) {
-          return Invalid(simdjson::error_message(error));
-        }
-        impl.Check(item, 1, &walk);
-        if (!walk.ok()) return Invalid(walk.fault);
-      }
-      end = SkipJsonValue(impl.text, impl.text.find('['));
-    } else {
-      std::string_view raw = doc.raw_json_token();
-      absl::string_view token = TrimJsonSpace(absl::string_view(raw.data(), raw.size()));
-      const bool valid =
-          type == ondemand::json_type::number    ? IsJsonNumber(token)
-          : type == ondemand::json_type::string  ? ScanJsonString(token, 0) == token.size()
-          : type == ondemand::json_type::boolean ? token == "true" || token == "false"
-                                                 : token == "null";
-      if (!valid) return Invalid(absl::StrCat("malformed value ", Excerpt(token)));
-      end = impl.Offset(token.data()) + token.size();
-    }
-    if (!TrimJsonSpace(impl.text.substr(end)).empty()) return Invalid("trailing content");
-    return NoId(type == ondemand::json_type::array ? "top-level array (batch replies are not used)"
-                                                   : "top-level value is not an object");
+  if (type == ondemand::json_type::array) {
+    return NoId("top-level array (batch replies are not used)");
   }
-
+  if (type != ondemand::json_type::object) return NoId("top-level value is not an object");
   ondemand::object top;
   if (auto error = doc.get_object().get(top)) return Invalid(simdjson::error_message(error));
 
@@ -327,44 +182,28 @@ Reply ReplyParser::Parse(absl::string_view frame) {
   bool error_is_null = false;
   bool error_is_object = false;
   ErrorMembers error_members;
-
   std::string scratch;
   for (auto member : top) {
     ondemand::field field;
     if (auto error = std::move(member).get(field)) return Invalid(simdjson::error_message(error));
     absl::string_view key;
-    if (!impl.ReadKey(field, &scratch, &key, &walk)) return Invalid(walk.fault);
+    if (!impl.ReadKey(field, &scratch, &key)) return Invalid("malformed member name");
     ondemand::value& value = field.value();
     if (key == "id" && !has_id) {
       has_id = true;
-      id_kind = impl.ReadInteger(value, &id, &walk);
+      id_kind = Impl::ReadInteger(value, &id);
     } else if (key == "result" && !result.has_value()) {
-      const char* start = value.raw_json_token().data();
-      impl.Check(value, 1, &walk);
-      if (walk.ok()) result = impl.RawValue(start);
+      result = impl.RawValue(value.raw_json_token().data());
     } else if (key == "error" && !has_error) {
       has_error = true;
       ondemand::json_type error_type;
       if (auto error = value.type().get(error_type)) return Invalid(simdjson::error_message(error));
-      if (error_type == ondemand::json_type::null) {
-        error_is_null = true;
-        impl.Check(value, 1, &walk);
-      } else if (error_type != ondemand::json_type::object) {
-        impl.Check(value, 1, &walk);
-      } else {
-        error_is_object = true;
-        impl.ReadError(value, &error_members, &walk);
+      error_is_null = error_type == ondemand::json_type::null;
+      error_is_object = error_type == ondemand::json_type::object;
+      if (error_is_object && !impl.ReadError(value, &error_members)) {
+        return Invalid("unreadable \"error\" object");
       }
-    } else {
-      impl.Check(value, 1, &walk);
     }
-    if (!walk.ok()) return Invalid(walk.fault);
-  }
-  // Nothing but whitespace may follow the object (ReplyFramer never hands over more, but the
-  // parser stands on its own). Only whitespace precedes it, so its '{' is the first one.
-  const size_t top_start = impl.text.find('{');
-  if (!TrimJsonSpace(impl.text.substr(SkipJsonValue(impl.text, top_start))).empty()) {
-    return Invalid("trailing content");
   }
 
   // Only integer ids that fit 64 bits can be ours: a string, null, fractional, huge or missing id

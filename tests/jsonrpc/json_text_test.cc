@@ -64,6 +64,38 @@ TEST(JsonTextTest, UnescapeReplacesOnlyLoneSurrogates) {
   EXPECT_EQ(UnescapeJsonString(R"("\ud800\ud800\udc00")"), "\xef\xbf\xbd\xf0\x90\x80\x80");
 }
 
+TEST(JsonTextTest, CheckJsonTextAcceptsTheWholeGrammar) {
+  for (const char* text :
+       {"0", " true ", "null", "\"s\"", "[]", "{}", " [ 1 , -2.5e-3 , \"\\ud800\" ] ",
+        R"({"a":{"b":[null,false,{"c":1e400}]},"d":18446744073709551616})", "\t\r\n{}\n"}) {
+    EXPECT_EQ(CheckJsonText(text, 10), "") << text;
+  }
+}
+
+TEST(JsonTextTest, CheckJsonTextNamesTheFaultAndItsOffset) {
+  struct Case {
+    const char* text;
+    const char* fault;
+  };
+  for (const Case& c : {
+           Case{"", "unexpected end at offset 0"},
+           Case{"{\"a\":\"b\":1}", "expected ',' or '}' at offset 8"},
+           Case{"[1:2]", "expected ',' or ']' at offset 2"},
+           Case{"{\"a\" 1}", "expected ':' at offset 5"},
+           Case{"{a:1}", "expected a member name at offset 1"},
+           Case{"{\"a\":1,}", "expected a member name at offset 7"},
+           Case{"[1,]", "unexpected byte at offset 3"},
+           Case{"[01]", "malformed number at offset 1"},
+           Case{"[tru]", "unexpected byte at offset 1"},
+           Case{"[truex]", "expected ',' or ']' at offset 5"},
+           Case{"[\"\\x\"]", "malformed string at offset 1"},
+           Case{"{} {}", "trailing content at offset 3"},
+           Case{"[[[1]]]", "nested deeper than 2 levels at offset 2"},
+       }) {
+    EXPECT_EQ(CheckJsonText(c.text, 2), c.fault) << c.text;
+  }
+}
+
 TEST(JsonTextTest, SkipJsonValueFindsTheEndOfEachKind) {
   EXPECT_EQ(SkipJsonValue(R"({"a":"}"} ,)", 0), 9u);
   EXPECT_EQ(SkipJsonValue(R"([1,[2,"]\""]],3)", 0), 13u);
