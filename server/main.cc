@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "server/base/log.h"
+#include "server/registry/subscription.h"
 #include "server/service/server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
@@ -98,6 +99,10 @@ eventbus::service::ServerConfig ConfigFromFlags() {
   config.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_timeout_ms));
   config.sync_mode = absl::GetFlag(FLAGS_sync_mode);
   config.event_param = absl::GetFlag(FLAGS_event_param);
+  if (absl::Status valid = eventbus::registry::ValidateEventParam(config.event_param);
+      !valid.ok()) {
+    Fail(absl::StrCat("--event_param: ", valid.message()));
+  }
   config.failover_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_failover_timeout_ms));
   config.max_params_bytes = NonNegative("max_params_bytes", absl::GetFlag(FLAGS_max_params_bytes));
 

@@ -2,22 +2,16 @@
 
 #include <simdjson.h>
 
+#include <algorithm>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "server/jsonrpc/json_text.h"
 #include "server/jsonrpc/json_writer.h"
 
 namespace eventbus::jsonrpc {
 namespace {
-
-bool IsJsonSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
-
-absl::string_view TrimJsonSpace(absl::string_view text) {
-  while (!text.empty() && IsJsonSpace(text.front())) text.remove_prefix(1);
-  while (!text.empty() && IsJsonSpace(text.back())) text.remove_suffix(1);
-  return text;
-}
 
 absl::string_view TypeName(simdjson::dom::element_type type) {
   switch (type) {
@@ -39,26 +33,75 @@ absl::string_view TypeName(simdjson::dom::element_type type) {
   return "an unknown value";
 }
 
-// Copies valid JSON `json` to `out` without the whitespace between tokens (SPEC §2: one compact
-// object per event, no newline). Tokens, including strings with their escapes, are kept verbatim.
-void AppendCompactJson(absl::string_view json, std::string* out) {
-  out->reserve(out->size() + json.size());
-  bool in_string = false;
-  for (size_t i = 0; i < json.size(); ++i) {
-    const char c = json[i];
-    if (in_string) {
-      out->push_back(c);
-      if (c == '\\' && i + 1 < json.size()) {
-        out->push_back(json[++i]);
-      } else if (c == '"') {
-        in_string = false;
-      }
-      continue;
+absl::Status TooDeep(absl::string_view what) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, ": nested deeper than ", kMaxParamsDepth, " levels"));
+}
+
+// The level of the deepest array or object in `element`, which sits at `level` (a scalar adds
+// nothing). Stops counting past kMaxParamsDepth.
+int Depth(simdjson::dom::element element, int level) {
+  simdjson::dom::object object;
+  simdjson::dom::array array;
+  const bool is_object = element.get(object) == simdjson::SUCCESS;
+  const bool is_array = !is_object && element.get(array) == simdjson::SUCCESS;
+  if (!is_object && !is_array) return level - 1;
+  if (level > kMaxParamsDepth) return level;
+  int deepest = level;
+  if (is_object) {
+    for (simdjson::dom::key_value_pair member : object) {
+      deepest = std::max(deepest, Depth(member.value, level + 1));
+      if (deepest > kMaxParamsDepth) break;
     }
-    if (IsJsonSpace(c)) continue;
-    if (c == '"') in_string = true;
-    out->push_back(c);
+  } else {
+    for (simdjson::dom::element item : array) {
+      deepest = std::max(deepest, Depth(item, level + 1));
+      if (deepest > kMaxParamsDepth) break;
+    }
   }
+  return deepest;
+}
+
+// Appends the members of the object `json` after the first ('{' and the event_param member are
+// already written), leaving out every member named `key`: the event_param member is the
+// subscriber's contract (it names the event), so a client param of the same name gives way for
+// this subscriber only. Returns false, having appended nothing, if `json` is not an object it can
+// read (Params promises one; the caller then keeps the bytes).
+bool AppendMembersWithout(std::string* out, absl::string_view json, absl::string_view key) {
+  std::string members;
+  size_t i = 1;
+  auto skip_space = [&] {
+    while (i < json.size() && IsJsonSpace(json[i])) ++i;
+  };
+  for (;;) {
+    skip_space();
+    if (i >= json.size()) return false;
+    if (json[i] == '}') break;
+    const size_t name_start = i;
+    const size_t name_end = ScanJsonString(json, i);
+    if (name_end == absl::string_view::npos) return false;
+    i = name_end;
+    skip_space();
+    if (i >= json.size() || json[i] != ':') return false;
+    ++i;
+    skip_space();
+    const size_t value_end = SkipJsonValue(json, i);
+    if (value_end <= i) return false;
+    absl::string_view name = json.substr(name_start, name_end - name_start);
+    const bool collides = name.find('\\') == absl::string_view::npos
+                              ? name.substr(1, name.size() - 2) == key
+                              : UnescapeJsonString(name) == key;
+    if (!collides) {
+      members.push_back(',');
+      members.append(json.data() + name_start, value_end - name_start);
+    }
+    i = value_end;
+    skip_space();
+    if (i < json.size() && json[i] == ',') ++i;
+  }
+  out->append(members);
+  out->push_back('}');
+  return true;
 }
 
 // Appends `json` (an object or array) with the event name inserted as its first member/element.
@@ -78,6 +121,14 @@ void AppendWithEventParam(std::string* out, absl::string_view json, bool named,
     out->push_back(':');
   }
   AppendJsonString(out, event);
+  // A member named like the event_param is possible only if the key occurs in the text as is,
+  // or escaped (then the text has a backslash somewhere).
+  if (named &&
+      (json.find(key) != absl::string_view::npos || json.find('\\') != absl::string_view::npos)) {
+    const size_t mark = out->size();
+    if (AppendMembersWithout(out, json, key)) return;
+    out->resize(mark);
+  }
   absl::string_view rest = inner;
   while (!rest.empty() && IsJsonSpace(rest.front())) rest.remove_prefix(1);
   const bool empty = !rest.empty() && rest.front() == (named ? '}' : ']');
@@ -96,6 +147,12 @@ absl::StatusOr<Params> ParamsFromRawJson(absl::string_view text) {
   thread_local simdjson::dom::parser parser;
   simdjson::dom::element root;
   simdjson::error_code error = parser.parse(json.data(), json.size()).get(root);
+  const size_t bad_utf8 = error == simdjson::UTF8_ERROR ? InvalidUtf8Offset(text) : 0;
+  if (error == simdjson::UTF8_ERROR && bad_utf8 != absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("params json: invalid UTF-8 at byte ", bad_utf8));
+  }
+  if (error == simdjson::DEPTH_ERROR) return TooDeep("params json");
   if (error != simdjson::SUCCESS) {
     // simdjson's NUMBER_ERROR also covers valid JSON numbers it cannot hold: say so.
     return absl::InvalidArgumentError(
@@ -105,13 +162,32 @@ absl::StatusOr<Params> ParamsFromRawJson(absl::string_view text) {
                          : ""));
   }
   Params params;
+  simdjson::dom::object object;
+  simdjson::dom::array array;
   switch (root.type()) {
     case simdjson::dom::element_type::OBJECT:
       params.kind = Params::Kind::kNamed;
+      if (root.get(object) != simdjson::SUCCESS) break;
+      for (simdjson::dom::key_value_pair member : object) {
+        if (Depth(member.value, 2) > kMaxParamsDepth) {
+          std::string quoted;
+          AppendJsonString(&quoted, absl::string_view(member.key.data(), member.key.size()));
+          return TooDeep(absl::StrCat("params json: param ", quoted));
+        }
+      }
       break;
-    case simdjson::dom::element_type::ARRAY:
+    case simdjson::dom::element_type::ARRAY: {
       params.kind = Params::Kind::kPositional;
+      size_t index = 0;
+      if (root.get(array) != simdjson::SUCCESS) break;
+      for (simdjson::dom::element element : array) {
+        if (Depth(element, 2) > kMaxParamsDepth) {
+          return TooDeep(absl::StrCat("params json: param [", index, "]"));
+        }
+        ++index;
+      }
       break;
+    }
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("params json: expected an object or array, got ", TypeName(root.type())));

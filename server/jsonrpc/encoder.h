@@ -22,18 +22,25 @@ struct Params {
   std::string json;
 };
 
+// Params nest at most this many levels of arrays and objects; the params object or array itself
+// is level 1, so `{"a":[1]}` has 2. Deeper is INVALID_ARGUMENT (subscribers' parsers have limits
+// of their own, and some recurse).
+inline constexpr int kMaxParamsDepth = 32;
+
 // Validates client-given raw JSON text with simdjson: it must be one object or array. Whitespace
 // between tokens is dropped (the wire carries compact JSON, no newline); the tokens themselves
 // (numbers, strings and their escapes) are kept byte for byte.
-// Returns INVALID_ARGUMENT naming the problem ("params json: expected an object or array").
+// Returns INVALID_ARGUMENT naming the problem ("params json: expected an object or array",
+// "params json: invalid UTF-8 at byte 7", `params json: param "a": nested deeper than 32 levels`).
 absl::StatusOr<Params> ParamsFromRawJson(absl::string_view text);
 
 // What distinguishes the bodies of one event: the socket's method and the event_param key.
 struct BodyOptions {
   // The socket's "/METHOD"; empty means the event name is the method.
   absl::string_view method;
-  // The event_param key ("" = off). Named params get {"KEY":"EVENT",...} first; positional params
-  // get the event name as element 0; no params: nothing is added.
+  // The event_param key ("" = off). Named params get {"KEY":"EVENT",...} first, and a param of
+  // the same name is left out (the subscriber asked for the event name under that key);
+  // positional params get the event name as element 0; no params: nothing is added.
   absl::string_view event_param;
 };
 

@@ -5,6 +5,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "server/jsonrpc/json_text.h"
 
 namespace eventbus::registry {
 namespace {
@@ -36,6 +37,29 @@ absl::Status ValidateEventName(absl::string_view event, size_t max_len) {
       return absl::InvalidArgumentError(
           absl::StrCat("event \"", Quote(event), "\": invalid character '",
                        absl::CHexEscape(event.substr(i, 1)), "' at offset ", i));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateEventParam(absl::string_view key) {
+  // Every event to the subscription carries the key, and every Raise encodes it once per distinct
+  // key: an unbounded key is memory a client can claim without limit.
+  if (key.size() > kMaxEventParamBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("event_param \"", Quote(key), "\": longer than ",
+                                                   kMaxEventParamBytes, " bytes"));
+  }
+  const size_t bad_utf8 = jsonrpc::InvalidUtf8Offset(key);
+  if (bad_utf8 != absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("event_param \"", Quote(key), "\": invalid UTF-8 at byte ", bad_utf8));
+  }
+  for (size_t i = 0; i < key.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(key[i]);
+    if (c < 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("event_param \"", Quote(key), "\": control character '",
+                       absl::CHexEscape(key.substr(i, 1)), "' at offset ", i));
     }
   }
   return absl::OkStatus();

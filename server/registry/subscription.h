@@ -41,6 +41,14 @@ using SubscriberList = std::vector<SubscriptionPtr>;
 // `event "a b": invalid character ' ' at offset 1`.
 absl::Status ValidateEventName(absl::string_view event, size_t max_len = 128);
 
+// Longest event_param key (SPEC §2), server-wide or per subscription.
+inline constexpr size_t kMaxEventParamBytes = 128;
+
+// Returns INVALID_ARGUMENT unless `key` is a usable event_param: "" (off) or at most
+// kMaxEventParamBytes of valid UTF-8 without control characters:
+// `event_param "x...": longer than 128 bytes`.
+absl::Status ValidateEventParam(absl::string_view key);
+
 // Returns a new random id (16 lowercase hex digits).
 std::string NewSubscriptionId();
 

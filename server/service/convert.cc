@@ -1,6 +1,7 @@
 #include "server/service/convert.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -17,6 +18,10 @@ namespace v1 = ::eventbus::v1;
 using google::protobuf::ListValue;
 using google::protobuf::Struct;
 using google::protobuf::Value;
+
+std::string TooDeep() {
+  return absl::StrCat("nested deeper than ", jsonrpc::kMaxParamsDepth, " levels");
+}
 
 void AppendListJson(const ListValue& list, std::string* out) {
   out->push_back('[');
@@ -45,6 +50,61 @@ void AppendStructJson(const Struct& object, std::string* out) {
     AppendValueJson(*value, out);
   }
   out->push_back('}');
+}
+
+// Appends `value` as AppendValueJson does, but returns what JSON cannot carry instead of writing
+// it: NaN and +-Infinity (JSON has no such numbers; writing null would change the value
+// silently), and lists or structs deeper than jsonrpc::kMaxParamsDepth. `level` is the level a
+// list or struct `value` sits at (the params object or array is level 1). Returns "" when fine.
+std::string AppendParamJson(const Value& value, int level, std::string* out) {
+  switch (value.kind_case()) {
+    case Value::kNumberValue: {
+      const double number = value.number_value();
+      if (std::isnan(number)) return "NaN cannot be sent as JSON";
+      if (std::isinf(number)) {
+        return number > 0 ? "Infinity cannot be sent as JSON" : "-Infinity cannot be sent as JSON";
+      }
+      jsonrpc::AppendJsonNumber(out, number);
+      return {};
+    }
+    case Value::kListValue: {
+      if (level > jsonrpc::kMaxParamsDepth) return TooDeep();
+      out->push_back('[');
+      bool first = true;
+      for (const Value& element : value.list_value().values()) {
+        if (!first) out->push_back(',');
+        first = false;
+        std::string fault = AppendParamJson(element, level + 1, out);
+        if (!fault.empty()) return fault;
+      }
+      out->push_back(']');
+      return {};
+    }
+    case Value::kStructValue: {
+      if (level > jsonrpc::kMaxParamsDepth) return TooDeep();
+      const Struct& object = value.struct_value();
+      std::vector<std::pair<const std::string*, const Value*>> fields;
+      fields.reserve(object.fields().size());
+      for (const auto& [key, field] : object.fields()) fields.emplace_back(&key, &field);
+      std::sort(fields.begin(), fields.end(),
+                [](const auto& a, const auto& b) { return *a.first < *b.first; });
+      out->push_back('{');
+      bool first = true;
+      for (const auto& [key, field] : fields) {
+        if (!first) out->push_back(',');
+        first = false;
+        jsonrpc::AppendJsonString(out, *key);
+        out->push_back(':');
+        std::string fault = AppendParamJson(*field, level + 1, out);
+        if (!fault.empty()) return fault;
+      }
+      out->push_back('}');
+      return {};
+    }
+    default:
+      AppendValueJson(value, out);
+      return {};
+  }
 }
 
 absl::Status TooLarge(size_t size, size_t limit) {
@@ -112,10 +172,21 @@ absl::StatusOr<jsonrpc::Params> ParamsFromRequest(const v1::RaiseRequest& reques
       }
       return jsonrpc::ParamsFromRawJson(request.json());
     }
-    case v1::RaiseRequest::kPositional:
+    case v1::RaiseRequest::kPositional: {
       params.kind = jsonrpc::Params::Kind::kPositional;
-      AppendListJson(request.positional(), &params.json);
+      params.json.push_back('[');
+      int index = 0;
+      for (const Value& value : request.positional().values()) {
+        if (index > 0) params.json.push_back(',');
+        std::string fault = AppendParamJson(value, 2, &params.json);
+        if (!fault.empty()) {
+          return absl::InvalidArgumentError(absl::StrCat("param [", index, "]: ", fault));
+        }
+        ++index;
+      }
+      params.json.push_back(']');
       break;
+    }
     case v1::RaiseRequest::kNamed: {
       params.kind = jsonrpc::Params::Kind::kNamed;
       absl::flat_hash_set<absl::string_view> seen;
@@ -135,7 +206,12 @@ absl::StatusOr<jsonrpc::Params> ParamsFromRequest(const v1::RaiseRequest& reques
         if (index > 1) params.json.push_back(',');
         jsonrpc::AppendJsonString(&params.json, param.name());
         params.json.push_back(':');
-        AppendValueJson(param.value(), &params.json);
+        std::string fault = AppendParamJson(param.value(), 2, &params.json);
+        if (!fault.empty()) {
+          std::string quoted;
+          jsonrpc::AppendJsonString(&quoted, param.name());
+          return absl::InvalidArgumentError(absl::StrCat("param ", quoted, ": ", fault));
+        }
       }
       params.json.push_back('}');
       break;

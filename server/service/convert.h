@@ -27,14 +27,17 @@ namespace eventbus::service {
 
 // Appends `value` as compact JSON: integral numbers without a decimal point, strings escaped as
 // SPEC §2, Struct keys sorted (proto maps are unordered; sorting makes the bytes deterministic).
-// A Value with no kind set is written as null.
+// A Value with no kind set is written as null, and so are NaN and +-Infinity (ParamsFromRequest
+// refuses those instead).
 void AppendValueJson(const google::protobuf::Value& value, std::string* out);
 std::string ValueToJson(const google::protobuf::Value& value);
 
 // Converts the params of `request` into JSON-RPC params text: named (object, in the given order),
 // positional (array), json (validated raw text, kept byte for byte) or none. INVALID_ARGUMENT for
 // an empty or duplicate name, invalid raw JSON, or params larger than `max_params_bytes`
-// ("params: 70000 bytes exceed the limit of 65536 (--max_params_bytes)").
+// ("params: 70000 bytes exceed the limit of 65536 (--max_params_bytes)"), and naming the param
+// for a number JSON cannot carry or nesting deeper than jsonrpc::kMaxParamsDepth, at any depth
+// (`param "x": NaN cannot be sent as JSON`, `param [2]: nested deeper than 32 levels`).
 absl::StatusOr<jsonrpc::Params> ParamsFromRequest(const eventbus::v1::RaiseRequest& request,
                                                   size_t max_params_bytes);
 

@@ -83,6 +83,9 @@ absl::StatusOr<uri::SocketUri> SubscriptionManager::ParseSocketWithinLimit(
 void SubscriptionManager::Subscribe(
     SubscribeRequest request, absl::AnyInvocable<void(absl::StatusOr<SubscribeResult>)> done) {
   absl::Status valid = registry::ValidateEventName(request.event, limits_.max_event_name_bytes);
+  if (valid.ok() && request.event_param.has_value()) {
+    valid = registry::ValidateEventParam(*request.event_param);
+  }
   if (!valid.ok()) {
     done(std::move(valid));
     return;

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -72,26 +73,51 @@ bool LooksLikeIpv6(absl::string_view text) {
   return inet_pton(AF_INET6, copy.c_str(), &addr) == 1;
 }
 
+// Refuses `text` when the resolver would read it as a numeric IPv4 address although it is not a
+// dotted quad. getaddrinfo (glibc) tries inet_aton before DNS, and inet_aton reads "127.1",
+// "0x7f.1", "0177.0.0.1" and "2130706433" all as 127.0.0.1: letting them through as names would
+// let a socket name an address no literal check ever saw.
+Fault RefuseInetAtonForm(absl::string_view text) {
+  in_addr addr;
+  std::string copy(text);
+  if (inet_aton(copy.c_str(), &addr) != 1) return {};
+  char quad[INET_ADDRSTRLEN];
+  if (inet_ntop(AF_INET, &addr, quad, sizeof(quad)) == nullptr) {
+    return absl::StrCat("invalid IPv4 address \"", text, "\"");
+  }
+  return absl::StrCat("invalid IPv4 address \"", text, "\" (a non-standard form of ", quad,
+                      "; write the dotted quad)");
+}
+
 // Validates an unbracketed host: an IPv4 literal or a DNS name (lower-cased).
 Fault NormaliseHost(absl::string_view text, std::string* host) {
   if (text.empty()) return "missing host";
   bool digits_and_dots = true;
+  bool numeric_chars = true;  // what inet_aton can read: digits, hex digits, 'x', '.'
   for (char c : text) {
-    if (!absl::ascii_isdigit(static_cast<unsigned char>(c)) && c != '.') {
-      digits_and_dots = false;
-      break;
+    const bool digit_or_dot = absl::ascii_isdigit(static_cast<unsigned char>(c)) || c == '.';
+    if (!digit_or_dot) digits_and_dots = false;
+    if (!digit_or_dot && !absl::ascii_isxdigit(static_cast<unsigned char>(c)) && c != 'x' &&
+        c != 'X') {
+      numeric_chars = false;
     }
   }
   if (digits_and_dots) {
-    // getaddrinfo would read "123" or "1.2.3" as numeric addresses, so anything all-numeric
-    // must be a proper dotted quad.
+    // Anything all-numeric must be a proper dotted quad; other numeric forms are named by
+    // RefuseInetAtonForm.
     in_addr addr;
     std::string copy(text);
-    if (inet_pton(AF_INET, copy.c_str(), &addr) != 1) {
-      return absl::StrCat("invalid IPv4 address \"", text, "\"");
+    if (inet_pton(AF_INET, copy.c_str(), &addr) == 1) {
+      *host = std::move(copy);
+      return {};
     }
-    *host = std::move(copy);
-    return {};
+    Fault fault = RefuseInetAtonForm(text);
+    if (!fault.empty()) return fault;
+    return absl::StrCat("invalid IPv4 address \"", text, "\"");
+  }
+  if (numeric_chars) {
+    Fault fault = RefuseInetAtonForm(text);
+    if (!fault.empty()) return fault;
   }
   for (char c : text) {
     if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.' && c != '_') {
@@ -280,11 +306,21 @@ absl::StatusOr<SocketUri> ParseSocket(absl::string_view text) {
   fault = ParsePolicy(words[0], &uri.policy);
   if (!fault.empty()) return SocketError(text, fault);
   if (words.size() == 1) return SocketError(text, "virtual socket has no members");
+  absl::flat_hash_map<std::string, size_t> seen;  // normalised member -> its 1-based position
   for (size_t i = 1; i < words.size(); ++i) {
     TcpTarget target;
     fault = ParseTcp(words[i], "nested virtual sockets are not allowed", &target);
     if (!fault.empty()) {
       return SocketError(text, absl::StrCat("member ", i, " \"", words[i], "\": ", fault));
+    }
+    // A member listed twice would get every event twice (PARALLEL) or be tried twice (FAILOVER,
+    // ROUND-ROBIN). Compared after normalisation: "tcp:H:1/" and "tcp:h:01" are one member.
+    std::string normalised = target.ToString();
+    auto [it, inserted] = seen.emplace(normalised, i);
+    if (!inserted) {
+      return SocketError(
+          text, absl::StrCat("member ", i, " \"", words[i], "\": duplicate of member ", it->second,
+                             " (", normalised, ")"));
     }
     uri.targets.push_back(std::move(target));
   }

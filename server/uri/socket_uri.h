@@ -52,7 +52,9 @@ struct SocketUri {
 
 // Parses `text`. Returns INVALID_ARGUMENT naming the socket and the fault, e.g.
 // `socket "tcp:h:70000": port out of range (1-65535)`. Scheme and policy are case-sensitive;
-// host names are lower-cased; ports must be decimal 1-65535; an IPv6 host must be bracketed.
+// host names are lower-cased; ports must be decimal 1-65535; an IPv6 host must be bracketed; an
+// IPv4 host must be a dotted quad (inet_aton forms such as "127.1" or "0x7f.1" are refused); a
+// virtual group may not list the same member twice (after normalisation).
 absl::StatusOr<SocketUri> ParseSocket(absl::string_view text);
 
 // Parses a single "tcp:..." socket (a virtual member, or a plain subscription).

@@ -99,6 +99,37 @@ TEST(EncoderTest, EventParamKeyAndEventAreEscaped) {
             R"({"jsonrpc":"2.0","method":"E\"1","params":{"k\\\n":"E\"1","a":1}})");
 }
 
+// Regression (issue 7): a named param called like the subscription's event_param produced two
+// members with one key. The event_param member (the subscriber's contract) stays first and the
+// client's member of that name is left out, for that subscriber only.
+TEST(EncoderTest, EventParamLeavesOutANamedParamOfTheSameName) {
+  EXPECT_EQ(EncodeMessage("E", Named(R"({"ip":"1","opensips_event":"x","n":2})"),
+                          EventParam("opensips_event")),
+            R"({"jsonrpc":"2.0","method":"E","params":{"opensips_event":"E","ip":"1","n":2}})");
+  EXPECT_EQ(EncodeMessage("E", Named(R"({"ev":{"nested":[1,"}"]}})"), EventParam("ev"), 7),
+            R"({"id":7,"jsonrpc":"2.0","method":"E","params":{"ev":"E"}})");
+  EXPECT_EQ(EncodeMessage("E", Named(R"({"ev":1,"a":"ev","ev":2,"b":{"ev":3}})"), EventParam("ev")),
+            R"({"jsonrpc":"2.0","method":"E","params":{"ev":"E","a":"ev","b":{"ev":3}}})");
+  // The same name written with escapes is the same name.
+  EXPECT_EQ(EncodeMessage("E", Named(R"({"\u0065v":1,"x\"":2})"), EventParam("ev")),
+            R"({"jsonrpc":"2.0","method":"E","params":{"ev":"E","x\"":2}})");
+  EXPECT_EQ(EncodeMessage("E", Named(R"({"k\"":1,"a":2})"), EventParam("k\"")),
+            R"({"jsonrpc":"2.0","method":"E","params":{"k\"":"E","a":2}})");
+  // Only the key counts: a value or a longer key that contains it stays.
+  EXPECT_EQ(EncodeMessage("E", Named(R"({"evx":"ev"})"), EventParam("ev")),
+            R"({"jsonrpc":"2.0","method":"E","params":{"ev":"E","evx":"ev"}})");
+  // Positional params have no names: nothing is left out.
+  EXPECT_EQ(EncodeMessage("E", Positional(R"(["ev",1])"), EventParam("ev")),
+            R"({"jsonrpc":"2.0","method":"E","params":["E","ev",1]})");
+}
+
+TEST(EncoderTest, EventParamCollisionInRawJsonWithWhitespace) {
+  absl::StatusOr<Params> params = ParamsFromRawJson("{ \"ev\" : [ 1 ] ,\n \"a\" : 2 }");
+  ASSERT_TRUE(params.ok()) << params.status();
+  EXPECT_EQ(EncodeMessage("E", *params, EventParam("ev")),
+            R"({"jsonrpc":"2.0","method":"E","params":{"ev":"E","a":2}})");
+}
+
 TEST(EncoderTest, EmptyParamsTextKeepsItsKind) {
   EXPECT_EQ(EncodeMessage("E", Named(""), {}), R"({"jsonrpc":"2.0","method":"E","params":{}})");
   EXPECT_EQ(EncodeMessage("E", Positional(""), {}),
@@ -245,7 +276,7 @@ INSTANTIATE_TEST_SUITE_P(
         RawJsonErrorCase{"{\"a\":1}}", "params json: invalid JSON: "},
         RawJsonErrorCase{"{} {}", "params json: invalid JSON: "},
         RawJsonErrorCase{"{'a':1}", "params json: invalid JSON: "},
-        RawJsonErrorCase{"{\"a\":\"\xff\"}", "params json: invalid JSON: "},
+        RawJsonErrorCase{"{\"a\":\"\xff\"}", "params json: invalid UTF-8 at byte 6"},
         RawJsonErrorCase{"{\"a\":\"x\ny\"}", "params json: invalid JSON: "}));
 
 TEST(EncoderTest, RawJsonNumberErrorSaysWhichNumbersCannotBeCarried) {
@@ -261,7 +292,47 @@ TEST(EncoderTest, RawJsonNumberErrorSaysWhichNumbersCannotBeCarried) {
 TEST(EncoderTest, RawJsonErrorNamesUtf8Problem) {
   absl::StatusOr<Params> params = ParamsFromRawJson("[\"\xc3\"]");
   ASSERT_FALSE(params.ok());
-  EXPECT_THAT(std::string(params.status().message()), HasSubstr("UTF-8"));
+  EXPECT_EQ(params.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(params.status().message(), "params json: invalid UTF-8 at byte 2");
+  params = ParamsFromRawJson(" {\"ok\":\"\xc3\xa9\",\"bad\":\"\xed\xa0\x80\"}");
+  ASSERT_FALSE(params.ok());
+  EXPECT_EQ(params.status().message(), "params json: invalid UTF-8 at byte 19");
+}
+
+std::string Nested(int levels, absl::string_view inner = "1") {
+  std::string text;
+  for (int i = 0; i < levels; ++i) text += (i % 2 == 0) ? "[" : "{\"k\":";
+  text.append(inner.data(), inner.size());
+  for (int i = levels - 1; i >= 0; --i) text += (i % 2 == 0) ? "]" : "}";
+  return text;
+}
+
+// The params object or array is level 1; kMaxParamsDepth levels are fine, one more is refused
+// naming the top-level param it is in.
+TEST(EncoderTest, RawJsonNestingIsLimitedAndTheParamNamed) {
+  ASSERT_EQ(kMaxParamsDepth, 32);
+  EXPECT_TRUE(ParamsFromRawJson(Nested(32)).ok());
+  EXPECT_TRUE(ParamsFromRawJson(absl::StrCat(R"({"a":)", Nested(31), "}")).ok());
+
+  absl::StatusOr<Params> params = ParamsFromRawJson(Nested(33));
+  ASSERT_FALSE(params.ok());
+  EXPECT_EQ(params.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(params.status().message(), "params json: param [0]: nested deeper than 32 levels");
+
+  params = ParamsFromRawJson(absl::StrCat(R"({"ok":[[1]],"deep\"":)", Nested(32), "}"));
+  ASSERT_FALSE(params.ok());
+  EXPECT_EQ(params.status().message(),
+            R"(params json: param "deep\"": nested deeper than 32 levels)");
+
+  params = ParamsFromRawJson(absl::StrCat("[1,2,", Nested(40), "]"));
+  ASSERT_FALSE(params.ok());
+  EXPECT_EQ(params.status().message(), "params json: param [2]: nested deeper than 32 levels");
+
+  // Beyond what simdjson itself nests (1024): the same answer, without a name.
+  params = ParamsFromRawJson(std::string(5000, '[') + std::string(5000, ']'));
+  ASSERT_FALSE(params.ok());
+  EXPECT_EQ(params.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(params.status().message(), "params json: nested deeper than 32 levels");
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 #include <string>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -46,6 +48,31 @@ TEST(ValidateEventNameTest, Accepts128BytesAndRejects129) {
 TEST(ValidateEventNameTest, HonoursACustomMaximum) {
   EXPECT_TRUE(ValidateEventName("abcd", 4).ok());
   EXPECT_THAT(ValidateEventName("abcde", 4).message(), HasSubstr("longer than 4 bytes"));
+}
+
+TEST(ValidateEventParamTest, AcceptsOffAndUpTo128BytesOfText) {
+  EXPECT_TRUE(ValidateEventParam("").ok());
+  EXPECT_TRUE(ValidateEventParam("opensips_event").ok());
+  EXPECT_TRUE(ValidateEventParam("with space \"quote\" /\xc3\xa9").ok());
+  EXPECT_TRUE(ValidateEventParam(std::string(kMaxEventParamBytes, 'k')).ok());
+}
+
+// Regression (issue 7): an event_param had no size limit.
+TEST(ValidateEventParamTest, RejectsLongerThan128BytesQuotingOnlyAPrefix) {
+  absl::Status status = ValidateEventParam(std::string(3800000, 'k'));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(),
+            absl::StrCat("event_param \"", std::string(64, 'k'), "...\": longer than 128 bytes"));
+  EXPECT_FALSE(ValidateEventParam(std::string(129, 'k')).ok());
+}
+
+TEST(ValidateEventParamTest, RejectsControlCharactersAndInvalidUtf8) {
+  EXPECT_EQ(ValidateEventParam("a\tb").message(),
+            "event_param \"a\\tb\": control character '\\t' at offset 1");
+  EXPECT_EQ(ValidateEventParam("a\x7f").message(),
+            "event_param \"a\\x7f\": control character '\\x7f' at offset 1");
+  EXPECT_EQ(ValidateEventParam("ab\xff").message(),
+            "event_param \"ab\\xff\": invalid UTF-8 at byte 2");
 }
 
 TEST(NewSubscriptionIdTest, Is16LowercaseHexDigits) {

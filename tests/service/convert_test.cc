@@ -1,10 +1,12 @@
 #include "server/service/convert.h"
 
+#include <limits>
 #include <optional>
 #include <string>
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/json_util.h"
@@ -180,6 +182,88 @@ TEST(ParamsFromRequestTest, RejectsParamsOverTheSizeLimit) {
   raw.set_json("[1, 2, 3]");
   EXPECT_EQ(ParamsFromRequest(raw, 8).status().message(),
             "params: 9 bytes exceed the limit of 8 (--max_params_bytes)");
+}
+
+Value List(std::vector<Value> values) {
+  Value v;
+  for (Value& value : values) *v.mutable_list_value()->add_values() = std::move(value);
+  return v;
+}
+
+Value Object(const std::string& key, Value value) {
+  Value v;
+  (*v.mutable_struct_value()->mutable_fields())[key] = std::move(value);
+  return v;
+}
+
+v1::RaiseRequest Positional(std::vector<Value> values) {
+  v1::RaiseRequest request;
+  request.set_event("E");
+  for (Value& value : values) *request.mutable_positional()->add_values() = std::move(value);
+  return request;
+}
+
+// Regression (issue 7): NaN and +-Infinity were written as null, changing the value silently.
+TEST(ParamsFromRequestTest, RejectsNonFiniteNumbersNamingTheParam) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  struct Case {
+    v1::RaiseRequest request;
+    std::string message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {Named({{"ok", Num(1)}, {"x", Num(nan)}}), R"(param "x": NaN cannot be sent as JSON)"},
+           {Named({{"x", Num(inf)}}), R"(param "x": Infinity cannot be sent as JSON)"},
+           {Named({{"x\"y", Num(-inf)}}), R"(param "x\"y": -Infinity cannot be sent as JSON)"},
+           {Named({{"deep", Object("a", List({Num(1), Object("b", Num(nan))}))}}),
+            R"(param "deep": NaN cannot be sent as JSON)"},
+           {Positional({Num(1), Num(nan)}), "param [1]: NaN cannot be sent as JSON"},
+           {Positional({Str("s"), List({Num(2), Num(-inf)})}),
+            "param [1]: -Infinity cannot be sent as JSON"},
+           {Positional({Object("k", Num(inf))}), "param [0]: Infinity cannot be sent as JSON"},
+       }) {
+    auto params = ParamsFromRequest(c.request, 1 << 20);
+    ASSERT_FALSE(params.ok()) << params->json;
+    EXPECT_EQ(params.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(params.status().message(), c.message);
+  }
+  // Finite extremes are numbers.
+  auto params = ParamsFromRequest(
+      Named({{"max", Num(std::numeric_limits<double>::max())}, {"min", Num(-0.0)}}), 1000);
+  ASSERT_TRUE(params.ok()) << params.status();
+  EXPECT_EQ(params->json, R"({"max":1.7976931348623157e+308,"min":0})");
+}
+
+// Nesting `levels` lists or structs around 1 (alternating, lists outermost).
+Value Nested(int levels) {
+  Value value = Num(1);
+  for (int i = levels - 1; i >= 0; --i) {
+    value = (i % 2 == 0) ? List({value}) : Object("k", value);
+  }
+  return value;
+}
+
+// The params object or array is level 1, so a param value may nest 31 more.
+TEST(ParamsFromRequestTest, RejectsNestingDeeperThanTheLimitNamingTheParam) {
+  ASSERT_EQ(jsonrpc::kMaxParamsDepth, 32);
+  auto params = ParamsFromRequest(Named({{"a", Nested(31)}}), 1 << 20);
+  ASSERT_TRUE(params.ok()) << params.status();
+  params = ParamsFromRequest(Positional({Num(0), Nested(31)}), 1 << 20);
+  ASSERT_TRUE(params.ok()) << params.status();
+
+  params = ParamsFromRequest(Named({{"a", Num(1)}, {"deep", Nested(32)}}), 1 << 20);
+  ASSERT_FALSE(params.ok());
+  EXPECT_EQ(params.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(params.status().message(), R"(param "deep": nested deeper than 32 levels)");
+
+  params = ParamsFromRequest(Positional({Num(0), Num(1), Nested(40)}), 1 << 20);
+  ASSERT_FALSE(params.ok());
+  EXPECT_EQ(params.status().message(), "param [2]: nested deeper than 32 levels");
+
+  v1::RaiseRequest raw;
+  raw.set_json(absl::StrCat(R"({"j":)", std::string(40, '['), std::string(40, ']'), "}"));
+  EXPECT_EQ(ParamsFromRequest(raw, 1 << 20).status().message(),
+            R"(params json: param "j": nested deeper than 32 levels)");
 }
 
 TEST(DeliveryStatusTest, MapsEveryCode) {

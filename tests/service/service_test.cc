@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <functional>
+#include <limits>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -24,6 +26,7 @@
 #include "server/service/eventbus_service.h"
 #include "server/service/server.h"
 #include "src/proto/grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "tests/testing/jsonrpc_peer.h"
 #include "tests/testing/ports.h"
 
 namespace eventbus::service {
@@ -276,6 +279,146 @@ TEST_F(ServiceTest, RaiseRejectsDuplicateParamName) {
   grpc::Status status = Raise(request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("duplicate name \"ip\""));
+}
+
+// Regression (issue 7): NaN and +-Infinity became null on the wire.
+TEST_F(ServiceTest, RaiseRejectsNonFiniteNumbersNamingTheParam) {
+  v1::RaiseRequest request;
+  request.set_event("E");
+  v1::Param* p = request.mutable_named()->add_params();
+  p->set_name("x");
+  p->mutable_value()->set_number_value(std::numeric_limits<double>::quiet_NaN());
+  v1::RaiseResponse response;
+  grpc::Status status = Raise(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "param \"x\": NaN cannot be sent as JSON");
+
+  request.mutable_positional()->add_values()->set_number_value(1);
+  request.mutable_positional()->add_values()->set_number_value(
+      -std::numeric_limits<double>::infinity());
+  status = Raise(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "param [1]: -Infinity cannot be sent as JSON");
+}
+
+// Regression (issue 7): an event_param had no size limit (60 subscriptions with a 3.8 MB
+// event_param took RSS to 428 MiB).
+TEST_F(ServiceTest, SubscribeRejectsEventParamLongerThan128BytesNamingIt) {
+  v1::SubscribeRequest request;
+  request.set_event("E");
+  request.set_socket("tcp:127.0.0.1:9");
+  request.set_event_param(std::string(128, 'k'));
+  v1::SubscribeResponse response;
+  ASSERT_TRUE(stub_->Subscribe(Context().get(), request, &response).ok());
+  EXPECT_EQ(response.subscription().event_param(), std::string(128, 'k'));
+
+  request.set_event_param(std::string(1 << 20, 'k'));
+  grpc::Status status = stub_->Subscribe(Context().get(), request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("\": longer than 128 bytes"));
+  EXPECT_EQ(status.error_message().rfind("event_param \"kkkk", 0), 0u) << status.error_message();
+  EXPECT_LT(status.error_message().size(), 200u);
+
+  request.set_event_param("a\nb");
+  status = stub_->Subscribe(Context().get(), request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "event_param \"a\\nb\": control character '\\n' at offset 1");
+}
+
+// Regression (issue 7): duplicate members of a virtual group received duplicate copies, and
+// inet_aton forms of IPv4 hosts slipped through as names.
+TEST_F(ServiceTest, SubscribeRejectsDuplicateVirtualMembersAndNonStandardIpv4) {
+  v1::SubscribeResponse response;
+  grpc::Status status =
+      Subscribe("E", "virtual:PARALLEL tcp:Peer:80 tcp:b:1 tcp:peer:080/", &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(),
+            "socket \"virtual:PARALLEL tcp:Peer:80 tcp:b:1 tcp:peer:080/\": member 3 "
+            "\"tcp:peer:080/\": duplicate of member 1 (tcp:peer:80)");
+
+  status = Subscribe("E", "tcp:0x7f.1:80", &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(),
+            "socket \"tcp:0x7f.1:80\": invalid IPv4 address \"0x7f.1\" (a non-standard form of "
+            "127.0.0.1; write the dotted quad)");
+}
+
+// A subscriber that answers every request with an unmatched reply whose id is beyond 64 bits and
+// then with the real reply, both holding values simdjson's DOM cannot convert.
+std::unique_ptr<testing::JsonRpcPeer> StartUnusualReplyPeer(bool error) {
+  testing::JsonRpcPeer::Options options;
+  options.behavior.mode = testing::PeerMode::kCustom;
+  options.behavior.responder = [error](absl::string_view,
+                                       absl::string_view id) -> std::optional<std::string> {
+    if (id.empty()) return std::nullopt;
+    std::string reply =
+        absl::StrCat(R"({"jsonrpc":"2.0","id":18446744073709551616,"result":[1e400,"\ud800"]})",
+                     "\n", R"({"jsonrpc":"2.0","id":)", id);
+    if (error) {
+      absl::StrAppend(&reply, R"(,"error":{"code":-32000,"message":"bad \udc00","data":-1e400}})");
+    } else {
+      absl::StrAppend(
+          &reply, R"(,"result":{"big":1e400, "int":123456789012345678901234567890,"s":"\ud800"}})");
+    }
+    return reply;
+  };
+  auto peer = testing::JsonRpcPeer::Start(options);
+  EXPECT_TRUE(peer.ok()) << peer.status();
+  return peer.ok() ? *std::move(peer) : nullptr;
+}
+
+// Regression (issue 7): such a reply is valid JSON, yet it tore the connection down and blamed the
+// request with BAD_REPLY. It is matched by id, its result kept raw; the connection stays.
+TEST_F(ServiceTest, SyncRepliesHoldingHugeNumbersAndLoneSurrogatesAreDeliveredOnOneConnection) {
+  for (bool error : {false, true}) {
+    auto peer = StartUnusualReplyPeer(error);
+    ASSERT_NE(peer, nullptr);
+    const std::string event = error ? "E_ERR" : "E_OK";
+    v1::SubscribeResponse subscribed;
+    ASSERT_TRUE(Subscribe(event, peer->socket(), &subscribed).ok());
+    for (int i = 0; i < 3; ++i) {
+      v1::RaiseRequest request;
+      request.set_event(event);
+      request.set_sync(true);
+      request.set_timeout_ms(5000);
+      v1::RaiseResponse response;
+      ASSERT_TRUE(Raise(request, &response).ok());
+      ASSERT_EQ(response.deliveries_size(), 1);
+      const v1::Delivery& delivery = response.deliveries(0);
+      if (error) {
+        EXPECT_EQ(delivery.status(), v1::DELIVERY_STATUS_RPC_ERROR) << delivery.detail();
+        EXPECT_EQ(delivery.error().code(), -32000);
+        EXPECT_EQ(delivery.error().message(), "bad \xef\xbf\xbd");
+        EXPECT_EQ(delivery.error().data(), "-1e400");
+      } else {
+        EXPECT_EQ(delivery.status(), v1::DELIVERY_STATUS_OK) << delivery.detail();
+        EXPECT_EQ(delivery.result(),
+                  R"({"big":1e400,"int":123456789012345678901234567890,"s":"\ud800"})");
+      }
+    }
+    EXPECT_EQ(peer->connections_accepted(), 1);
+  }
+}
+
+// Regression (issue 7): a named param called like the event_param produced a duplicate key.
+TEST_F(ServiceTest, EventParamWinsOverANamedParamOfTheSameNameOnTheWire) {
+  auto peer = testing::JsonRpcPeer::Start();
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  v1::SubscribeRequest subscribe;
+  subscribe.set_event("E_EV");
+  subscribe.set_socket((*peer)->socket());
+  subscribe.set_event_param("ev");
+  v1::SubscribeResponse subscribed;
+  ASSERT_TRUE(stub_->Subscribe(Context().get(), subscribe, &subscribed).ok());
+
+  v1::RaiseRequest request;
+  request.set_event("E_EV");
+  request.set_json(R"({"a":1,"ev":"client","b":[2]})");
+  v1::RaiseResponse response;
+  ASSERT_TRUE(Raise(request, &response).ok());
+  ASSERT_TRUE((*peer)->WaitForMessages(1, kCallDeadline));
+  EXPECT_EQ((*peer)->Messages()[0],
+            R"({"jsonrpc":"2.0","method":"E_EV","params":{"ev":"E_EV","a":1,"b":[2]}})");
 }
 
 TEST_F(ServiceTest, RaiseRejectsTimeoutOutsideBounds) {

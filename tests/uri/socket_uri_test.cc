@@ -66,7 +66,13 @@ INSTANTIATE_TEST_SUITE_P(
         ValidTcpCase{"tcp:[2001:DB8::A]:53", "2001:db8::a", 53, "", "tcp:[2001:db8::a]:53"},
         ValidTcpCase{"tcp:[0:0:0:0:0:0:0:1]:1", "::1", 1, "", "tcp:[::1]:1"},
         ValidTcpCase{"tcp:[::ffff:10.0.0.1]:5", "::ffff:10.0.0.1", 5, "",
-                     "tcp:[::ffff:10.0.0.1]:5"}));
+                     "tcp:[::ffff:10.0.0.1]:5"},
+        // Names made of hex digits that inet_aton cannot read stay names.
+        ValidTcpCase{"tcp:DeadBeef:80", "deadbeef", 80, "", "tcp:deadbeef:80"},
+        ValidTcpCase{"tcp:beef.cafe:80", "beef.cafe", 80, "", "tcp:beef.cafe:80"},
+        ValidTcpCase{"tcp:1e1:80", "1e1", 80, "", "tcp:1e1:80"},
+        ValidTcpCase{"tcp:0x:80", "0x", 80, "", "tcp:0x:80"},
+        ValidTcpCase{"tcp:0.0.0.0:80", "0.0.0.0", 80, "", "tcp:0.0.0.0:80"}));
 
 TEST(SocketUriTest, KeyNamesHostAndPortOnly) {
   absl::StatusOr<TcpTarget> target = ParseTcpSocket("tcp:Host.Example:99/method");
@@ -145,10 +151,11 @@ INSTANTIATE_TEST_SUITE_P(
                                        VirtualPolicy::kRoundRobin,
                                        {"tcp:a:1", "tcp:b:2/x/y"},
                                        "virtual:ROUND-ROBIN tcp:a:1 tcp:b:2/x/y"},
-                      ValidVirtualCase{"virtual:PARALLEL tcp:a:1/ tcp:a:1",
+                      // One target with two methods is two members, not a duplicate.
+                      ValidVirtualCase{"virtual:PARALLEL tcp:a:1/x tcp:a:1/y tcp:a:1",
                                        VirtualPolicy::kParallel,
-                                       {"tcp:a:1", "tcp:a:1"},
-                                       "virtual:PARALLEL tcp:a:1 tcp:a:1"}));
+                                       {"tcp:a:1/x", "tcp:a:1/y", "tcp:a:1"},
+                                       "virtual:PARALLEL tcp:a:1/x tcp:a:1/y tcp:a:1"}));
 
 TEST(SocketUriTest, NamesPolicies) {
   EXPECT_EQ(VirtualPolicyName(VirtualPolicy::kParallel), "PARALLEL");
@@ -240,10 +247,72 @@ INSTANTIATE_TEST_SUITE_P(
                   "socket \"tcp:[fe80::1%eth0]:80\": invalid IPv6 address \"fe80::1%eth0\""},
         ErrorCase{"tcp:999.1.1.1:80",
                   "socket \"tcp:999.1.1.1:80\": invalid IPv4 address \"999.1.1.1\""},
-        ErrorCase{"tcp:1.2.3:80", "socket \"tcp:1.2.3:80\": invalid IPv4 address \"1.2.3\""},
-        ErrorCase{"tcp:123:80", "socket \"tcp:123:80\": invalid IPv4 address \"123\""},
+        ErrorCase{"tcp:1.2.3.4.5:80",
+                  "socket \"tcp:1.2.3.4.5:80\": invalid IPv4 address \"1.2.3.4.5\""},
+        ErrorCase{"tcp:4294967296:80",
+                  "socket \"tcp:4294967296:80\": invalid IPv4 address \"4294967296\""},
+        ErrorCase{"tcp:127.0.0.1.:80",
+                  "socket \"tcp:127.0.0.1.:80\": invalid IPv4 address \"127.0.0.1.\""},
+        // Every form getaddrinfo would read as an IPv4 address (inet_aton) but is not a dotted
+        // quad is refused the same way, naming the address it would have meant.
+        ErrorCase{"tcp:1.2.3:80",
+                  "socket \"tcp:1.2.3:80\": invalid IPv4 address \"1.2.3\" (a non-standard form "
+                  "of 1.2.0.3; write the dotted quad)"},
+        ErrorCase{"tcp:123:80",
+                  "socket \"tcp:123:80\": invalid IPv4 address \"123\" (a non-standard form of "
+                  "0.0.0.123; write the dotted quad)"},
         ErrorCase{"tcp:01.2.3.4:80",
-                  "socket \"tcp:01.2.3.4:80\": invalid IPv4 address \"01.2.3.4\""},
+                  "socket \"tcp:01.2.3.4:80\": invalid IPv4 address \"01.2.3.4\" (a non-standard "
+                  "form of 1.2.3.4; write the dotted quad)"},
+        ErrorCase{"tcp:127.1:80",
+                  "socket \"tcp:127.1:80\": invalid IPv4 address \"127.1\" (a non-standard form "
+                  "of 127.0.0.1; write the dotted quad)"},
+        ErrorCase{"tcp:0x7f.1:80",
+                  "socket \"tcp:0x7f.1:80\": invalid IPv4 address \"0x7f.1\" (a non-standard "
+                  "form of 127.0.0.1; write the dotted quad)"},
+        ErrorCase{"tcp:0X7F.1:80",
+                  "socket \"tcp:0X7F.1:80\": invalid IPv4 address \"0X7F.1\" (a non-standard "
+                  "form of 127.0.0.1; write the dotted quad)"},
+        ErrorCase{"tcp:0x7f.0.0.1:80",
+                  "socket \"tcp:0x7f.0.0.1:80\": invalid IPv4 address \"0x7f.0.0.1\" (a "
+                  "non-standard form of 127.0.0.1; write the dotted quad)"},
+        ErrorCase{"tcp:0177.0.0.1:80",
+                  "socket \"tcp:0177.0.0.1:80\": invalid IPv4 address \"0177.0.0.1\" (a "
+                  "non-standard form of 127.0.0.1; write the dotted quad)"},
+        ErrorCase{"tcp:127.0.0.01:80",
+                  "socket \"tcp:127.0.0.01:80\": invalid IPv4 address \"127.0.0.01\" (a "
+                  "non-standard form of 127.0.0.1; write the dotted quad)"},
+        ErrorCase{"tcp:2130706433:80",
+                  "socket \"tcp:2130706433:80\": invalid IPv4 address \"2130706433\" (a "
+                  "non-standard form of 127.0.0.1; write the dotted quad)"},
+        ErrorCase{"tcp:0x7f000001:80",
+                  "socket \"tcp:0x7f000001:80\": invalid IPv4 address \"0x7f000001\" (a "
+                  "non-standard form of 127.0.0.1; write the dotted quad)"},
+        ErrorCase{"tcp:0xA9.254.169.254:80",
+                  "socket \"tcp:0xA9.254.169.254:80\": invalid IPv4 address "
+                  "\"0xA9.254.169.254\" (a non-standard form of 169.254.169.254; write the "
+                  "dotted quad)"},
+        ErrorCase{"tcp:0:80",
+                  "socket \"tcp:0:80\": invalid IPv4 address \"0\" (a non-standard form of "
+                  "0.0.0.0; write the dotted quad)"},
+        ErrorCase{"virtual:FAILOVER tcp:a:1 tcp:0x7f.1:2",
+                  "socket \"virtual:FAILOVER tcp:a:1 tcp:0x7f.1:2\": member 2 \"tcp:0x7f.1:2\": "
+                  "invalid IPv4 address \"0x7f.1\" (a non-standard form of 127.0.0.1; write the "
+                  "dotted quad)"},
+        // A member listed twice, compared after normalisation (host case, port zeros, an empty
+        // method, IPv6 spelling).
+        ErrorCase{"virtual:PARALLEL tcp:a:1/ tcp:a:1",
+                  "socket \"virtual:PARALLEL tcp:a:1/ tcp:a:1\": member 2 \"tcp:a:1\": duplicate "
+                  "of member 1 (tcp:a:1)"},
+        ErrorCase{"virtual:FAILOVER tcp:Host:01/m tcp:b:2 tcp:host:1/m",
+                  "socket \"virtual:FAILOVER tcp:Host:01/m tcp:b:2 tcp:host:1/m\": member 3 "
+                  "\"tcp:host:1/m\": duplicate of member 1 (tcp:host:1/m)"},
+        ErrorCase{"virtual:ROUND-ROBIN tcp:[0:0::1]:5 tcp:[::1]:5",
+                  "socket \"virtual:ROUND-ROBIN tcp:[0:0::1]:5 tcp:[::1]:5\": member 2 "
+                  "\"tcp:[::1]:5\": duplicate of member 1 (tcp:[::1]:5)"},
+        ErrorCase{"virtual:PARALLEL tcp:1.2.3.4:9 tcp:1.2.3.4:9",
+                  "socket \"virtual:PARALLEL tcp:1.2.3.4:9 tcp:1.2.3.4:9\": member 2 "
+                  "\"tcp:1.2.3.4:9\": duplicate of member 1 (tcp:1.2.3.4:9)"},
         ErrorCase{"tcp:a!b:80", "socket \"tcp:a!b:80\": invalid character '!' in host \"a!b\""},
         ErrorCase{"tcp:a\x01:80",
                   "socket \"tcp:a\x01:80\": invalid character '\\x01' in host \"a\x01\""},
