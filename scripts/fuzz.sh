@@ -7,8 +7,6 @@
 #   scripts/fuzz.sh                      all targets
 #   scripts/fuzz.sh reply_fuzz           some targets
 #   FUZZ_SECONDS=600 scripts/fuzz.sh     a longer run
-# FUZZ_TOLERATE_VALID_AS_INVALID=1 lets reply_fuzz look past valid JSON replies that the parser
-# calls "not JSON" (a known defect while it is open; see tests/fuzz/pending/).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${FUZZ_BUILD_DIR:-$ROOT/build-fuzz}"
@@ -82,7 +80,7 @@ report() {
     echo "reproducer: $artifact"
     echo "  replay:   $BUILD_DIR/tests/fuzz/$target $artifact"
     echo "  minimise: $BUILD_DIR/tests/fuzz/$target -minimize_crash=1 -runs=100000 $artifact"
-    echo "  then add the minimised file to tests/fuzz/regressions/$target/ (or pending/ if known)"
+    echo "  then add the minimised file to tests/fuzz/regressions/$target/"
   fi
 }
 

@@ -158,16 +158,6 @@ int MaxDepth(absl::string_view frame) {
   return max_depth;
 }
 
-// FUZZ_TOLERATE_VALID_AS_INVALID=1 skips the first check of CheckReply, so that a long run can
-// look past a known defect of that kind (valid JSON the parser cannot hold) while it is open.
-bool TolerateValidAsInvalid() {
-  static const bool tolerate = [] {
-    const char* value = std::getenv("FUZZ_TOLERATE_VALID_AS_INVALID");
-    return value != nullptr && std::string(value) == "1";
-  }();
-  return tolerate;
-}
-
 // The parser's verdict agrees with an independent RFC 8259 validator: a frame is kInvalid ("not
 // JSON at all", which tears the connection down, SPEC §3) exactly when it is not JSON. Very deep
 // frames may be refused as a resource limit. Raw JSON kept from a reply is compact valid JSON.
@@ -176,7 +166,7 @@ void CheckReply(absl::string_view frame, const Reply& reply) {
   const bool valid = IsValidJson(frame);
   if (reply.kind == Reply::Kind::kInvalid) {
     FUZZ_CHECK(
-        !valid || MaxDepth(frame) > kMaxCheckedDepth || TolerateValidAsInvalid(),
+        !valid || MaxDepth(frame) > kMaxCheckedDepth,
         absl::StrCat("valid JSON reply ", Quote(frame), " classified as not JSON: ", reply.detail));
     return;
   }
