@@ -35,8 +35,7 @@ constexpr int kAcceptBatch = 64;
 constexpr absl::Duration kWarningInterval = absl::Seconds(10);
 
 absl::Status Malformed(absl::string_view address, absl::string_view problem) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("listen ", base::LogValue(address), ": ", problem));
+  return absl::InvalidArgumentError(absl::StrCat("listen \"", address, "\": ", problem));
 }
 
 // Splits "HOST:PORT" or "[V6]:PORT".
@@ -124,7 +123,7 @@ absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(absl::string_view addre
   int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &results);
   if (rc != 0) {
     return absl::UnavailableError(
-        absl::StrCat("listen ", base::LogValue(address), ": cannot bind: ", ::gai_strerror(rc)));
+        absl::StrCat("listen \"", address, "\": cannot bind: ", ::gai_strerror(rc)));
   }
   bool has_v4 = false;
   for (addrinfo* ai = results; ai != nullptr; ai = ai->ai_next) has_v4 |= ai->ai_family == AF_INET;
@@ -149,8 +148,7 @@ absl::StatusOr<std::unique_ptr<Listener>> Listener::Bind(absl::string_view addre
   }
   ::freeaddrinfo(results);
   if (sockets.empty()) {
-    return absl::UnavailableError(
-        absl::StrCat("listen ", base::LogValue(address), ": cannot bind: ", errors));
+    return absl::UnavailableError(absl::StrCat("listen \"", address, "\": cannot bind: ", errors));
   }
   if (!errors.empty()) {
     EB_LOG(kWarning, "listening on part of the address", "listen=", base::LogValue(address),
