@@ -354,8 +354,8 @@ TEST(ClientConnectionsTest, ClosesIdleAndSilentConnections) {
 // --client_keepalive_time_ms + --client_keepalive_timeout_ms, even with no idle timeout.
 TEST(ClientConnectionsTest, ClosesConnectionsThatAnswerNoPing) {
   absl::StatusOr<Server> server =
-      StartEventbusd({"--client_idle_timeout_ms=0", "--client_keepalive_time_ms=500",
-                      "--client_keepalive_timeout_ms=500"});
+      StartEventbusd({"--client_idle_timeout_ms=0", "--client_keepalive_time_ms=1000",
+                      "--client_keepalive_timeout_ms=1000"});
   ASSERT_TRUE(server.ok()) << server.status();
   int mute = ConnectTcp(server->port);
   ASSERT_GE(mute, 0);
