@@ -223,6 +223,9 @@ bool Listener::AcceptAll(int listen_fd) {
     int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
       if (!Admit(fd)) {
+        // A plain close: a gRPC client fails the call at once with UNAVAILABLE. (An HTTP/2
+        // GOAWAY first reads as "connected, then went away" to gRPC 1.51 clients, which queue
+        // the call and reconnect until its deadline instead.)
         ::close(fd);
         continue;
       }
