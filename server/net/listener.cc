@@ -9,7 +9,6 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,6 +23,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "server/base/log.h"
 
@@ -306,8 +306,8 @@ bool Listener::Admit(int fd) {
       WarnRefused("at max_client_connections");
       return false;
     }
-    struct stat st {};
-    if (::fstat(fd, &st) == 0) handed_.push_back({fd, st.st_dev, st.st_ino});
+    uint64_t inode = SocketInode(fd);
+    if (inode != 0) handed_.push_back({fd, inode});
     open_connections_.store(handed_.size(), std::memory_order_relaxed);
   }
   ++admitted_since_count_;
@@ -317,16 +317,30 @@ bool Listener::Admit(int fd) {
 void Listener::Sweep() {
   size_t kept = 0;
   for (const Handed& handed : handed_) {
-    struct stat st {};
-    // Closed (EBADF), or the number now names another file: that connection has left. Socket
+    // Closed, or the number now names another socket or file: that connection has left. Socket
     // inodes are not reused while the socket exists, so a live one is never mistaken.
-    if (::fstat(handed.fd, &st) != 0 || st.st_dev != handed.dev || st.st_ino != handed.ino) {
-      continue;
-    }
+    if (SocketInode(handed.fd) != handed.inode) continue;
     handed_[kept++] = handed;
   }
   handed_.resize(kept);
   open_connections_.store(kept, std::memory_order_relaxed);
+}
+
+uint64_t Listener::SocketInode(int fd) {
+  // readlink of /proc/self/fd/N ("socket:[INODE]") rather than fstat(N): the descriptor belongs
+  // to gRPC once handed out, and a path lookup is no operation on it (ThreadSanitizer would
+  // report an fstat racing with gRPC's close on another thread).
+  char link[64];
+  std::string path = absl::StrCat("/proc/self/fd/", fd);
+  ssize_t n = ::readlink(path.c_str(), link, sizeof(link) - 1);
+  if (n <= 0) return 0;
+  absl::string_view text(link, static_cast<size_t>(n));
+  uint64_t inode = 0;
+  if (!absl::ConsumePrefix(&text, "socket:[") || !absl::ConsumeSuffix(&text, "]") ||
+      !absl::SimpleAtoi(text, &inode)) {
+    return 0;
+  }
+  return inode;
 }
 
 size_t Listener::CountOpenFds() {

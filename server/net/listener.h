@@ -6,7 +6,6 @@
 #ifndef EVENTBUS_SERVER_NET_LISTENER_H_
 #define EVENTBUS_SERVER_NET_LISTENER_H_
 
-#include <sys/types.h>
 
 #include <atomic>
 #include <cstddef>
@@ -53,7 +52,8 @@ struct ListenerStats {
 //
 // Connections handed out are counted as open until the descriptor is closed by whoever took it:
 // the consumer (gRPC) gives no close notification, so each is remembered by descriptor number and
-// socket inode, and a descriptor that is closed, or now names another socket, has left.
+// socket inode (from /proc/self/fd), and a descriptor that is closed, or now names another socket,
+// has left.
 class Listener {
  public:
   // Takes ownership of `fd` (a non-blocking, close-on-exec TCP socket); `listen_fd` is the
@@ -84,8 +84,7 @@ class Listener {
  private:
   struct Handed {
     int fd;
-    dev_t dev;
-    ino_t ino;
+    uint64_t inode;
   };
 
   Listener(std::vector<base::UniqueFd> sockets, int port, ListenerOptions options);
@@ -96,6 +95,8 @@ class Listener {
   bool Admit(int fd);
   // Forgets handed-out connections that have since been closed.
   void Sweep();
+  // The inode of the socket `fd` names in this process, 0 when it names none.
+  static uint64_t SocketInode(int fd);
   // Descriptors this process has open (its /proc/self/fd entries); SIZE_MAX when none can be
   // opened to count them.
   static size_t CountOpenFds();
