@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "server/base/log.h"
+#include "server/net/fd_budget.h"
 #include "server/registry/subscription.h"
 #include "server/service/server.h"
 
@@ -59,6 +60,17 @@ ABSL_FLAG(int64_t, failover_timeout_ms, 30000,
           "A virtual FAILOVER member that failed is skipped for this long");
 ABSL_FLAG(int64_t, shutdown_grace_ms, 5000,
           "On SIGTERM/SIGINT: time to finish in-flight calls and drain queued deliveries");
+ABSL_FLAG(int64_t, max_client_connections, 0,
+          "Most open gRPC client connections; more are closed at once (0 = derived from the "
+          "descriptor limit, see README)");
+ABSL_FLAG(int64_t, client_idle_timeout_ms, 300000,
+          "A gRPC client connection with no call for this long is closed (0 = never)");
+ABSL_FLAG(int64_t, client_handshake_timeout_ms, 10000,
+          "A gRPC client connection must send its HTTP/2 preface and SETTINGS this soon");
+ABSL_FLAG(int64_t, client_keepalive_time_ms, 60000,
+          "A gRPC client connection quiet for this long is pinged");
+ABSL_FLAG(int64_t, client_keepalive_timeout_ms, 20000,
+          "A gRPC client connection whose ping is not answered this soon is closed");
 ABSL_FLAG(std::string, log_level, "info", "Lowest log level written: debug, info, warning, error");
 
 namespace {
@@ -91,7 +103,12 @@ size_t NonNegative(const char* name, int64_t value) {
   return static_cast<size_t>(value);
 }
 
-eventbus::service::ServerConfig ConfigFromFlags() {
+// `value` of flag `name`, or `derived` when it is 0.
+size_t OrDerived(const char* name, int64_t value, size_t derived) {
+  return value == 0 ? derived : NonNegative(name, value);
+}
+
+eventbus::service::ServerConfig ConfigFromFlags(const eventbus::net::FdBudget& fds) {
   eventbus::service::ServerConfig config;
   config.listen = absl::GetFlag(FLAGS_listen);
   config.store = absl::GetFlag(FLAGS_store);
@@ -131,6 +148,18 @@ eventbus::service::ServerConfig ConfigFromFlags() {
       NonNegative("max_subscriptions_per_event", absl::GetFlag(FLAGS_max_subscriptions_per_event));
   config.limits.default_expire =
       absl::Seconds(NonNegative("default_expire_s", absl::GetFlag(FLAGS_default_expire_s)));
+
+  config.max_client_connections =
+      OrDerived("max_client_connections", absl::GetFlag(FLAGS_max_client_connections),
+                fds.client_connections);
+  config.client_fd_headroom = fds.fd_headroom;
+  config.client_idle_timeout = absl::Milliseconds(
+      NonNegative("client_idle_timeout_ms", absl::GetFlag(FLAGS_client_idle_timeout_ms)));
+  config.client_handshake_timeout =
+      absl::Milliseconds(absl::GetFlag(FLAGS_client_handshake_timeout_ms));
+  config.client_keepalive_time = absl::Milliseconds(absl::GetFlag(FLAGS_client_keepalive_time_ms));
+  config.client_keepalive_timeout =
+      absl::Milliseconds(absl::GetFlag(FLAGS_client_keepalive_timeout_ms));
   return config;
 }
 
@@ -170,7 +199,18 @@ int main(int argc, char** argv) {
   absl::Duration grace =
       absl::Milliseconds(NonNegative("shutdown_grace_ms", absl::GetFlag(FLAGS_shutdown_grace_ms)));
 
-  auto server = eventbus::service::EventBusServer::Start(ConfigFromFlags());
+  // Connections cost descriptors: take every one the hard limit allows, and share them out
+  // (net/fd_budget.h) so that neither clients nor targets can exhaust them.
+  uint64_t previous_soft = 0;
+  absl::StatusOr<eventbus::net::FdLimit> fd_limit = eventbus::net::RaiseFdLimit(&previous_soft);
+  if (!fd_limit.ok()) Fail(fd_limit.status().ToString());
+  eventbus::net::FdBudget fds = eventbus::net::DeriveFdBudget(fd_limit->soft);
+  EB_LOG(kInfo, "file descriptor limit", "soft=", fd_limit->soft, " hard=", fd_limit->hard,
+         " previous_soft=", previous_soft, " reserve=", fds.reserve,
+         " derived_max_client_connections=", fds.client_connections,
+         " derived_max_target_connections=", fds.target_connections);
+
+  auto server = eventbus::service::EventBusServer::Start(ConfigFromFlags(fds));
   if (!server.ok()) Fail(absl::StrCat("cannot start: ", server.status().ToString()));
 
   int signal_number = 0;

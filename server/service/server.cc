@@ -1,5 +1,8 @@
 #include "server/service/server.h"
 
+#include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <utility>
 
 #include "absl/memory/memory.h"
@@ -64,7 +67,26 @@ absl::Status ValidateConfig(const ServerConfig& config) {
   if (config.store_health_poll <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("store_health_poll must be positive");
   }
+  if (config.client_idle_timeout < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("client_idle_timeout_ms must not be negative (0 = never)");
+  }
+  for (const auto& [name, value] :
+       {std::pair<const char*, absl::Duration>{"client_handshake_timeout_ms",
+                                               config.client_handshake_timeout},
+        {"client_keepalive_time_ms", config.client_keepalive_time},
+        {"client_keepalive_timeout_ms", config.client_keepalive_timeout}}) {
+    if (value <= absl::ZeroDuration()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ": ", value / absl::Milliseconds(1), " must be positive"));
+    }
+  }
   return absl::OkStatus();
+}
+
+// A duration as a gRPC integer channel argument in ms (which is an int).
+int ChannelArgMs(absl::Duration duration) {
+  return static_cast<int>(
+      std::min<int64_t>(absl::ToInt64Milliseconds(duration), std::numeric_limits<int>::max()));
 }
 
 // "host:port" with the bound port in place of the configured one (which may be 0).
@@ -113,23 +135,60 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
       server->registry_.get(), server->manager_.get(), server->dispatcher_.get(),
       server->pool_.get(), clock, service_options);
 
+  // EventBus accepts the connections itself (net::Listener: gRPC 1.51's own listener stops for
+  // good at the first EMFILE, and has no connection cap) and hands them to gRPC through an
+  // external-connection acceptor, which builds the same transport, credentials included, as a
+  // listening port would. Bound after the store has loaded: the port opens only when serving.
+  net::ListenerOptions listener_options;
+  listener_options.max_connections = config.max_client_connections;
+  listener_options.fd_headroom = config.client_fd_headroom;
+  absl::StatusOr<std::unique_ptr<net::Listener>> listener =
+      net::Listener::Bind(config.listen, listener_options);
+  if (!listener.ok()) return listener.status();
+  server->listener_ = *std::move(listener);
+
   // Both are process-wide switches read by the next ServerBuilder.
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  // gRPC sets SO_REUSEPORT by default, which would let a second server silently share the port.
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  int port = 0;
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
+  server->acceptor_ = builder.experimental().AddExternalConnectionAcceptor(
+      grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD,
+      grpc::InsecureServerCredentials());
+  // Connections that never finish the handshake, stay idle, or whose peer is gone are closed.
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+                             ChannelArgMs(config.client_handshake_timeout));
+  if (config.client_idle_timeout > absl::ZeroDuration()) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                               ChannelArgMs(config.client_idle_timeout));
+  }
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             ChannelArgMs(config.client_keepalive_time));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             ChannelArgMs(config.client_keepalive_timeout));
+  // Ping connections without calls too (an idle half-open one is the kind that leaks), with no
+  // cap on pings between data frames (gRPC's default of 2 would stop the keepalive pings).
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // Clients' own keepalive pings are welcome every 10 s, with or without calls (gRPC's default
+  // answers a ping without calls more often than every 2 h with GOAWAY "too_many_pings").
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
-  if (server->server_ == nullptr || port == 0) {
-    server->server_.reset();
-    return absl::UnavailableError(absl::StrCat(
-        "listen \"", config.listen, "\": cannot bind (address in use, not local, or malformed)"));
+  if (server->server_ == nullptr) {
+    return absl::InternalError(
+        absl::StrCat("listen \"", config.listen, "\": gRPC server did not start"));
   }
-  server->port_ = port;
-  server->address_ = DialAddress(config.listen, port);
+  server->port_ = server->listener_->port();
+  server->address_ = DialAddress(config.listen, server->port_);
+  int port = server->port_;
+  // The server has started (the acceptor drops connections handed to it before that).
+  grpc::experimental::ExternalConnectionAcceptor* acceptor = server->acceptor_.get();
+  server->listener_->Start([acceptor](int listen_fd, int fd) {
+    grpc::experimental::ExternalConnectionAcceptor::NewConnectionParameters params;
+    params.listener_fd = listen_fd;
+    params.fd = fd;
+    acceptor->HandleNewConnection(&params);
+  });
 
   grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
   health->SetServingStatus("", true);
@@ -145,7 +204,8 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
   EB_LOG(kInfo, "eventbusd serving", "listen=", base::LogValue(server->address_), " port=", port,
          " store=", base::LogValue(config.store), " loops=", server->pool_->num_loops(),
          " sync_mode=", config.sync_mode ? "true" : "false",
-         " timeout_ms=", config.timeout / absl::Milliseconds(1));
+         " timeout_ms=", config.timeout / absl::Milliseconds(1),
+         " max_client_connections=", config.max_client_connections);
   return server;
 }
 
@@ -180,6 +240,9 @@ void EventBusServer::Shutdown(absl::Duration grace) {
     EB_LOG(kInfo, "shutting down", "grace_ms=", grace / absl::Milliseconds(1));
     // Every service reports NOT_SERVING from here on.
     server_->GetHealthCheckService()->Shutdown();
+    // No new connections from here on (the kernel refuses them), and none handed to gRPC after
+    // it shut down (its acceptor would neither serve nor close one).
+    listener_->Stop();
     // grpc::Server::Shutdown stops accepting, waits for in-flight calls until the deadline, then
     // cancels them, and returns only once each call has finished. A sync Raise finishes when its
     // deliveries have outcomes, which pool_->Shutdown() forces; so it runs aside while this thread
@@ -195,6 +258,7 @@ void EventBusServer::Shutdown(absl::Duration grace) {
     pool_->Shutdown();
     shutdown_thread.join();
   } else if (pool_ != nullptr) {
+    if (listener_ != nullptr) listener_->Stop();
     pool_->Shutdown();
   }
   if (manager_ != nullptr) manager_->Stop();

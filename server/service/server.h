@@ -1,5 +1,6 @@
 // EventBusServer wires the whole process together: writer pool, registry, store, subscription
-// manager, dispatcher and the gRPC server (EventBusService, reflection, grpc.health.v1). Used by
+// manager, dispatcher and the gRPC server (EventBusService, reflection, grpc.health.v1), whose
+// connections come from net::Listener (EventBus accepts them itself, see listener.h). Used by
 // server/main.cc and, in-process, by tests (listen on port 0, read port()).
 #ifndef EVENTBUS_SERVER_SERVICE_SERVER_H_
 #define EVENTBUS_SERVER_SERVICE_SERVER_H_
@@ -14,8 +15,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
 #include "server/base/clock.h"
 #include "server/delivery/dispatcher.h"
+#include "server/net/listener.h"
 #include "server/net/writer_pool.h"
 #include "server/registry/registry.h"
 #include "server/service/eventbus_service.h"
@@ -46,6 +49,21 @@ struct ServerConfig {
   store::SubscriptionLimits limits;
   // How often the store's health is copied to the "eventbus.store" health status.
   absl::Duration store_health_poll = absl::Milliseconds(500);
+
+  // gRPC client connections. Beyond max_client_connections open ones (0 = no cap), or with fewer
+  // than client_fd_headroom descriptors left under the soft limit (0 = no check), a new
+  // connection is closed at once (the client sees UNAVAILABLE). main.cc derives both from the
+  // descriptor limit (net/fd_budget.h).
+  size_t max_client_connections = 0;
+  size_t client_fd_headroom = 0;
+  // A connection with no call for this long is closed (GOAWAY); zero means never.
+  absl::Duration client_idle_timeout = absl::Minutes(5);
+  // A connection must finish its handshake (the client's HTTP/2 preface and SETTINGS) this soon.
+  absl::Duration client_handshake_timeout = absl::Seconds(10);
+  // The server pings every connection quiet for keepalive_time and closes it when the ping is not
+  // answered within keepalive_timeout (dead peers, half-open connections).
+  absl::Duration client_keepalive_time = absl::Minutes(1);
+  absl::Duration client_keepalive_timeout = absl::Seconds(20);
 };
 
 // The running server. Thread-safe: Shutdown() and Wait() may be called from any thread.
@@ -61,12 +79,15 @@ class EventBusServer {
   // Shutdown(absl::ZeroDuration()) if not done yet.
   ~EventBusServer();
 
-  // Reports NOT_SERVING, stops accepting calls and lets in-flight ones finish, drains queued
-  // deliveries, all within `grace`; then fails what is left (CONNECTION_LOST), stops the pool and
-  // the store. Blocking; idempotent.
+  // Reports NOT_SERVING, stops accepting connections and calls and lets in-flight ones finish,
+  // drains queued deliveries, all within `grace`; then fails what is left (CONNECTION_LOST), stops
+  // the pool and the store. Blocking; idempotent.
   void Shutdown(absl::Duration grace);
   // Blocks until Shutdown() has completed.
   void Wait();
+
+  // Client connections accepted and refused (net::Listener's counters).
+  net::ListenerStats client_connection_stats() const { return listener_->stats(); }
 
   // The bound port (useful with port 0) and "host:port" to dial.
   int port() const { return port_; }
@@ -92,6 +113,9 @@ class EventBusServer {
   std::unique_ptr<delivery::Dispatcher> dispatcher_;
   std::unique_ptr<EventBusServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
+  // Hands the connections accepted by listener_ to server_.
+  std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor_;
+  std::unique_ptr<net::Listener> listener_;
   std::thread health_thread_;
 
   absl::Mutex mu_;
