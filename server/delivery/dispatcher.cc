@@ -416,7 +416,10 @@ void Dispatcher::NextGroupAttempt(std::shared_ptr<GroupRun> run,
   req.done = [this, run, member_text = member->ToString(), started = now](Outcome o) mutable {
     RaiseState& state = *run->raise;
     const absl::Time at = clock_->Now();
-    if (MemberFailed(o)) {
+    const bool cancelled = state.Cancelled();
+    if (cancelled) {
+      // An abandoned attempt says nothing about the member.
+    } else if (MemberFailed(o)) {
       std::lock_guard<std::mutex> lock(mu_);
       failed_at_[member_text] = at;
       if (failed_at_.size() >= failed_prune_at_) {
@@ -443,7 +446,7 @@ void Dispatcher::NextGroupAttempt(std::shared_ptr<GroupRun> run,
       state.Complete(run->slot, std::move(r));
       return;
     }
-    if (state.Cancelled()) {
+    if (cancelled) {
       DeliveryReport r;
       r.latency = at - state.start;
       r.outcome = std::move(o);

@@ -68,7 +68,8 @@ class Dispatcher {
     std::weak_ptr<RaiseState> state_;
   };
 
-  // `pool` and `clock` must outlive the dispatcher.
+  // `pool` and `clock` must outlive the dispatcher, and the pool must be shut down before it is
+  // destroyed: outcomes of group attempts still in flight call back into it.
   Dispatcher(net::WriterPool* pool, const base::Clock* clock, DispatcherOptions options);
   ~Dispatcher();
 

@@ -61,6 +61,11 @@ class DispatcherTest : public ::testing::Test {
     MakeDispatcher(DispatcherOptions{});
   }
 
+  // Outcomes still in flight call back into the dispatcher: the pool goes first.
+  void TearDown() override {
+    if (pool_ != nullptr) pool_->Shutdown();
+  }
+
   void MakeDispatcher(DispatcherOptions options) {
     dispatcher_ =
         std::make_unique<Dispatcher>(pool_.get(), base::RealClock::Get(), std::move(options));
@@ -208,7 +213,14 @@ TEST_F(DispatcherTest, FailoverPassesOverAMemberWhoseSharedConnectionIsReconnect
   // A plain subscription to the dead target leaves its shared connection waiting to reconnect.
   auto plain = Raise({Sub("plain", dead)}, /*sync=*/true, {}, absl::Milliseconds(300));
   ASSERT_EQ(plain[0].outcome.code, DeliveryCode::kConnectFailed);
-  auto stats = pool_->Stats(uri::ParseTcpSocket(dead)->Key());
+  // The Raise may end while a retry is still being refused: wait for the backoff it leads to.
+  std::optional<net::TargetStats> stats;
+  absl::Time deadline = absl::Now() + kWait;
+  for (;;) {
+    stats = pool_->Stats(uri::ParseTcpSocket(dead)->Key());
+    if ((stats && stats->state == net::ConnState::kBackoff) || absl::Now() >= deadline) break;
+    absl::SleepFor(absl::Milliseconds(1));  // polling a condition, bounded by the deadline
+  }
   ASSERT_TRUE(stats.has_value());
   ASSERT_EQ(stats->state, net::ConnState::kBackoff);
 

@@ -1081,26 +1081,38 @@ std::string UnterminatedReply(int64_t id, size_t bytes) {
   return out;
 }
 
-TEST_F(WriterPoolTest, PartialReplyIsDroppedOnceNoRequestIsOutstanding) {
+TEST_F(WriterPoolTest, PartialRepliesAreDroppedOnceNoRequestIsOutstanding) {
+  // Many subscribers each answer with the start of a 512 KiB reply that never ends.
+  constexpr int kPeers = 16;
   constexpr size_t kReply = 512 << 10;
-  auto peer = LoopbackPeer::Start({}, [](int, const std::string& message) {
-    return UnterminatedReply(LoopbackPeer::IdOf(message), kReply);
-  });
   StartPool();
-  const std::string key = absl::StrCat("127.0.0.1:", peer->port());
-  SubmitOne(*pool_, Call(peer->port(), Body("E"), outcomes_.Callback(0), absl::Milliseconds(500)));
-  // While the request waits, its partial reply is held (and shown).
-  ASSERT_TRUE(WaitForStats(key, [](const std::optional<TargetStats>& s) {
-    return s && s->reply_buffer_bytes >= kReply - 1024;
-  }));
-  ASSERT_TRUE(outcomes_.WaitFor(1));
-  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kTimeout);
-  // Then it can only be unmatched: the connection is closed and the bytes freed at once, not
-  // after the idle timeout.
-  EXPECT_TRUE(WaitForStats(
-      key, [](const std::optional<TargetStats>& s) { return !s || s->reply_buffer_bytes == 0; },
-      absl::Seconds(2)));
-  EXPECT_TRUE(peer->WaitForClosed(0, absl::Seconds(2)));
+  std::vector<std::unique_ptr<LoopbackPeer>> peers;
+  for (int i = 0; i < kPeers; ++i) {
+    peers.push_back(LoopbackPeer::Start({}, [](int, const std::string& message) {
+      return UnterminatedReply(LoopbackPeer::IdOf(message), kReply);
+    }));
+    SubmitOne(*pool_, Call(peers.back()->port(), Body("E"), outcomes_.Callback(i),
+                           absl::Milliseconds(1000)));
+  }
+  auto total_buffered = [&] {
+    uint64_t total = 0;
+    for (const TargetStats& s : pool_->AllStats()) total += s.reply_buffer_bytes;
+    return total;
+  };
+  // While the requests wait, their partial replies are held (and shown).
+  absl::Time deadline = absl::Now() + kWait;
+  while (total_buffered() < kPeers * (kReply - 1024) && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));  // polling a condition, bounded by the deadline
+  }
+  ASSERT_GE(total_buffered(), kPeers * (kReply - 1024));
+  ASSERT_TRUE(outcomes_.WaitFor(kPeers));
+  for (int i = 0; i < kPeers; ++i) EXPECT_EQ(outcomes_.Get(i).code, DeliveryCode::kTimeout);
+  // Then they can only be unmatched: the connections are closed and the bytes freed at once,
+  // not after the idle timeout (5 minutes).
+  deadline = absl::Now() + absl::Seconds(2);
+  while (total_buffered() > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_EQ(total_buffered(), 0u);
+  for (auto& peer : peers) EXPECT_TRUE(peer->WaitForClosed(0, absl::Seconds(2)));
 }
 
 TEST_F(WriterPoolTest, UnsolicitedPartialReplyClosesTheConnection) {
