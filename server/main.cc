@@ -37,6 +37,8 @@ ABSL_FLAG(int32_t, loops, 0, "Event-loop threads of the writer pool (0 = number 
 ABSL_FLAG(int64_t, queue_max_messages, 10000, "Per-target queue bound, in messages");
 ABSL_FLAG(int64_t, queue_max_bytes, 16777216, "Per-target queue bound, in bytes");
 ABSL_FLAG(int64_t, connect_timeout_ms, 2000, "TCP connect timeout in ms");
+ABSL_FLAG(int64_t, resolve_timeout_ms, 2000,
+          "DNS lookup timeout in ms (RESOLVE_FAILED when a target's name is not resolved in time)");
 ABSL_FLAG(int64_t, reconnect_min_backoff_ms, 50,
           "First reconnect delay in ms (doubles per failure)");
 ABSL_FLAG(int64_t, reconnect_max_backoff_ms, 5000, "Longest reconnect delay in ms");
@@ -107,6 +109,7 @@ eventbus::service::ServerConfig ConfigFromFlags() {
   config.pool.max_queue_bytes =
       NonNegative("queue_max_bytes", absl::GetFlag(FLAGS_queue_max_bytes));
   config.pool.connect_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_connect_timeout_ms));
+  config.pool.resolve_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_resolve_timeout_ms));
   config.pool.min_backoff = absl::Milliseconds(absl::GetFlag(FLAGS_reconnect_min_backoff_ms));
   config.pool.max_backoff = absl::Milliseconds(absl::GetFlag(FLAGS_reconnect_max_backoff_ms));
   config.pool.max_reply_bytes =

@@ -21,7 +21,8 @@
 namespace eventbus::net {
 namespace {
 
-constexpr int kResolverThreads = 2;
+// Most resolver threads: one per distinct name being looked up (see resolver.h).
+constexpr int kMaxResolverThreads = 32;
 constexpr absl::Duration kDrainPollInterval = absl::Milliseconds(5);
 constexpr absl::string_view kShuttingDown = "shutting down";
 // Without a usable RLIMIT_NOFILE, the cap on target connections.
@@ -118,7 +119,10 @@ absl::StatusOr<std::unique_ptr<WriterPool>> WriterPool::Create(const PoolOptions
   }
   int n = options.num_loops;
   if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  s.resolver = std::make_unique<Resolver>(kResolverThreads);
+  ResolverOptions resolver_options;
+  resolver_options.timeout = options.resolve_timeout;
+  resolver_options.max_threads = kMaxResolverThreads;
+  s.resolver = std::make_unique<Resolver>(std::move(resolver_options));
   for (int i = 0; i < n; ++i) {
     absl::StatusOr<std::unique_ptr<EventLoop>> loop = EventLoop::Create();
     if (!loop.ok()) {

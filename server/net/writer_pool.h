@@ -31,6 +31,8 @@ struct PoolOptions {
   size_t max_queue_bytes = 16 << 20;
   // Non-blocking connect gives up after this long (CONNECT_FAILED).
   absl::Duration connect_timeout = absl::Seconds(2);
+  // A DNS lookup gives up after this long (RESOLVE_FAILED "resolve \"h\": timed out after N ms").
+  absl::Duration resolve_timeout = absl::Seconds(2);
   // Reconnect backoff: starts at min, doubles per failure up to max, with +-20% jitter.
   absl::Duration min_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(5);

@@ -31,6 +31,9 @@ namespace eventbus::store {
 namespace {
 
 constexpr absl::Duration kInitialBackoff = absl::Milliseconds(100);
+// What a put request adds to its key and value on the way into etcd's raft log (protobuf tags and
+// lengths, the lease, the request header), rounded up.
+constexpr size_t kRequestOverheadBytes = 64;
 
 // Returns the smallest key greater than every key starting with `prefix` (etcd's range_end for a
 // prefix): the last byte below 0xff incremented, what follows it dropped.
@@ -130,10 +133,9 @@ class EtcdStore::Impl {
   void RewatchFrom(int64_t revision);
 
  private:
-  // What this replica last applied for one key: the revision of the change and the key's lease.
+  // What this replica last applied for one key: the revision of the change.
   struct KeyState {
     int64_t revision = 0;
-    int64_t lease = 0;
   };
 
   // The whole prefix at one revision.
@@ -149,9 +151,11 @@ class EtcdStore::Impl {
     registry::SubscriptionPtr sub;
     Done done;
     std::string key;
+    // The encoded subscription (put only), checked against max_request_bytes before anything is
+    // sent.
+    std::string value;
     absl::Time deadline;
-    // The lease the key held when the write began (revoked after it), and the one granted for it.
-    int64_t old_lease = 0;
+    // The lease granted for this write (0: none).
     int64_t new_lease = 0;
   };
 
@@ -183,9 +187,11 @@ class EtcdStore::Impl {
   void PutKey(std::shared_ptr<WriteOp> op);
   void DeleteKey(std::shared_ptr<WriteOp> op);
   void RevokeLease(int64_t lease);
+  // The error for a put etcd refused as too large.
+  absl::Status TooLarge(const WriteOp& op, absl::string_view why) const;
   void Finish(std::shared_ptr<WriteOp> op, absl::Status status);
   // Records this replica's own acknowledged change, so its watch event is recognised as applied.
-  void RecordAck(const std::string& id, int64_t revision, int64_t lease);
+  void RecordAck(const std::string& id, int64_t revision);
   void SetHealthy(bool healthy, absl::string_view why);
 
   // Bookkeeping for Stop: every asynchronous chain (a write, a revoke) is counted while in flight.
@@ -355,7 +361,7 @@ absl::StatusOr<EtcdStore::Impl::Snapshot> EtcdStore::Impl::Read(absl::Time deadl
   snapshot.subs.reserve(response.kvs_size());
   for (const mvccpb::KeyValue& kv : response.kvs()) {
     std::string id = kv.key().substr(key_prefix_.size());
-    snapshot.keys[id] = KeyState{kv.mod_revision(), kv.lease()};
+    snapshot.keys[id] = KeyState{kv.mod_revision()};
     absl::StatusOr<registry::SubscriptionPtr> sub = DecodeSubscriptionJson(kv.value());
     if (!sub.ok() || (*sub)->id != id) {
       EB_LOG(kWarning, "etcd: skipping a stored subscription", "store=", base::LogValue(name_),
@@ -537,7 +543,7 @@ void EtcdStore::Impl::ApplyWatchResponse(const etcdserverpb::WatchResponse& resp
       // change older than one it made since. Applying it would undo the newer state.
       deliver = it == keys_.end() || it->second.revision < event_revision;
       if (event.type() == mvccpb::Event::PUT) {
-        if (deliver) keys_[id] = KeyState{event_revision, kv.lease()};
+        if (deliver) keys_[id] = KeyState{event_revision};
       } else if (it != keys_.end() && it->second.revision <= event_revision) {
         keys_.erase(it);
       }
@@ -559,7 +565,7 @@ void EtcdStore::Impl::ApplyWatchResponse(const etcdserverpb::WatchResponse& resp
   }
 }
 
-void EtcdStore::Impl::RecordAck(const std::string& id, int64_t revision, int64_t lease) {
+void EtcdStore::Impl::RecordAck(const std::string& id, int64_t revision) {
   // Waits for a delivery in progress: it may carry an older change to this key.
   absl::MutexLock lock(&apply_mu_);
   absl::MutexLock keys_lock(&keys_mu_);
@@ -567,7 +573,7 @@ void EtcdStore::Impl::RecordAck(const std::string& id, int64_t revision, int64_t
   // it), and there is nothing left to skip.
   if (revision <= applied_revision_) return;
   KeyState& state = keys_[id];
-  if (state.revision < revision) state = KeyState{revision, lease};
+  if (state.revision < revision) state = KeyState{revision};
 }
 
 template <typename Request, typename Response>
@@ -585,28 +591,39 @@ void EtcdStore::Impl::Unary(AsyncMethod<Request, Response> method,
   call->context.set_deadline(absl::ToChronoTime(deadline));
   Response* response = &call->response;
   grpc::ClientContext* context = &call->context;
-  method(
-      endpoint, context, request.get(), response,
-      [this, method, request, deadline, attempt, done, call, index,
-       &endpoint](grpc::Status status) {
-        if (status.ok()) {
-          SetHealthy(true, "");
-          done(absl::OkStatus(), call->response);
-          return;
-        }
-        const bool unreachable = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                                 status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
-        if (unreachable) Rotate(index);
-        // Another member may answer: try each once while the deadline allows.
-        if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-            attempt + 1 < endpoints_.size() && absl::Now() < deadline) {
-          Unary(method, request, deadline, attempt + 1, done);
-          return;
-        }
-        if (unreachable) SetHealthy(false, status.error_message());
-        done(absl::UnavailableError(absl::StrCat(Describe(endpoint), ": ", status.error_message())),
-             call->response);
-      });
+  method(endpoint, context, request.get(), response,
+         [this, method, request, deadline, attempt, done, call, index,
+          &endpoint](grpc::Status status) {
+           if (status.ok()) {
+             SetHealthy(true, "");
+             done(absl::OkStatus(), call->response);
+             return;
+           }
+           const bool unreachable = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                                    status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+           if (unreachable) Rotate(index);
+           // Another member may answer: try each once while the deadline allows.
+           if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+               attempt + 1 < endpoints_.size() && absl::Now() < deadline) {
+             Unary(method, request, deadline, attempt + 1, done);
+             return;
+           }
+           if (unreachable) SetHealthy(false, status.error_message());
+           std::string message = absl::StrCat(Describe(endpoint), ": ", status.error_message());
+           // etcd's own "etcdserver: request is too large" (INVALID_ARGUMENT, above
+           // --max-request-bytes) and gRPC's "received message larger than max"
+           // (RESOURCE_EXHAUSTED, above that plus 512 KiB) refuse the request before it is applied,
+           // and would refuse it again: that is the caller's error, not an outage.
+           if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+               absl::StrContains(status.error_message(), "too large")) {
+             done(absl::InvalidArgumentError(message), call->response);
+             return;
+           }
+           // The rest, UNAVAILABLE: etcd could not be reached, or did not answer in time. After a
+           // DEADLINE_EXCEEDED (or a connection lost after sending) the write may have been
+           // applied.
+           done(absl::UnavailableError(std::move(message)), call->response);
+         });
 }
 
 void EtcdStore::Impl::Write(bool put, registry::SubscriptionPtr sub, Done done) {
@@ -618,13 +635,20 @@ void EtcdStore::Impl::Write(bool put, registry::SubscriptionPtr sub, Done done) 
   op->put = put;
   op->key = absl::StrCat(key_prefix_, sub->id);
   op->deadline = absl::Now() + options_.call_timeout;
-  {
-    absl::MutexLock lock(&keys_mu_);
-    auto it = keys_.find(sub->id);
-    if (it != keys_.end()) op->old_lease = it->second.lease;
-  }
   op->sub = std::move(sub);
   op->done = std::move(done);
+  if (put) {
+    op->value = EncodeSubscriptionJson(*op->sub);
+    // etcd refuses a request above its --max-request-bytes, and would do so on every retry: refuse
+    // it here, before a lease is granted, as the client's error rather than an outage. The key,
+    // the value and the lease field plus etcd's raft envelope come to a few dozen bytes more than
+    // key and value alone.
+    const size_t request_bytes = op->key.size() + op->value.size() + kRequestOverheadBytes;
+    if (request_bytes > options_.max_request_bytes) {
+      return Finish(op, TooLarge(*op, absl::StrCat("exceeds the limit of ",
+                                                   options_.max_request_bytes, " bytes")));
+    }
+  }
   if (!put) {
     DeleteKey(std::move(op));
   } else if (op->sub->Expires()) {
@@ -641,6 +665,8 @@ void EtcdStore::Impl::GrantLease(std::shared_ptr<WriteOp> op) {
       &AsyncLeaseGrant, std::move(request), op->deadline, 0,
       [this, op](const absl::Status& status, const etcdserverpb::LeaseGrantResponse& response) {
         if (!status.ok()) return Finish(op, status);
+        // A failed or timed-out grant touched no key: the old one stays as it was (a lease that
+        // was granted after all, unknown to us, expires by its TTL).
         if (!response.error().empty()) {
           return Finish(
               op, absl::UnavailableError(absl::StrCat(name_, ": lease grant: ", response.error())));
@@ -653,34 +679,62 @@ void EtcdStore::Impl::GrantLease(std::shared_ptr<WriteOp> op) {
 void EtcdStore::Impl::PutKey(std::shared_ptr<WriteOp> op) {
   auto request = std::make_shared<etcdserverpb::PutRequest>();
   request->set_key(op->key);
-  request->set_value(EncodeSubscriptionJson(*op->sub));
+  request->set_value(op->value);
   request->set_lease(op->new_lease);
+  // etcd answers with the key as it was just before this put: the lease it leaves is exactly the
+  // one to revoke (a lease this replica remembered could be stale).
+  request->set_prev_kv(true);
   Unary<etcdserverpb::PutRequest, etcdserverpb::PutResponse>(
       &AsyncPut, std::move(request), op->deadline, 0,
       [this, op](const absl::Status& status, const etcdserverpb::PutResponse& response) {
         if (!status.ok()) {
-          // The put may have landed anyway (a lost reply): revoking its lease removes it again,
-          // so a failed write leaves nothing behind.
-          if (op->new_lease != 0) RevokeLease(op->new_lease);
+          // Nothing is revoked here, neither lease. After a timeout or a lost connection the put
+          // may have landed, attached to the new lease: revoking that lease would delete the
+          // subscription (the acknowledged one, refreshed) on every replica. If the put did not
+          // land, the key still holds its old lease and content, as acknowledged before, and the
+          // unused new lease simply expires by its TTL. If it did, every replica's watch applies
+          // it. Either way etcd keeps a subscription the client was told exists.
+          if (op->new_lease != 0) {
+            EB_LOG(kWarning, "etcd: put failed; its lease is left to expire",
+                   "store=", base::LogValue(name_), " key=", base::LogValue(op->key),
+                   " lease=", op->new_lease, " error=", base::LogValue(status.message()));
+          }
+          if (status.code() == absl::StatusCode::kInvalidArgument) {
+            return Finish(op, TooLarge(*op, absl::StrCat("refused by etcd: ", status.message())));
+          }
           return Finish(op, status);
         }
-        RecordAck(op->sub->id, response.header().revision(), op->new_lease);
-        // A refresh: the key left its old lease, whose expiry must no longer delete anything.
-        if (op->old_lease != 0 && op->old_lease != op->new_lease) RevokeLease(op->old_lease);
+        RecordAck(op->sub->id, response.header().revision());
+        // A refresh: the key left its old lease, whose expiry must no longer delete it. Only that
+        // lease's key (this one) ever used it, and the key no longer does.
+        const int64_t old_lease = response.has_prev_kv() ? response.prev_kv().lease() : 0;
+        if (old_lease != 0 && old_lease != op->new_lease) RevokeLease(old_lease);
         Finish(op, absl::OkStatus());
       });
+}
+
+absl::Status EtcdStore::Impl::TooLarge(const WriteOp& op, absl::string_view why) const {
+  return absl::InvalidArgumentError(absl::StrCat(
+      name_, ": subscription \"", op.sub->id,
+      "\" is too large to store: ", op.key.size() + op.value.size(), " bytes of key and value ",
+      why, " (etcd's --max-request-bytes, 1.5 MiB by default); shorten its event_param"));
 }
 
 void EtcdStore::Impl::DeleteKey(std::shared_ptr<WriteOp> op) {
   auto request = std::make_shared<etcdserverpb::DeleteRangeRequest>();
   request->set_key(op->key);
+  // The deleted key's lease, to revoke: what etcd held, not what this replica remembered.
+  request->set_prev_kv(true);
   Unary<etcdserverpb::DeleteRangeRequest, etcdserverpb::DeleteRangeResponse>(
       &AsyncDeleteRange, std::move(request), op->deadline, 0,
       [this, op](const absl::Status& status, const etcdserverpb::DeleteRangeResponse& response) {
+        // A failed delete revokes nothing: the key may still be there, and its lease with it.
         if (!status.ok()) return Finish(op, status);
         // Deleting nothing makes no revision: there is no event to recognise.
-        if (response.deleted() > 0) RecordAck(op->sub->id, response.header().revision(), 0);
-        if (op->old_lease != 0) RevokeLease(op->old_lease);
+        if (response.deleted() > 0) RecordAck(op->sub->id, response.header().revision());
+        for (const mvccpb::KeyValue& kv : response.prev_kvs()) {
+          if (kv.lease() != 0) RevokeLease(kv.lease());
+        }
         Finish(op, absl::OkStatus());
       });
 }

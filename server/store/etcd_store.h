@@ -5,6 +5,7 @@
 #ifndef EVENTBUS_SERVER_STORE_ETCD_STORE_H_
 #define EVENTBUS_SERVER_STORE_ETCD_STORE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -28,6 +29,9 @@ struct EtcdStoreOptions {
   absl::Duration start_timeout = absl::Seconds(5);
   // Cap of the reconnect backoff (it starts at 100 ms and doubles, with jitter).
   absl::Duration max_backoff = absl::Seconds(2);
+  // A put whose key and value (plus a small envelope) exceed this is refused INVALID_ARGUMENT
+  // without being sent. etcd's --max-request-bytes, 1.5 MiB by default; set it to the cluster's.
+  size_t max_request_bytes = 1536 * 1024;
 };
 
 // Owned by whoever opened it (OpenStore). Thread-safe. Listener calls run on the watch thread
@@ -56,10 +60,16 @@ class EtcdStore final : public SubscriptionStore {
   void Stop() override;
 
   // Grants a lease of ceil(seconds until expiry) when `sub` expires, puts the key with it, then
-  // revokes the lease the key held before (a refresh). done(UNAVAILABLE) with
-  // `store etcd (127.0.0.1:2379): <reason>` when etcd cannot be reached within call_timeout.
+  // revokes the lease the key held just before (a refresh; etcd reports it with the put).
+  // done(UNAVAILABLE) with `store etcd (127.0.0.1:2379): <reason>` when etcd cannot be reached or
+  // does not answer within call_timeout; done(INVALID_ARGUMENT) naming the subscription when it is
+  // too large for etcd (max_request_bytes, or etcd's own refusal).
+  //
+  // A failure never removes what was stored before: the outcome of a put that timed out is
+  // unknown (it may have landed), so no lease is revoked after a failure. Either the old key and
+  // lease are untouched, or the new ones are in place; an unused new lease expires by its TTL.
   void Put(registry::SubscriptionPtr sub, Done done) override;
-  // Deletes the key (and revokes its lease). Same errors as Put.
+  // Deletes the key, then revokes the lease it held. Same UNAVAILABLE errors as Put.
   void Delete(registry::SubscriptionPtr sub, Done done) override;
 
   // False while etcd cannot be reached (a failed call, or the watch cannot reconnect).

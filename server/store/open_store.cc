@@ -60,10 +60,25 @@ bool ValidEndpoint(absl::string_view endpoint) {
          endpoint.find_first_of(" \t/") == absl::string_view::npos;
 }
 
-// `url` is "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"; PREFIX defaults to /eventbus.
+// `url` is "etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?max_request_bytes=N]"; PREFIX defaults to
+// /eventbus, N (the cluster's --max-request-bytes) to etcd's default.
 StoreOr OpenEtcd(absl::string_view url) {
   absl::string_view rest = url.substr(7);  // after "etcd://"
   EtcdStoreOptions options;
+  if (size_t question = rest.find('?'); question != absl::string_view::npos) {
+    for (absl::string_view option : absl::StrSplit(rest.substr(question + 1), '&')) {
+      constexpr absl::string_view kMaxRequestBytes = "max_request_bytes=";
+      size_t value = 0;
+      if (!absl::StartsWith(option, kMaxRequestBytes) ||
+          !absl::SimpleAtoi(option.substr(kMaxRequestBytes.size()), &value) || value == 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("store \"", url, "\": bad option \"", option,
+                         "\" (expected max_request_bytes=BYTES, BYTES > 0)"));
+      }
+      options.max_request_bytes = value;
+    }
+    rest = rest.substr(0, question);
+  }
   size_t slash = rest.find('/');
   if (slash != absl::string_view::npos) {
     absl::string_view prefix = rest.substr(slash);

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "server/base/log.h"
 #include "server/store/store_codec.h"
 
@@ -69,6 +70,13 @@ absl::Status SqliteStore::SqlError(absl::string_view operation, int rc) const {
     return absl::UnavailableError(
         absl::StrCat("sqlite \"", options_.path, "\": file is not a database"));
   }
+  if ((rc & 0xff) == SQLITE_CORRUPT) {
+    // Every later write through the damaged page fails the same way: say so, not "unavailable".
+    return absl::DataLossError(
+        absl::StrCat("sqlite \"", options_.path, "\": ", operation, ": database file is corrupt (",
+                     db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc),
+                     "); restore it from a backup, or move it away to start empty"));
+  }
   std::string detail = db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
   // SQLite's "unable to open database file" hides the reason; the OS error names it.
   int sys_errno = db_ != nullptr ? sqlite3_system_errno(db_) : 0;
@@ -83,6 +91,27 @@ absl::Status SqliteStore::Exec(const char* sql) {
   int rc = sqlite3_exec(db_, sql, nullptr, nullptr, nullptr);
   if (rc != SQLITE_OK) return SqlError(sql, rc);
   return absl::OkStatus();
+}
+
+absl::Status SqliteStore::CheckIntegrity() {
+  // quick_check reads every page and checks every b-tree (tables and indexes), which a start-up
+  // that only scans the table would not; it skips integrity_check's cross-check of each index
+  // entry against its row, which costs ten times as much (3 s against 0.3 s at 100k rows).
+  sqlite3_stmt* raw = nullptr;
+  int rc = sqlite3_prepare_v2(db_, "PRAGMA quick_check(5)", -1, &raw, nullptr);
+  Statement stmt(raw);
+  if (rc != SQLITE_OK) return SqlError("check", rc);
+  std::vector<std::string> problems;
+  while ((rc = sqlite3_step(stmt.get())) == SQLITE_ROW) {
+    std::string line = ColumnText(stmt.get(), 0);
+    if (line != "ok") problems.push_back(std::move(line));
+  }
+  if (rc != SQLITE_DONE) return SqlError("check", rc);
+  if (problems.empty()) return absl::OkStatus();
+  return absl::DataLossError(
+      absl::StrCat("sqlite \"", options_.path,
+                   "\": database file is corrupt (quick_check: ", absl::StrJoin(problems, "; "),
+                   "); restore it from a backup, or move it away to start empty"));
 }
 
 void SqliteStore::CloseDb() {
@@ -147,6 +176,21 @@ absl::Status SqliteStore::Start(Listener* listener) {
   // page cache, before done runs) but not a power cut or kernel crash. FULL fsyncs the WAL at
   // every commit; group commit pays that once per batch, so durability costs little throughput.
   if (absl::Status status = Exec("PRAGMA synchronous=FULL"); !status.ok()) return fail(status);
+  // Keep the WAL small: SQLite checkpoints it into the file after any commit that leaves it at
+  // kCheckpointPages or more, and when the next commit starts the log over it cuts the file back
+  // to kWalTruncateBytes (without a limit the file keeps its largest size forever). With this
+  // connection the only one, every checkpoint completes, so the log does start over.
+  if (absl::Status status =
+          Exec(absl::StrCat("PRAGMA wal_autocheckpoint=", kCheckpointPages).c_str());
+      !status.ok()) {
+    return fail(status);
+  }
+  if (absl::Status status =
+          Exec(absl::StrCat("PRAGMA journal_size_limit=", kWalTruncateBytes).c_str());
+      !status.ok()) {
+    return fail(status);
+  }
+  if (absl::Status status = CheckIntegrity(); !status.ok()) return fail(status);
 
   int version = 0;
   {

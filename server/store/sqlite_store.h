@@ -5,6 +5,7 @@
 #define EVENTBUS_SERVER_STORE_SQLITE_STORE_H_
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <thread>
@@ -38,16 +39,19 @@ class SqliteStore final : public SubscriptionStore {
   explicit SqliteStore(SqliteStoreOptions options);
   ~SqliteStore() override;
 
-  // Opens or creates the file, checks the schema version, loads every row into
+  // Opens or creates the file, checks it (PRAGMA quick_check: every page and b-tree, indexes
+  // included; about 0.3 s for 100k subscriptions) and the schema version, loads every row into
   // listener->OnReload and starts the writer thread. Errors name the file:
-  // `sqlite "/data/subscriptions.db": file is not a database`. FAILED_PRECONDITION when the file
-  // was written by a newer schema; UNAVAILABLE when it cannot be opened or read.
+  // `sqlite "/data/subscriptions.db": file is not a database`. DATA_LOSS when the file is
+  // corrupt; FAILED_PRECONDITION when it was written by a newer schema; UNAVAILABLE when it
+  // cannot be opened or read.
   absl::Status Start(Listener* listener) override;
   // Commits what is queued, then stops the writer and closes the file. Idempotent.
   void Stop() override;
 
   // done(OK) once the change is committed (WAL, synchronous=FULL: on disk); UNAVAILABLE when the
-  // write failed (disk full, I/O error, locked) or the store is not running.
+  // write failed (disk full, I/O error, locked) or the store is not running; DATA_LOSS when the
+  // file turned out to be corrupt (no retry helps: it must be restored).
   void Put(registry::SubscriptionPtr sub, Done done) override;
   void Delete(registry::SubscriptionPtr sub, Done done) override;
 
@@ -56,6 +60,13 @@ class SqliteStore final : public SubscriptionStore {
   absl::string_view kind() const override { return "sqlite"; }
 
   const std::string& path() const { return options_.path; }
+
+  // The write-ahead log stays below kMaxWalBytes however many commits (a test checks 5,000),
+  // unless one group commit alone carries more than about half of it: it is checkpointed into the
+  // file once it holds kCheckpointPages pages, then starts over, cut back to kWalTruncateBytes.
+  static constexpr int kCheckpointPages = 128;  // 512 KiB at SQLite's 4 KiB pages
+  static constexpr int64_t kWalTruncateBytes = 512 * 1024;
+  static constexpr uintmax_t kMaxWalBytes = 1024 * 1024;
 
  private:
   struct Op {
@@ -69,6 +80,8 @@ class SqliteStore final : public SubscriptionStore {
   // Writes `ops` in one transaction. Returns the commit's status, which applies to every op.
   absl::Status Commit(const std::vector<Op>& ops);
   absl::Status Exec(const char* sql);
+  // Runs PRAGMA quick_check; DATA_LOSS naming the file and SQLite's first finding when it fails.
+  absl::Status CheckIntegrity();
   absl::Status SqlError(absl::string_view operation, int rc) const;
   void SetHealthy(bool healthy);
   void CloseDb();

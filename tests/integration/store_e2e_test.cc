@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -36,6 +37,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
+#include "tests/testing/delay_proxy.h"
 #include "tests/testing/etcd_harness.h"
 #include "tests/testing/jsonrpc_peer.h"
 #include "tests/testing/ports.h"
@@ -425,6 +427,68 @@ TEST_F(SqliteE2eTest, CorruptDatabaseFailsAtStartupWithAClearError) {
   EXPECT_THAT(log, HasSubstr("not a database"));
 }
 
+// Issue 7, defect 7: a file whose index page is corrupt used to pass start-up (loading scans the
+// table only) and then fail every Subscribe. eventbusd now refuses to start, naming the file.
+TEST_F(SqliteE2eTest, CorruptIndexPageFailsAtStartupWithAClearError) {
+  const std::filesystem::path data = dir_.path() / "data";
+  const std::filesystem::path db = data / "subscriptions.db";
+  {
+    absl::StatusOr<Server> server = StartEventbusd(data, dir_.path() / "first.log");
+    ASSERT_TRUE(server.ok()) << server.status();
+    for (int i = 0; i < 300; ++i) {
+      absl::StatusOr<v1::SubscribeResponse> response = server->client->Subscribe(
+          SubscribeRequest("E_INDEX", absl::StrCat("tcp:127.0.0.1:", 1000 + i, "/m", i), 0));
+      ASSERT_TRUE(response.ok()) << response.status();
+    }
+    absl::StatusOr<testing::ExitStatus> exit = server->process->Stop(absl::Seconds(20));
+    ASSERT_TRUE(exit.ok() && exit->Success()) << server->Log();
+  }
+  // Overwrite the root page of the UNIQUE (event, socket) index with garbage.
+  int64_t page_size = 0;
+  int64_t root = 0;
+  {
+    sqlite3* handle = nullptr;
+    ASSERT_EQ(sqlite3_open(db.c_str(), &handle), SQLITE_OK);
+    auto query = [&](const char* sql) {
+      sqlite3_stmt* stmt = nullptr;
+      int64_t value = 0;
+      if (sqlite3_prepare_v2(handle, sql, -1, &stmt, nullptr) == SQLITE_OK &&
+          sqlite3_step(stmt) == SQLITE_ROW) {
+        value = sqlite3_column_int64(stmt, 0);
+      }
+      sqlite3_finalize(stmt);
+      return value;
+    };
+    page_size = query("PRAGMA page_size");
+    root =
+        query("SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_subscriptions_2'");
+    sqlite3_close(handle);
+  }
+  ASSERT_GT(page_size, 0);
+  ASSERT_GT(root, 1);
+  {
+    std::fstream file(db, std::ios::binary | std::ios::in | std::ios::out);
+    file.seekp((root - 1) * page_size);
+    std::string garbage(static_cast<size_t>(page_size), '\xa5');
+    file.write(garbage.data(), static_cast<std::streamsize>(garbage.size()));
+    ASSERT_TRUE(file.good());
+  }
+
+  ProcessOptions options;
+  options.argv = {EVENTBUSD_PATH, absl::StrCat("--listen=127.0.0.1:", testing::PickUnusedPort()),
+                  absl::StrCat("--data_dir=", data.string())};
+  options.log_path = (dir_.path() / "second.log").string();
+  absl::StatusOr<std::unique_ptr<Process>> server = Process::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::StatusOr<testing::ExitStatus> exit = (*server)->Wait(absl::Seconds(20));
+  ASSERT_TRUE(exit.ok()) << "eventbusd kept running on a corrupt index:\n" << (*server)->ReadLog();
+  std::string log = (*server)->ReadLog();
+  ASSERT_TRUE(exit->code.has_value()) << "eventbusd crashed: " << exit->ToString() << "\n" << log;
+  EXPECT_NE(*exit->code, 0);
+  EXPECT_THAT(log, HasSubstr(db.string()));
+  EXPECT_THAT(log, HasSubstr("database file is corrupt"));
+}
+
 TEST_F(SqliteE2eTest, UncreatableDataDirFailsAtStartupWithAClearError) {
   const std::filesystem::path file = dir_.path() / "a-regular-file";
   { std::ofstream(file) << "not a directory"; }
@@ -591,6 +655,57 @@ TEST_F(EtcdReplicasE2eTest, TwoSecondExpiryEndsDeliveriesOnBoth) {
     return !HasSubscriptionId(replica(0), "E_EXPIRE", sub.id()) &&
            !HasSubscriptionId(replica(1), "E_EXPIRE", sub.id());
   }));
+}
+
+// Issue 7, defect 1, end to end: replica A reaches etcd through a proxy that holds back etcd's
+// answer to the put of a refresh for longer than A's etcd call timeout (2 s). The refresh fails
+// UNAVAILABLE, and the subscription stays in etcd, on both replicas, and keeps receiving events.
+TEST_F(EtcdReplicasE2eTest, ARefreshWhoseEtcdReplyIsLateKeepsTheSubscriptionEverywhere) {
+  absl::StatusOr<std::unique_ptr<testing::DelayProxy>> proxy =
+      testing::DelayProxy::Start(etcd_->client_port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  const std::string prefix = absl::StrCat("/eventbus-test-", ::getpid(), "-late");
+  absl::StatusOr<Server> a =
+      StartEventbusd(dir_.path() / "a", dir_.path() / "a.log",
+                     {absl::StrCat("--store=etcd://", (*proxy)->endpoint(), prefix)});
+  ASSERT_TRUE(a.ok()) << a.status();
+  absl::StatusOr<Server> b =
+      StartEventbusd(dir_.path() / "b", dir_.path() / "b.log",
+                     {absl::StrCat("--store=etcd://", etcd_->endpoint(), prefix)});
+  ASSERT_TRUE(b.ok()) << b.status();
+
+  // A long method makes the put (which carries the socket) far larger than the lease grant
+  // before it, so the proxy can delay the put's answer alone.
+  const std::string socket = peer_->socket(std::string(400, 'm'));
+  absl::Time subscribed = absl::Now();
+  v1::Subscription sub = Subscribe(*a, "E_LATE", socket, 3600);
+  ASSERT_FALSE(sub.id().empty());
+  ASSERT_NO_FATAL_FAILURE(ExpectPropagated(*b, "E_LATE", sub.id(), subscribed));
+
+  (*proxy)->DelayRepliesAfter(absl::Seconds(3), 200);
+  absl::StatusOr<v1::SubscribeResponse> refreshed =
+      a->client->Subscribe(SubscribeRequest("E_LATE", socket, 7200));
+  ASSERT_FALSE(refreshed.ok()) << "the refresh was answered in time: " << refreshed->DebugString();
+  EXPECT_EQ(refreshed.status().code(), absl::StatusCode::kUnavailable) << refreshed.status();
+
+  // Whatever A did after its failure reached etcd before this: a sentinel written through A
+  // afterwards, which B can only learn from its watch, follows it in etcd's order.
+  (*proxy)->SetReplyDelay(absl::ZeroDuration());
+  v1::Subscription sentinel = Subscribe(*a, "E_LATE", peer_->socket("sentinel"));
+  ASSERT_FALSE(sentinel.id().empty());
+  ASSERT_TRUE(WaitFor(absl::Seconds(10), [&] {
+    return HasSubscriptionId(*b, "E_LATE", sentinel.id());
+  })) << b->Log();
+
+  EXPECT_TRUE(HasSubscriptionId(*b, "E_LATE", sub.id())) << "B lost the subscription";
+  EXPECT_TRUE(HasSubscriptionId(*a, "E_LATE", sub.id())) << "A lost the subscription";
+  absl::StatusOr<std::optional<EtcdHarness::KeyValue>> kv =
+      etcd_->Get(absl::StrCat(prefix, "/subscriptions/", sub.id()));
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  EXPECT_TRUE(kv->has_value()) << "etcd lost the subscription";
+  EXPECT_EQ(RaiseCount(*b, "E_LATE"), 2);
+  ASSERT_TRUE(peer_->WaitForMessages(2, absl::Seconds(10)));
+  EXPECT_THAT(Methods(*peer_), ::testing::UnorderedElementsAre(std::string(400, 'm'), "sentinel"));
 }
 
 TEST_F(EtcdReplicasE2eTest, EtcdOutageKeepsRaiseWorkingAndConvergesAfter) {

@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "server/store/store_codec.h"
 #include "tests/store/store_test_listener.h"
+#include "tests/testing/delay_proxy.h"
 #include "tests/testing/etcd_harness.h"
 #include "tests/testing/ports.h"
 
@@ -230,6 +231,122 @@ TEST_F(EtcdStoreTest, ARefreshMovesTheKeyToANewLeaseAndRevokesTheOld) {
   EXPECT_EQ(listener_a->state().removes, 0);
 }
 
+// Issue 7, defect 1: a refresh whose put lands in etcd but whose reply comes after the call
+// timeout used to revoke the new lease, which already carried the key, and so deleted the
+// acknowledged subscription from etcd and every replica.
+TEST_F(EtcdStoreTest, ARefreshWhoseReplyComesAfterTheTimeoutKeepsTheSubscription) {
+  absl::StatusOr<std::unique_ptr<testing::DelayProxy>> proxy =
+      testing::DelayProxy::Start(etcd_->client_port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  // A replica that reads etcd directly, and one that reaches it through the proxy.
+  auto [watcher, watcher_listener] = Open();
+  EtcdStoreOptions options = Options();
+  options.endpoints = {(*proxy)->endpoint()};
+  options.call_timeout = absl::Seconds(1);
+  auto [a, listener_a] = Open(options);
+
+  auto first = Sub("x1", absl::Now() + absl::Hours(1));
+  ASSERT_TRUE(PutAndWait(*a, first).ok());
+  ASSERT_TRUE(watcher_listener->WaitFor([](const ListenerState& s) { return Has(s, "x1"); }));
+
+  // etcd serves the refresh at once, but its answer to the put reaches A 1.5 s later, after A's
+  // 1 s deadline. The lease grant before it is answered at once: only the put request (carrying
+  // the 20 KB subscription) is large enough to arm the delay.
+  (*proxy)->DelayRepliesAfter(absl::Milliseconds(1500), 10000);
+  auto refreshed = Sub("x1", absl::Now() + absl::Hours(2), std::string(20000, 'p'));
+  absl::Status status = PutAndWait(*a, refreshed);
+  EXPECT_TRUE(status.code() == absl::StatusCode::kUnavailable ||
+              status.code() == absl::StatusCode::kDeadlineExceeded)
+      << status;
+  // Stop waits for every call A still has in flight (each bounded by its 1 s deadline), so
+  // whatever A's failure path sent to etcd has been sent and served.
+  a->Stop();
+
+  // The key is in etcd, as acknowledged or as refreshed (the refresh's outcome was unknown to
+  // A), with a live lease.
+  absl::StatusOr<std::optional<EtcdHarness::KeyValue>> kv = etcd_->Get(Key("x1"));
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  ASSERT_TRUE(kv->has_value()) << "the subscription was deleted from etcd";
+  EXPECT_THAT((*kv)->value,
+              ::testing::AnyOf(EncodeSubscriptionJson(*first), EncodeSubscriptionJson(*refreshed)));
+  ASSERT_NE((*kv)->lease, 0);
+  absl::StatusOr<int64_t> ttl = etcd_->LeaseTtl((*kv)->lease);
+  ASSERT_TRUE(ttl.ok()) << ttl.status();
+  EXPECT_GT(*ttl, 3000);
+
+  // A replica starting now loads it...
+  auto [b, listener_b] = Open();
+  EXPECT_TRUE(Has(listener_b->state(), "x1"));
+  // ...and the one that was watching all along never heard it removed: a later change reaches it
+  // with x1 still there.
+  ASSERT_TRUE(PutAndWait(*b, Sub("z1")).ok());
+  ASSERT_TRUE(watcher_listener->WaitFor([](const ListenerState& s) { return Has(s, "z1"); }));
+  EXPECT_TRUE(Has(watcher_listener->state(), "x1"));
+  EXPECT_EQ(watcher_listener->state().removes, 0);
+}
+
+// The same with a delete: a timed-out delete revokes nothing, and a later successful refresh
+// through the same store works as before.
+TEST_F(EtcdStoreTest, AFailedWriteThroughABlackHoleChangesNothing) {
+  absl::StatusOr<std::unique_ptr<testing::DelayProxy>> proxy =
+      testing::DelayProxy::Start(etcd_->client_port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  EtcdStoreOptions options = Options();
+  options.endpoints = {(*proxy)->endpoint()};
+  options.call_timeout = absl::Milliseconds(500);
+  auto [a, listener_a] = Open(options);
+  auto first = Sub("x1", absl::Now() + absl::Hours(1));
+  ASSERT_TRUE(PutAndWait(*a, first).ok());
+  absl::StatusOr<std::optional<EtcdHarness::KeyValue>> before = etcd_->Get(Key("x1"));
+  ASSERT_TRUE(before.ok() && before->has_value());
+
+  (*proxy)->SetBlackHole(true);
+  EXPECT_EQ(PutAndWait(*a, Sub("x1", absl::Now() + absl::Hours(2))).code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(DeleteAndWait(*a, first).code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(a->healthy());
+  absl::StatusOr<std::optional<EtcdHarness::KeyValue>> after = etcd_->Get(Key("x1"));
+  ASSERT_TRUE(after.ok() && after->has_value());
+  EXPECT_EQ((*after)->mod_revision, (*before)->mod_revision);
+  EXPECT_EQ((*after)->lease, (*before)->lease);
+}
+
+// Issue 7, defect 7: a subscription too large for etcd used to fail UNAVAILABLE, so clients
+// retried it forever. It is the client's error: INVALID_ARGUMENT, naming it, and the stored one
+// stays as it was.
+TEST_F(EtcdStoreTest, ASubscriptionTooLargeForEtcdIsInvalidArgument) {
+  auto [a, listener_a] = Open();
+  auto small = Sub("x1", absl::Now() + absl::Hours(1));
+  ASSERT_TRUE(PutAndWait(*a, small).ok());
+  const std::string stored = EncodeSubscriptionJson(*small);
+
+  // Refused before anything is sent (limit: etcd's default 1.5 MiB).
+  absl::Status status =
+      PutAndWait(*a, Sub("x1", absl::Now() + absl::Hours(2), std::string(2 << 20, 'p')));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr("subscription \"x1\" is too large"));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("exceeds the limit of 1572864 bytes"));
+  EXPECT_TRUE(a->healthy());
+
+  // A store configured above etcd's limit gets etcd's own refusal, mapped the same way: etcd's
+  // "request is too large" just above its limit, gRPC's RESOURCE_EXHAUSTED beyond 2 MiB.
+  EtcdStoreOptions options = Options();
+  options.max_request_bytes = 64 << 20;
+  auto [b, listener_b] = Open(options);
+  for (size_t size : {size_t{1600} << 10, size_t{3} << 20}) {
+    status = PutAndWait(*b, Sub("x1", absl::Now() + absl::Hours(2), std::string(size, 'p')));
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << size << ": " << status;
+    EXPECT_THAT(std::string(status.message()), HasSubstr("subscription \"x1\" is too large"));
+    EXPECT_THAT(std::string(status.message()), HasSubstr("refused by etcd"));
+    EXPECT_TRUE(b->healthy());
+  }
+  absl::StatusOr<std::optional<EtcdHarness::KeyValue>> kv = etcd_->Get(Key("x1"));
+  ASSERT_TRUE(kv.ok() && kv->has_value());
+  EXPECT_EQ((*kv)->value, stored);
+  // Just below the limit is fine.
+  EXPECT_TRUE(PutAndWait(*a, Sub("x2", absl::InfiniteFuture(), std::string(1500 << 10, 'p'))).ok());
+}
+
 TEST_F(EtcdStoreTest, WhileEtcdIsDownWritesFailAndHealthFollowsReachability) {
   auto [a, listener_a] = Open();
   auto [b, listener_b] = Open();
@@ -387,6 +504,8 @@ TEST_F(EtcdStoreTest, OpenStoreEtcdUrlNamesTheEndpointsAndThePrefix) {
            {absl::StrCat("etcd://", etcd_->endpoint(), "/custom/prefix"),
             "/custom/prefix/subscriptions/x1"},
            {absl::StrCat("etcd://", dead, ",", etcd_->endpoint()), "/eventbus/subscriptions/x1"},
+           {absl::StrCat("etcd://", etcd_->endpoint(), "/p?max_request_bytes=100000"),
+            "/p/subscriptions/x1"},
        }) {
     absl::StatusOr<std::unique_ptr<SubscriptionStore>> store = OpenStore(url, "");
     ASSERT_TRUE(store.ok()) << store.status();
@@ -401,9 +520,25 @@ TEST_F(EtcdStoreTest, OpenStoreEtcdUrlNamesTheEndpointsAndThePrefix) {
   }
 }
 
+TEST_F(EtcdStoreTest, OpenStoreEtcdUrlSetsTheRequestLimit) {
+  absl::StatusOr<std::unique_ptr<SubscriptionStore>> store =
+      OpenStore(absl::StrCat("etcd://", etcd_->endpoint(), "?max_request_bytes=1000"), "");
+  ASSERT_TRUE(store.ok()) << store.status();
+  RecordingListener listener;
+  ASSERT_TRUE((*store)->Start(&listener).ok());
+  EXPECT_TRUE(PutAndWait(**store, Sub("x1", absl::InfiniteFuture(), std::string(500, 'p'))).ok());
+  absl::Status status =
+      PutAndWait(**store, Sub("x2", absl::InfiniteFuture(), std::string(1000, 'p')));
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr("exceeds the limit of 1000 bytes"));
+  (*store)->Stop();
+}
+
 TEST(EtcdStoreUrlTest, OpenStoreRejectsAMalformedEtcdUrl) {
   for (const char* url : {"etcd://", "etcd:///prefix", "etcd://host", "etcd://host:0",
-                          "etcd://host:70000", "etcd://host:x", "etcd://a:1,,b:2", "etcd://:1"}) {
+                          "etcd://host:70000", "etcd://host:x", "etcd://a:1,,b:2", "etcd://:1",
+                          "etcd://host:1/p?max_request_bytes=0", "etcd://host:1?max_request_bytes=",
+                          "etcd://host:1?size=10", "etcd://host:1?max_request_bytes=1&x"}) {
     absl::StatusOr<std::unique_ptr<SubscriptionStore>> store = OpenStore(url, "");
     EXPECT_EQ(store.status().code(), absl::StatusCode::kInvalidArgument) << url;
     EXPECT_THAT(store.status().message(), HasSubstr(absl::StrCat("store \"", url, "\"")));

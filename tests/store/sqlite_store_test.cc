@@ -3,9 +3,11 @@
 #include <sqlite3.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -65,6 +67,56 @@ class SqliteStoreTest : public ::testing::Test {
     ASSERT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK)
         << sqlite3_errmsg(db);
     sqlite3_close(db);
+  }
+
+  // Runs a one-row, one-column query on the file through a separate connection.
+  int64_t QueryInt(const std::string& sql) {
+    sqlite3* db = nullptr;
+    EXPECT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    sqlite3_stmt* stmt = nullptr;
+    int64_t value = -1;
+    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW) {
+      value = sqlite3_column_int64(stmt, 0);
+    }
+    EXPECT_NE(value, -1) << sql << ": " << sqlite3_errmsg(db);
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return value;
+  }
+
+  // Puts `count` subscriptions with distinct ids and sockets, all queued at once (one or a few
+  // group commits), and waits for every acknowledgement.
+  void PutMany(SqliteStore& store, int count) {
+    std::atomic<int> acked{0};
+    absl::Notification all;
+    for (int i = 0; i < count; ++i) {
+      store.Put(MakeSubscription(absl::StrCat("id", 100000 + i), "E_MANY",
+                                 absl::StrCat("tcp:10.0.0.1:", 1000 + i, "/method_", i),
+                                 SomeInstant(0), SomeInstant(3600)),
+                [&, count](absl::Status status) {
+                  EXPECT_TRUE(status.ok()) << status;
+                  if (acked.fetch_add(1) + 1 == count) all.Notify();
+                });
+    }
+    ASSERT_TRUE(all.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  }
+
+  // Overwrites page `page` (numbered from 1, as SQLite does) of the closed file with garbage.
+  void CorruptPage(int64_t page) {
+    const int64_t page_size = QueryInt("PRAGMA page_size");
+    std::fstream file(path_, std::ios::binary | std::ios::in | std::ios::out);
+    ASSERT_TRUE(file.good());
+    file.seekp((page - 1) * page_size);
+    std::string garbage(static_cast<size_t>(page_size), '\xa5');
+    file.write(garbage.data(), static_cast<std::streamsize>(garbage.size()));
+    ASSERT_TRUE(file.good());
+  }
+
+  int64_t UniqueIndexRootPage() {
+    // The UNIQUE (event, socket) constraint's index; id's PRIMARY KEY is autoindex_1.
+    return QueryInt(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_subscriptions_2'");
   }
 
   std::string dir_;
@@ -234,6 +286,96 @@ TEST_F(SqliteStoreTest, ACorruptFileFailsStartNamingThePath) {
   absl::Status status = StartError(path_);
   EXPECT_EQ(status,
             absl::UnavailableError(absl::StrCat("sqlite \"", path_, "\": file is not a database")));
+}
+
+// Issue 7, defect 7: loading the rows scans the table and never reads the indexes, so a file
+// whose index page was corrupt started fine and then failed every write. Start checks the file
+// (PRAGMA quick_check) and refuses it, naming it.
+TEST_F(SqliteStoreTest, ACorruptIndexPageFailsStartNamingThePath) {
+  {
+    RecordingListener listener;
+    auto store = Open(&listener);
+    ASSERT_NE(store, nullptr);
+    PutMany(*store, 2000);
+    store->Stop();  // the last connection checkpoints the WAL into the file
+  }
+  const int64_t root = UniqueIndexRootPage();
+  ASSERT_GT(root, 1);
+  // 2000 rows span several index pages: the root is an interior page every lookup goes through.
+  ASSERT_GT(QueryInt("PRAGMA page_count"), root);
+  CorruptPage(root);
+
+  absl::Status status = StartError(path_);
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr(absl::StrCat("sqlite \"", path_, "\": ")));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("database file is corrupt"));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("restore it from a backup"));
+}
+
+// A file that goes bad under a running store: the write that finds it says so (DATA_LOSS, not
+// a retryable UNAVAILABLE) and the store turns unhealthy.
+TEST_F(SqliteStoreTest, AWriteThatFindsTheFileCorruptFailsDataLoss) {
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+  PutMany(*store, 2000);
+  // Move everything from the WAL into the file, then corrupt the index there.
+  ExecOnFile("PRAGMA wal_checkpoint(TRUNCATE)");
+  const int64_t root = UniqueIndexRootPage();
+  ASSERT_GT(root, 1);
+  CorruptPage(root);
+  // Another connection's write makes the store drop its page cache and read the file again.
+  ExecOnFile("PRAGMA user_version=1");
+
+  absl::Status status = PutAndWait(
+      *store, MakeSubscription("x1", "E_MANY", "tcp:10.0.0.2:1", SomeInstant(0), SomeInstant(60)));
+  EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << status;
+  EXPECT_THAT(std::string(status.message()), HasSubstr(absl::StrCat("sqlite \"", path_, "\": ")));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("database file is corrupt"));
+  EXPECT_FALSE(store->healthy());
+}
+
+// Issue 7, defect 7: the WAL grew by every commit and filled small volumes. It is checkpointed
+// and truncated as it goes, so it stays below SqliteStore::kMaxWalBytes however many commits.
+TEST_F(SqliteStoreTest, TheWalStaysBoundedOverFiveThousandCommits) {
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+  const std::string wal = path_ + "-wal";
+  constexpr int kCommits = 5000;
+  uintmax_t largest = 0;
+  std::vector<registry::SubscriptionPtr> kept;
+  for (int i = 0; i < kCommits; ++i) {
+    auto sub = MakeSubscription(absl::StrCat("w", i), "E_WAL",
+                                absl::StrCat("tcp:10.0.0.1:", 1000 + i % 60000, "/method_", i),
+                                SomeInstant(0), SomeInstant(3600), std::string(200, 'p'));
+    // Every tenth commit deletes the previous subscription: rows are rewritten, not only added.
+    if (i % 10 == 9) {
+      ASSERT_TRUE(DeleteAndWait(*store, kept.back()).ok());
+      kept.pop_back();
+    } else {
+      ASSERT_TRUE(PutAndWait(*store, sub).ok()) << i;
+      kept.push_back(sub);
+    }
+    std::error_code error;
+    uintmax_t size = std::filesystem::file_size(wal, error);
+    if (!error) largest = std::max(largest, size);
+  }
+  EXPECT_GT(largest, 0u);
+  EXPECT_LE(largest, SqliteStore::kMaxWalBytes) << "the WAL grew to " << largest << " bytes";
+  std::cout << "largest WAL over " << kCommits << " commits: " << largest << " bytes (bound "
+            << SqliteStore::kMaxWalBytes << ")\n";
+  store->Stop();
+
+  RecordingListener reopened;
+  store = Open(&reopened);
+  ASSERT_NE(store, nullptr);
+  ListenerState state = reopened.state();
+  ASSERT_EQ(state.subs.size(), kept.size());
+  for (const auto& want : kept) {
+    ASSERT_EQ(state.subs.count(want->id), 1u) << want->id;
+    ExpectSameSubscription(*state.subs[want->id], *want);
+  }
 }
 
 TEST_F(SqliteStoreTest, ADirectoryWhereTheFileShouldBeFailsStart) {

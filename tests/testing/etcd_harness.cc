@@ -161,7 +161,10 @@ absl::StatusOr<std::unique_ptr<EtcdHarness>> EtcdHarness::Start(absl::Duration r
     return absl::InternalError(absl::StrCat("etcd harness: mkdtemp: ", strerror(errno)));
   }
   absl::Status last;
-  // A picked port can be taken by someone else before etcd binds it: pick again.
+  // PickUnusedPort keeps each port reserved (bound with SO_REUSEADDR, never listening) for the
+  // life of this process, and etcd binds it explicitly with SO_REUSEADDR as Go does, so no other
+  // test, process or outgoing connection can be handed it. A listener that binds it without
+  // SO_REUSEADDR could still take it first: then pick again.
   for (int attempt = 0; attempt < 3; ++attempt) {
     auto harness = std::unique_ptr<EtcdHarness>(
         new EtcdHarness(dir_template, PickUnusedPort(), PickUnusedPort()));

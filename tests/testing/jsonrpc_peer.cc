@@ -181,6 +181,8 @@ struct JsonRpcPeer::Conn {
   }
 
   int fd;
+  // 1 for the first connection accepted since Start (see Options::on_message).
+  int serial = 0;
   bool closing = false;
   // Framing state.
   std::string partial;
@@ -510,6 +512,7 @@ void JsonRpcPeer::AcceptAll() {
     absl::MutexLock lock(&mu_);
     ++accepted_;
     ++open_;
+    conns_.back()->serial = accepted_;
   }
 }
 
@@ -537,6 +540,9 @@ void JsonRpcPeer::ReadFrom(Conn& conn) {
     received_ += data;
     messages_.insert(messages_.end(), messages.begin(), messages.end());
     behavior = behavior_;
+  }
+  if (options_.on_message) {
+    for (const std::string& message : messages) options_.on_message(conn.serial, message);
   }
   for (const std::string& message : messages) HandleMessage(conn, message, behavior);
 }

@@ -95,6 +95,12 @@ class JsonRpcPeer {
     // SO_RCVBUF of accepted connections (0 = kernel default). A small value makes kNoRead fill
     // the sender's buffers after a few KiB.
     int receive_buffer_bytes = 0;
+
+    // Called on the peer thread for every message read (as Messages() records it), with the
+    // serial number of the connection it came on: 1 for the first connection accepted since
+    // Start, counting across Restart. For tests that keep their own per-connection record over a
+    // long run; they may call ClearRecorded() now and then to bound the peer's memory.
+    std::function<void(int connection, absl::string_view message)> on_message;
   };
 
   // Binds, listens and starts the peer thread. Returns UNAVAILABLE when the port cannot be bound

@@ -10,14 +10,24 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/synchronization/mutex.h"
+
 namespace eventbus::testing {
 namespace {
 
-// Binds a TCP socket to 127.0.0.1:0 and returns it, with the chosen port in *port.
-int BindLoopbackPortZero(uint16_t* port) {
+// Binds a TCP socket to 127.0.0.1:0 (with SO_REUSEADDR when `reuse_address`) and returns it, with
+// the chosen port in *port.
+int BindLoopbackPortZero(bool reuse_address, uint16_t* port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     std::fprintf(stderr, "ports: socket: %s\n", std::strerror(errno));
+    std::abort();
+  }
+  int one = 1;
+  if (reuse_address && ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) {
+    std::fprintf(stderr, "ports: SO_REUSEADDR: %s\n", std::strerror(errno));
     std::abort();
   }
   sockaddr_in addr{};
@@ -34,19 +44,34 @@ int BindLoopbackPortZero(uint16_t* port) {
   return fd;
 }
 
+absl::Mutex reserved_mu(absl::kConstInit);
+// Every port handed out, each still held by its reservation socket (never closed).
+absl::flat_hash_set<uint16_t>* reserved ABSL_GUARDED_BY(reserved_mu) = nullptr;
+
 }  // namespace
 
 uint16_t PickUnusedPort() {
-  uint16_t port = 0;
-  ::close(BindLoopbackPortZero(&port));
-  return port;
+  // Closing the probe socket (as this once did) freed the port for the kernel to hand out again:
+  // to the next bind(0) here or in a concurrently running test, or as the local port of an
+  // outgoing connection, so two daemons could be told the same port. Keeping it bound, not
+  // listening, with SO_REUSEADDR removes it from the kernel's automatic choices while leaving it
+  // to whoever binds it by number with SO_REUSEADDR (Linux allows that while neither listens).
+  absl::MutexLock lock(&reserved_mu);
+  if (reserved == nullptr) reserved = new absl::flat_hash_set<uint16_t>();
+  for (;;) {
+    uint16_t port = 0;
+    BindLoopbackPortZero(/*reuse_address=*/true, &port);  // the socket is deliberately kept
+    // The kernel does not choose a port that is still bound; the set guards against any other
+    // way of getting one twice (the socket stays bound so that port is not offered again).
+    if (reserved->insert(port).second) return port;
+  }
 }
 
 uint16_t ClosedPort() {
   // Bound but not listening: connect() gets ECONNREFUSED. The socket is deliberately never closed.
   static const uint16_t port = [] {
     uint16_t p = 0;
-    BindLoopbackPortZero(&p);
+    BindLoopbackPortZero(/*reuse_address=*/false, &p);
     return p;
   }();
   return port;

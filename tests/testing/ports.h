@@ -1,5 +1,6 @@
 // Loopback port helpers for tests that need a port number before something listens on it (a server
-// restarted on the same port) or a port where nothing ever listens (connection refused).
+// restarted on the same port, a daemon such as etcd that takes its ports on the command line) or a
+// port where nothing ever listens (connection refused).
 #ifndef EVENTBUS_TESTS_TESTING_PORTS_H_
 #define EVENTBUS_TESTS_TESTING_PORTS_H_
 
@@ -7,9 +8,13 @@
 
 namespace eventbus::testing {
 
-// Returns a TCP port on 127.0.0.1 that was free a moment ago: binds port 0, reads the port the
-// kernel chose, and closes the socket. Another process may take it in between; tests that can
-// should listen on port 0 instead. Aborts the test binary if no socket can be bound.
+// Returns a TCP port on 127.0.0.1 that no other caller gets: not in this process, not in another
+// test process, not as the local port of an outgoing connection. The port stays reserved for the
+// life of the process by a socket bound to it with SO_REUSEADDR that never listens. Linux hands
+// out neither a port bound that way to bind(port 0) nor to connect(), yet a listener that sets
+// SO_REUSEADDR itself (etcd, gRPC, JsonRpcPeer, anything Go or Envoy-like) may bind it explicitly.
+// A listener without SO_REUSEADDR gets EADDRINUSE. Until someone listens, connecting to it is
+// refused. Thread-safe. Aborts the test binary if no socket can be bound.
 uint16_t PickUnusedPort();
 
 // Returns a TCP port on 127.0.0.1 where connecting is refused for the life of the process: the
