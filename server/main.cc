@@ -48,6 +48,8 @@ ABSL_FLAG(int64_t, max_reply_bytes, 1048576,
           "Largest JSON-RPC reply accepted; a larger one closes the connection");
 ABSL_FLAG(int64_t, idle_timeout_s, 300,
           "A target connection with nothing queued or outstanding for this long is closed");
+ABSL_FLAG(int64_t, max_target_connections, 0,
+          "Most subscriber (target) connections at once; 0 = derived from RLIMIT_NOFILE");
 ABSL_FLAG(int64_t, default_expire_s, 3600,
           "Subscription lifetime in seconds when Subscribe gives none (0 = never expires)");
 ABSL_FLAG(int64_t, max_event_name_bytes, 128, "Longest event name");
@@ -135,6 +137,9 @@ eventbus::service::ServerConfig ConfigFromFlags(const eventbus::net::FdBudget& f
   config.pool.max_reply_bytes =
       NonNegative("max_reply_bytes", absl::GetFlag(FLAGS_max_reply_bytes));
   config.pool.idle_timeout = absl::Seconds(absl::GetFlag(FLAGS_idle_timeout_s));
+  config.pool.max_target_connections =
+      OrDerived("max_target_connections", absl::GetFlag(FLAGS_max_target_connections),
+                fds.target_connections);
 
   config.limits.max_event_name_bytes =
       NonNegative("max_event_name_bytes", absl::GetFlag(FLAGS_max_event_name_bytes));

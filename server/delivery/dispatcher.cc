@@ -56,14 +56,31 @@ bool MemberFailed(const Outcome& o) {
 // The reports of one Raise. Callbacks arrive on loop threads; the mutex is per Raise, so it is
 // uncontended but for the callbacks of this one event.
 struct Dispatcher::RaiseState {
-  std::mutex mu;  // guards reports, final, pending, answered
+  std::mutex mu;  // guards reports, final, pending, answered, cancelled, keys
   std::vector<DeliveryReport> reports;
   std::vector<bool> final;
   size_t pending = 0;
   bool answered = false;
+  bool cancelled = false;
   bool sync = false;
   absl::Time start;
   Done done;
+  // Sync only: tags every request of this Raise, and the targets ("host:port") they went to, so
+  // Cancel() can find them.
+  std::shared_ptr<net::CancelToken> token;
+  std::vector<std::string> keys;
+
+  // Records that a request goes to `key`, unless the Raise was cancelled (false then).
+  bool AddKey(std::string key) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (cancelled) return false;
+    if (token != nullptr) keys.push_back(std::move(key));
+    return true;
+  }
+  bool Cancelled() {
+    std::lock_guard<std::mutex> lock(mu);
+    return cancelled;
+  }
 
   // Records the final report of slot `i`. Sync: answers when it was the last one. Async: kept only
   // while the Raise has not been answered yet (an immediate failure); later outcomes are the
@@ -123,7 +140,6 @@ struct Dispatcher::GroupRun {
   std::vector<std::shared_ptr<const std::string>> bodies;  // per member
   std::vector<size_t> order;                               // member indexes to try
   size_t next = 0;
-  bool handover = true;  // try the next member after a failure
   absl::Time deadline;
   std::vector<Attempt> attempts;
 };
@@ -133,9 +149,9 @@ Dispatcher::Dispatcher(net::WriterPool* pool, const base::Clock* clock, Dispatch
 
 Dispatcher::~Dispatcher() = default;
 
-void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
-                       const RaiseOptions& options,
-                       std::shared_ptr<const registry::SubscriberList> subscribers, Done done) {
+Dispatcher::RaiseHandle Dispatcher::Raise(
+    const std::string& event, const jsonrpc::Params& params, const RaiseOptions& options,
+    std::shared_ptr<const registry::SubscriberList> subscribers, Done done) {
   const absl::Time now = clock_->Now();
   std::vector<registry::SubscriptionPtr> live;
   live.reserve(subscribers->size());
@@ -144,11 +160,15 @@ void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
   }
   if (live.empty()) {
     done({});
-    return;
+    return RaiseHandle();
   }
 
   auto state = std::make_shared<RaiseState>();
   state->sync = options.sync;
+  // Async answers once everything is queued: what was acknowledged is never abandoned.
+  if (options.sync) state->token = std::make_shared<net::CancelToken>();
+  RaiseHandle handle;
+  if (options.sync) handle.state_ = state;
   state->start = now;
   state->done = std::move(done);
   {
@@ -179,6 +199,8 @@ void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
       req.body = bodies.Get(members[0].method, event_param);
       req.expect_reply = options.sync;
       req.deadline = deadline;
+      req.cancel = state->token;
+      if (state->token != nullptr) state->keys.push_back(req.target.Key());
       req.done = [state, i, sync = options.sync, clock = clock_](Outcome o) {
         // Async: a written notification is what QUEUED promised; only failures are news.
         if (!sync && Delivered(o)) return;
@@ -210,6 +232,8 @@ void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
         req.body = bodies.Get(members[m].method, event_param);
         req.expect_reply = options.sync;
         req.deadline = deadline;
+        req.cancel = state->token;
+        if (state->token != nullptr) state->keys.push_back(req.target.Key());
         req.done = [state, i, m, par, sync = options.sync, clock = clock_](Outcome o) {
           if (!sync && Delivered(o)) return;
           std::vector<Attempt> attempts;
@@ -275,7 +299,6 @@ void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
       }
       for (size_t k = 0; k < n; ++k) run->order.push_back((start + k) % n);
       DemoteFailedMembers(members, now, &run->order);
-      run->handover = options.sync;
     }
     groups.push_back(std::move(run));
   }
@@ -287,7 +310,7 @@ void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
   }
   if (groups.empty()) {
     pool_->Submit(std::move(batch), std::move(all_enqueued));
-    return;
+    return handle;
   }
   // Groups submit their own first attempts; the async answer must wait for those too, so the
   // batch's completion is counted together with theirs.
@@ -303,6 +326,20 @@ void Dispatcher::Raise(const std::string& event, const jsonrpc::Params& params,
   };
   pool_->Submit(std::move(batch), arrive);
   for (auto& run : groups) NextGroupAttempt(std::move(run), arrive);
+  return handle;
+}
+
+void Dispatcher::Cancel(const RaiseHandle& handle) {
+  std::shared_ptr<RaiseState> state = handle.state_.lock();
+  if (state == nullptr) return;
+  std::vector<std::string> keys;
+  {
+    std::lock_guard<std::mutex> lock(state->mu);
+    if (state->answered || state->cancelled || state->token == nullptr) return;
+    state->cancelled = true;
+    keys = state->keys;
+  }
+  pool_->Cancel(state->token, keys);
 }
 
 size_t Dispatcher::RotationsForTesting() {
@@ -338,11 +375,17 @@ void Dispatcher::NextGroupAttempt(std::shared_ptr<GroupRun> run,
   RaiseState& state = *run->raise;
   const absl::Time now = clock_->Now();
   const bool out_of_members = run->next >= run->order.size();
-  if (out_of_members || now >= run->deadline) {
+  const uri::TcpTarget* member =
+      out_of_members ? nullptr : &run->sub->target.targets[run->order[run->next]];
+  // Registering the target fails once the Raise is cancelled: no further member is tried.
+  if (out_of_members || now >= run->deadline || !state.AddKey(member->Key())) {
     DeliveryReport r;
     r.latency = now - state.start;
     r.attempts = run->attempts;
-    if (run->attempts.empty()) {
+    if (!out_of_members && now < run->deadline) {
+      r.outcome.code = DeliveryCode::kTimeout;
+      r.outcome.detail = "abandoned: the Raise was cancelled";
+    } else if (run->attempts.empty()) {
       r.outcome.code = DeliveryCode::kTimeout;
       r.outcome.detail = "no time left for any member";
     } else {
@@ -355,18 +398,28 @@ void Dispatcher::NextGroupAttempt(std::shared_ptr<GroupRun> run,
     return;
   }
 
+  const size_t members_left = run->order.size() - run->next;
   const size_t m = run->order[run->next++];
-  const uri::TcpTarget& member = run->sub->target.targets[m];
   net::Request req;
-  req.target = member;
+  req.target = *member;
   req.body = run->bodies[m];
   req.expect_reply = state.sync;
   req.deadline = run->deadline;
   req.fail_fast = true;
-  req.done = [this, run, member_text = member.ToString(), started = now](Outcome o) mutable {
+  req.cancel = state.token;
+  if (members_left > 1) {
+    // This member's share of what is left; the last member gets all of it.
+    const absl::Duration share =
+        std::max((run->deadline - now) / static_cast<int64_t>(members_left), kMinConnectShare);
+    req.connect_deadline = std::min(now + share, run->deadline);
+  }
+  req.done = [this, run, member_text = member->ToString(), started = now](Outcome o) mutable {
     RaiseState& state = *run->raise;
     const absl::Time at = clock_->Now();
-    if (MemberFailed(o)) {
+    const bool cancelled = state.Cancelled();
+    if (cancelled) {
+      // An abandoned attempt says nothing about the member.
+    } else if (MemberFailed(o)) {
       std::lock_guard<std::mutex> lock(mu_);
       failed_at_[member_text] = at;
       if (failed_at_.size() >= failed_prune_at_) {
@@ -393,7 +446,7 @@ void Dispatcher::NextGroupAttempt(std::shared_ptr<GroupRun> run,
       state.Complete(run->slot, std::move(r));
       return;
     }
-    if (!run->handover) {
+    if (cancelled) {
       DeliveryReport r;
       r.latency = at - state.start;
       r.outcome = std::move(o);

@@ -54,10 +54,22 @@ struct DispatcherOptions {
 
 // Thread-safe.
 class Dispatcher {
+ private:
+  struct RaiseState;
+
  public:
   using Done = absl::AnyInvocable<void(std::vector<DeliveryReport>)>;
 
-  // `pool` and `clock` must outlive the dispatcher.
+  // Names one Raise in progress, for Cancel(). Copyable; holds nothing alive. Empty for a Raise
+  // that cannot be cancelled (async, or nobody to deliver to).
+  class RaiseHandle {
+   private:
+    friend class Dispatcher;
+    std::weak_ptr<RaiseState> state_;
+  };
+
+  // `pool` and `clock` must outlive the dispatcher, and the pool must be shut down before it is
+  // destroyed: outcomes of group attempts still in flight call back into it.
   Dispatcher(net::WriterPool* pool, const base::Clock* clock, DispatcherOptions options);
   ~Dispatcher();
 
@@ -66,21 +78,31 @@ class Dispatcher {
   // delivery is queued (QUEUED or an immediate failure); sync, when every target has an outcome,
   // at most `options.timeout` later (plus timer precision). Runs `done` inline when there is
   // nobody to deliver to.
-  void Raise(const std::string& event, const jsonrpc::Params& params, const RaiseOptions& options,
-             std::shared_ptr<const registry::SubscriberList> subscribers, Done done);
+  // Returns a handle for Cancel().
+  RaiseHandle Raise(const std::string& event, const jsonrpc::Params& params,
+                    const RaiseOptions& options,
+                    std::shared_ptr<const registry::SubscriberList> subscribers, Done done);
+
+  // Abandons a sync Raise whose caller went away (cancelled, disconnected, past its deadline):
+  // its deliveries still queued or awaiting a reply are dropped on their loops (one post per loop),
+  // groups try no further member, and `done` runs soon with what is known (the abandoned
+  // deliveries as TIMEOUT, "abandoned ..."). A no-op once the Raise has answered. Never blocks.
+  void Cancel(const RaiseHandle& handle);
 
   // How many ROUND-ROBIN rotations are remembered (tests check they do not pile up).
   size_t RotationsForTesting();
 
  private:
-  struct RaiseState;
   struct GroupRun;
   // Moves the members of `order` that are known to be down to its end, keeping the relative
   // order: those whose attempt failed within failover_timeout, and those whose shared connection
   // failed to connect within it and has not connected since.
   void DemoteFailedMembers(const std::vector<uri::TcpTarget>& members, absl::Time now,
                            std::vector<size_t>* order);
-  // Tries the group's next member, or completes its report when none is left or time is up.
+  // Tries the group's next member, or completes its report when none is left, time is up or the
+  // Raise was cancelled. A member that is not the last may spend only its share of the budget
+  // left (an equal split among the members left, at least kMinConnectShare) waiting for its
+  // connection, so a black-holed member cannot use up the group's budget.
   // `enqueued` (may be null) runs once the attempt is enqueued or the report completed.
   void NextGroupAttempt(std::shared_ptr<GroupRun> run, absl::AnyInvocable<void()> enqueued);
 
@@ -105,6 +127,7 @@ class Dispatcher {
   absl::flat_hash_map<std::string, Rotation> rr_next_;
   size_t rr_prune_at_ = kMinPruneAt;
   static constexpr size_t kMinPruneAt = 1024;
+  static constexpr absl::Duration kMinConnectShare = absl::Milliseconds(100);
 };
 
 }  // namespace eventbus::delivery

@@ -27,7 +27,18 @@ constexpr int kMaxReadsPerWakeup = 4;
 constexpr int kMaxIov = IOV_MAX;
 constexpr uint32_t kMaxRequestId = 0x7fffffff;  // ids are positive and below 2^31
 
+// A framer whose buffer grew beyond this is recreated once it holds no partial reply, so one large
+// reply does not pin its capacity for the connection's lifetime.
+constexpr size_t kFramerShrinkBytes = 64 << 10;
+
 std::string Errno(int err) { return strerror(err); }
+
+Outcome Abandoned() {
+  Outcome outcome;
+  outcome.code = DeliveryCode::kTimeout;
+  outcome.detail = "abandoned: cancelled by its submitter";
+  return outcome;
+}
 
 }  // namespace
 
@@ -44,6 +55,7 @@ TargetStats TargetCounters::Snapshot() const {
   s.failed = failed.load(std::memory_order_relaxed);
   s.reconnects = reconnects.load(std::memory_order_relaxed);
   s.unmatched_replies = unmatched_replies.load(std::memory_order_relaxed);
+  s.reply_buffer_bytes = reply_buffer_bytes.load(std::memory_order_relaxed);
   int64_t failed_ns = last_connect_failure_ns.load(std::memory_order_relaxed);
   if (failed_ns != 0) s.last_connect_failure = absl::FromUnixNanos(failed_ns);
   return s;
@@ -83,12 +95,14 @@ std::vector<TargetStats> StatsRegistry::All() const {
 // LoopContext
 
 LoopContext::LoopContext(EventLoop* loop, const PoolOptions* options, Resolver* resolver,
-                         StatsRegistry* stats, std::atomic<int64_t>* pending)
+                         StatsRegistry* stats, std::atomic<int64_t>* pending,
+                         std::atomic<size_t>* connection_count)
     : loop(loop),
       options(options),
       resolver(resolver),
       stats(stats),
       pending(pending),
+      connection_count(connection_count),
       read_buffer(kReadBufferBytes) {}
 
 LoopContext::~LoopContext() = default;
@@ -96,16 +110,12 @@ LoopContext::~LoopContext() = default;
 void LoopContext::EnqueueBatch(std::vector<Item>& items) {
   for (Item& item : items) {
     auto it = connections.find(item.key);
-    if (it == connections.end()) {
-      std::string key = item.key;
-      auto conn = std::make_unique<Connection>(this, item.request.target, key, next_uid++);
-      it = connections.emplace(std::move(key), std::move(conn)).first;
-    }
-    Connection* conn = it->second.get();
+    Connection* conn = it != connections.end() ? it->second.get() : CreateConnection(item);
+    if (conn == nullptr) continue;
     conn->Enqueue(std::move(item.request));
     if (!conn->in_batch) {
       conn->in_batch = true;
-      flush_list.emplace_back(it->first, conn->uid());
+      flush_list.emplace_back(item.key, conn->uid());
     }
   }
   if (!flush_scheduled && !flush_list.empty()) {
@@ -126,6 +136,83 @@ void LoopContext::FlushPending() {
   }
 }
 
+Connection* LoopContext::CreateConnection(Item& item) {
+  const size_t limit = options->max_target_connections;
+  // Claim a slot first: the count is shared by every loop.
+  bool room = connection_count->fetch_add(1, std::memory_order_acq_rel) < limit;
+  if (!room) {
+    connection_count->fetch_sub(1, std::memory_order_acq_rel);
+    // Idle connections only save a reconnect later; a delivery now is worth more.
+    if (ReapIdle() > 0) {
+      room = connection_count->fetch_add(1, std::memory_order_acq_rel) < limit;
+      if (!room) connection_count->fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+  if (!room) {
+    // The other loops may hold idle connections: have them reaped for the next delivery.
+    if (reap_elsewhere) reap_elsewhere();
+    EB_LOG(kWarning, "too many target connections", "target=", item.key, " limit=", limit);
+    Outcome outcome;
+    outcome.code = DeliveryCode::kConnectFailed;
+    outcome.detail =
+        absl::StrCat("connect to ", item.key, ": too many target connections (limit ", limit, ")");
+    if (item.request.done) item.request.done(std::move(outcome));
+    pending->fetch_sub(1, std::memory_order_acq_rel);
+    return nullptr;
+  }
+  std::string key = item.key;
+  auto conn = std::make_unique<Connection>(this, item.request.target, key, next_uid++);
+  return connections.emplace(std::move(key), std::move(conn)).first->second.get();
+}
+
+size_t LoopContext::ReapIdle() {
+  std::vector<std::string> idle;
+  for (const auto& [key, conn] : connections) {
+    if (conn->IsIdle()) idle.push_back(key);
+  }
+  for (const std::string& key : idle) {
+    EB_LOG(kDebug, "closing idle connection to make room", "target=", key);
+    connections.find(key)->second->Retire();
+    DestroyLater(key);
+  }
+  return idle.size();
+}
+
+void LoopContext::Cancel(uint64_t cancel_id, const std::vector<std::string>& keys) {
+  for (const std::string& key : keys) {
+    auto it = connections.find(key);
+    if (it != connections.end()) it->second->Cancel(cancel_id);
+  }
+}
+
+void LoopContext::AddReplyBufferBytes(int64_t delta) {
+  reply_buffer_bytes = static_cast<size_t>(static_cast<int64_t>(reply_buffer_bytes) + delta);
+  if (reply_buffer_bytes > options->max_reply_buffer_bytes_per_loop && !shed_scheduled) {
+    shed_scheduled = true;
+    loop->RunAtEndOfIteration([this] { ShedReplyBuffers(); });
+  }
+}
+
+void LoopContext::ShedReplyBuffers() {
+  shed_scheduled = false;
+  const size_t limit = options->max_reply_buffer_bytes_per_loop;
+  while (reply_buffer_bytes > limit) {
+    Connection* largest = nullptr;
+    for (const auto& [key, conn] : connections) {
+      if (largest == nullptr || conn->reply_buffer_bytes() > largest->reply_buffer_bytes()) {
+        largest = conn.get();
+      }
+    }
+    if (largest == nullptr || largest->reply_buffer_bytes() == 0) break;
+    EB_LOG(kWarning, "closing the connection with the largest unfinished reply",
+           "buffered=", largest->reply_buffer_bytes(), " loop_total=", reply_buffer_bytes,
+           " limit=", limit);
+    largest->Drop(absl::StrCat("connection closed: ", largest->reply_buffer_bytes(),
+                               " bytes of an unfinished reply, the most of the ",
+                               reply_buffer_bytes, " buffered on its loop (limit ", limit, ")"));
+  }
+}
+
 Connection* LoopContext::Find(const std::string& key, uint64_t uid) {
   auto it = connections.find(key);
   if (it == connections.end() || it->second->uid() != uid) return nullptr;
@@ -137,11 +224,13 @@ void LoopContext::DestroyLater(const std::string& key) {
   if (it == connections.end()) return;
   std::unique_ptr<Connection> doomed = std::move(it->second);
   connections.erase(it);
+  connection_count->fetch_sub(1, std::memory_order_acq_rel);
   loop->RunAtEndOfIteration([doomed = std::move(doomed)]() {});
 }
 
 void LoopContext::FailAllAndClear(absl::string_view detail) {
   for (auto& [key, conn] : connections) conn->FailAll(detail);
+  connection_count->fetch_sub(connections.size(), std::memory_order_acq_rel);
   connections.clear();
 }
 
@@ -159,6 +248,7 @@ Connection::Connection(LoopContext* ctx, const uri::TcpTarget& target, std::stri
       framer_(ctx->options->max_reply_bytes) {}
 
 Connection::~Connection() {
+  if (reported_reply_bytes_ > 0) ctx_->reply_buffer_bytes -= reported_reply_bytes_;
   CloseSocket();
   EventLoop* loop = ctx_->loop;
   for (EventLoop::TimerId id : {connect_timer_, retry_timer_, deadline_timer_, idle_timer_}) {
@@ -187,6 +277,7 @@ uint32_t Connection::AllocateId() {
 }
 
 void Connection::Complete(Message& message, Outcome outcome) {
+  if (message.cancel_id != 0) UnindexCancellable(message);
   if (outcome.code == DeliveryCode::kOk || outcome.code == DeliveryCode::kRpcError) {
     counters_->delivered.fetch_add(1, std::memory_order_relaxed);
   } else {
@@ -216,8 +307,14 @@ void Connection::Enqueue(Request request) {
   m.fail_fast = request.fail_fast;
   m.body = std::move(request.body);
   m.deadline = request.deadline;
+  m.connect_deadline = std::min(request.connect_deadline, request.deadline);
   m.done = std::move(request.done);
   m.enqueued_at = absl::Now();
+  // Checked here as well as by Cancel(): a request may reach its loop after the cancellation.
+  if (request.cancel != nullptr && request.cancel->cancelled()) {
+    Complete(m, Abandoned());
+    return;
+  }
   size_t body_size = m.body ? m.body->size() : 0;
   if (m.expect_reply) m.id = AllocateId();
   std::string& prefix = ctx_->prefix;
@@ -235,8 +332,8 @@ void Connection::Enqueue(Request request) {
                           " messages, ", queued_bytes_, " bytes"));
     return;
   }
-  if (state_ == ConnState::kBackoff && m.deadline < retry_at_) {
-    // The next connect attempt comes after this message's deadline.
+  if (state_ == ConnState::kBackoff && m.connect_deadline < retry_at_) {
+    // The next connect attempt comes after this message's deadline (or its connect share).
     if (m.id != 0) ids_in_use_.erase(m.id);
     Complete(m, NotConnectedOutcome());
     return;
@@ -246,6 +343,14 @@ void Connection::Enqueue(Request request) {
   m.seq = next_seq_++;
   deadlines_.push_back(DeadlineEntry{m.deadline, m.seq, m.id});
   std::push_heap(deadlines_.begin(), deadlines_.end(), Later());
+  if (m.connect_deadline < m.deadline) {
+    deadlines_.push_back(DeadlineEntry{m.connect_deadline, m.seq, m.id, /*connect_only=*/true});
+    std::push_heap(deadlines_.begin(), deadlines_.end(), Later());
+  }
+  if (request.cancel != nullptr) {
+    m.cancel_id = request.cancel->id();
+    IndexCancellable(m);
+  }
   queued_bytes_ += m.size;
   ++live_queued_;
   queue_.push_back(std::move(m));
@@ -291,6 +396,7 @@ void Connection::FailAll(absl::string_view detail) {
   write_offset_ = 0;
   ids_in_use_.clear();
   deadlines_.clear();
+  cancellable_.clear();
   SetState(ConnState::kIdle);
   for (Message& m : queue) {
     if (!m.dead) Complete(m, DeliveryCode::kConnectionLost, std::string(detail));
@@ -298,12 +404,65 @@ void Connection::FailAll(absl::string_view detail) {
   for (auto& [id, m] : outstanding) Complete(m, DeliveryCode::kConnectionLost, std::string(detail));
 }
 
+void Connection::Cancel(uint64_t cancel_id) {
+  auto it = cancellable_.find(cancel_id);
+  if (it == cancellable_.end()) return;
+  std::vector<std::pair<uint64_t, uint32_t>> entries = std::move(it->second);
+  cancellable_.erase(it);
+  for (const auto& [seq, id] : entries) {
+    if (seq >= front_seq_ && seq - front_seq_ < queue_.size()) {
+      Message& m = queue_[seq - front_seq_];
+      if (m.dead) continue;
+      m.cancel_id = 0;  // unindexed above
+      if (seq == front_seq_ && write_offset_ > 0) {
+        // Half-written: the rest must still go out or the stream is corrupt; Consume() completes
+        // it once written instead of awaiting its reply.
+        m.cancelled = true;
+        continue;
+      }
+      KillQueued(m, Abandoned());
+    } else if (id != 0) {
+      auto out = outstanding_.find(id);
+      if (out == outstanding_.end() || out->second.seq != seq) continue;
+      // Forgotten: its reply, should it come, is unmatched.
+      Message m = std::move(out->second);
+      outstanding_.erase(out);
+      ids_in_use_.erase(m.id);
+      m.cancel_id = 0;
+      Complete(m, Abandoned());
+    }
+  }
+  PopDeadFront();
+  if (state_ == ConnState::kConnected) DropStrandedReply();
+  MaybeIdle();
+  PublishCounts();
+}
+
+bool Connection::IsIdle() const { return live_queued_ == 0 && outstanding_.empty() && !in_batch; }
+
+void Connection::Retire() {
+  CloseSocket();
+  if (retry_timer_ != 0) {
+    ctx_->loop->Cancel(retry_timer_);
+    retry_timer_ = 0;
+  }
+  if (idle_timer_ != 0) {
+    ctx_->loop->Cancel(idle_timer_);
+    idle_timer_ = 0;
+  }
+  ctx_->stats->Unregister(counters_);
+}
+
 void Connection::OnIo(uint32_t events) {
   if (state_ == ConnState::kConnecting) {
     OnConnectEvent();
   } else if (state_ == ConnState::kConnected) {
     bool alive = true;
-    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) alive = ReadSome();
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+      alive = ReadSome();
+      if (alive) alive = !DropStrandedReply();
+      UpdateReplyBuffer();
+    }
     if (alive && (events & EPOLLOUT) && state_ == ConnState::kConnected) WriteSome();
   }
   MaybeIdle();
@@ -419,7 +578,7 @@ void Connection::OnConnected() {
   ever_connected_ = true;
   consecutive_failures_ = 0;
   last_error_.clear();
-  framer_.Reset();
+  ResetFramer();
   // EPOLLIN stays armed even on notification-only connections, to notice a peer close.
   want_write_ = true;  // forces the Modify below
   SetWantWrite(false);
@@ -467,6 +626,23 @@ void Connection::CloseSocket() {
   registered_ = false;
   want_write_ = false;
   fd_.Reset();
+}
+
+Outcome Connection::ConnectShareOutcome(const Message& message) const {
+  if (state_ == ConnState::kBackoff && !last_error_.empty()) return NotConnectedOutcome();
+  const std::string share = absl::FormatDuration(message.connect_deadline - message.enqueued_at);
+  Outcome outcome;
+  if (state_ == ConnState::kResolving) {
+    outcome.code = DeliveryCode::kResolveFailed;
+    outcome.detail = absl::StrCat("resolve \"", target_.host, "\": no answer within ", share,
+                                  " (this member's share of the budget)");
+  } else {
+    outcome.code = DeliveryCode::kConnectFailed;
+    outcome.detail =
+        absl::StrCat("connect to ", connecting_to_.empty() ? key_ : connecting_to_,
+                     ": not connected within ", share, " (this member's share of the budget)");
+  }
+  return outcome;
 }
 
 Outcome Connection::NotConnectedOutcome() const {
@@ -562,7 +738,11 @@ void Connection::Consume(size_t bytes) {
     ++front_seq_;
     --live_queued_;
     queued_bytes_ -= m.size;
-    if (m.expect_reply) {
+    if (m.expect_reply && m.cancelled) {
+      // Cancelled while half-written: now completely written, its reply is not awaited.
+      ids_in_use_.erase(m.id);
+      Complete(m, Abandoned());
+    } else if (m.expect_reply) {
       uint32_t id = m.id;
       outstanding_.emplace(id, std::move(m));
     } else {
@@ -581,6 +761,7 @@ bool Connection::ReadSome() {
     ssize_t n = ::recv(fd_.get(), buf.data(), buf.size(), 0);
     if (n > 0) {
       framer_.Append(absl::string_view(buf.data(), static_cast<size_t>(n)));
+      framer_appended_ += static_cast<size_t>(n);
       if (!ProcessFrames()) return false;
       if (static_cast<size_t>(n) < buf.size()) return true;
       ++round;
@@ -643,6 +824,37 @@ bool Connection::ProcessFrames() {
   return true;
 }
 
+void Connection::ResetFramer() {
+  // Assignment, not Reset(): Reset() keeps the buffer's capacity.
+  framer_ = jsonrpc::ReplyFramer(ctx_->options->max_reply_bytes);
+  framer_appended_ = 0;
+  UpdateReplyBuffer();
+}
+
+void Connection::UpdateReplyBuffer() {
+  size_t buffered = framer_.buffered();
+  if (buffered == 0 && framer_appended_ > kFramerShrinkBytes) {
+    framer_ = jsonrpc::ReplyFramer(ctx_->options->max_reply_bytes);
+    framer_appended_ = 0;
+  }
+  if (buffered == reported_reply_bytes_) return;
+  const int64_t delta =
+      static_cast<int64_t>(buffered) - static_cast<int64_t>(reported_reply_bytes_);
+  reported_reply_bytes_ = buffered;
+  counters_->reply_buffer_bytes.store(buffered, std::memory_order_relaxed);
+  ctx_->AddReplyBufferBytes(delta);
+}
+
+bool Connection::DropStrandedReply() {
+  if (!outstanding_.empty() || framer_.buffered() == 0) return false;
+  const size_t buffered = framer_.buffered();
+  EB_LOG(kWarning, "closing connection: partial reply with no request outstanding", "target=", key_,
+         " buffered=", buffered);
+  LoseConnection(absl::StrCat("connection to ", connecting_to_, " closed: ", buffered,
+                              " bytes of a reply arrived with no request outstanding"));
+  return true;
+}
+
 void Connection::BreakStream(absl::string_view why) {
   // The request whose reply was being read gets BAD_REPLY; replies come in any order, so the
   // oldest outstanding one is the best guess. The others lose their connection.
@@ -666,7 +878,7 @@ void Connection::BreakStream(absl::string_view why) {
 void Connection::LoseConnection(absl::string_view detail) {
   CloseSocket();
   SetState(ConnState::kIdle);
-  framer_.Reset();
+  ResetFramer();
   auto outstanding = std::move(outstanding_);
   outstanding_.clear();
   for (auto& [id, m] : outstanding) {
@@ -713,9 +925,29 @@ void Connection::KillQueued(Message& message, Outcome outcome) {
 
 void Connection::FailQueuedAfterConnectFailure(absl::Time limit) {
   for (Message& m : queue_) {
-    if (!m.dead && (m.fail_fast || m.deadline < limit)) KillQueued(m, NotConnectedOutcome());
+    if (!m.dead && (m.fail_fast || m.connect_deadline < limit)) {
+      KillQueued(m, NotConnectedOutcome());
+    }
   }
   PopDeadFront();
+}
+
+void Connection::IndexCancellable(const Message& message) {
+  cancellable_[message.cancel_id].emplace_back(message.seq, message.id);
+}
+
+void Connection::UnindexCancellable(const Message& message) {
+  auto it = cancellable_.find(message.cancel_id);
+  if (it == cancellable_.end()) return;
+  auto& entries = it->second;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (entries[i].first == message.seq) {
+      entries[i] = entries.back();
+      entries.pop_back();
+      break;
+    }
+  }
+  if (entries.empty()) cancellable_.erase(it);
 }
 
 bool Connection::IsLive(const DeadlineEntry& entry) const {
@@ -759,6 +991,16 @@ void Connection::OnDeadlineTimer() {
   bool half_written_expired = false;
   for (const DeadlineEntry& e : expired) {
     if (!IsLive(e)) continue;
+    if (e.connect_only) {
+      // Only a message still waiting for the connection fails; once connected (or written), the
+      // member is reachable and the message keeps the rest of its deadline.
+      if (state_ != ConnState::kConnected && e.seq >= front_seq_ &&
+          e.seq - front_seq_ < queue_.size()) {
+        Message& m = queue_[e.seq - front_seq_];
+        KillQueued(m, ConnectShareOutcome(m));
+      }
+      continue;
+    }
     if (e.seq >= front_seq_ && e.seq - front_seq_ < queue_.size()) {
       Message& m = queue_[e.seq - front_seq_];
       absl::Duration budget = m.deadline - m.enqueued_at;
@@ -794,6 +1036,8 @@ void Connection::OnDeadlineTimer() {
   if (half_written_expired) {
     LoseConnection(absl::StrCat("connection to ", connecting_to_,
                                 " closed: a message timed out half-written"));
+  } else if (state_ == ConnState::kConnected) {
+    DropStrandedReply();
   }
   ArmDeadlineTimer();
   MaybeIdle();
@@ -826,12 +1070,7 @@ void Connection::OnIdleTimer() {
     return;
   }
   EB_LOG(kDebug, "closing idle connection", "target=", key_);
-  CloseSocket();
-  if (retry_timer_ != 0) {
-    ctx_->loop->Cancel(retry_timer_);
-    retry_timer_ = 0;
-  }
-  ctx_->stats->Unregister(counters_);
+  Retire();
   ctx_->DestroyLater(key_);  // `this` stays valid until the end of the iteration
 }
 

@@ -2,7 +2,8 @@
 // its loop shares among its connections. A Connection connects lazily, writes its queue with
 // coalesced sendmsg() calls, pipelines sync requests and matches their replies by id, enforces
 // per-message deadlines and the bounded queue, and reconnects with backoff. Internal to
-// server/net; WriterPool is the only user.
+// server/net; WriterPool is the only user. The LoopContext also enforces the pool-wide cap on
+// target connections and the per-loop bound on buffered reply bytes.
 #ifndef EVENTBUS_SERVER_NET_CONNECTION_H_
 #define EVENTBUS_SERVER_NET_CONNECTION_H_
 
@@ -42,6 +43,7 @@ struct TargetCounters {
   std::atomic<uint64_t> failed{0};
   std::atomic<uint64_t> reconnects{0};
   std::atomic<uint64_t> unmatched_replies{0};
+  std::atomic<uint64_t> reply_buffer_bytes{0};
   // absl::ToUnixNanos of the last failed connect or resolve attempt; 0 = never.
   std::atomic<int64_t> last_connect_failure_ns{0};
 };
@@ -69,7 +71,7 @@ class Connection;
 // loop thread starts; afterwards loop thread only (and main thread once the loop has stopped).
 struct LoopContext {
   LoopContext(EventLoop* loop, const PoolOptions* options, Resolver* resolver, StatsRegistry* stats,
-              std::atomic<int64_t>* pending);
+              std::atomic<int64_t>* pending, std::atomic<size_t>* connection_count);
   ~LoopContext();
 
   // One Submit() batch for this loop: enqueues every request and puts each touched connection on
@@ -91,6 +93,13 @@ struct LoopContext {
   // Completes everything queued or outstanding on every connection with kConnectionLost and
   // drops the connections. Only once the loop has stopped.
   void FailAllAndClear(absl::string_view detail);
+  // Abandons the requests tagged `cancel_id` on the connections to `keys`.
+  void Cancel(uint64_t cancel_id, const std::vector<std::string>& keys);
+  // Closes and forgets every connection with nothing queued or outstanding. Returns how many.
+  size_t ReapIdle();
+  // Adds `delta` to the loop's buffered reply bytes; when they exceed the bound, closes the
+  // connection that holds the most (at the end of the iteration, never under its own callback).
+  void AddReplyBufferBytes(int64_t delta);
 
   EventLoop* const loop;
   const PoolOptions* const options;
@@ -98,6 +107,13 @@ struct LoopContext {
   StatsRegistry* const stats;
   // Pool-wide count of messages submitted but not yet completed (for Drain).
   std::atomic<int64_t>* const pending;
+  // Pool-wide count of target connections (Connection objects), against
+  // options->max_target_connections.
+  std::atomic<size_t>* const connection_count;
+  // Asks the other loops to reap their idle connections (set by the pool; may be null).
+  absl::AnyInvocable<void()> reap_elsewhere;
+  // Set while a ReapIdle() for this loop is posted (thread-safe).
+  std::atomic<bool> reap_posted{false};
 
   // Connections with messages enqueued since the last FlushPending, by key and uid (a connection
   // may be destroyed before the flush).
@@ -111,6 +127,16 @@ struct LoopContext {
   std::string prefix;  // scratch for jsonrpc::AppendMessagePrefix
   absl::flat_hash_map<std::string, std::unique_ptr<Connection>> connections;
   uint64_t next_uid = 1;
+  // Bytes of unfinished replies held by this loop's connections.
+  size_t reply_buffer_bytes = 0;
+  bool shed_scheduled = false;
+
+ private:
+  // Creates the connection for `item`, or completes its request with kConnectFailed when the
+  // connection cap is reached and no idle connection could be reaped. Null then.
+  Connection* CreateConnection(Item& item);
+  void Forget(absl::flat_hash_map<std::string, std::unique_ptr<Connection>>::iterator it);
+  void ShedReplyBuffers();
 };
 
 // Owned by its LoopContext (unique_ptr in `connections`); loop thread only.
@@ -128,6 +154,17 @@ class Connection final : public IoHandler {
   void Flush();
   // Completes everything queued or outstanding with kConnectionLost and `detail`.
   void FailAll(absl::string_view detail);
+  // Abandons the requests tagged `cancel_id` (see Request::cancel).
+  void Cancel(uint64_t cancel_id);
+  // Nothing queued or outstanding, and not on the flush list.
+  bool IsIdle() const;
+  // Closes the socket and stops the timers before the LoopContext forgets this connection.
+  void Retire();
+  // Bytes of the unfinished reply held (as published to the loop's total).
+  size_t reply_buffer_bytes() const { return reported_reply_bytes_; }
+  // Closes the connection (outstanding requests: kConnectionLost with `detail`); queued messages
+  // wait for the reconnect.
+  void Drop(absl::string_view detail) { LoseConnection(detail); }
 
   void OnIo(uint32_t events) override;
 
@@ -142,18 +179,23 @@ class Connection final : public IoHandler {
     bool expect_reply = false;
     bool fail_fast = false;  // Request::fail_fast: fails with the first failed connect attempt
     bool dead = false;       // completed while queued (deadline); skipped by the writer
+    bool cancelled = false;  // cancelled while half-written: completed once written
+    uint64_t cancel_id = 0;  // Request::cancel's id; 0 = not cancellable
     uint8_t prefix_len = 0;
     char prefix[24];
     std::shared_ptr<const std::string> body;
     size_t size = 0;  // prefix + body
     absl::Time enqueued_at;
     absl::Time deadline;
+    absl::Time connect_deadline = absl::InfiniteFuture();
     OutcomeCallback done;
   };
   struct DeadlineEntry {
     absl::Time when;
     uint64_t seq;
     uint32_t id;
+    // Request::connect_deadline: fails the message only while it waits for a connection.
+    bool connect_only = false;
   };
   struct Later {
     bool operator()(const DeadlineEntry& a, const DeadlineEntry& b) const {
@@ -178,6 +220,8 @@ class Connection final : public IoHandler {
   void OnRetryTimer();
   void CloseSocket();
   Outcome NotConnectedOutcome() const;
+  // The outcome of a message whose connect_deadline passed before the connection was made.
+  Outcome ConnectShareOutcome(const Message& message) const;
 
   // Connected.
   void SetWantWrite(bool want);
@@ -185,6 +229,13 @@ class Connection final : public IoHandler {
   void Consume(size_t bytes);
   bool ReadSome();
   bool ProcessFrames();
+  // Publishes the framer's buffered bytes to the counters and the loop's total, and frees the
+  // framer's buffer once it has no partial reply after holding a large one.
+  void UpdateReplyBuffer();
+  // Closes the connection when a partial reply is buffered but no request is outstanding: such a
+  // reply can only be unmatched, and its bytes must not be held until the idle timeout.
+  bool DropStrandedReply();
+  void ResetFramer();
   void BreakStream(absl::string_view why);
   void LoseConnection(absl::string_view detail);
 
@@ -194,6 +245,8 @@ class Connection final : public IoHandler {
   // Fails the queued messages whose deadline is before `limit`, and the fail-fast ones.
   void FailQueuedAfterConnectFailure(absl::Time limit);
   bool IsLive(const DeadlineEntry& entry) const;
+  void IndexCancellable(const Message& message);
+  void UnindexCancellable(const Message& message);
   void ArmDeadlineTimer();
   void OnDeadlineTimer();
   void MaybeIdle();
@@ -241,8 +294,13 @@ class Connection final : public IoHandler {
   uint32_t next_id_ = 1;
   // Min-heap of message deadlines; entries of completed messages are skipped lazily.
   std::vector<DeadlineEntry> deadlines_;
+  // Cancellable messages by Request::cancel id: their seq (and id, once outstanding).
+  absl::flat_hash_map<uint64_t, std::vector<std::pair<uint64_t, uint32_t>>> cancellable_;
 
   jsonrpc::ReplyFramer framer_;
+  // Bytes appended to the framer since it was last recreated (its buffer keeps its capacity).
+  size_t framer_appended_ = 0;
+  size_t reported_reply_bytes_ = 0;
 };
 
 }  // namespace eventbus::net

@@ -1,6 +1,7 @@
 #include "server/net/writer_pool.h"
 
 #include <pthread.h>
+#include <sys/resource.h>
 
 #include <functional>
 #include <mutex>
@@ -8,10 +9,13 @@
 #include <thread>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/base/log.h"
 #include "server/net/connection.h"
+#include "server/net/fd_budget.h"
 #include "server/net/event_loop.h"
 #include "server/net/resolver.h"
 
@@ -22,6 +26,22 @@ namespace {
 constexpr int kMaxResolverThreads = 32;
 constexpr absl::Duration kDrainPollInterval = absl::Milliseconds(5);
 constexpr absl::string_view kShuttingDown = "shutting down";
+// Without a usable RLIMIT_NOFILE, the cap on target connections.
+constexpr size_t kFallbackMaxTargetConnections = 1 << 16;
+
+std::atomic<uint64_t> next_cancel_id{1};
+
+// PoolOptions::max_target_connections = 0: the target share of the soft fd limit, derived where
+// the client share is (net/fd_budget.h).
+size_t DefaultMaxTargetConnections() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) {
+    return kFallbackMaxTargetConnections;
+  }
+  return DeriveFdBudget(limit.rlim_cur).target_connections;
+}
+  return std::max<size_t>(1, static_cast<size_t>(limit.rlim_cur) / 2);
+}
 
 void FailNow(Request& request) {
   Outcome outcome;
@@ -31,6 +51,8 @@ void FailNow(Request& request) {
 }
 
 }  // namespace
+
+CancelToken::CancelToken() : id_(next_cancel_id.fetch_add(1, std::memory_order_relaxed)) {}
 
 absl::string_view ConnStateName(ConnState state) {
   switch (state) {
@@ -60,6 +82,7 @@ struct WriterPool::Impl {
   PoolOptions options;
   StatsRegistry stats;
   std::atomic<int64_t> pending{0};
+  std::atomic<size_t> connection_count{0};
   std::unique_ptr<Resolver> resolver;
   std::vector<std::unique_ptr<EventLoop>> loops;
   // Declared after `loops`: contexts (and their connections) go first.
@@ -71,6 +94,22 @@ struct WriterPool::Impl {
   // std::shared_mutex: see the note on post_mu in event_loop.cc (TSan visibility).
   std::shared_mutex mu;
   bool shut_down = false;  // guarded by mu
+
+  // Asks every loop but `except` to close its idle connections: at most one such request pending
+  // per loop.
+  void ReapIdleExcept(int except) {
+    std::shared_lock<std::shared_mutex> lock(mu);
+    if (shut_down) return;
+    for (size_t i = 0; i < contexts.size(); ++i) {
+      if (static_cast<int>(i) == except) continue;
+      LoopContext* ctx = contexts[i].get();
+      if (ctx->reap_posted.exchange(true, std::memory_order_acq_rel)) continue;
+      loops[i]->Post([ctx] {
+        ctx->reap_posted.store(false, std::memory_order_release);
+        ctx->ReapIdle();
+      });
+    }
+  }
 };
 
 absl::StatusOr<std::unique_ptr<WriterPool>> WriterPool::Create(const PoolOptions& options) {
@@ -78,6 +117,9 @@ absl::StatusOr<std::unique_ptr<WriterPool>> WriterPool::Create(const PoolOptions
   pool->impl_ = std::make_unique<Impl>();
   Impl& s = *pool->impl_;
   s.options = options;
+  if (s.options.max_target_connections == 0) {
+    s.options.max_target_connections = DefaultMaxTargetConnections();
+  }
   int n = options.num_loops;
   if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   ResolverOptions resolver_options;
@@ -92,7 +134,12 @@ absl::StatusOr<std::unique_ptr<WriterPool>> WriterPool::Create(const PoolOptions
     }
     s.loops.push_back(*std::move(loop));
     s.contexts.push_back(std::make_unique<LoopContext>(s.loops.back().get(), &s.options,
-                                                       s.resolver.get(), &s.stats, &s.pending));
+                                                       s.resolver.get(), &s.stats, &s.pending,
+                                                       &s.connection_count));
+  }
+  for (int i = 0; i < n && n > 1; ++i) {
+    Impl* impl = pool->impl_.get();
+    s.contexts[i]->reap_elsewhere = [impl, i] { impl->ReapIdleExcept(i); };
   }
   for (int i = 0; i < n; ++i) {
     EventLoop* loop = s.loops[i].get();
@@ -149,6 +196,29 @@ void WriterPool::Submit(std::vector<Request> requests, absl::AnyInvocable<void()
   s.mu.unlock_shared();
 }
 
+void WriterPool::Cancel(const std::shared_ptr<CancelToken>& token,
+                        const std::vector<std::string>& keys) {
+  if (token == nullptr) return;
+  // Before the posts: a request of this token that reaches its loop after them fails at once.
+  token->cancelled_.store(true, std::memory_order_release);
+  Impl& s = *impl_;
+  std::shared_lock<std::shared_mutex> lock(s.mu);
+  if (s.shut_down) return;
+  const size_t n = s.loops.size();
+  std::vector<std::vector<std::string>> groups(n);
+  absl::flat_hash_set<absl::string_view> seen;
+  for (const std::string& key : keys) {
+    if (!seen.insert(key).second) continue;
+    groups[std::hash<std::string>()(key) % n].push_back(key);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (groups[i].empty()) continue;
+    LoopContext* ctx = s.contexts[i].get();
+    s.loops[i]->Post(
+        [ctx, id = token->id(), keys = std::move(groups[i])] { ctx->Cancel(id, keys); });
+  }
+}
+
 bool WriterPool::Drain(absl::Time deadline) {
   Impl& s = *impl_;
   for (;;) {
@@ -182,5 +252,7 @@ std::optional<TargetStats> WriterPool::Stats(const std::string& key) const {
 std::vector<TargetStats> WriterPool::AllStats() const { return impl_->stats.All(); }
 
 int WriterPool::num_loops() const { return static_cast<int>(impl_->loops.size()); }
+
+size_t WriterPool::max_target_connections() const { return impl_->options.max_target_connections; }
 
 }  // namespace eventbus::net

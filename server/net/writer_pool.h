@@ -1,10 +1,12 @@
 // The writer pool (SPEC §4): N event loops, each on its own thread, each owning for their whole
 // life the connections to the targets that hash to it. One persistent TCP connection per target
 // host:port, shared by every subscription to it; requests are pipelined on it. Submit() is the one
-// way in: it groups a batch by owning loop and posts one closure per loop.
+// way in: it groups a batch by owning loop and posts one closure per loop; Cancel() is the way
+// back out for requests their submitter abandoned.
 #ifndef EVENTBUS_SERVER_NET_WRITER_POOL_H_
 #define EVENTBUS_SERVER_NET_WRITER_POOL_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -40,6 +42,31 @@ struct PoolOptions {
   absl::Duration idle_timeout = absl::Minutes(5);
   // At most this many bytes are written per wakeup per connection (fairness across targets).
   size_t max_write_bytes_per_wakeup = 1 << 20;
+  // Most target connections open (or being opened) at once, over all loops; each holds one fd.
+  // 0 = the target share of the soft RLIMIT_NOFILE (net/fd_budget.h) when the pool is created.
+  // At the limit, idle connections are closed to make room; when none is idle, a delivery to a
+  // new target fails at once with kConnectFailed ("too many target connections (limit N)").
+  size_t max_target_connections = 0;
+  // Bytes of unfinished replies that one loop's connections may buffer together. Beyond it the
+  // connection holding the most is closed (its outstanding requests: kConnectionLost). Each
+  // connection also drops a partial reply as soon as it has no request outstanding (a reply that
+  // can only be unmatched).
+  size_t max_reply_buffer_bytes_per_loop = 32 << 20;
+};
+
+// Lets a submitter abandon the requests it tagged with it (WriterPool::Cancel), e.g. a sync Raise
+// whose caller went away. Thread-safe.
+class CancelToken {
+ public:
+  CancelToken();
+  // Unique in the process.
+  uint64_t id() const { return id_; }
+  bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
+
+ private:
+  friend class WriterPool;
+  const uint64_t id_;
+  std::atomic<bool> cancelled_{false};
 };
 
 // One message for one target.
@@ -59,6 +86,15 @@ struct Request {
   // the next member gets the rest of the budget. (A target in backoff still waits for its next
   // scheduled attempt when that comes before the deadline.)
   bool fail_fast = false;
+  // Fail with kConnectFailed (kResolveFailed while resolving) when the connection is not
+  // established by then. A virtual-group member gets its share of the group's budget this way, so
+  // the group can move on; the shared connection's own attempt continues for its other requests.
+  // InfiniteFuture: up to `deadline`.
+  absl::Time connect_deadline = absl::InfiniteFuture();
+  // Set: Cancel(cancel, ...) abandons this request wherever it is (queued, or written and awaiting
+  // its reply, which is then forgotten: a late reply counts as unmatched). It completes with
+  // kTimeout, detail "abandoned: cancelled by its submitter".
+  std::shared_ptr<CancelToken> cancel;
   // Exactly once, on the owning loop thread; after Shutdown(), on the thread that called it (or
   // inline in a Submit that comes later), since the loops are gone by then. kQueueFull runs inside
   // Submit's loop batch, before `all_enqueued`.
@@ -77,7 +113,8 @@ struct TargetStats {
   uint64_t delivered = 0;  // notifications written + replies received
   uint64_t failed = 0;     // every outcome other than kOk/kRpcError
   uint64_t reconnects = 0;
-  uint64_t unmatched_replies = 0;  // unknown id or no id: counted and ignored
+  uint64_t unmatched_replies = 0;   // unknown id or no id: counted and ignored
+  uint64_t reply_buffer_bytes = 0;  // bytes of an unfinished reply held for this target
   // When the last connect (or resolve) attempt failed; InfinitePast when none did.
   absl::Time last_connect_failure = absl::InfinitePast();
 };
@@ -95,6 +132,11 @@ class WriterPool {
   // `all_enqueued` runs once, on one of the loop threads. Never blocks on the network.
   void Submit(std::vector<Request> requests, absl::AnyInvocable<void()> all_enqueued = nullptr);
 
+  // Abandons every request tagged with `token` on the connections to `keys` ("host:port", as
+  // TcpTarget::Key()): one Post per loop touched. Requests submitted with `token` later fail at
+  // once. Their `done` runs (kTimeout, "abandoned ...") on the owning loops. Never blocks.
+  void Cancel(const std::shared_ptr<CancelToken>& token, const std::vector<std::string>& keys);
+
   // Waits (blocking; main thread only) until every queue is empty and nothing is outstanding, or
   // `deadline`. Returns true when drained. Used for graceful shutdown.
   bool Drain(absl::Time deadline);
@@ -109,6 +151,8 @@ class WriterPool {
   std::vector<TargetStats> AllStats() const;
 
   int num_loops() const;
+  // The effective PoolOptions::max_target_connections (0 resolved at Create).
+  size_t max_target_connections() const;
 
  private:
   WriterPool() = default;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -24,6 +25,41 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
   if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
   return absl::FromChrono(deadline);
 }
+
+// The reactor of one Raise. A sync Raise whose caller goes away (cancels, disconnects, or its
+// deadline passes) is abandoned: OnCancel hands that down to the dispatcher, which drops its
+// deliveries from the targets' queues, so they do not hold them until their own timeout.
+class RaiseReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit RaiseReactor(delivery::Dispatcher* dispatcher) : dispatcher_(dispatcher) {}
+
+  void SetHandle(delivery::Dispatcher::RaiseHandle handle) {
+    std::lock_guard<std::mutex> lock(mu_);
+    handle_ = std::move(handle);
+  }
+
+  // gRPC calls it after the method returned the reactor, on any thread, at most once.
+  void OnCancel() override {
+    delivery::Dispatcher::RaiseHandle handle;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled_ = true;
+      handle = handle_;
+    }
+    dispatcher_->Cancel(handle);
+  }
+  bool cancelled() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cancelled_;
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  delivery::Dispatcher* const dispatcher_;
+  std::mutex mu_;
+  delivery::Dispatcher::RaiseHandle handle_;  // guarded by mu_
+  bool cancelled_ = false;                    // guarded by mu_
+};
 
 }  // namespace
 
@@ -107,7 +143,7 @@ absl::StatusOr<delivery::RaiseOptions> EventBusServiceImpl::ResolveRaiseOptions(
 grpc::ServerUnaryReactor* EventBusServiceImpl::Raise(grpc::CallbackServerContext* context,
                                                      const v1::RaiseRequest* request,
                                                      v1::RaiseResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto* reactor = new RaiseReactor(dispatcher_);
   absl::Status valid = registry::ValidateEventName(request->event(), options_.max_event_name_bytes);
   if (!valid.ok()) {
     reactor->Finish(ToGrpcStatus(valid));
@@ -125,15 +161,21 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Raise(grpc::CallbackServerContext
     reactor->Finish(ToGrpcStatus(options.status()));
     return reactor;
   }
-  // `done` runs inline (nobody to deliver to) or on an event-loop thread.
-  dispatcher_->Raise(request->event(), *params, *options, registry_->Subscribers(request->event()),
-                     [reactor, response](std::vector<delivery::DeliveryReport> reports) {
-                       response->mutable_deliveries()->Reserve(static_cast<int>(reports.size()));
-                       for (const delivery::DeliveryReport& report : reports) {
-                         ReportToProto(report, response->add_deliveries());
-                       }
-                       reactor->Finish(grpc::Status::OK);
-                     });
+  // `done` runs inline (nobody to deliver to) or on an event-loop thread. The reactor lives until
+  // OnDone, which gRPC calls only after this method has returned it and Finish has been called.
+  reactor->SetHandle(dispatcher_->Raise(
+      request->event(), *params, *options, registry_->Subscribers(request->event()),
+      [reactor, response](std::vector<delivery::DeliveryReport> reports) {
+        if (reactor->cancelled()) {
+          reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "raise: cancelled"));
+          return;
+        }
+        response->mutable_deliveries()->Reserve(static_cast<int>(reports.size()));
+        for (const delivery::DeliveryReport& report : reports) {
+          ReportToProto(report, response->add_deliveries());
+        }
+        reactor->Finish(grpc::Status::OK);
+      }));
   return reactor;
 }
 

@@ -1,6 +1,7 @@
 // The eventbus.v1.EventBusService implementation: thin callback-API glue that validates and
 // converts requests (convert.h), hands Subscribe/Unsubscribe to the SubscriptionManager and Raise
-// to the Dispatcher, and finishes each call from whichever thread completes it. Never blocks.
+// to the Dispatcher, and finishes each call from whichever thread completes it. Never blocks. A sync
+// Raise whose caller cancels, disconnects or passes its deadline is abandoned (Dispatcher::Cancel).
 #ifndef EVENTBUS_SERVER_SERVICE_EVENTBUS_SERVICE_H_
 #define EVENTBUS_SERVER_SERVICE_EVENTBUS_SERVICE_H_
 

@@ -61,6 +61,11 @@ class DispatcherTest : public ::testing::Test {
     MakeDispatcher(DispatcherOptions{});
   }
 
+  // Outcomes still in flight call back into the dispatcher: the pool goes first.
+  void TearDown() override {
+    if (pool_ != nullptr) pool_->Shutdown();
+  }
+
   void MakeDispatcher(DispatcherOptions options) {
     dispatcher_ =
         std::make_unique<Dispatcher>(pool_.get(), base::RealClock::Get(), std::move(options));
@@ -208,7 +213,14 @@ TEST_F(DispatcherTest, FailoverPassesOverAMemberWhoseSharedConnectionIsReconnect
   // A plain subscription to the dead target leaves its shared connection waiting to reconnect.
   auto plain = Raise({Sub("plain", dead)}, /*sync=*/true, {}, absl::Milliseconds(300));
   ASSERT_EQ(plain[0].outcome.code, DeliveryCode::kConnectFailed);
-  auto stats = pool_->Stats(uri::ParseTcpSocket(dead)->Key());
+  // The Raise may end while a retry is still being refused: wait for the backoff it leads to.
+  std::optional<net::TargetStats> stats;
+  absl::Time deadline = absl::Now() + kWait;
+  for (;;) {
+    stats = pool_->Stats(uri::ParseTcpSocket(dead)->Key());
+    if ((stats && stats->state == net::ConnState::kBackoff) || absl::Now() >= deadline) break;
+    absl::SleepFor(absl::Milliseconds(1));  // polling a condition, bounded by the deadline
+  }
   ASSERT_TRUE(stats.has_value());
   ASSERT_EQ(stats->state, net::ConnState::kBackoff);
 
@@ -241,6 +253,121 @@ TEST_F(DispatcherTest, FailoverAsyncDeliversToFirstWritableMember) {
   auto reports = Raise({sub}, /*sync=*/false, {}, absl::Milliseconds(1000));
   EXPECT_THAT(Codes(reports), ElementsAre(DeliveryCode::kQueued));
   EXPECT_TRUE(good->WaitForMessages(1, kWait));
+}
+
+std::unique_ptr<testing::BlackholeListener> StartBlackhole() {
+  auto blackhole = testing::BlackholeListener::Start();
+  EXPECT_TRUE(blackhole.ok()) << blackhole.status();
+  return std::move(*blackhole);
+}
+
+// Issue 7, defect 4: the pool's connect timeout (2 s, the default) exceeds the Raise budget
+// (1 s); the primary gets only its share of the budget, so the group hands over in time.
+TEST_F(DispatcherTest, FailoverSyncHandsOverFromBlackholedPrimaryWithinBudget) {
+  auto blackhole = StartBlackhole();
+  auto good = StartPeer();
+  auto sub = Sub("g", absl::StrCat("virtual:FAILOVER ", blackhole->socket(), " ", good->socket()));
+  absl::Time start = absl::Now();
+  auto reports = Raise({sub}, /*sync=*/true, {}, absl::Milliseconds(1000));
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(1000));
+  ASSERT_THAT(reports, SizeIs(1));
+  EXPECT_EQ(reports[0].outcome.code, DeliveryCode::kOk) << reports[0].outcome.detail;
+  ASSERT_THAT(reports[0].attempts, SizeIs(2));
+  EXPECT_EQ(reports[0].attempts[0].member, blackhole->socket());
+  EXPECT_EQ(reports[0].attempts[0].outcome.code, DeliveryCode::kConnectFailed);
+  // Its share: half of the budget (two members), give or take timer precision.
+  EXPECT_GE(reports[0].attempts[0].latency, absl::Milliseconds(490));
+  EXPECT_LT(reports[0].attempts[0].latency, absl::Milliseconds(700));
+  EXPECT_EQ(reports[0].attempts[1].outcome.code, DeliveryCode::kOk);
+}
+
+TEST_F(DispatcherTest, FailoverAsyncEventsAllReachSecondaryBehindBlackholedPrimary) {
+  auto blackhole = StartBlackhole();
+  auto good = StartPeer();
+  auto sub = Sub("g", absl::StrCat("virtual:FAILOVER ", blackhole->socket(), " ", good->socket()));
+  constexpr int kEvents = 8;
+  for (int i = 0; i < kEvents; ++i) {
+    EXPECT_THAT(Codes(Raise({sub}, /*sync=*/false)), ElementsAre(DeliveryCode::kQueued));
+  }
+  EXPECT_TRUE(good->WaitForMessages(kEvents, kWait)) << good->message_count();
+  EXPECT_EQ(good->message_count(), static_cast<size_t>(kEvents));
+}
+
+TEST_F(DispatcherTest, RoundRobinSyncHandsOverFromBlackholedMemberWithinBudget) {
+  auto blackhole = StartBlackhole();
+  auto good = StartPeer();
+  auto sub =
+      Sub("g", absl::StrCat("virtual:ROUND-ROBIN ", blackhole->socket(), " ", good->socket()));
+  for (int i = 0; i < 4; ++i) {
+    absl::Time start = absl::Now();
+    auto reports = Raise({sub}, /*sync=*/true, {}, absl::Milliseconds(1000));
+    EXPECT_LT(absl::Now() - start, absl::Milliseconds(1000));
+    ASSERT_THAT(reports, SizeIs(1));
+    EXPECT_EQ(reports[0].outcome.code, DeliveryCode::kOk) << i << ": " << reports[0].outcome.detail;
+  }
+  EXPECT_EQ(good->message_count(), 4u);
+}
+
+TEST_F(DispatcherTest, RoundRobinAsyncEventsAllReachHealthyMemberBehindBlackholedOne) {
+  auto blackhole = StartBlackhole();
+  auto good = StartPeer();
+  auto sub =
+      Sub("g", absl::StrCat("virtual:ROUND-ROBIN ", blackhole->socket(), " ", good->socket()));
+  constexpr int kEvents = 6;
+  for (int i = 0; i < kEvents; ++i) {
+    EXPECT_THAT(Codes(Raise({sub}, /*sync=*/false)), ElementsAre(DeliveryCode::kQueued));
+  }
+  EXPECT_TRUE(good->WaitForMessages(kEvents, kWait)) << good->message_count();
+}
+
+// Issue 7, defect 5: a cancelled sync Raise releases what it holds on its targets' connections.
+TEST_F(DispatcherTest, CancelAbandonsASyncRaiseOnItsTargetsAndAnswersPromptly) {
+  auto silent = StartPeer(PeerMode::kNeverReply);
+  auto blackhole = StartBlackhole();
+  auto good = StartPeer(PeerMode::kNeverReply);
+  std::vector<registry::SubscriptionPtr> subs = {
+      Sub("plain", silent->socket()),
+      Sub("group", absl::StrCat("virtual:FAILOVER ", blackhole->socket(), " ", good->socket())),
+      Sub("parallel",
+          absl::StrCat("virtual:PARALLEL ", silent->socket("m"), " ", blackhole->socket()))};
+  auto list = std::make_shared<const registry::SubscriberList>(std::move(subs));
+  auto promise = std::make_shared<std::promise<std::vector<DeliveryReport>>>();
+  std::future<std::vector<DeliveryReport>> reports = promise->get_future();
+  RaiseOptions options;
+  options.sync = true;
+  options.timeout = absl::Hours(1);
+  Dispatcher::RaiseHandle handle = dispatcher_->Raise(
+      "E_TEST", {}, options, list,
+      [promise](std::vector<DeliveryReport> r) { promise->set_value(std::move(r)); });
+  const std::string key = uri::ParseTcpSocket(silent->socket())->Key();
+  absl::Time deadline = absl::Now() + kWait;
+  while (absl::Now() < deadline) {
+    auto stats = pool_->Stats(key);
+    if (stats && stats->outstanding_requests == 2) break;
+    absl::SleepFor(absl::Milliseconds(1));  // polling a condition, bounded by the deadline
+  }
+  ASSERT_EQ(pool_->Stats(key)->outstanding_requests, 2u);
+
+  absl::Time start = absl::Now();
+  dispatcher_->Cancel(handle);
+  ASSERT_EQ(reports.wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  std::vector<DeliveryReport> r = reports.get();
+  ASSERT_THAT(r, SizeIs(3));
+  EXPECT_EQ(r[0].outcome.code, DeliveryCode::kTimeout);
+  EXPECT_THAT(r[0].outcome.detail, ::testing::HasSubstr("abandoned"));
+  // The group tried no further member after its first one was abandoned.
+  ASSERT_THAT(r[1].attempts, SizeIs(1));
+  EXPECT_EQ(r[1].attempts[0].member, blackhole->socket());
+  EXPECT_EQ(good->message_count(), 0u);
+  auto stats = pool_->Stats(key);
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_EQ(stats->outstanding_requests, 0u);
+  auto hole = pool_->Stats(uri::ParseTcpSocket(blackhole->socket())->Key());
+  EXPECT_TRUE(!hole || hole->queued_messages == 0);
+  // Cancelling again, or after the answer, is a no-op.
+  dispatcher_->Cancel(handle);
+  dispatcher_->Cancel(Dispatcher::RaiseHandle());
 }
 
 TEST_F(DispatcherTest, RoundRobinSpreadsEvenly) {

@@ -974,5 +974,242 @@ TEST_F(WriterPoolTest, BatchOverManyTargetsRunsAllEnqueuedOnce) {
   EXPECT_EQ(pool_->AllStats().size(), 6u);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Issue 7: a member's connect share (defect 4), cancellation (defect 5), buffered replies
+// (defect 6), the cap on target connections (defect 2).
+
+TEST_F(WriterPoolTest, ConnectDeadlineFailsOneRequestWhileTheSharedConnectionKeepsTrying) {
+  BlackholePort blackhole;
+  PoolOptions options;
+  options.connect_timeout = absl::Seconds(2);
+  StartPool(options);
+  // A: the whole budget. B: connected within 200 ms or it fails (a group member's share).
+  SubmitOne(*pool_, Call(blackhole.port(), Body("A"), outcomes_.Callback(0), absl::Seconds(5)));
+  Request b = Call(blackhole.port(), Body("B"), outcomes_.Callback(1), absl::Seconds(5));
+  const absl::Time start = absl::Now();
+  b.connect_deadline = start + absl::Milliseconds(200);
+  SubmitOne(*pool_, std::move(b));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  EXPECT_TRUE(outcomes_.Done(1));
+  EXPECT_FALSE(outcomes_.Done(0));
+  EXPECT_EQ(outcomes_.Get(1).code, DeliveryCode::kConnectFailed);
+  EXPECT_TRUE(absl::StrContains(outcomes_.Get(1).detail, "share of the budget"))
+      << outcomes_.Get(1).detail;
+  EXPECT_GE(outcomes_.At(1) - start, absl::Milliseconds(195));
+  EXPECT_LT(outcomes_.At(1) - start, absl::Milliseconds(600));
+  // The connection itself is still trying, for A.
+  std::optional<TargetStats> stats = pool_->Stats(absl::StrCat("127.0.0.1:", blackhole.port()));
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_EQ(stats->state, ConnState::kConnecting);
+  EXPECT_EQ(stats->queued_messages, 1u);
+  // A ends with the connection's own timeout.
+  ASSERT_TRUE(outcomes_.WaitFor(2));
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kConnectFailed);
+  EXPECT_GE(outcomes_.At(0) - start, absl::Milliseconds(1900));
+}
+
+TEST_F(WriterPoolTest, ConnectDeadlineDoesNotFailARequestOnceConnected) {
+  auto peer = LoopbackPeer::Start({}, [](int, const std::string& message) {
+    return ResultReply(LoopbackPeer::IdOf(message), "1");
+  });
+  StartPool();
+  Request r = Call(peer->port(), Body("A"), outcomes_.Callback(0), absl::Seconds(5));
+  r.connect_deadline = absl::Now() + absl::Milliseconds(100);
+  SubmitOne(*pool_, std::move(r));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kOk) << outcomes_.Get(0).detail;
+}
+
+TEST_F(WriterPoolTest, CancelForgetsOutstandingAndQueuedRequestsOfItsToken) {
+  // The peer reads but never answers; the black hole never connects.
+  auto silent = LoopbackPeer::Start({}, [](int, const std::string&) { return std::string(); });
+  BlackholePort blackhole;
+  StartPool();
+  constexpr int kCalls = 100;
+  auto token = std::make_shared<CancelToken>();
+  auto other = std::make_shared<CancelToken>();
+  std::vector<Request> batch;
+  for (int i = 0; i < kCalls; ++i) {
+    batch.push_back(Call(silent->port(), Body("E"), outcomes_.Callback(i), absl::Hours(1)));
+    batch.back().cancel = token;
+  }
+  batch.push_back(Call(blackhole.port(), Body("Q"), outcomes_.Callback(kCalls), absl::Hours(1)));
+  batch.back().cancel = token;
+  // Same targets, another token: untouched by the cancellation.
+  batch.push_back(
+      Call(silent->port(), Body("KEEP"), other_outcomes_.Callback(0), absl::Seconds(3)));
+  batch.back().cancel = other;
+  pool_->Submit(std::move(batch));
+  const std::string key = absl::StrCat("127.0.0.1:", silent->port());
+  ASSERT_TRUE(WaitForStats(key, [&](const std::optional<TargetStats>& s) {
+    return s && s->outstanding_requests == kCalls + 1;
+  }));
+
+  pool_->Cancel(token, {key, absl::StrCat("127.0.0.1:", blackhole.port()), key});
+  ASSERT_TRUE(outcomes_.WaitFor(kCalls + 1, absl::Seconds(5)));
+  for (int i = 0; i <= kCalls; ++i) {
+    ASSERT_EQ(outcomes_.Get(i).code, DeliveryCode::kTimeout) << i;
+    ASSERT_EQ(outcomes_.Calls(i), 1);
+  }
+  EXPECT_TRUE(absl::StrContains(outcomes_.Get(0).detail, "abandoned"));
+  EXPECT_TRUE(WaitForStats(key, [](const std::optional<TargetStats>& s) {
+    return s && s->outstanding_requests == 1 && s->queued_messages == 0;
+  }));
+  EXPECT_FALSE(other_outcomes_.Done(0));
+
+  // A late reply to a forgotten request is unmatched; the connection stays up.
+  silent->Send(0, ResultReply(LoopbackPeer::IdOf(silent->Messages()[0]), "1"));
+  EXPECT_TRUE(WaitForStats(
+      key, [](const std::optional<TargetStats>& s) { return s && s->unmatched_replies == 1; }));
+  EXPECT_EQ(pool_->Stats(key)->state, ConnState::kConnected);
+
+  // A request of the cancelled token submitted afterwards fails at once.
+  Outcomes late;
+  Request r = Call(silent->port(), Body("LATE"), late.Callback(0), absl::Hours(1));
+  r.cancel = token;
+  SubmitOne(*pool_, std::move(r));
+  ASSERT_TRUE(late.WaitFor(1));
+  EXPECT_EQ(late.Get(0).code, DeliveryCode::kTimeout);
+  ASSERT_TRUE(other_outcomes_.WaitFor(1));
+  EXPECT_EQ(other_outcomes_.Get(0).code, DeliveryCode::kTimeout);  // its own 3 s
+}
+
+// The start of a reply that never ends: {"jsonrpc":"2.0","id":ID,"result":"xxxx...
+std::string UnterminatedReply(int64_t id, size_t bytes) {
+  std::string out = absl::StrCat(R"({"jsonrpc":"2.0","id":)", id, R"(,"result":")");
+  out.append(bytes - out.size(), 'x');
+  return out;
+}
+
+TEST_F(WriterPoolTest, PartialRepliesAreDroppedOnceNoRequestIsOutstanding) {
+  // Many subscribers each answer with the start of a 512 KiB reply that never ends.
+  constexpr int kPeers = 16;
+  constexpr size_t kReply = 512 << 10;
+  StartPool();
+  std::vector<std::unique_ptr<LoopbackPeer>> peers;
+  for (int i = 0; i < kPeers; ++i) {
+    peers.push_back(LoopbackPeer::Start({}, [](int, const std::string& message) {
+      return UnterminatedReply(LoopbackPeer::IdOf(message), kReply);
+    }));
+    SubmitOne(*pool_, Call(peers.back()->port(), Body("E"), outcomes_.Callback(i),
+                           absl::Milliseconds(1000)));
+  }
+  auto total_buffered = [&] {
+    uint64_t total = 0;
+    for (const TargetStats& s : pool_->AllStats()) total += s.reply_buffer_bytes;
+    return total;
+  };
+  // While the requests wait, their partial replies are held (and shown).
+  absl::Time deadline = absl::Now() + kWait;
+  while (total_buffered() < kPeers * (kReply - 1024) && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));  // polling a condition, bounded by the deadline
+  }
+  ASSERT_GE(total_buffered(), kPeers * (kReply - 1024));
+  ASSERT_TRUE(outcomes_.WaitFor(kPeers));
+  for (int i = 0; i < kPeers; ++i) EXPECT_EQ(outcomes_.Get(i).code, DeliveryCode::kTimeout);
+  // Then they can only be unmatched: the connections are closed and the bytes freed at once,
+  // not after the idle timeout (5 minutes).
+  deadline = absl::Now() + absl::Seconds(2);
+  while (total_buffered() > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_EQ(total_buffered(), 0u);
+  for (auto& peer : peers) EXPECT_TRUE(peer->WaitForClosed(0, absl::Seconds(2)));
+}
+
+TEST_F(WriterPoolTest, UnsolicitedPartialReplyClosesTheConnection) {
+  auto peer = LoopbackPeer::Start({});
+  StartPool();
+  const std::string key = absl::StrCat("127.0.0.1:", peer->port());
+  SubmitOne(*pool_, Notification(peer->port(), Body("E"), outcomes_.Callback(0)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  ASSERT_TRUE(peer->WaitForMessages(1, kWait));  // accepted: Send() has a connection to use
+  peer->Send(0, UnterminatedReply(7, 256 << 10));
+  EXPECT_TRUE(peer->WaitForClosed(0, absl::Seconds(2)));
+  EXPECT_TRUE(WaitForStats(
+      key, [](const std::optional<TargetStats>& s) { return !s || s->reply_buffer_bytes == 0; }));
+}
+
+TEST_F(WriterPoolTest, LoopBoundOnBufferedRepliesClosesTheLargest) {
+  constexpr int kPeers = 8;
+  constexpr size_t kReply = 900 << 10;  // below max_reply_bytes (1 MiB)
+  constexpr size_t kLimit = 2 << 20;
+  PoolOptions options;
+  options.num_loops = 1;
+  options.max_reply_buffer_bytes_per_loop = kLimit;
+  StartPool(options);
+  std::vector<std::unique_ptr<LoopbackPeer>> peers;
+  for (int i = 0; i < kPeers; ++i) {
+    peers.push_back(LoopbackPeer::Start({}, [](int, const std::string& message) {
+      return UnterminatedReply(LoopbackPeer::IdOf(message), kReply);
+    }));
+    SubmitOne(*pool_, Call(peers.back()->port(), Body("E"), outcomes_.Callback(i), absl::Hours(1)));
+  }
+  // At most two 900 KiB replies fit; the others' connections are closed as they grow.
+  ASSERT_TRUE(outcomes_.WaitFor(kPeers - 2, absl::Seconds(20)));
+  absl::Time deadline = absl::Now() + absl::Seconds(5);
+  uint64_t total = 0;
+  do {
+    total = 0;
+    for (const TargetStats& s : pool_->AllStats()) total += s.reply_buffer_bytes;
+  } while (total > kLimit && absl::Now() < deadline);
+  EXPECT_LE(total, kLimit);
+  int closed = 0;
+  for (int i = 0; i < kPeers; ++i) {
+    if (!outcomes_.Done(i)) continue;
+    ++closed;
+    EXPECT_EQ(outcomes_.Get(i).code, DeliveryCode::kConnectionLost);
+    EXPECT_TRUE(absl::StrContains(outcomes_.Get(i).detail, "unfinished reply"))
+        << outcomes_.Get(i).detail;
+  }
+  EXPECT_GE(closed, kPeers - 2);
+}
+
+TEST_F(WriterPoolTest, CapOnTargetConnectionsRejectsNewTargetsAndReapsIdleOnes) {
+  constexpr int kLimit = 4;
+  PoolOptions options;
+  options.max_target_connections = kLimit;
+  StartPool(options);
+  EXPECT_EQ(pool_->max_target_connections(), static_cast<size_t>(kLimit));
+  // Silent peers: a call stays outstanding, so its connection is busy.
+  std::vector<std::unique_ptr<LoopbackPeer>> peers;
+  for (int i = 0; i <= kLimit; ++i) {
+    peers.push_back(LoopbackPeer::Start({}, [](int, const std::string&) { return std::string(); }));
+  }
+  for (int i = 0; i < kLimit; ++i) {
+    SubmitOne(*pool_, Call(peers[i]->port(), Body("BUSY"), outcomes_.Callback(i), absl::Hours(1)));
+  }
+  for (int i = 0; i < kLimit; ++i) ASSERT_TRUE(peers[i]->WaitForMessages(1, kWait));
+
+  // A fifth target fails at once, and says why.
+  Outcomes fifth;
+  SubmitOne(*pool_, Call(peers[kLimit]->port(), Body("NEW"), fifth.Callback(0)));
+  ASSERT_TRUE(fifth.WaitFor(1));
+  EXPECT_EQ(fifth.Get(0).code, DeliveryCode::kConnectFailed);
+  EXPECT_TRUE(absl::StrContains(fifth.Get(0).detail, "too many target connections (limit 4)"))
+      << fifth.Get(0).detail;
+  EXPECT_FALSE(pool_->Stats(absl::StrCat("127.0.0.1:", peers[kLimit]->port())).has_value());
+
+  // The existing connections keep working.
+  SubmitOne(*pool_, Notification(peers[0]->port(), Body("MORE"), other_outcomes_.Callback(0)));
+  ASSERT_TRUE(other_outcomes_.WaitFor(1));
+  EXPECT_EQ(other_outcomes_.Get(0).code, DeliveryCode::kOk);
+
+  // Once one goes idle (its call answered), it is closed to make room for the new target. It may
+  // live on another loop: the first refusal there asks it to reap, the next attempt gets in.
+  peers[0]->Send(0, ResultReply(LoopbackPeer::IdOf(peers[0]->Messages()[0]), "1"));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kOk);
+  bool delivered = false;
+  for (int attempt = 0; attempt < 50 && !delivered; ++attempt) {
+    Outcomes retry;
+    SubmitOne(*pool_, Notification(peers[kLimit]->port(), Body("NEW"), retry.Callback(0)));
+    ASSERT_TRUE(retry.WaitFor(1));
+    delivered = retry.Get(0).code == DeliveryCode::kOk;
+    if (!delivered) absl::SleepFor(absl::Milliseconds(10));  // lets the other loop reap
+  }
+  EXPECT_TRUE(delivered);
+  EXPECT_TRUE(peers[kLimit]->WaitForMessages(1, kWait));
+  EXPECT_TRUE(peers[0]->WaitForClosed(0, kWait));
+}
+
 }  // namespace
 }  // namespace eventbus::net

@@ -4,9 +4,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <functional>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -70,11 +73,22 @@ class SilentListener {
 
 class ServiceTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  static ServerConfig DefaultConfig() {
     ServerConfig config;
     config.listen = "127.0.0.1:0";
     config.store = "memory";
     config.pool.num_loops = 2;
+    return config;
+  }
+
+  void SetUp() override { StartServer(DefaultConfig()); }
+
+  // Replaces the running server with one started from `config`.
+  void StartServer(const ServerConfig& config) {
+    stub_.reset();
+    channel_.reset();
+    if (server_ != nullptr) server_->Shutdown(absl::Seconds(2));
+    server_.reset();
     auto server = EventBusServer::Start(config);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -477,6 +491,139 @@ TEST_F(ServiceTest, SyncRaiseAnswersBeforeTheCallersDeadline) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
   ASSERT_EQ(response.deliveries_size(), 1);
   EXPECT_EQ(response.deliveries(0).status(), v1::DELIVERY_STATUS_TIMEOUT);
+}
+
+// Issue 7, defect 4: the default connect timeout (2 s) exceeds the default budget (1 s); the
+// black-holed primary may take only its share of the budget, so the secondary still answers.
+TEST_F(ServiceTest, SyncFailoverHandsOverFromBlackholedPrimaryWithinDefaultBudget) {
+  auto blackhole = testing::BlackholeListener::Start();
+  ASSERT_TRUE(blackhole.ok()) << blackhole.status();
+  auto peer = testing::JsonRpcPeer::Start();
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  const std::string primary = (*blackhole)->socket();
+  v1::SubscribeResponse sub;
+  ASSERT_TRUE(
+      Subscribe("E", absl::StrCat("virtual:FAILOVER ", primary, " ", (*peer)->socket()), &sub)
+          .ok());
+  v1::RaiseRequest request;
+  request.set_event("E");
+  request.set_sync(true);  // default timeout: 1000 ms
+  v1::RaiseResponse response;
+  absl::Time start = absl::Now();
+  ASSERT_TRUE(Raise(request, &response).ok());
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(1000));
+  ASSERT_EQ(response.deliveries_size(), 1);
+  const v1::Delivery& d = response.deliveries(0);
+  EXPECT_EQ(d.status(), v1::DELIVERY_STATUS_OK) << d.detail();
+  ASSERT_EQ(d.attempts_size(), 2) << d.DebugString();
+  EXPECT_EQ(d.attempts(0).member(), primary);
+  EXPECT_EQ(d.attempts(0).status(), v1::DELIVERY_STATUS_CONNECT_FAILED);
+  EXPECT_THAT(d.attempts(0).detail(), HasSubstr("share of the budget"));
+  EXPECT_EQ(d.attempts(1).member(), (*peer)->socket());
+  EXPECT_EQ(d.attempts(1).status(), v1::DELIVERY_STATUS_OK);
+}
+
+// Issue 7, defect 4, async: every event reported QUEUED reaches the healthy secondary.
+TEST_F(ServiceTest, AsyncFailoverEventsAllReachSecondaryBehindBlackholedPrimary) {
+  auto blackhole = testing::BlackholeListener::Start();
+  ASSERT_TRUE(blackhole.ok()) << blackhole.status();
+  auto peer = testing::JsonRpcPeer::Start();
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  v1::SubscribeResponse sub;
+  ASSERT_TRUE(
+      Subscribe("E",
+                absl::StrCat("virtual:FAILOVER ", (*blackhole)->socket(), " ", (*peer)->socket()),
+                &sub)
+          .ok());
+  constexpr int kEvents = 8;
+  for (int i = 0; i < kEvents; ++i) {
+    v1::RaiseRequest request;
+    request.set_event("E");
+    request.set_sync(false);  // default timeout: 1000 ms to be written
+    v1::RaiseResponse response;
+    ASSERT_TRUE(Raise(request, &response).ok());
+    ASSERT_EQ(response.deliveries_size(), 1);
+    ASSERT_EQ(response.deliveries(0).status(), v1::DELIVERY_STATUS_QUEUED);
+  }
+  EXPECT_TRUE((*peer)->WaitForMessages(kEvents, absl::Seconds(5)))
+      << (*peer)->message_count() << " of " << kEvents << " events reached the secondary";
+  EXPECT_EQ((*peer)->message_count(), static_cast<size_t>(kEvents));
+}
+
+// Issue 7, defect 5: sync Raises abandoned by their callers must not keep the target's queue
+// full until their (1 h) timeout.
+TEST_F(ServiceTest, CancelledSyncRaisesReleaseTheTargetsQueue) {
+  constexpr int kCalls = 2000;
+  ServerConfig config = DefaultConfig();
+  config.pool.max_queue_messages = kCalls;
+  StartServer(config);
+  testing::JsonRpcPeer::Options silent;
+  silent.behavior.mode = testing::PeerMode::kNeverReply;
+  auto peer = testing::JsonRpcPeer::Start(silent);
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  v1::SubscribeResponse sub;
+  ASSERT_TRUE(Subscribe("E", (*peer)->socket(), &sub).ok());
+  const std::string key = absl::StrCat("127.0.0.1:", (*peer)->port());
+
+  v1::RaiseRequest request;
+  request.set_event("E");
+  request.set_sync(true);
+  request.set_timeout_ms(3600000);
+  struct Call {
+    grpc::ClientContext context;
+    v1::RaiseResponse response;
+    grpc::Status status;
+  };
+  std::vector<std::unique_ptr<Call>> calls;
+  std::mutex mu;
+  std::condition_variable cv;
+  int finished = 0;  // guarded by mu
+  for (int i = 0; i < kCalls; ++i) {
+    auto call = std::make_unique<Call>();
+    // Far beyond the test: only the cancellation below can end these calls in time.
+    call->context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Minutes(10)));
+    Call* c = call.get();
+    stub_->async()->Raise(&c->context, &request, &c->response, [&, c](grpc::Status status) {
+      std::lock_guard<std::mutex> lock(mu);
+      c->status = std::move(status);
+      ++finished;
+      cv.notify_all();
+    });
+    calls.push_back(std::move(call));
+  }
+  auto outstanding = [&]() -> int {
+    std::optional<net::TargetStats> stats = server_->pool()->Stats(key);
+    return stats ? static_cast<int>(stats->outstanding_requests + stats->queued_messages) : 0;
+  };
+  absl::Time deadline = absl::Now() + absl::Seconds(30);
+  while (outstanding() < kCalls && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_EQ(outstanding(), kCalls);
+  ASSERT_TRUE((*peer)->WaitForMessages(kCalls, absl::Seconds(30)));
+
+  for (auto& call : calls) call->context.TryCancel();
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(30), [&] { return finished == kCalls; }));
+  }
+  for (auto& call : calls) EXPECT_EQ(call->status.error_code(), grpc::StatusCode::CANCELLED);
+
+  // The abandoned requests are forgotten promptly, not after their hour.
+  deadline = absl::Now() + absl::Seconds(5);
+  while (outstanding() > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_EQ(outstanding(), 0);
+  v1::ListSubscriptionsResponse list;
+  ASSERT_TRUE(stub_->ListSubscriptions(Context().get(), {}, &list).ok());
+  ASSERT_EQ(list.subscriptions_size(), 1);
+  ASSERT_EQ(list.subscriptions(0).targets_size(), 1);
+  EXPECT_EQ(list.subscriptions(0).targets(0).outstanding_requests(), 0u);
+
+  // The target takes new Raises again: a timeout, not QUEUE_FULL.
+  request.set_timeout_ms(100);
+  v1::RaiseResponse response;
+  ASSERT_TRUE(Raise(request, &response).ok());
+  ASSERT_EQ(response.deliveries_size(), 1);
+  EXPECT_EQ(response.deliveries(0).status(), v1::DELIVERY_STATUS_TIMEOUT)
+      << response.deliveries(0).detail();
 }
 
 TEST_F(ServiceTest, ReflectionListsTheServiceAndHealth) {

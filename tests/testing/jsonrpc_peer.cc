@@ -647,4 +647,52 @@ void JsonRpcPeer::CloseConn(Conn& conn) {
   --open_;
 }
 
+// ---------------------------------------------------------------------------------------------
+// BlackholeListener
+
+absl::StatusOr<std::unique_ptr<BlackholeListener>> BlackholeListener::Start() {
+  auto out = std::unique_ptr<BlackholeListener>(new BlackholeListener());
+  out->listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (out->listen_fd_ < 0) {
+    return absl::InternalError(absl::StrCat("blackhole: socket: ", ErrnoText(errno)));
+  }
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (::bind(out->listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::listen(out->listen_fd_, 0) != 0 ||
+      ::getsockname(out->listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    return absl::InternalError(absl::StrCat("blackhole: bind/listen: ", ErrnoText(errno)));
+  }
+  out->port_ = ntohs(addr.sin_port);
+  // Each non-blocking connect either completes (it took a place in the accept queue: keep it as
+  // a filler) or hangs (the queue is full: the port black-holes). Linux admits backlog + 1.
+  for (int i = 0; i < 8; ++i) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return absl::InternalError(absl::StrCat("blackhole: socket: ", ErrnoText(errno)));
+    int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    if (rc != 0 && errno != EINPROGRESS) {
+      const int err = errno;
+      ::close(fd);
+      return absl::InternalError(absl::StrCat("blackhole: probe connect: ", ErrnoText(err)));
+    }
+    pollfd pfd{fd, POLLOUT, 0};
+    if (rc == 0 || ::poll(&pfd, 1, 200) > 0) {
+      out->fillers_.push_back(fd);
+      continue;
+    }
+    ::close(fd);  // hung for 200 ms: SYNs are being dropped
+    return out;
+  }
+  return absl::InternalError("blackhole: the accept queue never filled up");
+}
+
+BlackholeListener::~BlackholeListener() {
+  for (int fd : fillers_) ::close(fd);
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+}
+
+std::string BlackholeListener::socket() const { return absl::StrCat("tcp:127.0.0.1:", port_); }
+
 }  // namespace eventbus::testing

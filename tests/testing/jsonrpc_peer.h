@@ -199,6 +199,29 @@ class JsonRpcPeer {
   int open_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
+// A loopback port that black-holes connection attempts: SYNs get no answer, so connect() neither
+// succeeds nor fails until the connector gives up. It listens with backlog 0 and fills its accept
+// queue with connections it never accepts; the kernel then drops further SYNs. Start() checks that
+// a probe connect really hangs on this kernel. Owner: the test; not thread-safe.
+class BlackholeListener {
+ public:
+  // INTERNAL when the port cannot be made to black-hole.
+  static absl::StatusOr<std::unique_ptr<BlackholeListener>> Start();
+  ~BlackholeListener();
+  BlackholeListener(const BlackholeListener&) = delete;
+  BlackholeListener& operator=(const BlackholeListener&) = delete;
+
+  uint16_t port() const { return port_; }
+  // "tcp:127.0.0.1:PORT".
+  std::string socket() const;
+
+ private:
+  BlackholeListener() = default;
+  int listen_fd_ = -1;
+  std::vector<int> fillers_;
+  uint16_t port_ = 0;
+};
+
 }  // namespace eventbus::testing
 
 #endif  // EVENTBUS_TESTS_TESTING_JSONRPC_PEER_H_
