@@ -40,8 +40,6 @@ size_t DefaultMaxTargetConnections() {
   }
   return DeriveFdBudget(limit.rlim_cur).target_connections;
 }
-  return std::max<size_t>(1, static_cast<size_t>(limit.rlim_cur) / 2);
-}
 
 void FailNow(Request& request) {
   Outcome outcome;
