@@ -197,9 +197,9 @@ std::string TargetsText(const v1::Subscription& sub) {
   std::vector<std::string> parts;
   for (const v1::TargetState& t : sub.targets()) {
     std::string part = absl::StrCat(t.address(), " ", StateName(t.state()));
-    if (t.delivered() != 0 || t.failed() != 0 || t.queued_messages() != 0) {
-      absl::StrAppend(&part, " (delivered ", t.delivered(), ", failed ", t.failed(), ", queued ",
-                      t.queued_messages(), ")");
+    if (t.delivered() != 0 || t.failed() != 0 || t.expired() != 0 || t.queued_messages() != 0) {
+      absl::StrAppend(&part, " (delivered ", t.delivered(), ", failed ", t.failed(), ", expired ",
+                      t.expired(), ", queued ", t.queued_messages(), ")");
     }
     parts.push_back(std::move(part));
   }

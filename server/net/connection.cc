@@ -53,6 +53,7 @@ TargetStats TargetCounters::Snapshot() const {
   s.outstanding_requests = outstanding_requests.load(std::memory_order_relaxed);
   s.delivered = delivered.load(std::memory_order_relaxed);
   s.failed = failed.load(std::memory_order_relaxed);
+  s.expired = expired.load(std::memory_order_relaxed);
   s.reconnects = reconnects.load(std::memory_order_relaxed);
   s.unmatched_replies = unmatched_replies.load(std::memory_order_relaxed);
   s.reply_buffer_bytes = reply_buffer_bytes.load(std::memory_order_relaxed);
@@ -280,6 +281,8 @@ void Connection::Complete(Message& message, Outcome outcome) {
   if (message.cancel_id != 0) UnindexCancellable(message);
   if (outcome.code == DeliveryCode::kOk || outcome.code == DeliveryCode::kRpcError) {
     counters_->delivered.fetch_add(1, std::memory_order_relaxed);
+  } else if (message.expired) {
+    counters_->expired.fetch_add(1, std::memory_order_relaxed);
   } else {
     counters_->failed.fetch_add(1, std::memory_order_relaxed);
   }
@@ -914,8 +917,9 @@ void Connection::PopDeadFront() {
   }
 }
 
-void Connection::KillQueued(Message& message, Outcome outcome) {
+void Connection::KillQueued(Message& message, Outcome outcome, bool expired) {
   message.dead = true;
+  message.expired = expired;
   --live_queued_;
   queued_bytes_ -= message.size;
   if (message.id != 0) ids_in_use_.erase(message.id);
@@ -1012,15 +1016,15 @@ void Connection::OnDeadlineTimer() {
         outcome.code = DeliveryCode::kTimeout;
         outcome.detail = absl::StrCat("not completely written to ", key_, " within ",
                                       absl::FormatDuration(budget), "; reconnecting");
-        KillQueued(m, std::move(outcome));
+        KillQueued(m, std::move(outcome), /*expired=*/true);
       } else if (state_ == ConnState::kConnected) {
         Outcome outcome;
         outcome.code = DeliveryCode::kTimeout;
         outcome.detail =
             absl::StrCat("not written to ", key_, " within ", absl::FormatDuration(budget));
-        KillQueued(m, std::move(outcome));
+        KillQueued(m, std::move(outcome), /*expired=*/true);
       } else {
-        KillQueued(m, NotConnectedOutcome());
+        KillQueued(m, NotConnectedOutcome(), /*expired=*/true);
       }
     } else {
       auto it = outstanding_.find(e.id);

@@ -41,6 +41,7 @@ struct TargetCounters {
   std::atomic<uint32_t> outstanding_requests{0};
   std::atomic<uint64_t> delivered{0};
   std::atomic<uint64_t> failed{0};
+  std::atomic<uint64_t> expired{0};
   std::atomic<uint64_t> reconnects{0};
   std::atomic<uint64_t> unmatched_replies{0};
   std::atomic<uint64_t> reply_buffer_bytes{0};
@@ -179,6 +180,7 @@ class Connection final : public IoHandler {
     bool expect_reply = false;
     bool fail_fast = false;  // Request::fail_fast: fails with the first failed connect attempt
     bool dead = false;       // completed while queued (deadline); skipped by the writer
+    bool expired = false;    // reached its deadline before being completely written
     bool cancelled = false;  // cancelled while half-written: completed once written
     uint64_t cancel_id = 0;  // Request::cancel's id; 0 = not cancellable
     uint8_t prefix_len = 0;
@@ -241,7 +243,9 @@ class Connection final : public IoHandler {
 
   // Queue bookkeeping.
   void PopDeadFront();
-  void KillQueued(Message& message, Outcome outcome);
+  // Completes a queued message; `expired`: it reached its own deadline unwritten (counted apart
+  // from failures).
+  void KillQueued(Message& message, Outcome outcome, bool expired = false);
   // Fails the queued messages whose deadline is before `limit`, and the fail-fast ones.
   void FailQueuedAfterConnectFailure(absl::Time limit);
   bool IsLive(const DeadlineEntry& entry) const;

@@ -301,6 +301,7 @@ void SubscriptionToProto(const registry::Subscription& sub, absl::Time now, Stat
     state->set_outstanding_requests(s->outstanding_requests);
     state->set_delivered(s->delivered);
     state->set_failed(s->failed);
+    state->set_expired(s->expired);
     state->set_reconnects(s->reconnects);
   }
 }

@@ -1,7 +1,7 @@
 // The ledger test (issue 7, SPEC §11): a bounded run of mixed async and sync Raises through the
 // real eventbusd binary against loopback JSON-RPC peers that behave well and badly, with a peer
 // restarted and etcd restarted mid-run, that accounts for every delivery. For every target it
-// checks raised = delivered + failed + still queued against the server's own counters, that no
+// checks raised = delivered + failed + expired + still queued against the server's own counters, that no
 // connection carried a seq twice, that nothing reached a target after its subscription expired or
 // was removed, that every sync OK and every QUEUED to the healthy peer arrived, and that
 // eventbusd's RSS and open fds stay flat in the second half. It prints the figures.
@@ -780,8 +780,9 @@ void LedgerRun::CheckAndPrint() {
       sync_latency_max_ms_);
   for (const std::string& line : timeline_) absl::StrAppend(&out, "  ", line, "\n");
   absl::StrAppend(
-      &out, absl::StrFormat("%-13s %7s | %-44s | %7s %6s %6s | %7s %5s %5s %5s\n", "target",
-                            "raised", "server answered (async | sync)", "deliv", "failed", "queued",
+      &out, absl::StrFormat("%-13s %7s | %-44s | %7s %6s %6s %6s | %7s %5s %5s %5s\n",
+                            "target", "raised", "server answered (async | sync)", "deliv",
+                            "failed", "exp", "queued",
                             "recv", "conns", "dup", "late"));
 
   std::map<v1::DeliveryStatus, int64_t> totals_async, totals_sync;
@@ -848,8 +849,9 @@ void LedgerRun::CheckAndPrint() {
     cross_connection -= ledger.duplicates_on_one_connection;
 
     // Server side: "delivered" = notifications written + replies received (OK or RPC_ERROR);
-    // "failed" = every other outcome, immediate (QUEUE_FULL, CONNECT_FAILED while backing off) or
-    // later (TIMEOUT in the queue = expired, CONNECTION_LOST).
+    // "expired" = messages whose deadline came before they were written; "failed" = every other
+    // outcome, immediate (QUEUE_FULL, CONNECT_FAILED while backing off) or later
+    // (CONNECTION_LOST, reply TIMEOUT).
     const int64_t sync_delivered = ledger.sync_status[v1::DELIVERY_STATUS_OK] +
                                    ledger.sync_status[v1::DELIVERY_STATUS_RPC_ERROR];
     const int64_t queued = ledger.async_status[v1::DELIVERY_STATUS_QUEUED];
@@ -858,8 +860,9 @@ void LedgerRun::CheckAndPrint() {
 
     absl::StrAppend(
         &out,
-        absl::StrFormat("%-13s %7d | %-44s | %7d %6d %6d | %7d %5d %5d %5d\n", RoleName(t->role),
-                        raised, answered, state.delivered(), state.failed(),
+        absl::StrFormat("%-13s %7d | %-44s | %7d %6d %6d %6d | %7d %5d %5d %5d\n",
+                        RoleName(t->role), raised, answered, state.delivered(), state.failed(),
+                        state.expired(),
                         state.queued_messages() + state.outstanding_requests(),
                         ledger.received.size(), ledger.by_connection.size(),
                         ledger.duplicates_on_one_connection, late),
@@ -869,9 +872,12 @@ void LedgerRun::CheckAndPrint() {
                         cross_connection));
 
     const std::string who = absl::StrCat(RoleName(t->role), " (", t->socket, ")");
-    EXPECT_EQ(raised, static_cast<int64_t>(state.delivered() + state.failed() +
+    EXPECT_EQ(raised, static_cast<int64_t>(state.delivered() + state.failed() + state.expired() +
                                            state.queued_messages() + state.outstanding_requests()))
-        << who << ": raised != delivered + failed + queued + outstanding";
+        << who << ": raised != delivered + failed + expired + queued + outstanding";
+    EXPECT_LE(static_cast<int64_t>(state.expired()),
+              async_lost + ledger.sync_status[v1::DELIVERY_STATUS_TIMEOUT])
+        << who << ": more expired than QUEUED-and-unwritten plus sync timeouts";
     EXPECT_GE(async_written, 0) << who << ": the server counts fewer deliveries than sync OKs";
     EXPECT_GE(async_lost, 0) << who << ": more notifications written than queued";
     EXPECT_LE(queued_read, async_written) << who << ": the peer read more than was written";
@@ -896,6 +902,7 @@ void LedgerRun::CheckAndPrint() {
     }
     if (t->role == Role::kHealthy) {
       EXPECT_EQ(async_lost, 0) << who << ": notifications to the healthy peer expired";
+      EXPECT_EQ(state.expired(), 0u) << who << ": the server counts expired messages";
       EXPECT_GE(static_cast<int64_t>(ledger.received.size()),
                 queued + ledger.sync_status[v1::DELIVERY_STATUS_OK])
           << who;
@@ -913,7 +920,7 @@ void LedgerRun::CheckAndPrint() {
       EXPECT_GT(ledger.sync_status[v1::DELIVERY_STATUS_TIMEOUT], 0) << who;
     }
     if (t->role == Role::kRestarted) {
-      EXPECT_GT(state.failed(), 0u) << who << ": the outage failed nothing";
+      EXPECT_GT(state.failed() + state.expired(), 0u) << who << ": the outage failed nothing";
       EXPECT_GT(ledger.by_connection.size(), 1u) << who << ": never reconnected";
     }
     if (t->role == Role::kExpiring || t->role == Role::kUnsubscribed) {

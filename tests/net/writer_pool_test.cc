@@ -366,7 +366,8 @@ TEST_F(WriterPoolTest, UnansweredRequestTimesOutWithinAFewMillisecondsOfItsDeadl
   // Timers are precise to ~1 ms; the margin is for a busy shared test machine.
   EXPECT_LT(outcomes_.At(0) - deadline, absl::Milliseconds(25));
   ASSERT_TRUE(WaitForStats(Target(peer->port()).Key(), [](const std::optional<TargetStats>& s) {
-    return s && s->outstanding_requests == 0 && s->failed == 1;
+    // Written, then no reply: a failure, not an expiry.
+    return s && s->outstanding_requests == 0 && s->failed == 1 && s->expired == 0;
   }));
 }
 
@@ -435,7 +436,11 @@ TEST_F(WriterPoolTest, BlackholedTargetFailsWithConnectTimedOutAtTheDeadline) {
   EXPECT_EQ(o.code, DeliveryCode::kConnectFailed);
   EXPECT_EQ(o.detail, absl::StrCat("connect to 127.0.0.1:", blackhole.port(), ": timed out"));
   EXPECT_GE(outcomes_.At(0), deadline);
-  EXPECT_EQ(pool_->Stats(Target(blackhole.port()).Key())->state, ConnState::kConnecting);
+  std::optional<TargetStats> stats = pool_->Stats(Target(blackhole.port()).Key());
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_EQ(stats->state, ConnState::kConnecting);
+  EXPECT_EQ(stats->expired, 1u);  // its deadline came before it could be written
+  EXPECT_EQ(stats->failed, 0u);
 }
 
 TEST_F(WriterPoolTest, ConnectTimeoutEndsTheAttemptAndBacksOff) {
@@ -819,6 +824,15 @@ TEST_F(WriterPoolTest, UnwrittenNotificationTimesOutWhileConnected) {
   EXPECT_EQ(o.code, DeliveryCode::kTimeout);
   EXPECT_TRUE(absl::StartsWith(o.detail, "not written")) << o.detail;
   EXPECT_FALSE(outcomes_.Done(0));
+  // Expired in the queue: counted apart from failures, so that for a target accepted = delivered
+  // + failed + expired + queued + outstanding (SPEC §11).
+  std::optional<TargetStats> stats = pool_->Stats(Target(peer->port()).Key());
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_EQ(stats->expired, 1u);
+  EXPECT_EQ(stats->failed, 0u);
+  EXPECT_EQ(stats->delivered + stats->failed + stats->expired + stats->queued_messages +
+                stats->outstanding_requests,
+            2u);
 }
 
 TEST_F(WriterPoolTest, StatsShowStateAndCounters) {
@@ -840,6 +854,7 @@ TEST_F(WriterPoolTest, StatsShowStateAndCounters) {
   EXPECT_EQ(stats->state, ConnState::kConnected);
   EXPECT_EQ(stats->delivered, 2u);
   EXPECT_EQ(stats->failed, 0u);
+  EXPECT_EQ(stats->expired, 0u);
   EXPECT_EQ(stats->queued_messages, 0u);
   EXPECT_EQ(stats->outstanding_requests, 0u);
   EXPECT_EQ(stats->reconnects, 0u);
