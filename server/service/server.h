@@ -11,10 +11,10 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "server/base/clock.h"
+#include "server/base/mutex.h"
 #include "server/delivery/dispatcher.h"
 #include "server/net/writer_pool.h"
 #include "server/registry/registry.h"
@@ -94,7 +94,7 @@ class EventBusServer {
   std::unique_ptr<grpc::Server> server_;
   std::thread health_thread_;
 
-  absl::Mutex mu_;
+  eventbus::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   // Last store health reported, to log changes once.

@@ -13,10 +13,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/base/mutex.h"
 #include "tests/store/store_test_listener.h"
 
 namespace eventbus::store {
@@ -164,7 +164,7 @@ TEST_F(SqliteStoreTest, AThousandConcurrentPutsAreAllAcknowledgedAndDurable) {
     auto store = Open(&listener);
     ASSERT_NE(store, nullptr);
     std::atomic<int> ok{0}, failed{0}, pending{kThreads * kPerThread};
-    absl::Notification all_done;
+    eventbus::Notification all_done;
     std::vector<std::thread> threads;
     for (int t = 0; t < kThreads; ++t) {
       threads.emplace_back([&, t] {
