@@ -109,7 +109,7 @@ class WatchedStore final : public SubscriptionStore {
   // Waits up to `timeout` for a Delete of `id`; returns when it was called, or nullopt.
   std::optional<absl::Time> WaitForDelete(const std::string& id, absl::Duration timeout) {
     eventbus::MutexLock lock(&mu_);
-    auto deleted = [&] {
+    auto deleted = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       for (const auto& [deleted_id, at] : deletes_) {
         if (deleted_id == id) return true;
       }
@@ -152,7 +152,7 @@ class Answer {
   // Waits (bounded) for the answer.
   T Get() {
     eventbus::MutexLock lock(&mu_);
-    auto has = [this] { return value_.has_value(); };
+    auto has = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return value_.has_value(); };
     EXPECT_TRUE(mu_.AwaitWithTimeout(has, absl::Seconds(5)));
     if (!value_.has_value()) return T(absl::DeadlineExceededError("no answer"));
     return *value_;
