@@ -246,13 +246,13 @@ class Registry::Edit {
 Registry::Registry() : index_(std::make_shared<const Index>()) {}
 
 std::shared_ptr<const Registry::Index> Registry::Snapshot() const {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   return index_;
 }
 
 void Registry::Publish(std::shared_ptr<const Index> next) {
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     index_.swap(next);
   }
   // `next` now holds the previous index: whatever only it referenced is freed here, outside mu_.
@@ -305,7 +305,7 @@ size_t Registry::CountForEvent(absl::string_view event) const {
 
 void Registry::Upsert(SubscriptionPtr sub) {
   if (sub == nullptr) return;
-  absl::MutexLock write_lock(&write_mu_);
+  eventbus::MutexLock write_lock(&write_mu_);
   auto next = std::make_shared<Index>(*Snapshot());
   Edit edit(next.get());
   edit.Replace(std::move(sub));
@@ -314,7 +314,7 @@ void Registry::Upsert(SubscriptionPtr sub) {
 }
 
 SubscriptionPtr Registry::Remove(absl::string_view id) {
-  absl::MutexLock write_lock(&write_mu_);
+  eventbus::MutexLock write_lock(&write_mu_);
   std::shared_ptr<const Index> current = Snapshot();
   if (current->FindById(id) == nullptr) return nullptr;
   auto next = std::make_shared<Index>(*current);
@@ -327,7 +327,7 @@ SubscriptionPtr Registry::Remove(absl::string_view id) {
 }
 
 void Registry::ReplaceAll(std::vector<SubscriptionPtr> subs) {
-  absl::MutexLock write_lock(&write_mu_);
+  eventbus::MutexLock write_lock(&write_mu_);
   auto next = std::make_shared<Index>();
   Edit edit(next.get());
   for (SubscriptionPtr& sub : subs) {
@@ -349,7 +349,7 @@ absl::Time Registry::NextExpiry() const {
 }
 
 std::vector<SubscriptionPtr> Registry::RemoveExpired(absl::Time now) {
-  absl::MutexLock write_lock(&write_mu_);
+  eventbus::MutexLock write_lock(&write_mu_);
   std::shared_ptr<const Index> current = Snapshot();
   std::vector<SubscriptionPtr> expired;
   for (const auto& shard : current->ids) {

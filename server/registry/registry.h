@@ -13,8 +13,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/base/mutex.h"
 #include "server/registry/subscription.h"
 
 namespace eventbus::registry {
@@ -63,8 +63,8 @@ class Registry {
   void Publish(std::shared_ptr<const Index> next);
 
   // Serialises writers, so each builds on the index the previous one published.
-  absl::Mutex write_mu_;
-  mutable absl::Mutex mu_;
+  eventbus::Mutex write_mu_;
+  mutable eventbus::Mutex mu_;
   // Readers copy this pointer under mu_; writers copy the index, change it, and swap it in. The
   // index is sharded into immutable parts, so a write copies only the parts it touches.
   std::shared_ptr<const Index> index_ ABSL_GUARDED_BY(mu_);

@@ -8,7 +8,6 @@
 #include "absl/memory/memory.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "grpc/grpc.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -16,6 +15,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "server/base/log.h"
+#include "server/base/mutex.h"
 
 namespace eventbus::service {
 namespace {
@@ -195,7 +195,7 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
   health->SetServingStatus(kServiceName, true);
   bool store_healthy = server->store_->healthy();
   {
-    absl::MutexLock lock(&server->mu_);
+    eventbus::MutexLock lock(&server->mu_);
     server->store_healthy_ = store_healthy;
   }
   health->SetServingStatus(kStoreHealthService, store_healthy);
@@ -210,8 +210,8 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
 }
 
 void EventBusServer::HealthLoop() {
-  absl::MutexLock lock(&mu_);
-  while (!mu_.AwaitWithTimeout(absl::Condition(&stopping_), config_.store_health_poll)) {
+  eventbus::MutexLock lock(&mu_);
+  while (!mu_.AwaitWithTimeout(&stopping_, config_.store_health_poll)) {
     bool healthy = store_->healthy();
     if (healthy == store_healthy_) continue;
     store_healthy_ = healthy;
@@ -227,9 +227,9 @@ void EventBusServer::HealthLoop() {
 
 void EventBusServer::Shutdown(absl::Duration grace) {
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     if (stopping_) {
-      mu_.Await(absl::Condition(&stopped_));
+      mu_.Await(&stopped_);
       return;
     }
     stopping_ = true;
@@ -247,7 +247,7 @@ void EventBusServer::Shutdown(absl::Duration grace) {
     // cancels them, and returns only once each call has finished. A sync Raise finishes when its
     // deliveries have outcomes, which pool_->Shutdown() forces; so it runs aside while this thread
     // drains the pool and, at the deadline, stops it.
-    absl::Notification server_down;
+    eventbus::Notification server_down;
     std::thread shutdown_thread([this, deadline, &server_down] {
       server_->Shutdown(absl::ToChronoTime(deadline));
       server_down.Notify();
@@ -263,13 +263,13 @@ void EventBusServer::Shutdown(absl::Duration grace) {
   }
   if (manager_ != nullptr) manager_->Stop();
   if (server_ != nullptr) EB_LOG(kInfo, "stopped");
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   stopped_ = true;
 }
 
 void EventBusServer::Wait() {
-  absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(&stopped_));
+  eventbus::MutexLock lock(&mu_);
+  mu_.Await(&stopped_);
 }
 
 }  // namespace eventbus::service

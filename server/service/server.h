@@ -12,11 +12,11 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "server/base/clock.h"
+#include "server/base/mutex.h"
 #include "server/delivery/dispatcher.h"
 #include "server/net/listener.h"
 #include "server/net/writer_pool.h"
@@ -118,7 +118,7 @@ class EventBusServer {
   std::unique_ptr<net::Listener> listener_;
   std::thread health_thread_;
 
-  absl::Mutex mu_;
+  eventbus::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   // Last store health reported, to log changes once.

@@ -20,11 +20,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "etcd/etcdserverpb/rpc.grpc.pb.h"
 #include "etcd/mvccpb/kv.pb.h"
 #include "server/base/log.h"
+#include "server/base/mutex.h"
 #include "server/store/store_codec.h"
 
 namespace eventbus::store {
@@ -212,7 +212,7 @@ class EtcdStore::Impl {
   // Written only under apply_mu_, together with the OnHealth call; read anywhere.
   std::atomic<bool> healthy_{true};
 
-  absl::Mutex mu_;
+  eventbus::Mutex mu_;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
@@ -222,11 +222,11 @@ class EtcdStore::Impl {
 
   // Held across every listener call, so calls never overlap, and by RecordAck, so an event the
   // watch decided to deliver is delivered before the caller's done applies a newer change.
-  absl::Mutex apply_mu_;
+  eventbus::Mutex apply_mu_;
   Listener* listener_ ABSL_GUARDED_BY(apply_mu_) = nullptr;
   // Short-held; never across a listener call, so Write (which may come from any thread) only
   // needs this one.
-  absl::Mutex keys_mu_ ABSL_ACQUIRED_AFTER(apply_mu_);
+  eventbus::Mutex keys_mu_ ABSL_ACQUIRED_AFTER(apply_mu_);
   absl::flat_hash_map<std::string, KeyState> keys_ ABSL_GUARDED_BY(keys_mu_);
   // The newest revision delivered to the listener (by the watch or a snapshot).
   int64_t applied_revision_ ABSL_GUARDED_BY(keys_mu_) = 0;
@@ -260,11 +260,11 @@ EtcdStore::Impl::Impl(EtcdStoreOptions options)
 absl::Status EtcdStore::Impl::Start(Listener* listener) {
   if (endpoints_.empty()) return absl::InvalidArgumentError("store etcd: no endpoint");
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     if (started_) return absl::FailedPreconditionError(absl::StrCat(name_, ": already started"));
   }
   {
-    absl::MutexLock lock(&apply_mu_);
+    eventbus::MutexLock lock(&apply_mu_);
     listener_ = listener;
   }
   // Try every endpoint in turn, with backoff, until one answers or start_timeout passes.
@@ -281,7 +281,7 @@ absl::Status EtcdStore::Impl::Start(Listener* listener) {
                " count=", snapshot->subs.size(), " revision=", revision);
         ApplySnapshot(*std::move(snapshot));
         {
-          absl::MutexLock lock(&mu_);
+          eventbus::MutexLock lock(&mu_);
           started_ = true;
         }
         watch_thread_ = std::thread([this, revision] { WatchLoop(revision); });
@@ -300,26 +300,25 @@ absl::Status EtcdStore::Impl::Start(Listener* listener) {
 
 void EtcdStore::Impl::Stop() {
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     if (!started_ || stopping_) return;
     stopping_ = true;
     if (active_watch_ != nullptr) active_watch_->TryCancel();
   }
   watch_thread_.join();
-  absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(
-      +[](int* in_flight) { return *in_flight == 0; }, &in_flight_));
+  eventbus::MutexLock lock(&mu_);
+  mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; });
 }
 
 bool EtcdStore::Impl::BeginCall() {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   if (!started_ || stopping_) return false;
   ++in_flight_;
   return true;
 }
 
 void EtcdStore::Impl::EndCall() {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   --in_flight_;
 }
 
@@ -327,7 +326,7 @@ void EtcdStore::Impl::SetHealthy(bool healthy, absl::string_view why) {
   // healthy_ only changes under apply_mu_, so an equal value needs no lock (the common case: a
   // successful call while healthy).
   if (healthy_.load() == healthy) return;
-  absl::MutexLock lock(&apply_mu_);
+  eventbus::MutexLock lock(&apply_mu_);
   if (healthy_.load() == healthy) return;
   healthy_.store(healthy);
   if (healthy) {
@@ -375,11 +374,11 @@ absl::StatusOr<EtcdStore::Impl::Snapshot> EtcdStore::Impl::Read(absl::Time deadl
 }
 
 void EtcdStore::Impl::ApplySnapshot(Snapshot snapshot) {
-  absl::MutexLock lock(&apply_mu_);
+  eventbus::MutexLock lock(&apply_mu_);
   {
     // Acknowledgements recorded before this snapshot are forgotten: OnReload resets the listener
     // to the snapshot's revision, so every later event must be applied again, own ones included.
-    absl::MutexLock keys_lock(&keys_mu_);
+    eventbus::MutexLock keys_lock(&keys_mu_);
     keys_ = std::move(snapshot.keys);
     applied_revision_ = snapshot.revision;
   }
@@ -387,7 +386,7 @@ void EtcdStore::Impl::ApplySnapshot(Snapshot snapshot) {
 }
 
 void EtcdStore::Impl::RewatchFrom(int64_t revision) {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   rewatch_from_ = revision;
   if (active_watch_ != nullptr) active_watch_->TryCancel();
 }
@@ -396,8 +395,8 @@ bool EtcdStore::Impl::Backoff(absl::Duration delay) {
   static thread_local absl::BitGen gen;
   // Jitter in [delay/2, delay]: replicas that lost etcd together do not return in lockstep.
   absl::Duration wait = delay / 2 + absl::Uniform(gen, 0.0, 0.5) * delay;
-  absl::MutexLock lock(&mu_);
-  mu_.AwaitWithTimeout(absl::Condition(&stopping_), wait);
+  eventbus::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(&stopping_, wait);
   return !stopping_;
 }
 
@@ -452,7 +451,7 @@ EtcdStore::Impl::WatchEnd EtcdStore::Impl::WatchOnce(int64_t* revision, int64_t*
   Endpoint& endpoint = Current(&index);
   grpc::ClientContext context;
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     if (stopping_) return WatchEnd::kStopped;
     if (rewatch_from_.has_value()) {
       *rewatch_from = *rewatch_from_;
@@ -501,7 +500,7 @@ EtcdStore::Impl::WatchEnd EtcdStore::Impl::WatchOnce(int64_t* revision, int64_t*
   }
   context.TryCancel();
   grpc::Status status = stream->Finish();
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   active_watch_ = nullptr;
   if (stopping_) return WatchEnd::kStopped;
   if (rewatch_from_.has_value()) {
@@ -521,11 +520,11 @@ EtcdStore::Impl::WatchEnd EtcdStore::Impl::WatchOnce(int64_t* revision, int64_t*
 
 void EtcdStore::Impl::ApplyWatchResponse(const etcdserverpb::WatchResponse& response,
                                          int64_t* revision) {
-  absl::MutexLock lock(&apply_mu_);
+  eventbus::MutexLock lock(&apply_mu_);
   if (response.events().empty()) {
     // A progress notification: every change up to header.revision has been sent.
     *revision = std::max(*revision, response.header().revision());
-    absl::MutexLock keys_lock(&keys_mu_);
+    eventbus::MutexLock keys_lock(&keys_mu_);
     applied_revision_ = std::max(applied_revision_, *revision);
     return;
   }
@@ -537,7 +536,7 @@ void EtcdStore::Impl::ApplyWatchResponse(const etcdserverpb::WatchResponse& resp
     std::string id = kv.key().substr(key_prefix_.size());
     bool deliver = false;
     {
-      absl::MutexLock keys_lock(&keys_mu_);
+      eventbus::MutexLock keys_lock(&keys_mu_);
       auto it = keys_.find(id);
       // Not newer than what this replica applied for the key: its own acknowledged write, or a
       // change older than one it made since. Applying it would undo the newer state.
@@ -567,8 +566,8 @@ void EtcdStore::Impl::ApplyWatchResponse(const etcdserverpb::WatchResponse& resp
 
 void EtcdStore::Impl::RecordAck(const std::string& id, int64_t revision) {
   // Waits for a delivery in progress: it may carry an older change to this key.
-  absl::MutexLock lock(&apply_mu_);
-  absl::MutexLock keys_lock(&keys_mu_);
+  eventbus::MutexLock lock(&apply_mu_);
+  eventbus::MutexLock keys_lock(&keys_mu_);
   // The watch already passed this revision: it applied the event itself (or a snapshot newer than
   // it), and there is nothing left to skip.
   if (revision <= applied_revision_) return;

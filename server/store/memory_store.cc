@@ -13,21 +13,21 @@ absl::Status Unavailable() { return absl::UnavailableError("store memory: unavai
 }  // namespace
 
 absl::Status MemoryStore::Start(Listener* listener) {
-  absl::MutexLock listener_lock(&listener_mu_);
+  eventbus::MutexLock listener_lock(&listener_mu_);
   listener_ = listener;
   if (listener_ != nullptr) listener_->OnReload(Contents());
   return absl::OkStatus();
 }
 
 void MemoryStore::Stop() {
-  absl::MutexLock listener_lock(&listener_mu_);
+  eventbus::MutexLock listener_lock(&listener_mu_);
   listener_ = nullptr;
 }
 
 void MemoryStore::Put(registry::SubscriptionPtr sub, Done done) {
   absl::Status status;
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     if (!available_) {
       status = Unavailable();
     } else if (sub != nullptr) {
@@ -40,7 +40,7 @@ void MemoryStore::Put(registry::SubscriptionPtr sub, Done done) {
 void MemoryStore::Delete(registry::SubscriptionPtr sub, Done done) {
   absl::Status status;
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     if (!available_) {
       status = Unavailable();
     } else if (sub != nullptr) {
@@ -51,14 +51,14 @@ void MemoryStore::Delete(registry::SubscriptionPtr sub, Done done) {
 }
 
 bool MemoryStore::healthy() const {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   return available_;
 }
 
 void MemoryStore::SetAvailable(bool available) {
-  absl::MutexLock listener_lock(&listener_mu_);
+  eventbus::MutexLock listener_lock(&listener_mu_);
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     if (available_ == available) return;
     available_ = available;
   }
@@ -68,7 +68,7 @@ void MemoryStore::SetAvailable(bool available) {
 std::vector<registry::SubscriptionPtr> MemoryStore::Contents() const {
   std::vector<registry::SubscriptionPtr> out;
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     out.reserve(subs_.size());
     for (const auto& [id, sub] : subs_) out.push_back(sub);
   }
@@ -80,7 +80,7 @@ std::vector<registry::SubscriptionPtr> MemoryStore::Contents() const {
 }
 
 size_t MemoryStore::size() const {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   return subs_.size();
 }
 

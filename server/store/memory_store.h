@@ -10,7 +10,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "server/base/mutex.h"
 #include "server/store/subscription_store.h"
 
 namespace eventbus::store {
@@ -43,12 +43,12 @@ class MemoryStore final : public SubscriptionStore {
   size_t size() const;
 
  private:
-  mutable absl::Mutex mu_;
+  mutable eventbus::Mutex mu_;
   absl::flat_hash_map<std::string, registry::SubscriptionPtr> subs_ ABSL_GUARDED_BY(mu_);
   bool available_ ABSL_GUARDED_BY(mu_) = true;
 
   // Held while calling the listener, so calls never overlap and none follows Stop.
-  absl::Mutex listener_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  eventbus::Mutex listener_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   Listener* listener_ ABSL_GUARDED_BY(listener_mu_) = nullptr;
 };
 

@@ -124,7 +124,7 @@ void SqliteStore::CloseDb() {
 
 absl::Status SqliteStore::Start(Listener* listener) {
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     if (running_ || stopping_) {
       return absl::FailedPreconditionError(
           absl::StrCat("sqlite \"", options_.path, "\": already started"));
@@ -251,19 +251,19 @@ absl::Status SqliteStore::Start(Listener* listener) {
   healthy_.store(true);
   listener_ = listener;
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     running_ = true;
   }
   // The writer runs before OnReload so the listener may already write from it.
   writer_ = std::thread([this] { WriterLoop(); });
-  absl::MutexLock lock(&listener_mu_);
+  eventbus::MutexLock lock(&listener_mu_);
   listener_->OnReload(std::move(all));
   return absl::OkStatus();
 }
 
 void SqliteStore::Stop() {
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     if (!running_ || stopping_) return;
     stopping_ = true;
   }
@@ -282,7 +282,7 @@ void SqliteStore::Delete(registry::SubscriptionPtr sub, Done done) {
 
 void SqliteStore::Enqueue(Op op) {
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     if (running_ && !stopping_) {
       queue_.push_back(std::move(op));
       return;
@@ -309,12 +309,9 @@ void SqliteStore::WriterLoop() {
   for (;;) {
     std::vector<Op> batch;
     {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](SqliteStore* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
-            return !self->queue_.empty() || self->stopping_;
-          },
-          this));
+      eventbus::MutexLock lock(&mu_);
+      mu_.Await([this]()
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !queue_.empty() || stopping_; });
       if (queue_.empty()) break;  // stopping, and nothing left to commit
       batch.swap(queue_);
     }
@@ -376,7 +373,7 @@ void SqliteStore::SetHealthy(bool healthy) {
   } else {
     EB_LOG(kInfo, "sqlite: store healthy again", "path=", base::LogValue(options_.path));
   }
-  absl::MutexLock lock(&listener_mu_);
+  eventbus::MutexLock lock(&listener_mu_);
   listener_->OnHealth(healthy);
 }
 

@@ -15,8 +15,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/base/mutex.h"
 #include "server/store/subscription_store.h"
 
 struct sqlite3;
@@ -88,7 +88,7 @@ class SqliteStore final : public SubscriptionStore {
 
   const SqliteStoreOptions options_;
   // Held across listener calls so they never overlap.
-  absl::Mutex listener_mu_;
+  eventbus::Mutex listener_mu_;
   Listener* listener_ = nullptr;
   // Used by Start (before the writer exists) and then only by the writer thread.
   sqlite3* db_ = nullptr;
@@ -97,7 +97,7 @@ class SqliteStore final : public SubscriptionStore {
   sqlite3_stmt* delete_stmt_ = nullptr;
   std::atomic<bool> healthy_{true};
 
-  absl::Mutex mu_;
+  eventbus::Mutex mu_;
   std::vector<Op> queue_ ABSL_GUARDED_BY(mu_);
   bool running_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -43,7 +43,7 @@ SubscriptionManager::~SubscriptionManager() { Stop(); }
 
 absl::Status SubscriptionManager::Start() {
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     if (started_ || stopping_) {
       return absl::FailedPreconditionError("subscription manager: started twice or after Stop");
     }
@@ -51,7 +51,7 @@ absl::Status SubscriptionManager::Start() {
   absl::Status status = store_->Start(this);
   if (!status.ok()) return status;
   store_healthy_.store(store_->healthy());
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   started_ = true;
   expiry_thread_ = std::thread([this] { ExpiryThread(); });
   return absl::OkStatus();
@@ -60,7 +60,7 @@ absl::Status SubscriptionManager::Start() {
 void SubscriptionManager::Stop() {
   bool was_started;
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     if (stopping_) return;
     stopping_ = true;
     was_started = started_;
@@ -215,7 +215,7 @@ void SubscriptionManager::UnsubscribeKeyed(const Key& key, SubscriptionPtr sub,
 
 void SubscriptionManager::RunKeyed(const Key& key, absl::AnyInvocable<void()> work) {
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     auto [it, inserted] = keyed_.try_emplace(key);
     if (!inserted) {
       it->second.push_back(std::move(work));
@@ -228,7 +228,7 @@ void SubscriptionManager::RunKeyed(const Key& key, absl::AnyInvocable<void()> wo
 void SubscriptionManager::FinishKey(const Key& key) {
   absl::AnyInvocable<void()> next;
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     auto it = keyed_.find(key);
     if (it == keyed_.end()) return;
     if (it->second.empty()) {
@@ -243,7 +243,7 @@ void SubscriptionManager::FinishKey(const Key& key) {
 }
 
 absl::Status SubscriptionManager::Reserve(const std::string& event) {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   if (registry_->size() + pending_creates_ >= limits_.max_subscriptions) {
     return absl::ResourceExhaustedError(absl::StrCat("subscribe \"", event,
                                                      "\": max_subscriptions limit (",
@@ -262,7 +262,7 @@ absl::Status SubscriptionManager::Reserve(const std::string& event) {
 }
 
 void SubscriptionManager::Unreserve(const std::string& event) {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   --pending_creates_;
   auto it = pending_creates_by_event_.find(event);
   if (it != pending_creates_by_event_.end() && --it->second == 0) {
@@ -273,7 +273,7 @@ void SubscriptionManager::Unreserve(const std::string& event) {
 void SubscriptionManager::ExpireDue(absl::Time now) {
   std::vector<SubscriptionPtr> expired = registry_->RemoveExpired(now);
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     for (SubscriptionPtr& sub : reload_expired_) expired.push_back(std::move(sub));
     reload_expired_.clear();
   }
@@ -302,7 +302,7 @@ void SubscriptionManager::DeleteExpired(SubscriptionPtr sub) {
 }
 
 void SubscriptionManager::ExpiryThread() {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   while (!stopping_) {
     const uint64_t generation = expiry_generation_;
     // While working, any new expiry may be earlier than what this pass sees.
@@ -323,7 +323,7 @@ void SubscriptionManager::ExpiryThread() {
 }
 
 void SubscriptionManager::WakeExpiry(absl::Time expiry) {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   if (expiry >= expiry_wait_until_) return;
   ++expiry_generation_;
   expiry_cv_.Signal();
@@ -340,7 +340,7 @@ void SubscriptionManager::OnReload(std::vector<SubscriptionPtr> all) {
   }
   registry_->ReplaceAll(std::move(live));
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     for (SubscriptionPtr& sub : expired) reload_expired_.push_back(std::move(sub));
   }
   WakeExpiry(absl::InfinitePast());

@@ -17,9 +17,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/base/clock.h"
+#include "server/base/mutex.h"
 #include "server/registry/registry.h"
 #include "server/store/subscription_store.h"
 #include "server/uri/socket_uri.h"
@@ -118,8 +118,8 @@ class SubscriptionManager : public SubscriptionStore::Listener {
   SubscriptionLimits limits_;
   std::atomic<bool> store_healthy_{true};
 
-  absl::Mutex mu_;
-  absl::CondVar expiry_cv_;
+  eventbus::Mutex mu_;
+  eventbus::CondVar expiry_cv_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   // Bumped whenever the earliest expiry may have moved earlier.

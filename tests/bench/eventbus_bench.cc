@@ -24,10 +24,10 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/client.h"
+#include "server/base/mutex.h"
 #include "server/service/server.h"
 #include "tests/bench/sink.h"
 
@@ -69,7 +69,7 @@ WindowResult RunWindow(client::Client& client, const RaiseRequest& request, int 
     client::Client* client;
     const RaiseRequest* request;
     absl::Time end;
-    absl::Mutex mu;
+    eventbus::Mutex mu;
     int in_flight ABSL_GUARDED_BY(mu) = 0;
     std::atomic<uint64_t> calls{0}, failed{0};
 
@@ -89,7 +89,7 @@ WindowResult RunWindow(client::Client& client, const RaiseRequest& request, int 
                                          Issue();
                                          return;
                                        }
-                                       absl::MutexLock lock(&mu);
+                                       eventbus::MutexLock lock(&mu);
                                        --in_flight;
                                      });
     }
@@ -100,14 +100,14 @@ WindowResult RunWindow(client::Client& client, const RaiseRequest& request, int 
   absl::Time start = absl::Now();
   d.end = start + duration;
   {
-    absl::MutexLock lock(&d.mu);
+    eventbus::MutexLock lock(&d.mu);
     d.in_flight = window;
   }
   for (int i = 0; i < window; ++i) d.Issue();
   {
-    absl::MutexLock lock(&d.mu);
+    eventbus::MutexLock lock(&d.mu);
     auto drained = [&d]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu) { return d.in_flight == 0; };
-    d.mu.Await(absl::Condition(&drained));
+    d.mu.Await(drained);
   }
   return {d.calls.load(), d.failed.load(), absl::Now() - start};
 }

@@ -25,7 +25,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/client.h"
@@ -37,6 +36,7 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
+#include "server/base/mutex.h"
 #include "tests/testing/ports.h"
 #include "tests/testing/process.h"
 
@@ -172,7 +172,7 @@ grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
   HealthCheckRequest request;
   HealthCheckResponse response;
   grpc::Status status;
-  absl::Notification done;
+  eventbus::Notification done;
   stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
                  [&](grpc::Status s) {
                    status = std::move(s);

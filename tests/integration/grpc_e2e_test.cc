@@ -8,13 +8,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "client/client.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "server/base/mutex.h"
 #include "server/service/server.h"
 #include "tests/testing/jsonrpc_peer.h"
 #include "tests/testing/ports.h"
@@ -467,7 +466,7 @@ TEST_F(GrpcE2eTest, ThousandConcurrentSyncRaisesAreEachMatchedToTheirOwnReply) {
     grpc::Status status;
   };
   std::vector<std::unique_ptr<Call>> calls;
-  absl::Mutex mu;
+  eventbus::Mutex mu;
   int done = 0;
   for (int i = 0; i < kCalls; ++i) {
     auto call = std::make_unique<Call>();
@@ -481,14 +480,14 @@ TEST_F(GrpcE2eTest, ThousandConcurrentSyncRaisesAreEachMatchedToTheirOwnReply) {
     Call* c = call.get();
     client_->stub()->async()->Raise(&c->ctx, &c->req, &c->resp, [&, c](grpc::Status s) {
       c->status = std::move(s);
-      absl::MutexLock lock(&mu);
+      eventbus::MutexLock lock(&mu);
       ++done;
     });
   }
   {
-    absl::MutexLock lock(&mu);
+    eventbus::MutexLock lock(&mu);
     auto all_done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return done == kCalls; };
-    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all_done), absl::Seconds(60)));
+    ASSERT_TRUE(mu.AwaitWithTimeout(all_done, absl::Seconds(60)));
   }
   int matched = 0;
   for (int i = 0; i < kCalls; ++i) {

@@ -1,9 +1,9 @@
 // The ledger test (issue 7, SPEC §11): a bounded run of mixed async and sync Raises through the
 // real eventbusd binary against loopback JSON-RPC peers that behave well and badly, with a peer
 // restarted and etcd restarted mid-run, that accounts for every delivery. For every target it
-// checks raised = delivered + failed + expired + still queued against the server's own counters, that no
-// connection carried a seq twice, that nothing reached a target after its subscription expired or
-// was removed, that every sync OK and every QUEUED to the healthy peer arrived, and that
+// checks raised = delivered + failed + expired + still queued against the server's own counters,
+// that no connection carried a seq twice, that nothing reached a target after its subscription
+// expired or was removed, that every sync OK and every QUEUED to the healthy peer arrived, and that
 // eventbusd's RSS and open fds stay flat in the second half. It prints the figures.
 //
 // Duration: LEDGER_SECONDS (default 60) for the etcd pass, LEDGER_SQLITE_SECONDS (default 20; 0
@@ -40,11 +40,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/client.h"
 #include "gtest/gtest.h"
+#include "server/base/mutex.h"
 #include "tests/testing/etcd_harness.h"
 #include "tests/testing/jsonrpc_peer.h"
 #include "tests/testing/ports.h"
@@ -193,7 +193,7 @@ int64_t SeqOf(absl::string_view message) {
 // Everything known about one target: what the server answered for it, what its peer read. Filled
 // by the raise threads (answers) and the peer thread (receipts); read once they have stopped.
 struct Ledger {
-  absl::Mutex mu;
+  eventbus::Mutex mu;
   // Deliveries the server listed for this target, by mode and status.
   std::map<v1::DeliveryStatus, int64_t> async_status ABSL_GUARDED_BY(mu);
   std::map<v1::DeliveryStatus, int64_t> sync_status ABSL_GUARDED_BY(mu);
@@ -325,7 +325,7 @@ class LedgerRun {
   std::atomic<bool> stop_raising_{false};
   std::atomic<bool> stop_sampling_{false};
 
-  absl::Mutex mu_;
+  eventbus::Mutex mu_;
   int64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   std::vector<absl::Time> sent_at_ ABSL_GUARDED_BY(mu_);  // index seq - 1
   int64_t raises_async_ ABSL_GUARDED_BY(mu_) = 0;
@@ -368,7 +368,7 @@ void LedgerRun::StartPeers() {
     Ledger* ledger = &target->ledger;
     options.on_message = [ledger](int connection, absl::string_view message) {
       const int64_t seq = SeqOf(message);
-      absl::MutexLock lock(&ledger->mu);
+      eventbus::MutexLock lock(&ledger->mu);
       if (seq < 0) {
         ++ledger->unparsable;
         return;
@@ -487,19 +487,19 @@ void LedgerRun::Record(int64_t seq, bool sync, absl::Time sent, const v1::RaiseR
   for (const v1::Delivery& delivery : response.deliveries()) {
     auto it = by_socket_.find(delivery.socket());
     if (it == by_socket_.end()) {
-      absl::MutexLock lock(&mu_);
+      eventbus::MutexLock lock(&mu_);
       ++unknown_deliveries_;
       continue;
     }
     Ledger& ledger = it->second->ledger;
-    absl::MutexLock lock(&ledger.mu);
+    eventbus::MutexLock lock(&ledger.mu);
     (sync ? ledger.sync_status : ledger.async_status)[delivery.status()]++;
     ledger.answered[seq] = delivery.status();
     if (sync) ledger.sync_seqs.insert(seq);
   }
   if (sync) {
     int64_t ms = absl::ToInt64Milliseconds(absl::Now() - sent);
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     sync_latency_max_ms_ = std::max(sync_latency_max_ms_, ms);
   }
 }
@@ -520,7 +520,7 @@ void LedgerRun::RaiseLoop(int thread, bool sync) {
     int64_t seq;
     absl::Time sent;
     {
-      absl::MutexLock lock(&mu_);
+      eventbus::MutexLock lock(&mu_);
       seq = next_seq_++;
       sent = absl::Now();
       sent_at_.push_back(sent);
@@ -534,7 +534,7 @@ void LedgerRun::RaiseLoop(int thread, bool sync) {
     request.set_timeout_ms(sync ? kSyncTimeoutMs : kAsyncTimeoutMs);
     absl::StatusOr<v1::RaiseResponse> response = client_->Raise(request);
     if (!response.ok()) {
-      absl::MutexLock lock(&mu_);
+      eventbus::MutexLock lock(&mu_);
       if (raise_errors_++ == 0) first_raise_error_ = response.status().ToString();
       continue;
     }
@@ -551,7 +551,7 @@ void LedgerRun::SampleLoop() {
     s.rss_kb = ReadRssKb(pid);
     s.fds = CountFds(pid);
     {
-      absl::MutexLock lock(&mu_);
+      eventbus::MutexLock lock(&mu_);
       samples_.push_back(s);
     }
     // The ledgers keep what they need; the peers' own transcripts would grow with the run.
@@ -658,7 +658,7 @@ void LedgerRun::Run() {
     EXPECT_TRUE(response.ok() && response->removed() == 1)
         << "unsubscribe: " << (response.ok() ? "removed 0" : response.status().ToString());
     {
-      absl::MutexLock lock(&unsubscribed.ledger.mu);
+      eventbus::MutexLock lock(&unsubscribed.ledger.mu);
       unsubscribed.ledger.forbidden.push_back({acked, absl::InfiniteFuture()});
     }
     Note("unsubscribed: Unsubscribe acknowledged");
@@ -670,7 +670,7 @@ void LedgerRun::Run() {
                                  At(0.55) + etcd_outage / 2 - absl::Now(), absl::Seconds(1)))));
     absl::Time sent;
     v1::Subscription sub = SubscribeRetrying(expiring, second_expire, &sent);
-    absl::MutexLock lock(&expiring.ledger.mu);
+    eventbus::MutexLock lock(&expiring.ledger.mu);
     expiring.ledger.forbidden.push_back({expires_at, sent});
     if (!sub.id().empty()) {
       expiring.ledger.forbidden.push_back({expire_time(sub), absl::InfiniteFuture()});
@@ -701,7 +701,7 @@ void LedgerRun::Run() {
     absl::Time sent;
     SubscribeRetrying(unsubscribed, 0, &sent);
     {
-      absl::MutexLock lock(&unsubscribed.ledger.mu);
+      eventbus::MutexLock lock(&unsubscribed.ledger.mu);
       unsubscribed.ledger.forbidden.back().second = sent;
     }
     Note("unsubscribed: subscribed again");
@@ -730,7 +730,7 @@ void LedgerRun::Run() {
   Note("queues drained");
   Note(absl::StrCat("healthy: refreshed ", healthy_refreshes, " times"));
   WaitFor(absl::Seconds(30), [&] {
-    absl::MutexLock lock(&healthy.ledger.mu);
+    eventbus::MutexLock lock(&healthy.ledger.mu);
     for (const auto& [seq, status] : healthy.ledger.answered) {
       if ((status == v1::DELIVERY_STATUS_QUEUED || status == v1::DELIVERY_STATUS_OK) &&
           !healthy.ledger.received.contains(seq)) {
@@ -748,7 +748,7 @@ void LedgerRun::Run() {
     s.at = absl::Now() - start_;
     s.rss_kb = ReadRssKb(server_->pid());
     s.fds = CountFds(server_->pid());
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     samples_.push_back(s);
   }
   CheckAndPrint();
@@ -770,7 +770,7 @@ std::string StatusShort(v1::DeliveryStatus status) {
 
 void LedgerRun::CheckAndPrint() {
   std::map<std::string, v1::TargetState> states = TargetStates();
-  absl::MutexLock run_lock(&mu_);
+  eventbus::MutexLock run_lock(&mu_);
   const std::string store = store_ == StoreKind::kEtcd ? "etcd" : "sqlite";
 
   std::string out = absl::StrFormat(
@@ -780,16 +780,15 @@ void LedgerRun::CheckAndPrint() {
       sync_latency_max_ms_);
   for (const std::string& line : timeline_) absl::StrAppend(&out, "  ", line, "\n");
   absl::StrAppend(
-      &out, absl::StrFormat("%-13s %7s | %-44s | %7s %6s %6s %6s | %7s %5s %5s %5s\n",
-                            "target", "raised", "server answered (async | sync)", "deliv",
-                            "failed", "exp", "queued",
-                            "recv", "conns", "dup", "late"));
+      &out, absl::StrFormat("%-13s %7s | %-44s | %7s %6s %6s %6s | %7s %5s %5s %5s\n", "target",
+                            "raised", "server answered (async | sync)", "deliv", "failed", "exp",
+                            "queued", "recv", "conns", "dup", "late"));
 
   std::map<v1::DeliveryStatus, int64_t> totals_async, totals_sync;
   int64_t total_received = 0;
   for (auto& t : targets_) {
     Ledger& ledger = t->ledger;
-    absl::MutexLock lock(&ledger.mu);
+    eventbus::MutexLock lock(&ledger.mu);
     const v1::TargetState& state = states[t->address];
     const int64_t raised = ledger.raised();
     std::string answered;
@@ -862,8 +861,7 @@ void LedgerRun::CheckAndPrint() {
         &out,
         absl::StrFormat("%-13s %7d | %-44s | %7d %6d %6d %6d | %7d %5d %5d %5d\n",
                         RoleName(t->role), raised, answered, state.delivered(), state.failed(),
-                        state.expired(),
-                        state.queued_messages() + state.outstanding_requests(),
+                        state.expired(), state.queued_messages() + state.outstanding_requests(),
                         ledger.received.size(), ledger.by_connection.size(),
                         ledger.duplicates_on_one_connection, late),
         absl::StrFormat("%-13s         async QUEUED %d: written %d, read %d, expired or lost "

@@ -27,8 +27,6 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/client.h"
@@ -37,6 +35,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
+#include "server/base/mutex.h"
 #include "tests/testing/delay_proxy.h"
 #include "tests/testing/etcd_harness.h"
 #include "tests/testing/jsonrpc_peer.h"
@@ -183,7 +182,7 @@ std::string HealthOf(Client& client, const std::string& service) {
   request.set_service(service);
   HealthCheckResponse response;
   grpc::Status status;
-  absl::Notification done;
+  eventbus::Notification done;
   stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
                  [&](grpc::Status s) {
                    status = std::move(s);
@@ -290,7 +289,7 @@ TEST_F(SqliteE2eTest, SqliteSurvivesSigkillDuringSubscribeBurst) {
   absl::StatusOr<Server> first = StartEventbusd(data, dir_.path() / "first.log");
   ASSERT_TRUE(first.ok()) << first.status();
 
-  absl::Mutex mu;
+  eventbus::Mutex mu;
   std::vector<Acked> acked;  // guarded by mu
   std::atomic<int> next{0};
   std::atomic<int> failed{0};
@@ -315,18 +314,17 @@ TEST_F(SqliteE2eTest, SqliteSurvivesSigkillDuringSubscribeBurst) {
         if (response->subscription().has_expire_time()) {
           ack.expire_time = response->subscription().expire_time();
         }
-        absl::MutexLock lock(&mu);
+        eventbus::MutexLock lock(&mu);
         acked.push_back(std::move(ack));
       }
     });
   }
   {
-    absl::MutexLock lock(&mu);
-    bool reached = mu.AwaitWithTimeout(
-        absl::Condition(
-            +[](std::vector<Acked>* a) { return a->size() >= static_cast<size_t>(kKillAfter); },
-            &acked),
-        absl::Seconds(60));
+    eventbus::MutexLock lock(&mu);
+    bool reached =
+        mu.AwaitWithTimeout([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(
+                                mu) { return acked.size() >= static_cast<size_t>(kKillAfter); },
+                            absl::Seconds(60));
     EXPECT_TRUE(reached) << "only " << acked.size() << " Subscribes acknowledged";
   }
   killed = true;
@@ -337,7 +335,7 @@ TEST_F(SqliteE2eTest, SqliteSurvivesSigkillDuringSubscribeBurst) {
 
   std::vector<Acked> survivors;
   {
-    absl::MutexLock lock(&mu);
+    eventbus::MutexLock lock(&mu);
     survivors = acked;
   }
   ASSERT_GE(survivors.size(), static_cast<size_t>(kKillAfter));

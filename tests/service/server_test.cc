@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpc/grpc.h"
@@ -26,6 +25,7 @@
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
+#include "server/base/mutex.h"
 
 namespace eventbus::service {
 namespace {
@@ -55,7 +55,7 @@ grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel) {
   HealthCheckRequest request;
   HealthCheckResponse response;
   grpc::Status status;
-  absl::Notification done;
+  eventbus::Notification done;
   stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
                  [&](grpc::Status s) {
                    status = std::move(s);

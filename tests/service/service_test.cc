@@ -16,7 +16,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "eventbus/v1/eventbus.grpc.pb.h"
@@ -26,6 +25,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "server/base/mutex.h"
 #include "server/service/eventbus_service.h"
 #include "server/service/server.h"
 #include "src/proto/grpc/reflection/v1alpha/reflection.grpc.pb.h"
@@ -125,7 +125,7 @@ class ServiceTest : public ::testing::Test {
     grpc::health::v1::HealthCheckRequest request;
     request.set_service(service);
     auto context = Context();
-    absl::Notification done;
+    eventbus::Notification done;
     grpc::Status status;
     stub.UnaryCall(context.get(), "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
                    response, [&](grpc::Status s) {

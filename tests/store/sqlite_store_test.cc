@@ -15,10 +15,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/base/mutex.h"
 #include "tests/store/store_test_listener.h"
 
 namespace eventbus::store {
@@ -89,7 +89,7 @@ class SqliteStoreTest : public ::testing::Test {
   // group commits), and waits for every acknowledgement.
   void PutMany(SqliteStore& store, int count) {
     std::atomic<int> acked{0};
-    absl::Notification all;
+    eventbus::Notification all;
     for (int i = 0; i < count; ++i) {
       store.Put(MakeSubscription(absl::StrCat("id", 100000 + i), "E_MANY",
                                  absl::StrCat("tcp:10.0.0.1:", 1000 + i, "/method_", i),
@@ -216,7 +216,7 @@ TEST_F(SqliteStoreTest, AThousandConcurrentPutsAreAllAcknowledgedAndDurable) {
     auto store = Open(&listener);
     ASSERT_NE(store, nullptr);
     std::atomic<int> ok{0}, failed{0}, pending{kThreads * kPerThread};
-    absl::Notification all_done;
+    eventbus::Notification all_done;
     std::vector<std::thread> threads;
     for (int t = 0; t < kThreads; ++t) {
       threads.emplace_back([&, t] {

@@ -15,10 +15,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "server/base/mutex.h"
 #include "server/registry/subscription.h"
 #include "server/store/subscription_store.h"
 #include "server/uri/socket_uri.h"
@@ -43,7 +42,7 @@ class RecordingListener : public SubscriptionStore::Listener {
  public:
   void OnReload(std::vector<registry::SubscriptionPtr> all) override {
     Enter();
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     state_.subs.clear();
     for (registry::SubscriptionPtr& sub : all) state_.subs[sub->id] = std::move(sub);
     ++state_.reloads;
@@ -51,53 +50,48 @@ class RecordingListener : public SubscriptionStore::Listener {
   }
   void OnUpsert(registry::SubscriptionPtr sub) override {
     Enter();
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     state_.subs[sub->id] = std::move(sub);
     ++state_.upserts;
     Leave();
   }
   void OnRemove(const std::string& id) override {
     Enter();
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     state_.subs.erase(id);
     ++state_.removes;
     Leave();
   }
   void OnHealth(bool healthy) override {
     Enter();
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     state_.health.push_back(healthy);
     Leave();
   }
 
   ListenerState state() const {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     return state_;
   }
 
   // Waits until `pred` holds for the state, at most `timeout`; returns whether it does.
   bool WaitFor(std::function<bool(const ListenerState&)> pred,
                absl::Duration timeout = absl::Seconds(10)) const {
-    struct Args {
-      const ListenerState* state;
-      std::function<bool(const ListenerState&)>* pred;
-    } args{&state_, &pred};
-    absl::MutexLock lock(&mu_);
-    return mu_.AwaitWithTimeout(absl::Condition(
-                                    +[](Args* a) { return (*a->pred)(*a->state); }, &args),
+    eventbus::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pred(state_); },
                                 timeout);
   }
 
  private:
   void Enter() {
     if (in_call_.exchange(true)) {
-      absl::MutexLock lock(&mu_);
+      eventbus::MutexLock lock(&mu_);
       state_.overlapped = true;
     }
   }
   void Leave() { in_call_.store(false); }
 
-  mutable absl::Mutex mu_;
+  mutable eventbus::Mutex mu_;
   ListenerState state_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> in_call_{false};
 };
@@ -124,7 +118,7 @@ inline registry::SubscriptionPtr MakeSubscription(
 inline absl::Status WriteAndWait(SubscriptionStore& store, bool put, registry::SubscriptionPtr sub,
                                  absl::Duration timeout = absl::Seconds(10)) {
   struct Result {
-    absl::Notification done;
+    eventbus::Notification done;
     absl::Status status;
   };
   auto result = std::make_shared<Result>();

@@ -10,12 +10,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/base/mutex.h"
 #include "server/registry/registry.h"
 #include "server/store/memory_store.h"
 #include "server/uri/socket_uri.h"
@@ -49,14 +48,14 @@ class DeferredStore final : public SubscriptionStore {
   absl::string_view kind() const override { return "deferred"; }
 
   size_t pending() const {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     return ops_.size();
   }
   // Applies the oldest queued write to `contents_` and completes it with `status`.
   void ReleaseOne(absl::Status status = absl::OkStatus()) {
     Op op;
     {
-      absl::MutexLock lock(&mu_);
+      eventbus::MutexLock lock(&mu_);
       ASSERT_FALSE(ops_.empty());
       op = std::move(ops_.front());
       ops_.pop_front();
@@ -82,11 +81,11 @@ class DeferredStore final : public SubscriptionStore {
     Done done;
   };
   void Enqueue(bool put, SubscriptionPtr sub, Done done) {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     ops_.push_back({put, std::move(sub), std::move(done)});
   }
 
-  mutable absl::Mutex mu_;
+  mutable eventbus::Mutex mu_;
   std::deque<Op> ops_ ABSL_GUARDED_BY(mu_);
   MemoryStore contents_;
 };
@@ -99,7 +98,7 @@ class WatchedStore final : public SubscriptionStore {
   void Put(SubscriptionPtr sub, Done done) override { inner_.Put(std::move(sub), std::move(done)); }
   void Delete(SubscriptionPtr sub, Done done) override {
     {
-      absl::MutexLock lock(&mu_);
+      eventbus::MutexLock lock(&mu_);
       deletes_.push_back({sub->id, absl::Now()});
     }
     inner_.Delete(std::move(sub), std::move(done));
@@ -109,14 +108,14 @@ class WatchedStore final : public SubscriptionStore {
 
   // Waits up to `timeout` for a Delete of `id`; returns when it was called, or nullopt.
   std::optional<absl::Time> WaitForDelete(const std::string& id, absl::Duration timeout) {
-    absl::MutexLock lock(&mu_);
-    auto deleted = [&] {
+    eventbus::MutexLock lock(&mu_);
+    auto deleted = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       for (const auto& [deleted_id, at] : deletes_) {
         if (deleted_id == id) return true;
       }
       return false;
     };
-    if (!mu_.AwaitWithTimeout(absl::Condition(&deleted), timeout)) return std::nullopt;
+    if (!mu_.AwaitWithTimeout(deleted, timeout)) return std::nullopt;
     for (const auto& [deleted_id, at] : deletes_) {
       if (deleted_id == id) return at;
     }
@@ -125,7 +124,7 @@ class WatchedStore final : public SubscriptionStore {
 
  private:
   MemoryStore inner_;
-  absl::Mutex mu_;
+  eventbus::Mutex mu_;
   std::vector<std::pair<std::string, absl::Time>> deletes_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -141,26 +140,26 @@ class Answer {
  public:
   absl::AnyInvocable<void(T)> Callback() {
     return [this](T value) {
-      absl::MutexLock lock(&mu_);
+      eventbus::MutexLock lock(&mu_);
       EXPECT_FALSE(value_.has_value()) << "answered twice";
       value_.emplace(std::move(value));
     };
   }
   bool ready() const {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     return value_.has_value();
   }
   // Waits (bounded) for the answer.
   T Get() {
-    absl::MutexLock lock(&mu_);
-    auto has = [this] { return value_.has_value(); };
-    EXPECT_TRUE(mu_.AwaitWithTimeout(absl::Condition(&has), absl::Seconds(5)));
+    eventbus::MutexLock lock(&mu_);
+    auto has = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return value_.has_value(); };
+    EXPECT_TRUE(mu_.AwaitWithTimeout(has, absl::Seconds(5)));
     if (!value_.has_value()) return T(absl::DeadlineExceededError("no answer"));
     return *value_;
   }
 
  private:
-  mutable absl::Mutex mu_;
+  mutable eventbus::Mutex mu_;
   std::optional<T> value_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -512,7 +511,7 @@ TEST_F(SubscriptionManagerTest, ConcurrentSubscribesFromManyThreadsMakeOneSubscr
   constexpr int kEach = 50;
   std::atomic<int> created{0};
   std::atomic<int> failed{0};
-  absl::Mutex mu;
+  eventbus::Mutex mu;
   std::vector<std::string> ids;
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
@@ -524,7 +523,7 @@ TEST_F(SubscriptionManagerTest, ConcurrentSubscribesFromManyThreadsMakeOneSubscr
             return;
           }
           if (result->created) created.fetch_add(1);
-          absl::MutexLock lock(&mu);
+          eventbus::MutexLock lock(&mu);
           ids.push_back(result->subscription->id);
         });
       }
@@ -533,7 +532,7 @@ TEST_F(SubscriptionManagerTest, ConcurrentSubscribesFromManyThreadsMakeOneSubscr
   for (auto& thread : threads) thread.join();
   EXPECT_EQ(failed.load(), 0);
   EXPECT_EQ(created.load(), 1);
-  absl::MutexLock lock(&mu);
+  eventbus::MutexLock lock(&mu);
   ASSERT_EQ(ids.size(), static_cast<size_t>(kThreads * kEach));
   for (const std::string& id : ids) EXPECT_EQ(id, ids[0]);
   EXPECT_EQ(registry_.size(), 1u);

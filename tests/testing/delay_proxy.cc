@@ -32,10 +32,10 @@ struct DelayProxy::Link {
     absl::Time due;
     std::string bytes;
   };
-  absl::Mutex mu;
+  eventbus::Mutex mu;
   std::deque<Chunk> queue ABSL_GUARDED_BY(mu);
   bool eof ABSL_GUARDED_BY(mu) = false;
-  absl::CondVar changed;
+  eventbus::CondVar changed;
 
   ~Link() {
     if (up.joinable()) up.join();
@@ -49,7 +49,7 @@ struct DelayProxy::Link {
   void Break() {
     ::shutdown(client_fd, SHUT_RDWR);
     ::shutdown(upstream_fd, SHUT_RDWR);
-    absl::MutexLock lock(&mu);
+    eventbus::MutexLock lock(&mu);
     eof = true;
     queue.clear();
     changed.SignalAll();
@@ -126,7 +126,7 @@ DelayProxy::~DelayProxy() {
   accept_thread_.join();
   std::vector<std::unique_ptr<Link>> links;
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     links.swap(links_);
   }
   for (auto& link : links) link->Break();
@@ -176,7 +176,7 @@ void DelayProxy::StartLink(int client_fd) {
   raw->up = std::thread([this, raw] { PumpUp(raw); });
   raw->down_read = std::thread([this, raw] { PumpDownRead(raw); });
   raw->down_write = std::thread([this, raw] { PumpDownWrite(raw); });
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   links_.push_back(std::move(link));
 }
 
@@ -203,14 +203,14 @@ void DelayProxy::PumpDownRead(Link* link) {
     const int64_t delay_us = delay_us_.load();
     absl::Time due = absl::Now();
     if (bytes_to_server_.load() > delay_after_bytes_.load()) due += absl::Microseconds(delay_us);
-    absl::MutexLock lock(&link->mu);
+    eventbus::MutexLock lock(&link->mu);
     if (link->eof) break;  // broken meanwhile
     // Keep the byte order: never release before what was read earlier.
     if (!link->queue.empty()) due = std::max(due, link->queue.back().due);
     link->queue.push_back({due, std::string(buffer, static_cast<size_t>(n))});
     link->changed.SignalAll();
   }
-  absl::MutexLock lock(&link->mu);
+  eventbus::MutexLock lock(&link->mu);
   link->eof = true;
   link->changed.SignalAll();
 }
@@ -220,7 +220,7 @@ void DelayProxy::PumpDownWrite(Link* link) {
     std::string bytes;
     bool ended = false;
     {
-      absl::MutexLock lock(&link->mu);
+      eventbus::MutexLock lock(&link->mu);
       for (;;) {
         if (!link->queue.empty()) {
           absl::Time due = link->queue.front().due;

@@ -15,8 +15,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/base/mutex.h"
 
 namespace eventbus::testing {
 
@@ -77,7 +77,7 @@ class DelayProxy {
   std::atomic<bool> stopping_{false};
   std::thread accept_thread_;
 
-  absl::Mutex mu_;
+  eventbus::Mutex mu_;
   std::vector<std::unique_ptr<Link>> links_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -274,9 +274,9 @@ absl::Status JsonRpcPeer::Listen() {
 }
 
 void JsonRpcPeer::Stop() {
-  absl::MutexLock lifecycle(&lifecycle_mu_);
+  eventbus::MutexLock lifecycle(&lifecycle_mu_);
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     if (!running_) return;
     stop_ = true;
   }
@@ -284,7 +284,7 @@ void JsonRpcPeer::Stop() {
   thread_.join();
   if (listen_fd_ >= 0) ::close(listen_fd_);
   listen_fd_ = -1;
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   running_ = false;
   commands_.clear();
   commands_done_ = commands_queued_;
@@ -292,11 +292,11 @@ void JsonRpcPeer::Stop() {
 
 absl::Status JsonRpcPeer::Restart() {
   Stop();
-  absl::MutexLock lifecycle(&lifecycle_mu_);
+  eventbus::MutexLock lifecycle(&lifecycle_mu_);
   absl::Status status = Listen();
   if (!status.ok()) return status;
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     running_ = true;
     stop_ = false;
   }
@@ -312,7 +312,7 @@ void JsonRpcPeer::Wake() {
 
 void JsonRpcPeer::SetBehavior(PeerBehavior behavior) {
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     behavior_ = std::move(behavior);
   }
   Wake();  // the poll set depends on the mode (kNoRead)
@@ -320,81 +320,81 @@ void JsonRpcPeer::SetBehavior(PeerBehavior behavior) {
 
 void JsonRpcPeer::SetMode(PeerMode mode) {
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     behavior_.mode = mode;
   }
   Wake();
 }
 
 PeerBehavior JsonRpcPeer::behavior() const {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   return behavior_;
 }
 
 std::string JsonRpcPeer::Received() const {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   return received_;
 }
 
 std::vector<std::string> JsonRpcPeer::Messages() const {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   return messages_;
 }
 
 size_t JsonRpcPeer::message_count() const {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   return messages_.size();
 }
 
 size_t JsonRpcPeer::bytes_received() const {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   return received_.size();
 }
 
 void JsonRpcPeer::ClearRecorded() {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   received_.clear();
   messages_.clear();
 }
 
 int JsonRpcPeer::connections_accepted() const {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   return accepted_;
 }
 
 int JsonRpcPeer::open_connections() const {
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   return open_;
 }
 
 bool JsonRpcPeer::WaitForMessages(size_t n, absl::Duration timeout) {
   auto done = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return messages_.size() >= n; };
-  absl::MutexLock lock(&mu_);
-  return mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
+  eventbus::MutexLock lock(&mu_);
+  return mu_.AwaitWithTimeout(done, timeout);
 }
 
 bool JsonRpcPeer::WaitForBytes(size_t n, absl::Duration timeout) {
   auto done = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return received_.size() >= n; };
-  absl::MutexLock lock(&mu_);
-  return mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
+  eventbus::MutexLock lock(&mu_);
+  return mu_.AwaitWithTimeout(done, timeout);
 }
 
 bool JsonRpcPeer::WaitForConnectionsAccepted(int n, absl::Duration timeout) {
   auto done = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return accepted_ >= n; };
-  absl::MutexLock lock(&mu_);
-  return mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
+  eventbus::MutexLock lock(&mu_);
+  return mu_.AwaitWithTimeout(done, timeout);
 }
 
 bool JsonRpcPeer::WaitForOpenConnections(int n, absl::Duration timeout) {
   auto done = [this, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return open_ == n; };
-  absl::MutexLock lock(&mu_);
-  return mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
+  eventbus::MutexLock lock(&mu_);
+  return mu_.AwaitWithTimeout(done, timeout);
 }
 
 void JsonRpcPeer::RunOnPeerThread(std::function<void()> command) {
   uint64_t seq;
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     if (!running_) return;
     commands_.push_back(std::move(command));
     seq = ++commands_queued_;
@@ -402,8 +402,8 @@ void JsonRpcPeer::RunOnPeerThread(std::function<void()> command) {
   Wake();
   auto done = [this, seq]()
                   ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return commands_done_ >= seq || !running_; };
-  absl::MutexLock lock(&mu_);
-  mu_.AwaitWithTimeout(absl::Condition(&done), kCommandTimeout);
+  eventbus::MutexLock lock(&mu_);
+  mu_.AwaitWithTimeout(done, kCommandTimeout);
 }
 
 void JsonRpcPeer::SendToAll(absl::string_view bytes) {
@@ -432,14 +432,14 @@ void JsonRpcPeer::Run() {
     bool reading;
     std::vector<std::function<void()>> commands;
     {
-      absl::MutexLock lock(&mu_);
+      eventbus::MutexLock lock(&mu_);
       if (stop_) break;
       reading = behavior_.mode != PeerMode::kNoRead;
       commands.swap(commands_);
     }
     for (auto& command : commands) command();
     if (!commands.empty()) {
-      absl::MutexLock lock(&mu_);
+      eventbus::MutexLock lock(&mu_);
       commands_done_ += commands.size();
     }
     conns_.erase(std::remove_if(conns_.begin(), conns_.end(),
@@ -477,7 +477,7 @@ void JsonRpcPeer::Run() {
     if (pfds[1].revents & POLLIN) AcceptAll();
     if (reading) {
       // The mode may have changed to kNoRead while we were polling.
-      absl::MutexLock lock(&mu_);
+      eventbus::MutexLock lock(&mu_);
       reading = behavior_.mode != PeerMode::kNoRead;
     }
     // New connections were appended after the polled ones; only the polled ones are indexed.
@@ -509,7 +509,7 @@ void JsonRpcPeer::AcceptAll() {
     // Small replies (and single-byte pieces) must leave at once, not wait for Nagle.
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     conns_.push_back(std::make_unique<Conn>(fd));
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     ++accepted_;
     ++open_;
     conns_.back()->serial = accepted_;
@@ -536,7 +536,7 @@ void JsonRpcPeer::ReadFrom(Conn& conn) {
   // returned is handled with the new behaviour.
   PeerBehavior behavior;
   {
-    absl::MutexLock lock(&mu_);
+    eventbus::MutexLock lock(&mu_);
     received_ += data;
     messages_.insert(messages_.end(), messages.begin(), messages.end());
     behavior = behavior_;
@@ -643,7 +643,7 @@ void JsonRpcPeer::CloseConn(Conn& conn) {
   conn.fd = -1;
   conn.out.clear();
   conn.held.clear();
-  absl::MutexLock lock(&mu_);
+  eventbus::MutexLock lock(&mu_);
   --open_;
 }
 

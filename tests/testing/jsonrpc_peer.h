@@ -25,8 +25,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/base/mutex.h"
 
 namespace eventbus::testing {
 
@@ -182,11 +182,11 @@ class JsonRpcPeer {
   int wake_fd_ = -1;
   std::thread thread_;
   // Serialises Stop/Restart against each other.
-  absl::Mutex lifecycle_mu_;
+  eventbus::Mutex lifecycle_mu_;
   // Peer thread only while running.
   std::vector<std::unique_ptr<Conn>> conns_;
 
-  mutable absl::Mutex mu_;
+  mutable eventbus::Mutex mu_;
   PeerBehavior behavior_ ABSL_GUARDED_BY(mu_);
   bool running_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

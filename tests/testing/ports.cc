@@ -12,7 +12,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
-#include "absl/synchronization/mutex.h"
+#include "server/base/mutex.h"
 
 namespace eventbus::testing {
 namespace {
@@ -44,7 +44,7 @@ int BindLoopbackPortZero(bool reuse_address, uint16_t* port) {
   return fd;
 }
 
-absl::Mutex reserved_mu(absl::kConstInit);
+eventbus::Mutex reserved_mu;
 // Every port handed out, each still held by its reservation socket (never closed).
 absl::flat_hash_set<uint16_t>* reserved ABSL_GUARDED_BY(reserved_mu) = nullptr;
 
@@ -56,7 +56,7 @@ uint16_t PickUnusedPort() {
   // outgoing connection, so two daemons could be told the same port. Keeping it bound, not
   // listening, with SO_REUSEADDR removes it from the kernel's automatic choices while leaving it
   // to whoever binds it by number with SO_REUSEADDR (Linux allows that while neither listens).
-  absl::MutexLock lock(&reserved_mu);
+  eventbus::MutexLock lock(&reserved_mu);
   if (reserved == nullptr) reserved = new absl::flat_hash_set<uint16_t>();
   for (;;) {
     uint16_t port = 0;

@@ -13,10 +13,10 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "server/base/fd.h"
+#include "server/base/mutex.h"
 #include "tests/testing/delay_proxy.h"
 
 namespace eventbus::testing {
@@ -62,14 +62,14 @@ int Connect(uint16_t port) {
 TEST(PortsTest, ManyPicksFromManyThreadsAreDistinct) {
   constexpr int kThreads = 8;
   constexpr int kPerThread = 50;  // each pick keeps a socket open: stay far below 1024 fds
-  absl::Mutex mu;
+  eventbus::Mutex mu;
   std::vector<uint16_t> ports;
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&] {
       std::vector<uint16_t> mine;
       for (int i = 0; i < kPerThread; ++i) mine.push_back(PickUnusedPort());
-      absl::MutexLock lock(&mu);
+      eventbus::MutexLock lock(&mu);
       ports.insert(ports.end(), mine.begin(), mine.end());
     });
   }
