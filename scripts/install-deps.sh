@@ -11,8 +11,10 @@ PACKAGES=(
   libabsl-dev libsimdjson-dev libsqlite3-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
-  # real components used by the integration tests
-  etcd-server etcd-client sqlite3
+  # real components used by the integration tests (prlimit: util-linux)
+  etcd-server etcd-client sqlite3 util-linux
+  # fuzzing (libFuzzer, FuzzedDataProvider.h) and the sanitizer builds (clang, llvm-symbolizer)
+  clang libclang-rt-14-dev llvm
 )
 
 # npm (for buf) may already come from outside Debian's packaging; only ask apt when it is absent.

@@ -1,12 +1,34 @@
 #!/usr/bin/env bash
-# Set up and test: installs what is missing, builds everything, lints the API, and runs every
-# test (unit and integration: real loopback peers, a real etcd, real SQLite files).
+# Set up and test: installs what is missing, builds everything, lints the API, runs every test
+# (unit and integration: real loopback peers, real eventbusd binaries, a real etcd, real SQLite
+# files), then the fuzzers for FUZZ_SECONDS each and the whole suite again under AddressSanitizer +
+# UBSan and under ThreadSanitizer. Extra arguments go to the first ctest run.
+#   QUICK=1 bash scripts/test.sh    the build, lint and ctest only (no fuzzing, no sanitizers)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
+start=$(date +%s)
+step() { echo "== $1 ($(($(date +%s) - start)) s)"; }
+
 bash "$ROOT/scripts/install-deps.sh"
+step "build"
 bash "$ROOT/scripts/build.sh"
-echo "== buf lint proto/"
+step "buf lint proto/"
 "$ROOT/.tools/node_modules/.bin/buf" lint "$ROOT/proto"
-echo "== ctest"
-ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 300 -j"${TEST_JOBS:-2}" "$@"
+step "ctest"
+ctest --test-dir "$BUILD_DIR" --output-on-failure --timeout 600 -j"${TEST_JOBS:-2}" "$@"
+if [ "${QUICK:-0}" = 1 ]; then
+  step "done (QUICK=1: fuzzing and sanitizers skipped)"
+  exit 0
+fi
+
+step "fuzz (${FUZZ_SECONDS:-60} s per target)"
+bash "$ROOT/scripts/fuzz.sh"
+step "AddressSanitizer + UBSan: whole suite"
+bash "$ROOT/scripts/sanitize.sh" asan --timeout 900
+step "ThreadSanitizer"
+# Debian's gRPC is not TSan-instrumented: the tests that make gRPC calls are left out of the TSan
+# run until the hand-off annotations exist (README, Development: "Known gap").
+bash "$ROOT/scripts/sanitize.sh" tsan --timeout 900 \
+  -E '^(open_store_test|etcd_store_test|service_test|client_test|grpc_e2e_test|cli_e2e_test|reflection_buf_curl_test|store_e2e_test|server_test|client_connections_test|ledger_test)$'
+step "done"
