@@ -39,6 +39,7 @@
 #include "server/base/mutex.h"
 #include "tests/testing/ports.h"
 #include "tests/testing/process.h"
+#include "tests/testing/wait.h"
 
 namespace eventbus {
 namespace {
@@ -46,8 +47,10 @@ namespace {
 namespace v1 = ::eventbus::v1;
 using ::eventbus::client::Client;
 using ::eventbus::client::ClientOptions;
+using ::eventbus::testing::ConnectTcp;
 using ::eventbus::testing::Process;
 using ::eventbus::testing::ProcessOptions;
+using ::eventbus::testing::WaitFor;
 using ::grpc::health::v1::HealthCheckRequest;
 using ::grpc::health::v1::HealthCheckResponse;
 
@@ -56,31 +59,6 @@ using ::grpc::health::v1::HealthCheckResponse;
 std::string EventbusdPath() {
   const char* path = std::getenv("EVENTBUS_TEST_EVENTBUSD");
   return path != nullptr && *path != '\0' ? path : EVENTBUSD_PATH;
-}
-
-// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
-bool WaitFor(absl::Duration timeout, const std::function<bool()>& condition) {
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    if (condition()) return true;
-    if (absl::Now() >= deadline) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-}
-
-// A connected TCP socket to 127.0.0.1:`port`, or -1.
-int ConnectTcp(uint16_t port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
 }
 
 // Reads and discards until the peer closes (read returns 0 or an error) or `timeout` passes;

@@ -49,6 +49,7 @@
 #include "tests/testing/jsonrpc_peer.h"
 #include "tests/testing/ports.h"
 #include "tests/testing/process.h"
+#include "tests/testing/wait.h"
 
 namespace eventbus {
 namespace {
@@ -59,8 +60,11 @@ using ::eventbus::client::ClientOptions;
 using ::eventbus::testing::EtcdHarness;
 using ::eventbus::testing::JsonRpcPeer;
 using ::eventbus::testing::PeerMode;
+using ::eventbus::testing::PortAccepts;
 using ::eventbus::testing::Process;
 using ::eventbus::testing::ProcessOptions;
+using ::eventbus::testing::TempDir;
+using ::eventbus::testing::WaitFor;
 
 // Raised on every Raise; every target has one subscription to it (at times none: expiry, removal).
 constexpr char kEvent[] = "E_LEDGER";
@@ -99,47 +103,6 @@ int EnvInt(const char* name, int fallback) {
   if (text == nullptr || !absl::SimpleAtoi(text, &value) || value < 0) return fallback;
   return value;
 }
-
-// Polls `condition` every 50 ms until it holds or `timeout` passes; returns whether it held.
-bool WaitFor(absl::Duration timeout, const std::function<bool()>& condition) {
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    if (condition()) return true;
-    if (absl::Now() >= deadline) return false;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
-}
-
-// True when something accepts TCP connections on 127.0.0.1:`port`.
-bool PortAccepts(uint16_t port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  ::close(fd);
-  return ok;
-}
-
-// A fresh directory under the system temp dir, removed with everything in it at destruction.
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag) {
-    path_ = std::filesystem::temp_directory_path() /
-            absl::StrCat("eventbus-", tag, "-", ::getpid(), "-", absl::ToUnixNanos(absl::Now()));
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
 
 // ---------------------------------------------------------------------------------------------
 // Targets and their ledgers.

@@ -41,6 +41,7 @@
 #include "tests/testing/jsonrpc_peer.h"
 #include "tests/testing/ports.h"
 #include "tests/testing/process.h"
+#include "tests/testing/wait.h"
 
 namespace eventbus {
 namespace {
@@ -50,8 +51,11 @@ using ::eventbus::client::Client;
 using ::eventbus::client::ClientOptions;
 using ::eventbus::testing::EtcdHarness;
 using ::eventbus::testing::JsonRpcPeer;
+using ::eventbus::testing::PortAccepts;
 using ::eventbus::testing::Process;
 using ::eventbus::testing::ProcessOptions;
+using ::eventbus::testing::TempDir;
+using ::eventbus::testing::WaitFor;
 using ::grpc::health::v1::HealthCheckRequest;
 using ::grpc::health::v1::HealthCheckResponse;
 using ::testing::HasSubstr;
@@ -62,54 +66,11 @@ constexpr char kServiceHealth[] = "eventbus.v1.EventBusService";
 // The spec's promise for replicas: a subscription made on one is used by all within a second.
 constexpr absl::Duration kPropagation = absl::Seconds(1);
 
-// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
-bool WaitFor(absl::Duration timeout, const std::function<bool()>& condition) {
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    if (condition()) return true;
-    if (absl::Now() >= deadline) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-}
-
 // Returns once the clock has passed `instant`, which is itself the condition a test waits for
 // (an expiry). Bounded by how far ahead `instant` is.
 void WaitUntilPast(absl::Time instant) {
   while (absl::Now() <= instant) absl::SleepFor(instant - absl::Now() + absl::Microseconds(1));
 }
-
-// True when something accepts TCP connections on 127.0.0.1:`port`.
-bool PortAccepts(uint16_t port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  ::close(fd);
-  return ok;
-}
-
-// A fresh directory under the system temp dir, removed with everything in it at destruction.
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag) {
-    static std::atomic<int> counter{0};
-    path_ = std::filesystem::temp_directory_path() /
-            absl::StrCat("eventbus-", tag, "-", ::getpid(), "-", absl::ToUnixNanos(absl::Now()),
-                         "-", counter++);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
 
 // One eventbusd child process and a client to it.
 struct Server {

@@ -26,10 +26,12 @@
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
 #include "server/base/mutex.h"
+#include "tests/testing/ports.h"
 
 namespace eventbus::service {
 namespace {
 
+using ::eventbus::testing::PortAccepts;
 using ::grpc::health::v1::HealthCheckRequest;
 using ::grpc::health::v1::HealthCheckResponse;
 
@@ -63,17 +65,6 @@ grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel) {
                  });
   done.WaitForNotification();  // bounded by the call's deadline
   return status;
-}
-
-bool PortAccepts(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  ::close(fd);
-  return ok;
 }
 
 TEST(EventBusServerConnectionsTest, StartRejectsClientConnectionSettingsNamingTheFlag) {
@@ -127,10 +118,10 @@ TEST(EventBusServerConnectionsTest, ClosesConnectionsBeyondTheCap) {
 TEST(EventBusServerConnectionsTest, ShutdownStopsAcceptingConnections) {
   auto server = EventBusServer::Start(TestConfig());
   ASSERT_TRUE(server.ok()) << server.status();
-  ASSERT_TRUE(PortAccepts((*server)->port()));
+  ASSERT_TRUE(PortAccepts(static_cast<uint16_t>((*server)->port())));
   ASSERT_TRUE(HealthCheck(OwnChannel((*server)->address())).ok());
   (*server)->Shutdown(absl::Seconds(1));
-  EXPECT_FALSE(PortAccepts((*server)->port()));
+  EXPECT_FALSE(PortAccepts(static_cast<uint16_t>((*server)->port())));
 }
 
 }  // namespace

@@ -77,4 +77,27 @@ uint16_t ClosedPort() {
   return port;
 }
 
+int ConnectTcp(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    const int saved = errno;
+    ::close(fd);
+    errno = saved;
+    return -1;
+  }
+  return fd;
+}
+
+bool PortAccepts(uint16_t port) {
+  const int fd = ConnectTcp(port);
+  if (fd < 0) return false;
+  ::close(fd);
+  return true;
+}
+
 }  // namespace eventbus::testing

@@ -22,6 +22,12 @@ uint16_t PickUnusedPort();
 // Thread-safe; every call returns the same port.
 uint16_t ClosedPort();
 
+// A TCP socket connected to 127.0.0.1:`port` (blocking, close-on-exec), or -1 with errno set.
+int ConnectTcp(uint16_t port);
+
+// True when something accepts TCP connections on 127.0.0.1:`port`.
+bool PortAccepts(uint16_t port);
+
 }  // namespace eventbus::testing
 
 #endif  // EVENTBUS_TESTS_TESTING_PORTS_H_
