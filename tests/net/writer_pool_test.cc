@@ -1072,7 +1072,9 @@ TEST_F(WriterPoolTest, CancelForgetsOutstandingAndQueuedRequestsOfItsToken) {
   }));
   EXPECT_FALSE(other_outcomes_.Done(0));
 
-  // A late reply to a forgotten request is unmatched; the connection stays up.
+  // A late reply to a forgotten request is unmatched; the connection stays up. The request is
+  // outstanding once written; wait until the peer has read it too.
+  ASSERT_TRUE(silent->WaitForMessages(1, absl::Seconds(5)));
   silent->Send(0, ResultReply(LoopbackPeer::IdOf(silent->Messages()[0]), "1"));
   EXPECT_TRUE(WaitForStats(
       key, [](const std::optional<TargetStats>& s) { return s && s->unmatched_replies == 1; }));
