@@ -26,9 +26,6 @@ step "fuzz (${FUZZ_SECONDS:-60} s per target)"
 bash "$ROOT/scripts/fuzz.sh"
 step "AddressSanitizer + UBSan: whole suite"
 bash "$ROOT/scripts/sanitize.sh" asan --timeout 900
-step "ThreadSanitizer"
-# Debian's gRPC is not TSan-instrumented: the tests that make gRPC calls are left out of the TSan
-# run until the hand-off annotations exist (README, Development: "Known gap").
-bash "$ROOT/scripts/sanitize.sh" tsan --timeout 900 \
-  -E '^(open_store_test|etcd_store_test|service_test|client_test|grpc_e2e_test|cli_e2e_test|reflection_buf_curl_test|store_e2e_test|server_test|client_connections_test|ledger_test)$'
+step "ThreadSanitizer: whole suite"
+bash "$ROOT/scripts/sanitize.sh" tsan --timeout 900
 step "done"
