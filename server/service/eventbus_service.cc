@@ -12,6 +12,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "grpcpp/support/proto_buffer_reader.h"
+#include "grpcpp/support/slice.h"
 #include "server/service/convert.h"
 
 namespace eventbus::service {
@@ -26,12 +29,45 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
   return absl::FromChrono(deadline);
 }
 
-// The reactor of one Raise. A sync Raise whose caller goes away (cancels, disconnects, or its
-// deadline passes) is abandoned: OnCancel hands that down to the dispatcher, which drops its
-// deliveries from the targets' queues, so they do not hold them until their own timeout.
+// Protobuf message nesting a Raise request may have. protobuf's default (100) stops at about 33
+// nested Structs, before EventBus's own limit (32 levels of params, refused naming the param) can
+// speak; each params level costs two or three message levels.
+constexpr int kRaiseRecursionLimit = 400;
+
+// Parses a Raise request from its wire bytes. INVALID_ARGUMENT naming what may be wrong when
+// protobuf refuses it.
+absl::Status ParseRaiseRequest(const grpc::ByteBuffer& bytes, v1::RaiseRequest* request) {
+  grpc::ByteBuffer copy(bytes);  // shares the slices; the reader needs a mutable buffer
+  grpc::ProtoBufferReader reader(&copy);
+  google::protobuf::io::CodedInputStream input(&reader);
+  input.SetRecursionLimit(kRaiseRecursionLimit);
+  if (!request->ParseFromCodedStream(&input) || !input.ConsumedEntireMessage()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "raise: the request is not a valid eventbus.v1.RaiseRequest (", bytes.Length(),
+        " bytes): a string in it is not valid UTF-8, or its params are nested deeper than ",
+        "protobuf can parse"));
+  }
+  return absl::OkStatus();
+}
+
+// The reactor of one Raise, which owns its request and response. A sync Raise whose caller goes
+// away (cancels, disconnects, or its deadline passes) is abandoned: OnCancel hands that down to
+// the dispatcher, which drops its deliveries from the targets' queues, so they do not hold them
+// until their own timeout.
 class RaiseReactor final : public grpc::ServerUnaryReactor {
  public:
-  explicit RaiseReactor(delivery::Dispatcher* dispatcher) : dispatcher_(dispatcher) {}
+  RaiseReactor(delivery::Dispatcher* dispatcher, grpc::ByteBuffer* out)
+      : dispatcher_(dispatcher), out_(out) {}
+
+  v1::RaiseRequest& request() { return request_; }
+  v1::RaiseResponse& response() { return response_; }
+
+  // Serializes response() as the call's answer and finishes with OK.
+  void FinishWithResponse() {
+    grpc::Slice slice(response_.SerializeAsString());
+    *out_ = grpc::ByteBuffer(&slice, 1);
+    Finish(grpc::Status::OK);
+  }
 
   void SetHandle(delivery::Dispatcher::RaiseHandle handle) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -56,6 +92,9 @@ class RaiseReactor final : public grpc::ServerUnaryReactor {
 
  private:
   delivery::Dispatcher* const dispatcher_;
+  grpc::ByteBuffer* const out_;
+  v1::RaiseRequest request_;
+  v1::RaiseResponse response_;
   std::mutex mu_;
   delivery::Dispatcher::RaiseHandle handle_;  // guarded by mu_
   bool cancelled_ = false;                    // guarded by mu_
@@ -141,9 +180,15 @@ absl::StatusOr<delivery::RaiseOptions> EventBusServiceImpl::ResolveRaiseOptions(
 }
 
 grpc::ServerUnaryReactor* EventBusServiceImpl::Raise(grpc::CallbackServerContext* context,
-                                                     const v1::RaiseRequest* request,
-                                                     v1::RaiseResponse* response) {
-  auto* reactor = new RaiseReactor(dispatcher_);
+                                                     const grpc::ByteBuffer* request_bytes,
+                                                     grpc::ByteBuffer* response_bytes) {
+  auto* reactor = new RaiseReactor(dispatcher_, response_bytes);
+  absl::Status parsed = ParseRaiseRequest(*request_bytes, &reactor->request());
+  if (!parsed.ok()) {
+    reactor->Finish(ToGrpcStatus(parsed));
+    return reactor;
+  }
+  const v1::RaiseRequest* request = &reactor->request();
   absl::Status valid = registry::ValidateEventName(request->event(), options_.max_event_name_bytes);
   if (!valid.ok()) {
     reactor->Finish(ToGrpcStatus(valid));
@@ -165,16 +210,17 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Raise(grpc::CallbackServerContext
   // OnDone, which gRPC calls only after this method has returned it and Finish has been called.
   reactor->SetHandle(dispatcher_->Raise(
       request->event(), *params, *options, registry_->Subscribers(request->event()),
-      [reactor, response](std::vector<delivery::DeliveryReport> reports) {
+      [reactor](std::vector<delivery::DeliveryReport> reports) {
         if (reactor->cancelled()) {
           reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "raise: cancelled"));
           return;
         }
-        response->mutable_deliveries()->Reserve(static_cast<int>(reports.size()));
+        v1::RaiseResponse& response = reactor->response();
+        response.mutable_deliveries()->Reserve(static_cast<int>(reports.size()));
         for (const delivery::DeliveryReport& report : reports) {
-          ReportToProto(report, response->add_deliveries());
+          ReportToProto(report, response.add_deliveries());
         }
-        reactor->Finish(grpc::Status::OK);
+        reactor->FinishWithResponse();
       }));
   return reactor;
 }

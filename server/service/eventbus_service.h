@@ -1,7 +1,8 @@
 // The eventbus.v1.EventBusService implementation: thin callback-API glue that validates and
 // converts requests (convert.h), hands Subscribe/Unsubscribe to the SubscriptionManager and Raise
-// to the Dispatcher, and finishes each call from whichever thread completes it. Never blocks. A sync
-// Raise whose caller cancels, disconnects or passes its deadline is abandoned (Dispatcher::Cancel).
+// to the Dispatcher, and finishes each call from whichever thread completes it. Never blocks. A
+// sync Raise whose caller cancels, disconnects or passes its deadline is abandoned
+// (Dispatcher::Cancel).
 #ifndef EVENTBUS_SERVER_SERVICE_EVENTBUS_SERVICE_H_
 #define EVENTBUS_SERVER_SERVICE_EVENTBUS_SERVICE_H_
 
@@ -35,7 +36,13 @@ struct ServiceOptions {
 
 // Thread-safe; every method returns at once and finishes its reactor later, on a store thread or
 // an event-loop thread. `registry`, `manager`, `dispatcher`, `pool` and `clock` must outlive it.
-class EventBusServiceImpl final : public eventbus::v1::EventBusService::CallbackService {
+//
+// Raise is registered raw (bytes in, bytes out) and parses its request itself: gRPC 1.51's
+// callback API answers a request that protobuf cannot parse (a string that is not valid UTF-8,
+// params nested beyond protobuf's recursion limit) with UNIMPLEMENTED and an empty message, while
+// EventBus owes the caller INVALID_ARGUMENT saying what is wrong.
+class EventBusServiceImpl final : public eventbus::v1::EventBusService::WithRawCallbackMethod_Raise<
+                                      eventbus::v1::EventBusService::CallbackService> {
  public:
   EventBusServiceImpl(registry::Registry* registry, store::SubscriptionManager* manager,
                       delivery::Dispatcher* dispatcher, const net::WriterPool* pool,
@@ -48,8 +55,8 @@ class EventBusServiceImpl final : public eventbus::v1::EventBusService::Callback
                                         const eventbus::v1::UnsubscribeRequest* request,
                                         eventbus::v1::UnsubscribeResponse* response) override;
   grpc::ServerUnaryReactor* Raise(grpc::CallbackServerContext* context,
-                                  const eventbus::v1::RaiseRequest* request,
-                                  eventbus::v1::RaiseResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListSubscriptions(
       grpc::CallbackServerContext* context, const eventbus::v1::ListSubscriptionsRequest* request,
       eventbus::v1::ListSubscriptionsResponse* response) override;

@@ -315,6 +315,39 @@ TEST_F(ServiceTest, RaiseRejectsNonFiniteNumbersNamingTheParam) {
   EXPECT_EQ(status.error_message(), "param [1]: -Infinity cannot be sent as JSON");
 }
 
+// Regression (issue 7): a request protobuf cannot parse was answered UNIMPLEMENTED with an empty
+// message (gRPC 1.51's callback API drops the parse failure); Raise parses its own bytes.
+TEST_F(ServiceTest, RaiseWithInvalidUtf8IsInvalidArgumentSayingSo) {
+  v1::RaiseRequest request;
+  request.set_event("E");
+  v1::Param* p = request.mutable_named()->add_params();
+  p->set_name("x");
+  p->mutable_value()->set_string_value("\xff\xfe not UTF-8");  // C++ protobuf sends it anyway
+  v1::RaiseResponse response;
+  grpc::Status status = Raise(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), ::testing::HasSubstr("not valid UTF-8"));
+  EXPECT_THAT(status.error_message(), ::testing::StartsWith("raise: the request is not a valid"));
+}
+
+TEST_F(ServiceTest, RaiseNestedBeyondProtobufsDefaultLimitNamesTheParam) {
+  v1::RaiseRequest request;
+  request.set_event("E");
+  v1::Param* p = request.mutable_named()->add_params();
+  p->set_name("deep");
+  // 40 nested objects: past protobuf's default recursion limit (about 33 Structs), so before
+  // the fix gRPC answered UNIMPLEMENTED ""; now EventBus's own 32-level check speaks.
+  google::protobuf::Value* v = p->mutable_value();
+  for (int i = 0; i < 40; ++i) {
+    v = &(*v->mutable_struct_value()->mutable_fields())["k"];
+  }
+  v->set_number_value(1);
+  v1::RaiseResponse response;
+  grpc::Status status = Raise(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "param \"deep\": nested deeper than 32 levels");
+}
+
 // Regression (issue 7): an event_param had no size limit (60 subscriptions with a 3.8 MB
 // event_param took RSS to 428 MiB).
 TEST_F(ServiceTest, SubscribeRejectsEventParamLongerThan128BytesNamingIt) {
