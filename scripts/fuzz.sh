@@ -37,6 +37,9 @@ if ! command -v clang++ >/dev/null ||
 fi
 
 export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"
+# With -g, ccache hashes the working directory too unless told not to: without this a clone in
+# another folder (CI's) would miss every object.
+export CCACHE_NOHASHDIR="${CCACHE_NOHASHDIR:-1}"
 CC=clang CXX=clang++ cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DEVENTBUS_FUZZ=ON >/dev/null
 cmake --build "$BUILD_DIR" -j"$(nproc)" --target "${TARGETS[@]}"

@@ -20,6 +20,9 @@ esac
 BUILD_DIR="${BUILD_DIR:-$ROOT/build-$mode}"
 # Paths relative to the checkout, so ccache hits across clones (CI builds a fresh one).
 export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"
+# With -g, ccache hashes the working directory too unless told not to: without this a clone in
+# another folder (CI's) would miss every object.
+export CCACHE_NOHASHDIR="${CCACHE_NOHASHDIR:-1}"
 
 start=$(date +%s)
 cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
