@@ -105,7 +105,9 @@ SocketAddress WithPort(const SocketAddress& addr, uint16_t port) {
 }
 
 ResolveResult ForPort(const ResolveResult& result, uint16_t port) {
-  if (!result.ok()) return result.status();
+  // A fresh Status per waiter: a copy would share its heap rep (and reference count) with the
+  // resolver thread's, across threads.
+  if (!result.ok()) return absl::Status(result.status().code(), result.status().message());
   std::vector<SocketAddress> out;
   out.reserve(result->size());
   for (const SocketAddress& addr : *result) out.push_back(WithPort(addr, port));
