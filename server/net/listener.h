@@ -6,7 +6,6 @@
 #ifndef EVENTBUS_SERVER_NET_LISTENER_H_
 #define EVENTBUS_SERVER_NET_LISTENER_H_
 
-
 #include <atomic>
 #include <cstddef>
 #include <cstdint>

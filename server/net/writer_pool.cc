@@ -15,8 +15,8 @@
 #include "absl/time/clock.h"
 #include "server/base/log.h"
 #include "server/net/connection.h"
-#include "server/net/fd_budget.h"
 #include "server/net/event_loop.h"
+#include "server/net/fd_budget.h"
 #include "server/net/resolver.h"
 
 namespace eventbus::net {
