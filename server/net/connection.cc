@@ -258,9 +258,13 @@ Connection::~Connection() {
   ctx_->stats->Unregister(counters_);
 }
 
-void Connection::SetState(ConnState state) {
+void Connection::SetState(ConnState state, absl::string_view detail) {
+  const ConnState from = state_;
   state_ = state;
   counters_->state.store(static_cast<int>(state), std::memory_order_relaxed);
+  if (from != state && ctx_->options->observer != nullptr) {
+    ctx_->options->observer->OnStateChange(key_, from, state, detail);
+  }
 }
 
 void Connection::PublishCounts() {
@@ -285,6 +289,10 @@ void Connection::Complete(Message& message, Outcome outcome) {
     counters_->expired.fetch_add(1, std::memory_order_relaxed);
   } else {
     counters_->failed.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (ctx_->options->observer != nullptr) {
+    ctx_->options->observer->OnComplete(key_, outcome, message.expired,
+                                        absl::Now() - message.enqueued_at);
   }
   // Callers take the message off the queue or the outstanding map first, so the published counts
   // already exclude it when its owner hears of the outcome.
@@ -400,7 +408,7 @@ void Connection::FailAll(absl::string_view detail) {
   ids_in_use_.clear();
   deadlines_.clear();
   cancellable_.clear();
-  SetState(ConnState::kIdle);
+  SetState(ConnState::kIdle, detail);
   for (Message& m : queue) {
     if (!m.dead) Complete(m, DeliveryCode::kConnectionLost, std::string(detail));
   }
@@ -600,7 +608,7 @@ void Connection::ConnectFailed() {
   const absl::Time now = absl::Now();
   retry_at_ = now + backoff;
   counters_->last_connect_failure_ns.store(absl::ToUnixNanos(now), std::memory_order_relaxed);
-  SetState(ConnState::kBackoff);
+  SetState(ConnState::kBackoff, last_error_);
   EB_LOG(kDebug, "connect failed", "target=", key_, " error=", base::LogValue(last_error_),
          " retry_in=", absl::FormatDuration(backoff));
   // Whatever would still be waiting when the next attempt starts fails now, and so does whatever
@@ -880,7 +888,7 @@ void Connection::BreakStream(absl::string_view why) {
 
 void Connection::LoseConnection(absl::string_view detail) {
   CloseSocket();
-  SetState(ConnState::kIdle);
+  SetState(ConnState::kIdle, detail);
   ResetFramer();
   auto outstanding = std::move(outstanding_);
   outstanding_.clear();

@@ -205,7 +205,8 @@ class Connection final : public IoHandler {
     }
   };
 
-  void SetState(ConnState state);
+  // Publishes the state and tells the pool's observer (`detail`: why, when it is a failure).
+  void SetState(ConnState state, absl::string_view detail = {});
   void PublishCounts();
   uint32_t AllocateId();
   void Complete(Message& message, Outcome outcome);

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/net/outcome.h"
+#include "server/net/pool_observer.h"
 #include "server/uri/socket_uri.h"
 
 namespace eventbus::net {
@@ -52,6 +53,9 @@ struct PoolOptions {
   // connection also drops a partial reply as soon as it has no request outstanding (a reply that
   // can only be unmatched).
   size_t max_reply_buffer_bytes_per_loop = 32 << 20;
+  // Told of every completed message and connection state change (net/pool_observer.h); not
+  // owned, must outlive the pool. Null: nobody is told.
+  PoolObserver* observer = nullptr;
 };
 
 // Lets a submitter abandon the requests it tagged with it (WriterPool::Cancel), e.g. a sync Raise
@@ -100,9 +104,6 @@ struct Request {
   // Submit's loop batch, before `all_enqueued`.
   OutcomeCallback done;
 };
-
-enum class ConnState { kIdle, kResolving, kConnecting, kConnected, kBackoff };
-absl::string_view ConnStateName(ConnState state);
 
 // A snapshot of one target's connection, readable from any thread.
 struct TargetStats {

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <memory>
@@ -403,6 +404,72 @@ TEST_F(WriterPoolTest, RefusedPortFailsWithConnectFailedBeforeTheDeadline) {
   auto stats = pool_->Stats(Target(closed.port()).Key());
   ASSERT_TRUE(stats.has_value());
   EXPECT_EQ(stats->state, ConnState::kBackoff);
+}
+
+// Records what the pool tells its observer, from any loop thread.
+class RecordingObserver : public PoolObserver {
+ public:
+  void OnComplete(const std::string& target_key, const Outcome& outcome, bool expired,
+                  absl::Duration latency) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    events_.push_back(absl::StrCat("complete ", target_key, " ", DeliveryCodeName(outcome.code),
+                                   expired ? " expired" : ""));
+    EXPECT_GE(latency, absl::ZeroDuration());
+  }
+  void OnStateChange(const std::string& target_key, ConnState from, ConnState to,
+                     absl::string_view detail) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    events_.push_back(absl::StrCat("state ", target_key, " ", ConnStateName(from), "->",
+                                   ConnStateName(to), detail.empty() ? "" : " ", detail));
+  }
+  std::vector<std::string> Events() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return events_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> events_;
+};
+
+TEST_F(WriterPoolTest, ObserverHearsEveryCompletionAndStateChangeWithTheReason) {
+  RecordingObserver observer;
+  auto peer = LoopbackPeer::Start({});
+  ClosedPort closed;
+  PoolOptions options;
+  options.observer = &observer;
+  options.min_backoff = absl::Seconds(5);
+  options.max_backoff = absl::Seconds(5);
+  StartPool(options);
+  SubmitOne(*pool_, Notification(peer->port(), Body("E"), outcomes_.Callback(0)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  SubmitOne(*pool_, Call(closed.port(), Body("E"), other_outcomes_.Callback(0), absl::Seconds(2)));
+  ASSERT_TRUE(other_outcomes_.WaitFor(1));
+  pool_->Shutdown();
+  const std::string good = Target(peer->port()).Key();
+  const std::string bad = Target(closed.port()).Key();
+  const std::vector<std::string> expected = {
+      absl::StrCat("state ", good, " IDLE->RESOLVING"),
+      absl::StrCat("state ", good, " RESOLVING->CONNECTING"),
+      absl::StrCat("state ", good, " CONNECTING->CONNECTED"),
+      absl::StrCat("complete ", good, " OK"),
+      absl::StrCat("state ", bad, " IDLE->RESOLVING"),
+      absl::StrCat("state ", bad, " RESOLVING->CONNECTING"),
+      absl::StrCat("state ", bad, " CONNECTING->BACKOFF connect to 127.0.0.1:", closed.port(),
+                   ": Connection refused"),
+      absl::StrCat("complete ", bad, " CONNECT_FAILED"),
+  };
+  std::vector<std::string> events = observer.Events();
+  ASSERT_GE(events.size(), expected.size());
+  EXPECT_EQ(std::vector<std::string>(events.begin(), events.begin() + expected.size()), expected);
+  // Shutdown closes both (to IDLE, saying why; the loops in either order); nothing else follows.
+  std::vector<std::string> rest(events.begin() + expected.size(), events.end());
+  std::sort(rest.begin(), rest.end());
+  std::vector<std::string> closed_at_shutdown = {
+      absl::StrCat("state ", good, " CONNECTED->IDLE shutting down"),
+      absl::StrCat("state ", bad, " BACKOFF->IDLE shutting down")};
+  std::sort(closed_at_shutdown.begin(), closed_at_shutdown.end());
+  EXPECT_EQ(rest, closed_at_shutdown);
 }
 
 TEST_F(WriterPoolTest, RefusedPortKeepsMessagesQueuedAcrossRetriesUntilTheDeadline) {

@@ -9,7 +9,8 @@
 // them with __tsan_release/__tsan_acquire; it then forwards to the real function (RTLD_NEXT):
 //   - absl::Mutex Lock/TryLock/ReaderLock (acquire) and Unlock/ReaderUnlock (release), and
 //     absl::CondVar waits (release, then acquire), as called by libgpr/libgrpc/libgrpc++;
-//   - grpc_call_start_batch releases on the batch's tag; the tag's completion acquires it:
+//   - grpc_call_start_batch and grpc_server_request_(registered_)call release on the tag; the
+//     tag's completion acquires it:
 //     grpc_completion_queue_next/pluck return it, or, for the callback API, its functor is
 //     routed through a trampoline that acquires before running the original functor_run;
 //   - absl::Status's shared rep: each dropped reference releases, the deleting one acquires;
@@ -126,6 +127,22 @@ void ClosureTrampoline(void* arg, void* error) {
   cb(cb_arg, error);
 }
 
+// Called where a tag is handed to gRPC core: a callback tag's functor is routed through
+// FunctorTrampoline, which acquires what this releases when gRPC runs it.
+void ReleaseOnTag(void* tag) {
+  if (tag == nullptr) return;
+  auto* functor = static_cast<grpc_completion_queue_functor*>(tag);
+  const uintptr_t first = *static_cast<uintptr_t*>(tag);
+  if (first != reinterpret_cast<uintptr_t>(&FunctorTrampoline)) {
+    std::lock_guard<std::mutex> lock(functor_mu);
+    if (IsCode(first)) {
+      (*functor_runs)[functor] = functor->functor_run;
+      functor->functor_run = &FunctorTrampoline;
+    }
+  }
+  Release(tag);
+}
+
 }  // namespace
 
 extern "C" {
@@ -193,19 +210,40 @@ grpc_call_error grpc_call_start_batch(grpc_call* call, const grpc_op* ops, size_
                                       void* reserved) {
   static auto real = Next<grpc_call_error (*)(grpc_call*, const grpc_op*, size_t, void*, void*)>(
       "grpc_call_start_batch");
-  if (tag != nullptr) {
-    auto* functor = static_cast<grpc_completion_queue_functor*>(tag);
-    const uintptr_t first = *static_cast<uintptr_t*>(tag);
-    if (first != reinterpret_cast<uintptr_t>(&FunctorTrampoline)) {
-      std::lock_guard<std::mutex> lock(functor_mu);
-      if (IsCode(first)) {
-        (*functor_runs)[functor] = functor->functor_run;
-        functor->functor_run = &FunctorTrampoline;
-      }
-    }
-    Release(tag);
-  }
+  ReleaseOnTag(tag);
   return real(call, ops, nops, tag, reserved);
+}
+
+// A server's request for its next incoming call: the tag completes on a gRPC thread when a call
+// is matched, and that thread then runs the method's handler, which was registered (and the
+// server built) before this request was made.
+grpc_call_error grpc_server_request_call(grpc_server* server, grpc_call** call,
+                                         grpc_call_details* details,
+                                         grpc_metadata_array* request_metadata,
+                                         grpc_completion_queue* cq_bound_to_call,
+                                         grpc_completion_queue* cq_for_notification, void* tag) {
+  static auto real =
+      Next<grpc_call_error (*)(grpc_server*, grpc_call**, grpc_call_details*, grpc_metadata_array*,
+                               grpc_completion_queue*, grpc_completion_queue*, void*)>(
+          "grpc_server_request_call");
+  ReleaseOnTag(tag);
+  return real(server, call, details, request_metadata, cq_bound_to_call, cq_for_notification, tag);
+}
+
+grpc_call_error grpc_server_request_registered_call(grpc_server* server, void* registered_method,
+                                                    grpc_call** call, gpr_timespec* deadline,
+                                                    grpc_metadata_array* request_metadata,
+                                                    grpc_byte_buffer** optional_payload,
+                                                    grpc_completion_queue* cq_bound_to_call,
+                                                    grpc_completion_queue* cq_for_notification,
+                                                    void* tag) {
+  static auto real = Next<grpc_call_error (*)(
+      grpc_server*, void*, grpc_call**, gpr_timespec*, grpc_metadata_array*, grpc_byte_buffer**,
+      grpc_completion_queue*, grpc_completion_queue*, void*)>(
+      "grpc_server_request_registered_call");
+  ReleaseOnTag(tag);
+  return real(server, registered_method, call, deadline, request_metadata, optional_payload,
+              cq_bound_to_call, cq_for_notification, tag);
 }
 
 grpc_event grpc_completion_queue_next(grpc_completion_queue* cq, gpr_timespec deadline,

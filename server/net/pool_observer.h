@@ -1,0 +1,34 @@
+// What the writer pool tells the layers that watch it (metrics, failure logs) about each target:
+// every completed message and every connection state change. The pool calls these on the loop
+// thread that owns the target, so implementations must be thread-safe (several loops call at
+// once), cheap, and must never block or call back into the pool.
+#ifndef EVENTBUS_SERVER_NET_POOL_OBSERVER_H_
+#define EVENTBUS_SERVER_NET_POOL_OBSERVER_H_
+
+#include <string>
+
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "server/net/outcome.h"
+
+namespace eventbus::net {
+
+enum class ConnState { kIdle, kResolving, kConnecting, kConnected, kBackoff };
+absl::string_view ConnStateName(ConnState state);
+
+class PoolObserver {
+ public:
+  virtual ~PoolObserver() = default;
+  // A message to `target_key` ("host:port") completed with `outcome` (never kQueued), `latency`
+  // after it was submitted. `expired`: its deadline came before it was completely written.
+  virtual void OnComplete(const std::string& target_key, const Outcome& outcome, bool expired,
+                          absl::Duration latency) = 0;
+  // The connection to `target_key` went from `from` to `to`. Entering kBackoff, `detail` says
+  // why the connect (or resolve) failed; entering kIdle after kConnected, why it was closed.
+  virtual void OnStateChange(const std::string& target_key, ConnState from, ConnState to,
+                             absl::string_view detail) = 0;
+};
+
+}  // namespace eventbus::net
+
+#endif  // EVENTBUS_SERVER_NET_POOL_OBSERVER_H_
