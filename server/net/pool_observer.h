@@ -6,6 +6,7 @@
 #define EVENTBUS_SERVER_NET_POOL_OBSERVER_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -27,6 +28,26 @@ class PoolObserver {
   // why the connect (or resolve) failed; entering kIdle after kConnected, why it was closed.
   virtual void OnStateChange(const std::string& target_key, ConnState from, ConnState to,
                              absl::string_view detail) = 0;
+};
+
+// Tells each of several observers, in the order added. Add() only before the pool is created;
+// after that the list is read-only (so it needs no lock).
+class PoolObserverList final : public PoolObserver {
+ public:
+  void Add(PoolObserver* observer) { observers_.push_back(observer); }
+  bool empty() const { return observers_.empty(); }
+
+  void OnComplete(const std::string& target_key, const Outcome& outcome, bool expired,
+                  absl::Duration latency) override {
+    for (PoolObserver* o : observers_) o->OnComplete(target_key, outcome, expired, latency);
+  }
+  void OnStateChange(const std::string& target_key, ConnState from, ConnState to,
+                     absl::string_view detail) override {
+    for (PoolObserver* o : observers_) o->OnStateChange(target_key, from, to, detail);
+  }
+
+ private:
+  std::vector<PoolObserver*> observers_;
 };
 
 }  // namespace eventbus::net
