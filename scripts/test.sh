@@ -27,10 +27,5 @@ bash "$ROOT/scripts/fuzz.sh"
 step "AddressSanitizer + UBSan: whole suite"
 bash "$ROOT/scripts/sanitize.sh" asan --timeout 900
 step "ThreadSanitizer"
-# The tests that run an EventBus gRPC server are left out: Debian's gRPC is not instrumented, and
-# tests/tsan/grpc_sync_shim.cc does not yet cover every hand-off inside it (a method handler
-# registered before Server::Start and read by gRPC's request-matching thread is reported now and
-# then). README, Development: "Known gap".
-bash "$ROOT/scripts/sanitize.sh" tsan --timeout 900 \
-  -E '^(service_test|grpc_e2e_test|client_test|server_test|cli_e2e_test|reflection_buf_curl_test|store_e2e_test|ledger_test|client_connections_test)$'
+bash "$ROOT/scripts/sanitize.sh" tsan --timeout 900
 step "done"

@@ -250,8 +250,9 @@ bool Listener::AcceptAll(int listen_fd) {
         spare_.Reset();
         int taken = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
         if (taken >= 0) {
-          ::close(taken);
+          // Counted before the close: whoever sees the close may read the count at once.
           refused_no_fds_.fetch_add(1, std::memory_order_relaxed);
+          ::close(taken);
           WarnRefused("out of file descriptors");
         }
         spare_.Reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
