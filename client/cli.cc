@@ -37,7 +37,8 @@ constexpr char kUsage[] =
     "  unsubscribe ID | unsubscribe EVENT SOCKET\n"
     "  raise [--sync|--async] [--timeout MS] [--output table|json] EVENT [ARGS...]\n"
     "  raise [--sync|--async] [--timeout MS] [--output table|json] EVENT --json TEXT\n"
-    "      ARGS: name=value (string), name:=json (typed: 3, true, null, [1,2], {\"a\":1}),\n"
+    "      ARGS: name=value (string), name:=json (typed, sent exactly as typed: 3, true, null,\n"
+    "      [1,2], {\"a\":1}, 12345678901234567890),\n"
     "      or plain values (positional params, JSON when valid, else strings); use -- before\n"
     "      positional values that start with --\n"
     "  list [EVENT] [--output table|json]\n"
@@ -107,9 +108,10 @@ absl::StatusOr<uint32_t> ParseUint32(absl::string_view command, absl::string_vie
   return value;
 }
 
-// Named and positional params travel as google.protobuf.Value, whose numbers are doubles: an
-// integer beyond 2^53 would arrive rounded. Returns INVALID_ARGUMENT for the first such integer
-// token of `json` (valid JSON text), so nothing the CLI accepts is changed on the way.
+// Positional params travel as google.protobuf.Value, whose numbers are doubles: an integer beyond
+// 2^53 would arrive rounded (typed named params travel as JSON text and need no such check).
+// Returns INVALID_ARGUMENT for the first such integer token of `json` (valid JSON text), so nothing
+// the CLI accepts is changed on the way.
 absl::Status CheckIntegersAreExact(absl::string_view json) {
   constexpr uint64_t kMaxExact = uint64_t{1} << 53;
   bool in_string = false;
@@ -332,11 +334,9 @@ absl::StatusOr<RaiseCommand> ParseRaiseCommand(const std::vector<std::string>& a
           return absl::InvalidArgumentError(absl::StrCat(
               "raise: argument ", Quote(arg), ": invalid JSON value: ", parsed.status().message()));
         }
-        if (absl::Status exact = CheckIntegersAreExact(value); !exact.ok()) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("raise: argument ", Quote(arg), ": ", exact.message()));
-        }
-        *param->mutable_value() = *std::move(parsed);
+        // Sent as JSON text (Param.json), not as the parsed Value: integers of any size and
+        // object keys in their given order reach the subscriber exactly as typed.
+        param->set_json(std::string(value));
         continue;
       }
     }

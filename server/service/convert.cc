@@ -7,8 +7,10 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "server/jsonrpc/json_text.h"
 #include "server/jsonrpc/json_writer.h"
 
 namespace eventbus::service {
@@ -101,10 +103,31 @@ std::string AppendParamJson(const Value& value, int level, std::string* out) {
       out->push_back('}');
       return {};
     }
+    case Value::KIND_NOT_SET:
+      // A Value nobody set (a client library that dropped a field it did not recognise, such as
+      // proto-loader's `number_value` under keepCase) must not turn into null silently.
+      return level == 2 ? "no value (null must be given explicitly)"
+                        : "a nested value has no kind set (null must be given explicitly)";
     default:
       AppendValueJson(value, out);
       return {};
   }
+}
+
+// Appends one param given as JSON text (Param.json): checked (one JSON value, well-formed UTF-8,
+// nested at most jsonrpc::kMaxParamsDepth with the params object as level 1), then copied token
+// for token without the whitespace between tokens. Returns "" when fine, else what is wrong.
+std::string AppendParamJsonText(absl::string_view text, std::string* out) {
+  if (size_t bad = jsonrpc::InvalidUtf8Offset(text); bad != absl::string_view::npos) {
+    return absl::StrCat("json: invalid UTF-8 at byte ", bad);
+  }
+  if (jsonrpc::TrimJsonSpace(text).empty()) return "json: empty (give null explicitly)";
+  // The value sits inside the params object: its outermost list or object is level 2.
+  std::string fault = jsonrpc::CheckJsonText(text, jsonrpc::kMaxParamsDepth - 1);
+  if (absl::StartsWith(fault, "nested deeper than")) return absl::StrCat("json: ", TooDeep());
+  if (!fault.empty()) return absl::StrCat("json: ", fault);
+  jsonrpc::AppendCompactJson(jsonrpc::TrimJsonSpace(text), out);
+  return {};
 }
 
 absl::Status TooLarge(size_t size, size_t limit) {
@@ -206,7 +229,18 @@ absl::StatusOr<jsonrpc::Params> ParamsFromRequest(const v1::RaiseRequest& reques
         if (index > 1) params.json.push_back(',');
         jsonrpc::AppendJsonString(&params.json, param.name());
         params.json.push_back(':');
-        std::string fault = AppendParamJson(param.value(), 2, &params.json);
+        std::string fault;
+        switch (param.form_case()) {
+          case v1::Param::kValue:
+            fault = AppendParamJson(param.value(), 2, &params.json);
+            break;
+          case v1::Param::kJson:
+            fault = AppendParamJsonText(param.json(), &params.json);
+            break;
+          case v1::Param::FORM_NOT_SET:
+            fault = "no value (null must be given explicitly)";
+            break;
+        }
         if (!fault.empty()) {
           std::string quoted;
           jsonrpc::AppendJsonString(&quoted, param.name());

@@ -24,8 +24,7 @@ TEST(ParseRaiseArgsTest, NamedStringAndTypedParamsKeepOrder) {
   EXPECT_EQ(request->named().params(0).name(), "ip");
   EXPECT_EQ(request->named().params(0).value().string_value(), "192.168.2.11");
   EXPECT_EQ(request->named().params(1).name(), "count");
-  EXPECT_EQ(request->named().params(1).value().kind_case(), google::protobuf::Value::kNumberValue);
-  EXPECT_EQ(request->named().params(1).value().number_value(), 3);
+  EXPECT_EQ(request->named().params(1).json(), "3");
   EXPECT_FALSE(request->has_sync());
   EXPECT_FALSE(request->has_timeout_ms());
 }
@@ -36,11 +35,11 @@ TEST(ParseRaiseArgsTest, TypedParamsTakeAnyJsonValue) {
   ASSERT_TRUE(request.ok()) << request.status();
   const auto& p = request->named().params();
   ASSERT_EQ(p.size(), 6);
-  EXPECT_TRUE(p[0].value().bool_value());
-  EXPECT_EQ(p[1].value().kind_case(), google::protobuf::Value::kNullValue);
-  EXPECT_EQ(p[2].value().list_value().values_size(), 2);
-  EXPECT_EQ(p[3].value().struct_value().fields().at("a").number_value(), 1);
-  EXPECT_EQ(p[4].value().string_value(), "x");
+  EXPECT_EQ(p[0].json(), "true");
+  EXPECT_EQ(p[1].json(), "null");
+  EXPECT_EQ(p[2].json(), "[1,2]");
+  EXPECT_EQ(p[3].json(), "{\"a\":1}");
+  EXPECT_EQ(p[4].json(), "\"x\"");
   EXPECT_EQ(p[5].name(), "eq");
   EXPECT_EQ(p[5].value().string_value(), "a=b");
 }
@@ -137,22 +136,37 @@ TEST(ParseRaiseArgsTest, RejectsUsageMistakes) {
               HasSubstr("expected table or json"));
 }
 
-TEST(ParseRaiseArgsTest, RejectsIntegersThatADoubleWouldRoundInsteadOfLosingDigits) {
-  // google.protobuf.Value holds doubles: 12345678901234567890 would arrive
-  // as 1.2345678901234567e+19.
-  for (const char* arg : {"x:=12345678901234567890", "x:=[1,-9007199254740993]",
-                          "12345678901234567890", "{\"a\":{\"b\":99999999999999999999999}}"}) {
+TEST(ParseRaiseArgsTest, TypedNamedParamsTravelAsJsonTextSoNothingIsRounded) {
+  // Param.json carries the text as typed: 12345678901234567890 is not turned into the double
+  // 1.2345678901234567e+19, and object keys keep their order.
+  auto request = ParseRaiseArgs(
+      {"E", "id:=12345678901234567890", "obj:={\"z\":1,\"a\":[2]}", "s=12345678901234567890"});
+  ASSERT_TRUE(request.ok()) << request.status();
+  ASSERT_EQ(request->named().params_size(), 3);
+  EXPECT_EQ(request->named().params(0).json(), "12345678901234567890");
+  EXPECT_EQ(request->named().params(1).json(), "{\"z\":1,\"a\":[2]}");
+  EXPECT_EQ(request->named().params(2).value().string_value(), "12345678901234567890");
+  // Still checked here, before anything is sent.
+  EXPECT_THAT(ParseRaiseArgs({"E", "x:={\"a\":"}).status().message(),
+              HasSubstr("invalid JSON value"));
+}
+
+TEST(ParseRaiseArgsTest, RejectsPositionalIntegersThatADoubleWouldRoundInsteadOfLosingDigits) {
+  // Positional params travel as google.protobuf.ListValue (doubles): 12345678901234567890 would
+  // arrive as 1.2345678901234567e+19.
+  for (const char* arg : {"12345678901234567890", "[1,-9007199254740993]",
+                          "{\"a\":{\"b\":99999999999999999999999}}"}) {
     auto request = ParseRaiseArgs({"E", arg});
     ASSERT_FALSE(request.ok()) << arg;
     EXPECT_THAT(request.status().message(), HasSubstr(absl::StrCat("argument \"", arg, "\"")));
     EXPECT_THAT(request.status().message(), HasSubstr("use --json")) << arg;
   }
   // Up to 2^53 every integer is exact; fractions, exponents and digits in strings are not checked.
-  auto request = ParseRaiseArgs({"E", "a:=9007199254740992", "b:=-9007199254740992", "c:=1.5e300",
-                                 "d:=\"123456789012345678901\""});
+  auto request = ParseRaiseArgs(
+      {"E", "9007199254740992", "-9007199254740992", "1.5e300", "\"123456789012345678901\""});
   ASSERT_TRUE(request.ok()) << request.status();
-  EXPECT_EQ(request->named().params(0).value().number_value(), 9007199254740992.0);
-  EXPECT_EQ(request->named().params(3).value().string_value(), "123456789012345678901");
+  EXPECT_EQ(request->positional().values(0).number_value(), 9007199254740992.0);
+  EXPECT_EQ(request->positional().values(3).string_value(), "123456789012345678901");
 }
 
 TEST(ParseSubscribeArgsTest, ParsesEventSocketAndOptions) {

@@ -94,6 +94,21 @@ TEST_F(CliE2eTest, SubscribeAndRaiseDeliverTheReadmeBytes) {
       R"({"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{"ip":"192.168.2.11","count":3}})");
 }
 
+TEST_F(CliE2eTest, TypedParamsReachThePeerExactlyAsTypedBigIntegersAndKeyOrderIncluded) {
+  auto peer = testing::JsonRpcPeer::Start();
+  ASSERT_TRUE(peer.ok());
+  auto [code, out] = Cli({"subscribe", "E_EXACT", (*peer)->socket()});
+  ASSERT_EQ(code, 0) << out;
+  std::tie(code, out) =
+      Cli({"raise", "E_EXACT", "id:=12345678901234567890", "big:=9007199254740993",
+           R"(obj:={"z": 1, "a": [true, null]})", "ok:=true"});
+  ASSERT_EQ(code, 0) << out;
+  ASSERT_TRUE((*peer)->WaitForMessages(1, absl::Seconds(10)));
+  EXPECT_EQ((*peer)->Received(),
+            R"({"jsonrpc":"2.0","method":"E_EXACT","params":{"id":12345678901234567890,)"
+            R"("big":9007199254740993,"obj":{"z":1,"a":[true,null]},"ok":true}})");
+}
+
 TEST_F(CliE2eTest, SyncRaisePrintsOneLinePerTargetWithStatus) {
   auto peer = testing::JsonRpcPeer::Start();
   ASSERT_TRUE(peer.ok());

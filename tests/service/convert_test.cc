@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
@@ -264,6 +265,94 @@ TEST(ParamsFromRequestTest, RejectsNestingDeeperThanTheLimitNamingTheParam) {
   raw.set_json(absl::StrCat(R"({"j":)", std::string(40, '['), std::string(40, ']'), "}"));
   EXPECT_EQ(ParamsFromRequest(raw, 1 << 20).status().message(),
             R"(params json: param "j": nested deeper than 32 levels)");
+}
+
+// Param.json: one JSON value as text, forwarded token for token.
+v1::Param* AddJsonParam(v1::RaiseRequest* request, const std::string& name,
+                        const std::string& json) {
+  v1::Param* p = request->mutable_named()->add_params();
+  p->set_name(name);
+  p->set_json(json);
+  return p;
+}
+
+TEST(ParamsFromRequestTest, NamedParamGivenAsJsonTextKeepsIntegersAndKeyOrderExactly) {
+  v1::RaiseRequest request = Named({{"ok", Json("true")}});
+  AddJsonParam(&request, "id", "12345678901234567890");
+  AddJsonParam(&request, "big", "9007199254740993");
+  AddJsonParam(&request, "obj", R"( {"z": 1, "a": [2, -9223372036854775809, 1e400]} )");
+  AddJsonParam(&request, "nothing", "null");
+  auto params = ParamsFromRequest(request, 1000);
+  ASSERT_TRUE(params.ok()) << params.status();
+  EXPECT_EQ(params->json, R"({"ok":true,"id":12345678901234567890,"big":9007199254740993,)"
+                          R"("obj":{"z":1,"a":[2,-9223372036854775809,1e400]},"nothing":null})");
+}
+
+TEST(ParamsFromRequestTest, ParamWithNoValueIsRefusedNamingItNeverSentAsNull) {
+  v1::RaiseRequest request = Named({{"ok", Json("true")}});
+  request.mutable_named()->add_params()->set_name("count");  // neither value nor json
+  auto params = ParamsFromRequest(request, 1000);
+  ASSERT_FALSE(params.ok());
+  EXPECT_EQ(params.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(params.status().message(),
+            R"(param "count": no value (null must be given explicitly))");
+
+  // A Value whose kind nobody set (e.g. a field the client library dropped).
+  params = ParamsFromRequest(Named({{"count", Value()}}), 1000);
+  ASSERT_FALSE(params.ok());
+  EXPECT_EQ(params.status().message(),
+            R"(param "count": no value (null must be given explicitly))");
+
+  Value list;
+  *list.mutable_list_value()->add_values() = Num(1);
+  list.mutable_list_value()->add_values();  // unset
+  params = ParamsFromRequest(Named({{"l", list}}), 1000);
+  ASSERT_FALSE(params.ok());
+  EXPECT_EQ(params.status().message(),
+            R"(param "l": a nested value has no kind set (null must be given explicitly))");
+
+  params = ParamsFromRequest(Positional({Num(0), Value()}), 1000);
+  ASSERT_FALSE(params.ok());
+  EXPECT_EQ(params.status().message(), "param [1]: no value (null must be given explicitly)");
+
+  Value null_value;
+  null_value.set_null_value(google::protobuf::NULL_VALUE);
+  params = ParamsFromRequest(Named({{"n", null_value}}), 1000);
+  ASSERT_TRUE(params.ok()) << params.status();
+  EXPECT_EQ(params->json, R"({"n":null})");
+}
+
+TEST(ParamsFromRequestTest, ParamJsonTextThatIsNotOneJsonValueIsRefusedSayingWhy) {
+  struct Case {
+    std::string json;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"", R"(param "x": json: empty (give null explicitly))"},
+      {"  ", R"(param "x": json: empty (give null explicitly))"},
+      {"NaN", "param \"x\": json: "},
+      {"1 2", "param \"x\": json: "},
+      {"{\"a\":1", "param \"x\": json: "},
+      {"\"\xff\"", R"(param "x": json: invalid UTF-8 at byte 1)"},
+      {std::string(32, '[') + std::string(32, ']'),
+       R"(param "x": json: nested deeper than 32 levels)"},
+  };
+  for (const Case& c : cases) {
+    v1::RaiseRequest request;
+    request.set_event("E");
+    AddJsonParam(&request, "x", c.json);
+    auto params = ParamsFromRequest(request, 1000);
+    ASSERT_FALSE(params.ok()) << c.json;
+    EXPECT_EQ(params.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StartsWith(params.status().message(), c.message))
+        << c.json << " -> " << params.status().message();
+    EXPECT_GT(params.status().message().size(), std::string("param \"x\": json: ").size());
+  }
+  // 31 levels inside the params object (32 in all) is the most allowed.
+  v1::RaiseRequest request;
+  request.set_event("E");
+  AddJsonParam(&request, "x", std::string(31, '[') + std::string(31, ']'));
+  EXPECT_TRUE(ParamsFromRequest(request, 1000).ok());
 }
 
 TEST(DeliveryStatusTest, MapsEveryCode) {
