@@ -83,8 +83,10 @@ namespace {
 // also be set by EVENTBUS_<NAME IN UPPER CASE>.
 bool IsEventbusFlagFile(absl::string_view path) { return absl::EndsWith(path, "server/main.cc"); }
 
-// Exit codes: 0 after a clean shutdown, 2 for a configuration error that no retry can fix (a bad
-// flag, environment variable or store url), 1 for any other start-up failure.
+// Exit codes: 0 after a clean shutdown; 2 for a setting that parses but is invalid, which no retry
+// can fix (a malformed store url, a negative limit); 1 for a flag or EVENTBUS_* value that does
+// not parse (abseil's own convention for the command line, kept for the environment) and for
+// any other start-up failure (a local store that cannot be opened, an address in use).
 constexpr int kExitStartFailed = 1;
 constexpr int kExitBadConfig = 2;
 
@@ -102,7 +104,8 @@ void ApplyEnvironment() {
     if (value == nullptr) continue;
     std::string error;
     if (!flag->ParseFrom(value, &error)) {
-      Fail(absl::StrCat("environment variable ", variable, "=\"", value, "\": ", error));
+      Fail(absl::StrCat("environment variable ", variable, "=\"", value, "\": ", error),
+           kExitStartFailed);
     }
   }
 }
