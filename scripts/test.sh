@@ -32,5 +32,5 @@ step "ThreadSanitizer"
 # registered before Server::Start and read by gRPC's request-matching thread is reported now and
 # then). README, Development: "Known gap".
 bash "$ROOT/scripts/sanitize.sh" tsan --timeout 900 \
-  -E '^(service_test|grpc_e2e_test|client_test|server_test|cli_e2e_test|reflection_buf_curl_test|store_e2e_test|ledger_test|client_connections_test)$'
+  -E '^(service_test|grpc_e2e_test|client_test|server_test|cli_e2e_test|reflection_buf_curl_test|store_e2e_test|ledger_test|client_connections_test|startup_test)$'
 step "done"
