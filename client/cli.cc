@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "client/client.h"
 #include "google/protobuf/util/json_util.h"
+#include "server/base/version.h"
 
 namespace eventbus::client {
 namespace {
@@ -25,6 +26,7 @@ namespace v1 = ::eventbus::v1;
 
 constexpr char kUsage[] =
     "usage: eventbus [--server ADDR] [--timeout_ms MS] COMMAND ...\n"
+    "       eventbus --version\n"
     "\n"
     "global flags:\n"
     "  --server ADDR      EventBus server (default: $EVENTBUS_SERVER or 127.0.0.1:50051)\n"
@@ -42,7 +44,11 @@ constexpr char kUsage[] =
     "      or plain values (positional params, JSON when valid, else strings); use -- before\n"
     "      positional values that start with --\n"
     "  list [EVENT] [--output table|json]\n"
-    "  events [--output table|json]\n";
+    "  events [--output table|json]\n"
+    "  health [SERVICE]\n"
+    "      grpc.health.v1 Check; prints SERVING, NOT_SERVING, SERVICE_UNKNOWN, ...; exits 0 when\n"
+    "      SERVING, 1 when not, 2 when the server cannot be reached. SERVICE: \"\" (default: the\n"
+    "      process is up) or eventbus.v1.EventBusService (ready: its store has loaded)\n";
 
 constexpr char kDefaultServer[] = "127.0.0.1:50051";
 
@@ -253,6 +259,42 @@ int CallError(absl::string_view command, const absl::Status& status, std::ostrea
   err << "eventbus: " << command << ": " << absl::StatusCodeToString(status.code()) << ": "
       << message << "\n";
   return 1;
+}
+
+// `health [SERVICE]`: exit 0 when SERVING, 1 for any other answer, 2 without one (the server
+// cannot be reached, or answers with an error), as a container HEALTHCHECK or a probe expects.
+int RunHealth(const std::string& server, const ClientOptions& options,
+              const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  if (args.size() > 1) {
+    return UsageError(
+        absl::InvalidArgumentError(absl::StrCat("health: unexpected argument ", Quote(args[1]))),
+        err);
+  }
+  if (!args.empty() && absl::StartsWith(args[0], "-")) {
+    return UsageError(
+        absl::InvalidArgumentError(absl::StrCat("health: unknown option ", Quote(args[0]))), err);
+  }
+  const std::string service = args.empty() ? "" : args[0];
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(server, options);
+  constexpr int kNoAnswer = 2;
+  if (!client.ok()) {
+    CallError("health", client.status(), err);
+    return kNoAnswer;
+  }
+  absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> status =
+      (*client)->CheckHealth(service);
+  if (absl::IsNotFound(status.status())) {
+    // gRPC's health service answers NOT_FOUND for a name it has no status for.
+    out << "SERVICE_UNKNOWN\n";
+    err << "eventbus: health: the server has no health status for " << Quote(service) << "\n";
+    return 1;
+  }
+  if (!status.ok()) {
+    CallError("health", status.status(), err);
+    return kNoAnswer;
+  }
+  out << grpc::health::v1::HealthCheckResponse::ServingStatus_Name(*status) << "\n";
+  return *status == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
 }
 
 void WarnIfStale(bool stale, std::ostream& err) {
@@ -488,6 +530,10 @@ int RunCli(const std::vector<std::string>& args, const std::string& default_serv
       out << kUsage;
       return 0;
     }
+    if (arg == "--version") {
+      out << base::VersionText("eventbus");
+      return 0;
+    }
     size_t eq = arg.find('=');
     std::string name = arg.substr(0, eq);
     std::string value;
@@ -519,6 +565,7 @@ int RunCli(const std::vector<std::string>& args, const std::string& default_serv
     out << kUsage;
     return 0;
   }
+  if (command == "health") return RunHealth(server, options, rest, out, err);
   if (command != "subscribe" && command != "unsubscribe" && command != "raise" &&
       command != "list" && command != "events") {
     return UsageError(absl::InvalidArgumentError(absl::StrCat("unknown command ", Quote(command))),

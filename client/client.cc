@@ -1,10 +1,12 @@
 #include "client/client.h"
 
+#include <future>
 #include <utility>
 
 #include "absl/time/clock.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 
 namespace eventbus::client {
@@ -75,6 +77,27 @@ absl::StatusOr<v1::ListSubscriptionsResponse> Client::ListSubscriptions(
 absl::StatusOr<v1::ListEventsResponse> Client::ListEvents(const v1::ListEventsRequest& request) {
   return Call<v1::ListEventsResponse>(stub_.get(), &v1::EventBusService::Stub::ListEvents, request,
                                       options_.deadline);
+}
+
+absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> Client::CheckHealth(
+    const std::string& service) {
+  using grpc::health::v1::HealthCheckRequest;
+  using grpc::health::v1::HealthCheckResponse;
+  // Debian's gRPC ships the health messages but no generated stub: a generic stub calls the
+  // method by name with the generated messages.
+  grpc::TemplatedGenericStub<HealthCheckRequest, HealthCheckResponse> stub(channel_);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + options_.deadline));
+  HealthCheckRequest request;
+  request.set_service(service);
+  HealthCheckResponse response;
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&done](grpc::Status status) { done.set_value(std::move(status)); });
+  // Bounded by the call's deadline.
+  grpc::Status status = done.get_future().get();
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response.status();
 }
 
 }  // namespace eventbus::client

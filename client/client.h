@@ -1,6 +1,7 @@
-// C++ client of eventbus.v1.EventBusService: one channel, a deadline on every call, and gRPC
-// errors returned as absl::Status carrying the server's code and message. Used by the `eventbus`
-// CLI, the benchmarks and any C++ program that subscribes or raises.
+// C++ client of eventbus.v1.EventBusService (and of the server's grpc.health.v1 service): one
+// channel, a deadline on every call, and gRPC errors returned as absl::Status carrying the
+// server's code and message. Used by the `eventbus` CLI, the benchmarks and any C++ program that
+// subscribes or raises.
 #ifndef EVENTBUS_CLIENT_CLIENT_H_
 #define EVENTBUS_CLIENT_CLIENT_H_
 
@@ -12,6 +13,7 @@
 #include "absl/time/time.h"
 #include "eventbus/v1/eventbus.grpc.pb.h"
 #include "eventbus/v1/eventbus.pb.h"
+#include "grpc/health/v1/health.pb.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/support/status.h"
 
@@ -42,6 +44,12 @@ class Client {
       const eventbus::v1::ListSubscriptionsRequest& request);
   absl::StatusOr<eventbus::v1::ListEventsResponse> ListEvents(
       const eventbus::v1::ListEventsRequest& request = {});
+
+  // Calls grpc.health.v1.Health/Check for `service` ("" = the server as a whole,
+  // "eventbus.v1.EventBusService" = ready to serve calls). Returns the status the server reports;
+  // NOT_FOUND when it has none for `service`, UNAVAILABLE / DEADLINE_EXCEEDED from the transport.
+  absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> CheckHealth(
+      const std::string& service);
 
   // The generated stub, for advanced use (e.g. many concurrent Raises through stub()->async()).
   // Callers set their own deadlines there.

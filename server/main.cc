@@ -14,11 +14,13 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "server/base/log.h"
+#include "server/base/version.h"
 #include "server/net/fd_budget.h"
 #include "server/registry/subscription.h"
 #include "server/service/server.h"
@@ -81,9 +83,16 @@ namespace {
 // also be set by EVENTBUS_<NAME IN UPPER CASE>.
 bool IsEventbusFlagFile(absl::string_view path) { return absl::EndsWith(path, "server/main.cc"); }
 
-[[noreturn]] void Fail(const std::string& message) {
+// Exit codes: 0 after a clean shutdown; 2 for a setting that parses but is invalid, which no retry
+// can fix (a malformed store url, a negative limit); 1 for a flag or EVENTBUS_* value that does
+// not parse (abseil's own convention for the command line, kept for the environment) and for
+// any other start-up failure (a local store that cannot be opened, an address in use).
+constexpr int kExitStartFailed = 1;
+constexpr int kExitBadConfig = 2;
+
+[[noreturn]] void Fail(const std::string& message, int code = kExitBadConfig) {
   std::fprintf(stderr, "eventbusd: %s\n", message.c_str());
-  std::exit(1);
+  std::exit(code);
 }
 
 // Applies EVENTBUS_* environment variables; the command line, parsed afterwards, wins.
@@ -95,7 +104,8 @@ void ApplyEnvironment() {
     if (value == nullptr) continue;
     std::string error;
     if (!flag->ParseFrom(value, &error)) {
-      Fail(absl::StrCat("environment variable ", variable, "=\"", value, "\": ", error));
+      Fail(absl::StrCat("environment variable ", variable, "=\"", value, "\": ", error),
+           kExitStartFailed);
     }
   }
 }
@@ -185,12 +195,20 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "EventBus server: stores subscriptions and fans raised events out as JSON-RPC 2.0 over TCP.\n"
       "Every flag may also be set as EVENTBUS_<FLAG> (e.g. EVENTBUS_LISTEN); the command line "
-      "wins.\nUsage: eventbusd [--flag=value ...]");
+      "wins.\nUsage: eventbusd [--flag=value ...] | eventbusd --version");
   // --help lists this file's flags (absl's default looks for a file named after the binary).
   absl::FlagsUsageConfig usage_config;
   usage_config.contains_help_flags = IsEventbusFlagFile;
   usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
+  usage_config.version_string = [] { return eventbus::base::VersionText("eventbusd"); };
   absl::SetFlagsUsageConfig(usage_config);
+  // --version before anything else: it needs no valid configuration.
+  for (int i = 1; i < argc; ++i) {
+    if (absl::string_view(argv[i]) == "--version") {
+      std::fputs(eventbus::base::VersionText("eventbusd").c_str(), stdout);
+      return 0;
+    }
+  }
   ApplyEnvironment();
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) Fail(absl::StrCat("unexpected argument \"", rest[1], "\"; see --help"));
@@ -208,7 +226,7 @@ int main(int argc, char** argv) {
   // (net/fd_budget.h) so that neither clients nor targets can exhaust them.
   uint64_t previous_soft = 0;
   absl::StatusOr<eventbus::net::FdLimit> fd_limit = eventbus::net::RaiseFdLimit(&previous_soft);
-  if (!fd_limit.ok()) Fail(fd_limit.status().ToString());
+  if (!fd_limit.ok()) Fail(fd_limit.status().ToString(), kExitStartFailed);
   eventbus::net::FdBudget fds = eventbus::net::DeriveFdBudget(fd_limit->soft);
   EB_LOG(kInfo, "file descriptor limit", "soft=", fd_limit->soft, " hard=", fd_limit->hard,
          " previous_soft=", previous_soft, " reserve=", fds.reserve,
@@ -216,7 +234,10 @@ int main(int argc, char** argv) {
          " derived_max_target_connections=", fds.target_connections);
 
   auto server = eventbus::service::EventBusServer::Start(ConfigFromFlags(fds));
-  if (!server.ok()) Fail(absl::StrCat("cannot start: ", server.status().ToString()));
+  if (!server.ok()) {
+    Fail(absl::StrCat("cannot start: ", server.status().ToString()),
+         absl::IsInvalidArgument(server.status()) ? kExitBadConfig : kExitStartFailed);
+  }
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);

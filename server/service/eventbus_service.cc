@@ -106,18 +106,23 @@ EventBusServiceImpl::EventBusServiceImpl(registry::Registry* registry,
                                          store::SubscriptionManager* manager,
                                          delivery::Dispatcher* dispatcher,
                                          const net::WriterPool* pool, const base::Clock* clock,
-                                         ServiceOptions options)
+                                         ServiceOptions options, const StoreLoader* loader)
     : registry_(registry),
       manager_(manager),
       dispatcher_(dispatcher),
       pool_(pool),
       clock_(clock),
-      options_(std::move(options)) {}
+      options_(std::move(options)),
+      loader_(loader) {}
 
 grpc::ServerUnaryReactor* EventBusServiceImpl::Subscribe(grpc::CallbackServerContext* context,
                                                          const v1::SubscribeRequest* request,
                                                          v1::SubscribeResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status ready = Ready(); !ready.ok()) {
+    reactor->Finish(ToGrpcStatus(ready));
+    return reactor;
+  }
   store::SubscribeRequest sub;
   sub.event = request->event();
   sub.socket = request->socket();
@@ -141,6 +146,10 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Unsubscribe(grpc::CallbackServerC
                                                            const v1::UnsubscribeRequest* request,
                                                            v1::UnsubscribeResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status ready = Ready(); !ready.ok()) {
+    reactor->Finish(ToGrpcStatus(ready));
+    return reactor;
+  }
   manager_->Unsubscribe(request->id(), request->event(), request->socket(),
                         [reactor, response](absl::StatusOr<int> removed) {
                           if (!removed.ok()) {
@@ -183,6 +192,10 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Raise(grpc::CallbackServerContext
                                                      const grpc::ByteBuffer* request_bytes,
                                                      grpc::ByteBuffer* response_bytes) {
   auto* reactor = new RaiseReactor(dispatcher_, response_bytes);
+  if (absl::Status ready = Ready(); !ready.ok()) {
+    reactor->Finish(ToGrpcStatus(ready));
+    return reactor;
+  }
   absl::Status parsed = ParseRaiseRequest(*request_bytes, &reactor->request());
   if (!parsed.ok()) {
     reactor->Finish(ToGrpcStatus(parsed));
@@ -229,6 +242,10 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::ListSubscriptions(
     grpc::CallbackServerContext* context, const v1::ListSubscriptionsRequest* request,
     v1::ListSubscriptionsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status ready = Ready(); !ready.ok()) {
+    reactor->Finish(ToGrpcStatus(ready));
+    return reactor;
+  }
   if (!request->event().empty()) {
     absl::Status valid =
         registry::ValidateEventName(request->event(), options_.max_event_name_bytes);
@@ -252,6 +269,10 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::ListEvents(grpc::CallbackServerCo
                                                           const v1::ListEventsRequest* request,
                                                           v1::ListEventsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status ready = Ready(); !ready.ok()) {
+    reactor->Finish(ToGrpcStatus(ready));
+    return reactor;
+  }
   for (const registry::EventCount& event : registry_->Events()) {
     v1::EventInfo* info = response->add_events();
     info->set_event(event.event);

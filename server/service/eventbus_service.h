@@ -17,6 +17,7 @@
 #include "server/delivery/dispatcher.h"
 #include "server/net/writer_pool.h"
 #include "server/registry/registry.h"
+#include "server/service/store_loader.h"
 #include "server/store/subscription_manager.h"
 
 namespace eventbus::service {
@@ -35,7 +36,9 @@ struct ServiceOptions {
 };
 
 // Thread-safe; every method returns at once and finishes its reactor later, on a store thread or
-// an event-loop thread. `registry`, `manager`, `dispatcher`, `pool` and `clock` must outlive it.
+// an event-loop thread. `registry`, `manager`, `dispatcher`, `pool`, `clock` and `loader` must
+// outlive it. Until `loader` (when given) has loaded the store, every call answers its
+// UNAVAILABLE Ready() status: the registry is empty or partial before.
 //
 // Raise is registered raw (bytes in, bytes out) and parses its request itself: gRPC 1.51's
 // callback API answers a request that protobuf cannot parse (a string that is not valid UTF-8,
@@ -46,7 +49,8 @@ class EventBusServiceImpl final : public eventbus::v1::EventBusService::WithRawC
  public:
   EventBusServiceImpl(registry::Registry* registry, store::SubscriptionManager* manager,
                       delivery::Dispatcher* dispatcher, const net::WriterPool* pool,
-                      const base::Clock* clock, ServiceOptions options);
+                      const base::Clock* clock, ServiceOptions options,
+                      const StoreLoader* loader = nullptr);
 
   grpc::ServerUnaryReactor* Subscribe(grpc::CallbackServerContext* context,
                                       const eventbus::v1::SubscribeRequest* request,
@@ -73,6 +77,8 @@ class EventBusServiceImpl final : public eventbus::v1::EventBusService::WithRawC
  private:
   void FillSubscription(const registry::Subscription& sub, absl::Time now,
                         eventbus::v1::Subscription* out) const;
+  // OK once the store has loaded; UNAVAILABLE naming the store and its last error before.
+  absl::Status Ready() const { return loader_ == nullptr ? absl::OkStatus() : loader_->Ready(); }
 
   registry::Registry* registry_;
   store::SubscriptionManager* manager_;
@@ -80,6 +86,7 @@ class EventBusServiceImpl final : public eventbus::v1::EventBusService::WithRawC
   const net::WriterPool* pool_;
   const base::Clock* clock_;
   const ServiceOptions options_;
+  const StoreLoader* const loader_;
 };
 
 }  // namespace eventbus::service

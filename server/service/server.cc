@@ -16,11 +16,10 @@
 #include "grpcpp/server_builder.h"
 #include "server/base/log.h"
 #include "server/base/mutex.h"
+#include "server/base/version.h"
 
 namespace eventbus::service {
 namespace {
-
-constexpr char kServiceName[] = "eventbus.v1.EventBusService";
 
 absl::Status ValidateConfig(const ServerConfig& config) {
   if (config.listen.empty()) return absl::InvalidArgumentError("listen: empty address");
@@ -66,6 +65,11 @@ absl::Status ValidateConfig(const ServerConfig& config) {
   }
   if (config.store_health_poll <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("store_health_poll must be positive");
+  }
+  if (config.store_retry_min_backoff <= absl::ZeroDuration() ||
+      config.store_retry_max_backoff < config.store_retry_min_backoff) {
+    return absl::InvalidArgumentError(
+        "store retry backoff: need 0 < store_retry_min_backoff <= store_retry_max_backoff");
   }
   if (config.client_idle_timeout < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("client_idle_timeout_ms must not be negative (0 = never)");
@@ -118,7 +122,18 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
   server->store_ = *std::move(store);
   server->manager_ = std::make_unique<store::SubscriptionManager>(
       server->registry_.get(), server->store_.get(), clock, config.limits);
-  if (absl::Status started = server->manager_->Start(); !started.ok()) return started;
+  StoreLoader::Options loader_options;
+  loader_options.backoff.initial = config.store_retry_min_backoff;
+  loader_options.backoff.max = config.store_retry_max_backoff;
+  loader_options.retry = server->store_->remote();
+  server->loader_ = std::make_unique<StoreLoader>(
+      config.store, [manager = server->manager_.get()] { return manager->Start(); }, clock,
+      loader_options);
+  // The first attempt, before the port opens (see server.h): final for a local store.
+  server->loader_->Step();
+  if (server->loader_->state() == StoreLoader::State::kFailed) {
+    return server->loader_->last_error();
+  }
 
   delivery::DispatcherOptions dispatcher_options;
   dispatcher_options.event_param = config.event_param;
@@ -133,12 +148,12 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
   service_options.max_event_name_bytes = config.limits.max_event_name_bytes;
   server->service_ = std::make_unique<EventBusServiceImpl>(
       server->registry_.get(), server->manager_.get(), server->dispatcher_.get(),
-      server->pool_.get(), clock, service_options);
+      server->pool_.get(), clock, service_options, server->loader_.get());
 
   // EventBus accepts the connections itself (net::Listener: gRPC 1.51's own listener stops for
   // good at the first EMFILE, and has no connection cap) and hands them to gRPC through an
   // external-connection acceptor, which builds the same transport, credentials included, as a
-  // listening port would. Bound after the store has loaded: the port opens only when serving.
+  // listening port would. Bound after the first attempt at loading the store.
   net::ListenerOptions listener_options;
   listener_options.max_connections = config.max_client_connections;
   listener_options.fd_headroom = config.client_fd_headroom;
@@ -190,23 +205,47 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
     acceptor->HandleNewConnection(&params);
   });
 
+  // The statuses of server.h; the store thread moves the last two once the store has loaded.
   grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
-  health->SetServingStatus("", true);
-  health->SetServingStatus(kServiceName, true);
-  bool store_healthy = server->store_->healthy();
+  const bool loaded = server->loader_->loaded();
+  const bool store_healthy = loaded && server->store_->healthy();
   {
     eventbus::MutexLock lock(&server->mu_);
     server->store_healthy_ = store_healthy;
   }
+  health->SetServingStatus(kLivenessHealthService, true);
+  health->SetServingStatus(kReadinessHealthService, loaded);
   health->SetServingStatus(kStoreHealthService, store_healthy);
-  server->health_thread_ = std::thread([s = server.get()] { s->HealthLoop(); });
+  server->store_thread_ = std::thread([s = server.get()] { s->StoreThread(); });
 
-  EB_LOG(kInfo, "eventbusd serving", "listen=", base::LogValue(server->address_), " port=", port,
-         " store=", base::LogValue(config.store), " loops=", server->pool_->num_loops(),
-         " sync_mode=", config.sync_mode ? "true" : "false",
+  EB_LOG(kInfo, "eventbusd serving", "version=", base::LogValue(base::VersionString()),
+         " listen=", base::LogValue(server->address_), " port=", port,
+         " store=", base::LogValue(config.store), " store_loaded=", loaded ? "true" : "false",
+         " loops=", server->pool_->num_loops(), " sync_mode=", config.sync_mode ? "true" : "false",
          " timeout_ms=", config.timeout / absl::Milliseconds(1),
          " max_client_connections=", config.max_client_connections);
   return server;
+}
+
+void EventBusServer::StoreThread() {
+  // Loading: attempts as the loader schedules them, until it loads or Shutdown begins. An attempt
+  // in progress delays Shutdown by at most its own length (etcd: call_timeout per endpoint).
+  while (!loader_->loaded()) {
+    absl::Time next = loader_->Step();
+    if (loader_->loaded()) break;
+    eventbus::MutexLock lock(&mu_);
+    // The loader's clock is the real clock here (Start), so its instants are wall-clock time.
+    if (mu_.AwaitWithDeadline(&stopping_, next)) return;
+  }
+  {
+    eventbus::MutexLock lock(&mu_);
+    if (stopping_) return;
+    store_healthy_ = store_->healthy();
+    grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+    health->SetServingStatus(kStoreHealthService, store_healthy_);
+    health->SetServingStatus(kReadinessHealthService, true);
+  }
+  HealthLoop();
 }
 
 void EventBusServer::HealthLoop() {
@@ -234,7 +273,7 @@ void EventBusServer::Shutdown(absl::Duration grace) {
     }
     stopping_ = true;
   }
-  if (health_thread_.joinable()) health_thread_.join();
+  if (store_thread_.joinable()) store_thread_.join();
   absl::Time deadline = absl::Now() + grace;
   if (server_ != nullptr) {
     EB_LOG(kInfo, "shutting down", "grace_ms=", grace / absl::Milliseconds(1));

@@ -2,6 +2,25 @@
 // manager, dispatcher and the gRPC server (EventBusService, reflection, grpc.health.v1), whose
 // connections come from net::Listener (EventBus accepts them itself, see listener.h). Used by
 // server/main.cc and, in-process, by tests (listen on port 0, read port()).
+//
+// Start-up and health. Start() makes a first attempt at loading the store (StoreLoader) before
+// the port opens, so a healthy store serves from the first call. A local store (memory, sqlite)
+// that fails it fails Start(): retrying does not mend a corrupt or unwritable file. A remote
+// store (etcd) that fails it does not: the port opens anyway and the store thread retries with
+// backoff (100 ms doubling to 5 s, +-20%) until it loads, or until Shutdown(). Meanwhile every
+// EventBus call answers UNAVAILABLE `store "URL": not loaded yet: <last error>`; health and
+// reflection work. grpc.health.v1 then reports, one status per name:
+//
+//   ""                             liveness: SERVING from the moment the port opens
+//   eventbus.v1.EventBusService    readiness: SERVING once the store has loaded; it does not drop
+//                                  when the store becomes unreachable later (Raise keeps serving
+//                                  the subscriptions already loaded, so readiness must not take
+//                                  every replica out of the Service at once)
+//   eventbus.store                 SERVING while the store is loaded and reachable (polled every
+//                                  store_health_poll)
+//
+// and NOT_SERVING for all three from Shutdown() on. The store thread does both jobs in turn:
+// loading, then copying the store's reachability into "eventbus.store".
 #ifndef EVENTBUS_SERVER_SERVICE_SERVER_H_
 #define EVENTBUS_SERVER_SERVICE_SERVER_H_
 
@@ -22,6 +41,7 @@
 #include "server/net/writer_pool.h"
 #include "server/registry/registry.h"
 #include "server/service/eventbus_service.h"
+#include "server/service/store_loader.h"
 #include "server/store/subscription_manager.h"
 #include "server/store/subscription_store.h"
 
@@ -49,6 +69,9 @@ struct ServerConfig {
   store::SubscriptionLimits limits;
   // How often the store's health is copied to the "eventbus.store" health status.
   absl::Duration store_health_poll = absl::Milliseconds(500);
+  // Retries of a remote store that could not be loaded at start-up (see the top of this file).
+  absl::Duration store_retry_min_backoff = absl::Milliseconds(100);
+  absl::Duration store_retry_max_backoff = absl::Seconds(5);
 
   // gRPC client connections. Beyond max_client_connections open ones (0 = no cap), or with fewer
   // than client_fd_headroom descriptors left under the soft limit (0 = no check), a new
@@ -69,11 +92,14 @@ struct ServerConfig {
 // The running server. Thread-safe: Shutdown() and Wait() may be called from any thread.
 class EventBusServer {
  public:
-  // The health service name that reports the store's reachability.
+  // The health service names (see the top of this file).
+  static constexpr char kLivenessHealthService[] = "";
+  static constexpr char kReadinessHealthService[] = "eventbus.v1.EventBusService";
   static constexpr char kStoreHealthService[] = "eventbus.store";
 
   // Builds every component and starts serving. INVALID_ARGUMENT for a bad setting or store url,
-  // the store's own error when it cannot start, UNAVAILABLE when the address cannot be bound.
+  // a local store's own error when it cannot start, UNAVAILABLE when the address cannot be bound.
+  // A remote store that cannot be reached is no error: it goes on loading in the background.
   static absl::StatusOr<std::unique_ptr<EventBusServer>> Start(const ServerConfig& config);
 
   // Shutdown(absl::ZeroDuration()) if not done yet.
@@ -93,12 +119,19 @@ class EventBusServer {
   int port() const { return port_; }
   const std::string& address() const { return address_; }
 
+  // True once the store has loaded (the server is ready).
+  bool store_loaded() const { return loader_->loaded(); }
+
   registry::Registry* registry() { return registry_.get(); }
   store::SubscriptionManager* manager() { return manager_.get(); }
   net::WriterPool* pool() { return pool_.get(); }
 
  private:
   explicit EventBusServer(const ServerConfig& config);
+  // The store thread: retries loading the store until it loads (or Shutdown), then runs
+  // HealthLoop.
+  void StoreThread();
+  // Copies the store's reachability into the "eventbus.store" status until Shutdown.
   void HealthLoop();
 
   const ServerConfig config_;
@@ -110,13 +143,14 @@ class EventBusServer {
   std::unique_ptr<registry::Registry> registry_;
   std::unique_ptr<store::SubscriptionStore> store_;
   std::unique_ptr<store::SubscriptionManager> manager_;
+  std::unique_ptr<StoreLoader> loader_;
   std::unique_ptr<delivery::Dispatcher> dispatcher_;
   std::unique_ptr<EventBusServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   // Hands the connections accepted by listener_ to server_.
   std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor_;
   std::unique_ptr<net::Listener> listener_;
-  std::thread health_thread_;
+  std::thread store_thread_;
 
   eventbus::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

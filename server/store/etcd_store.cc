@@ -273,7 +273,8 @@ absl::Status EtcdStore::Impl::Start(Listener* listener) {
   absl::Status last;
   for (;;) {
     for (size_t i = 0; i < endpoints_.size(); ++i) {
-      absl::Time deadline = std::min(give_up, absl::Now() + options_.call_timeout);
+      absl::Time deadline = absl::Now() + options_.call_timeout;
+      if (options_.start_timeout > absl::ZeroDuration()) deadline = std::min(give_up, deadline);
       absl::StatusOr<Snapshot> snapshot = Read(deadline, /*wait_for_ready=*/false);
       if (snapshot.ok()) {
         int64_t revision = snapshot->revision;
@@ -294,6 +295,7 @@ absl::Status EtcdStore::Impl::Start(Listener* listener) {
     backoff = std::min(backoff * 2, options_.max_backoff);
   }
   // `last` names the endpoint that failed last (every one was tried).
+  if (options_.start_timeout <= absl::ZeroDuration()) return absl::UnavailableError(last.message());
   return absl::UnavailableError(absl::StrCat(last.message(), " (gave up after ",
                                              absl::FormatDuration(options_.start_timeout), ")"));
 }

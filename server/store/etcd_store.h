@@ -25,7 +25,8 @@ struct EtcdStoreOptions {
   std::string prefix = "/eventbus";
   // Deadline of each write (lease grant + put, or delete) and of each resynchronising read.
   absl::Duration call_timeout = absl::Seconds(2);
-  // How long Start keeps trying to reach etcd.
+  // How long Start keeps trying to reach etcd. Zero: one round over the endpoints, each with
+  // call_timeout (for a caller that retries Start itself, as the server's store loader does).
   absl::Duration start_timeout = absl::Seconds(5);
   // Cap of the reconnect backoff (it starts at 100 ms and doubles, with jitter).
   absl::Duration max_backoff = absl::Seconds(2);
@@ -75,6 +76,7 @@ class EtcdStore final : public SubscriptionStore {
   // False while etcd cannot be reached (a failed call, or the watch cannot reconnect).
   bool healthy() const override;
   absl::string_view kind() const override { return "etcd"; }
+  bool remote() const override { return true; }
 
   // For tests: drops the current watch and watches again from `revision` without reading the
   // prefix first, as a watcher that fell behind would; a compacted `revision` makes the store

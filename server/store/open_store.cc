@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "server/store/etcd_store.h"
 #include "server/store/memory_store.h"
 #include "server/store/sqlite_store.h"
@@ -92,6 +93,9 @@ StoreOr OpenEtcd(absl::string_view url) {
     }
     options.endpoints.emplace_back(endpoint);
   }
+  // One round over the endpoints per Start: the server retries a failed Start with its own
+  // backoff (service/store_loader.h), and can stop between two attempts.
+  options.start_timeout = absl::ZeroDuration();
   return std::make_unique<EtcdStore>(std::move(options));
 }
 

@@ -39,7 +39,8 @@ class SubscriptionStore {
   virtual ~SubscriptionStore() = default;
 
   // Loads every stored subscription into listener->OnReload and starts following changes.
-  // Blocking; called once at start-up. Errors name the store and the problem
+  // Blocking; called at start-up, and again after it failed when remote() (nothing else calls
+  // the store meanwhile). Errors name the store and the problem
   // (`sqlite "/var/lib/eventbus/subscriptions.db": file is not a database`).
   virtual absl::Status Start(Listener* listener) = 0;
   // Stops background work; no listener call after it returns.
@@ -54,6 +55,10 @@ class SubscriptionStore {
   virtual bool healthy() const = 0;
   // "memory", "sqlite", "etcd".
   virtual absl::string_view kind() const = 0;
+  // True when the store is another service (etcd), which may come up after EventBus or be down
+  // for a while: a failed Start is then worth retrying. False for local stores, whose start-up
+  // failures (a corrupt or unwritable file) a retry does not fix.
+  virtual bool remote() const { return false; }
 };
 
 // Opens the store named by `url`:

@@ -8,6 +8,8 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/base/version.h"
+#include "tests/testing/ports.h"
 
 namespace eventbus::client {
 namespace {
@@ -299,6 +301,28 @@ TEST(RunCliTest, HelpExitsZero) {
   std::ostringstream out, err;
   EXPECT_EQ(RunCli({"--help"}, "", out, err), 0);
   EXPECT_THAT(out.str(), HasSubstr("usage: eventbus"));
+}
+
+TEST(RunCliTest, VersionPrintsTheBuildsVersionAndExits0) {
+  std::ostringstream out, err;
+  EXPECT_EQ(RunCli({"--version"}, "", out, err), 0);
+  EXPECT_THAT(out.str(), HasSubstr(absl::StrCat("eventbus ", base::Version())));
+  EXPECT_THAT(out.str(), HasSubstr(absl::StrCat("build: ", base::BuildType())));
+  EXPECT_EQ(err.str(), "");
+}
+
+TEST(RunCliTest, HealthTakesAtMostOneServiceName) {
+  std::ostringstream out, err;
+  EXPECT_EQ(RunCli({"health", "a", "b"}, "127.0.0.1:1", out, err), 2);
+  EXPECT_THAT(err.str(), HasSubstr("health: unexpected argument \"b\""));
+}
+
+TEST(RunCliTest, HealthOfAnUnreachableServerExits2NamingTheCode) {
+  std::ostringstream out, err;
+  const std::string closed = absl::StrCat("127.0.0.1:", testing::ClosedPort());
+  EXPECT_EQ(RunCli({"--timeout_ms", "2000", "health"}, closed, out, err), 2);
+  EXPECT_THAT(err.str(), HasSubstr("eventbus: health: UNAVAILABLE"));
+  EXPECT_EQ(out.str(), "");
 }
 
 }  // namespace

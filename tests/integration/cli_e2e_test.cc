@@ -8,6 +8,8 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -142,6 +144,62 @@ TEST_F(CliE2eTest, SubscriptionsSurviveARestartAndSigtermExitsCleanly) {
   auto [code, out] = Cli({"list", "E_KEEP"});
   ASSERT_EQ(code, 0) << out;
   EXPECT_THAT(out, HasSubstr((*peer)->socket()));
+}
+
+// `eventbus health` as a container HEALTHCHECK uses it: 0 only when SERVING, 1 for another
+// answer, 2 when the server cannot be reached.
+TEST_F(CliE2eTest, HealthExits0WhenServing1ForAnUnknownService2WhenTheServerIsDown) {
+  auto [code, out] = Cli({"health"});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(out, "SERVING\n");
+  std::tie(code, out) = Cli({"health", "eventbus.v1.EventBusService"});
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_EQ(out, "SERVING\n");
+  std::tie(code, out) = Cli({"--timeout_ms", "5000", "health", "no.such.Service"});
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_THAT(out, HasSubstr("SERVICE_UNKNOWN"));
+  // The start-up line names the version.
+  EXPECT_THAT(server_->ReadLog(), HasSubstr("msg=\"eventbusd serving\" version="));
+
+  ASSERT_TRUE(server_->Signal(SIGTERM).ok());
+  auto exit = server_->Wait(absl::Seconds(15));
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  std::tie(code, out) = Cli({"--timeout_ms", "5000", "health"});
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_THAT(out, HasSubstr("eventbus: health: UNAVAILABLE"));
+}
+
+// Runs `argv` to completion; returns its exit code (-1 if it did not exit) and output. `log` is
+// emptied first (the log of a Process is appended to).
+std::pair<int, std::string> RunToExit(std::vector<std::string> argv, const std::string& log) {
+  std::filesystem::remove(log);
+  ProcessOptions options;
+  options.argv = std::move(argv);
+  options.log_path = log;
+  auto process = Process::Start(options);
+  if (!process.ok()) return {-1, std::string(process.status().message())};
+  auto exit = (*process)->Wait(absl::Seconds(10));
+  std::string output = (*process)->ReadLog();
+  if (!exit.ok() || !exit->code.has_value()) return {-1, output};
+  return {*exit->code, output};
+}
+
+TEST(VersionTest, EventbusdAndEventbusPrintVersionAndBuildTypeAndExit0) {
+  for (const char* program : {EVENTBUSD_PATH, EVENTBUS_CLI_PATH}) {
+    std::string name = std::filesystem::path(program).filename().string();
+    auto [code, out] = RunToExit({program, "--version"},
+                                 absl::StrCat(::testing::TempDir(), "/version-", name, ".log"));
+    EXPECT_EQ(code, 0) << out;
+    EXPECT_THAT(out, ::testing::ContainsRegex("^" + name + " [0-9]+\\.[0-9]+\\.[0-9]+"));
+    EXPECT_THAT(out, ::testing::ContainsRegex("build: [A-Za-z]+, "));
+  }
+}
+
+TEST(EventbusdConfigTest, AMalformedStoreUrlFailsAtOnceWithExit2) {
+  auto [code, out] = RunToExit({EVENTBUSD_PATH, "--listen=127.0.0.1:0", "--store=etcd://no-port"},
+                               ::testing::TempDir() + "/eventbusd-badstore.log");
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_THAT(out, HasSubstr("store \"etcd://no-port\": bad endpoint \"no-port\""));
 }
 
 // Runs eventbusd configured by `env` (and `args`) until it answers the CLI, or returns null.

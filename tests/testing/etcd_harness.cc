@@ -178,6 +178,19 @@ absl::StatusOr<std::unique_ptr<EtcdHarness>> EtcdHarness::Start(absl::Duration r
   return last;
 }
 
+absl::StatusOr<std::unique_ptr<EtcdHarness>> EtcdHarness::StartOnPort(
+    uint16_t client_port, absl::Duration ready_timeout) {
+  char dir_template[] = "/tmp/eventbus-etcd-XXXXXX";
+  if (::mkdtemp(dir_template) == nullptr) {
+    return absl::InternalError(absl::StrCat("etcd harness: mkdtemp: ", strerror(errno)));
+  }
+  auto harness =
+      std::unique_ptr<EtcdHarness>(new EtcdHarness(dir_template, client_port, PickUnusedPort()));
+  absl::Status launched = harness->Launch(ready_timeout);
+  if (!launched.ok()) return launched;
+  return harness;
+}
+
 EtcdHarness::~EtcdHarness() {
   if (process_ != nullptr) Kill().IgnoreError();
   std::error_code ignored;

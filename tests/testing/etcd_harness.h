@@ -29,6 +29,10 @@ class EtcdHarness {
   // the tail of etcd's log.
   static absl::StatusOr<std::unique_ptr<EtcdHarness>> Start(
       absl::Duration ready_timeout = absl::Seconds(20));
+  // As Start, with its client port given (a port from PickUnusedPort that a server under test
+  // was pointed at before etcd ran).
+  static absl::StatusOr<std::unique_ptr<EtcdHarness>> StartOnPort(
+      uint16_t client_port, absl::Duration ready_timeout = absl::Seconds(20));
 
   // Stops etcd and removes its data directory.
   ~EtcdHarness();
