@@ -1,10 +1,11 @@
 #include "server/metrics/metrics.h"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
 #include <exception>
-#include <functional>
+#include <limits>
 #include <map>
 #include <utility>
 #include <vector>
@@ -91,13 +92,61 @@ const Histogram::BucketBoundaries& CallBuckets() {
 
 double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
+// A counter bumped on loop threads: one relaxed atomic add (prometheus::Counter runs a
+// compare-and-swap loop on a double), read at scrape time.
+class FastCounter {
+ public:
+  void Add(uint64_t n = 1) { n_.fetch_add(n, std::memory_order_relaxed); }
+  double Value() const { return static_cast<double>(n_.load(std::memory_order_relaxed)); }
+
+ private:
+  std::atomic<uint64_t> n_{0};
+};
+
+// A histogram observed on loop threads without a lock (prometheus::Histogram takes a mutex per
+// observation): one relaxed add per bucket, count and sum.
+class FastHistogram {
+ public:
+  explicit FastHistogram(const Histogram::BucketBoundaries* bounds)
+      : bounds_(bounds), buckets_(bounds->size() + 1) {}
+
+  void Observe(absl::Duration d) {
+    const double seconds = Seconds(d);
+    const size_t i = static_cast<size_t>(
+        std::lower_bound(bounds_->begin(), bounds_->end(), seconds) - bounds_->begin());
+    buckets_[i].fetch_add(1, std::memory_order_relaxed);
+    sum_ns_.fetch_add(absl::ToInt64Nanoseconds(d), std::memory_order_relaxed);
+  }
+
+  // The histogram as a Prometheus sample (cumulative buckets, +Inf last).
+  prometheus::ClientMetric ToMetric() const {
+    prometheus::ClientMetric m;
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < buckets_.size(); ++i) {
+      cumulative += buckets_[i].load(std::memory_order_relaxed);
+      prometheus::ClientMetric::Bucket b;
+      b.cumulative_count = cumulative;
+      b.upper_bound = i < bounds_->size() ? (*bounds_)[i] : std::numeric_limits<double>::infinity();
+      m.histogram.bucket.push_back(b);
+    }
+    m.histogram.sample_count = cumulative;
+    m.histogram.sample_sum = static_cast<double>(sum_ns_.load(std::memory_order_relaxed)) / 1e9;
+    return m;
+  }
+
+ private:
+  const Histogram::BucketBoundaries* bounds_;
+  std::vector<std::atomic<uint64_t>> buckets_;  // bucket i: (bounds[i-1], bounds[i]]
+  std::atomic<int64_t> sum_ns_{0};
+};
+
 // Label values beyond the first `max` distinct ones share one set of children, labelled "other",
-// so that no caller can grow the number of series without bound. Thread-safe.
+// so that no caller can grow the number of series without bound. Children are built from their
+// label value and live as long as this. Thread-safe.
 template <typename Children>
 class Capped {
  public:
-  using Make = std::function<std::unique_ptr<Children>(const std::string& label)>;
-  Capped(size_t max, Make make) : max_(max), make_(std::move(make)) {}
+  explicit Capped(size_t max) : max_(max) {}
 
   // The children of `value`, made on first use: its own while fewer than `max` values have been
   // named, otherwise those of "other".
@@ -107,25 +156,15 @@ class Capped {
     if (it != named_.end()) return it->second.get();
     if (named_.size() < max_) {
       std::string label(value);
-      std::unique_ptr<Children> made = make_(label);
+      auto made = std::make_unique<Children>(label);
       return named_.emplace(std::move(label), std::move(made)).first->second.get();
     }
-    if (other_ == nullptr) other_ = make_(kOther);
+    if (other_ == nullptr) other_ = std::make_unique<Children>(kOther);
     return other_.get();
   }
 
   // The label value `value` is reported under (naming it when there is room).
-  std::string Label(absl::string_view value) {
-    eventbus::MutexLock lock(&mu_);
-    if (named_.contains(value)) return std::string(value);
-    if (named_.size() < max_) {
-      std::string label(value);
-      std::unique_ptr<Children> made = make_(label);
-      named_.emplace(label, std::move(made));
-      return label;
-    }
-    return kOther;
-  }
+  std::string Label(absl::string_view value) { return Get(value)->label; }
 
   // Calls `f` for every set of children ("other" included).
   template <typename F>
@@ -137,7 +176,6 @@ class Capped {
 
  private:
   const size_t max_;
-  const Make make_;
   eventbus::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<Children>> named_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Children> other_ ABSL_GUARDED_BY(mu_);
@@ -146,49 +184,78 @@ class Capped {
 // The counters of one event in one mode: what a Raise looks up once.
 struct ModeScope final : delivery::DeliveryObserver::EventScope {
   bool sync = false;
-  Counter* raises = nullptr;
-  Counter* accepted = nullptr;
-  std::array<Counter*, kNumCodes> completed{};  // kQueued stays null
+  FastCounter raises;
+  FastCounter accepted;
+  std::array<FastCounter, kNumCodes> completed;  // kQueued stays 0
 };
 
 struct EventChildren {
+  explicit EventChildren(std::string l) : label(std::move(l)) { modes[1].sync = true; }
+  const std::string label;
   ModeScope modes[2];  // async, sync
 };
 
 // Per target ("host:port", capped).
 struct TargetChildren {
-  Counter* delivered = nullptr;
-  Counter* failed = nullptr;
-  Counter* expired = nullptr;
-  Counter* connects = nullptr;
-  Counter* reconnects = nullptr;
-  Counter* connect_failures = nullptr;
-  Counter* disconnects = nullptr;
+  explicit TargetChildren(std::string l) : label(std::move(l)) {}
+  const std::string label;
+  FastCounter delivered, failed, expired;
+  FastCounter connects, reconnects, connect_failures, disconnects;
   // Connections lost and not yet re-established: the next connect is a reconnect.
   std::atomic<int64_t> lost{0};
 };
 
 // Per gRPC method ("/package.Service/Method", capped); code counters made on first use.
 struct RpcChildren {
+  explicit RpcChildren(std::string l) : label(std::move(l)) {}
+  const std::string label;
   std::map<std::string, std::string> labels;  // grpc_service, grpc_method
   std::array<std::atomic<Counter*>, kNumGrpcCodes> handled{};
   Histogram* duration = nullptr;
 };
 
-prometheus::MetricFamily GaugeFamily(const std::string& name, const std::string& help) {
-  prometheus::MetricFamily family;
-  family.name = name;
-  family.help = help;
-  family.type = prometheus::MetricType::Gauge;
-  return family;
-}
+using LabelSet = std::vector<std::pair<std::string, std::string>>;
 
-void AddGauge(prometheus::MetricFamily* family,
-              std::vector<std::pair<std::string, std::string>> labels, double value) {
-  prometheus::ClientMetric metric;
-  for (auto& [name, label_value] : labels) metric.label.push_back({name, label_value});
-  metric.gauge.value = value;
-  family->metric.push_back(std::move(metric));
+// Builds one family from samples added in any order; samples with the same labels add up (an
+// event literally named "other" and the "other" bucket become one series).
+class FamilyBuilder {
+ public:
+  FamilyBuilder(std::string name, std::string help, prometheus::MetricType type)
+      : name_(std::move(name)), help_(std::move(help)), type_(type) {}
+
+  void Add(LabelSet labels, double value) { values_[std::move(labels)] += value; }
+
+  // Appends the family to `out` unless it has no sample.
+  void AppendTo(std::vector<prometheus::MetricFamily>* out) const {
+    if (values_.empty()) return;
+    prometheus::MetricFamily family;
+    family.name = name_;
+    family.help = help_;
+    family.type = type_;
+    for (const auto& [labels, value] : values_) {
+      prometheus::ClientMetric metric;
+      for (const auto& [n, v] : labels) metric.label.push_back({n, v});
+      if (type_ == prometheus::MetricType::Counter) {
+        metric.counter.value = value;
+      } else {
+        metric.gauge.value = value;
+      }
+      family.metric.push_back(std::move(metric));
+    }
+    out->push_back(std::move(family));
+  }
+
+ private:
+  std::string name_, help_;
+  prometheus::MetricType type_;
+  std::map<LabelSet, double> values_;
+};
+
+FamilyBuilder Gauge(std::string name, std::string help) {
+  return FamilyBuilder(std::move(name), std::move(help), prometheus::MetricType::Gauge);
+}
+FamilyBuilder CounterFamily(std::string name, std::string help) {
+  return FamilyBuilder(std::move(name), std::move(help), prometheus::MetricType::Counter);
 }
 
 }  // namespace
@@ -196,7 +263,7 @@ void AddGauge(prometheus::MetricFamily* family,
 struct Metrics::Impl {
   explicit Impl(MetricsOptions options);
 
-  // The gauges read at scrape time.
+  // The hot-path counters and the gauges, read at scrape time.
   class Collector final : public prometheus::Collectable {
    public:
     explicit Collector(Impl* impl) : impl_(impl) {}
@@ -207,35 +274,30 @@ struct Metrics::Impl {
   };
 
   std::vector<prometheus::MetricFamily> Collect();
+  void CollectDeliveries(std::vector<prometheus::MetricFamily>* out);
+  void CollectTargets(std::vector<prometheus::MetricFamily>* out);
+  // The children of gRPC method `method` ("/package.Service/Method"), set up on first use.
+  RpcChildren* Rpc(absl::string_view method);
   void RecordRpc(RpcChildren* rpc, int code, absl::Duration duration);
   void RecordStore(const char* operation, const absl::Status& status, absl::Duration duration);
 
   const MetricsOptions options;
+  // gRPC calls and store operations (a few per call: prometheus-cpp's own metric types).
   std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
   std::shared_ptr<Collector> collector = std::make_shared<Collector>(this);
-
-  prometheus::Family<Counter>& raises;
-  prometheus::Family<Counter>& accepted;
-  prometheus::Family<Counter>& completed;
-  prometheus::Family<Histogram>& delivery_duration;
-  // [sync][delivered]
-  Histogram* delivery_histograms[2][2];
-
-  prometheus::Family<Counter>& target_messages;
-  prometheus::Family<Counter>& target_connects;
-  prometheus::Family<Counter>& target_reconnects;
-  prometheus::Family<Counter>& target_connect_failures;
-  prometheus::Family<Counter>& target_disconnects;
-
   prometheus::Family<Counter>& rpc_handled;
   prometheus::Family<Histogram>& rpc_duration;
-
   prometheus::Family<Counter>& store_operations;
   prometheus::Family<Histogram>& store_duration;
 
+  // Per delivery and per target message (loop threads): lock-free, collected by `collector`.
   Capped<EventChildren> events;
   Capped<TargetChildren> targets;
   Capped<RpcChildren> rpcs;
+  // [sync][delivered]
+  std::unique_ptr<FastHistogram> delivery_histograms[2][2];
+  // Serialises the first-use set-up of an RpcChildren (its labels and histogram).
+  eventbus::Mutex rpc_setup_mu;
 
   eventbus::Mutex sources_mu;
   const net::WriterPool* pool ABSL_GUARDED_BY(sources_mu) = nullptr;
@@ -248,47 +310,6 @@ struct Metrics::Impl {
 
 Metrics::Impl::Impl(MetricsOptions opts)
     : options(opts),
-      raises(prometheus::BuildCounter()
-                 .Name("eventbus_raises_total")
-                 .Help("Raise calls that fanned out (zero subscribers included), by event and mode")
-                 .Register(*registry)),
-      accepted(prometheus::BuildCounter()
-                   .Name("eventbus_deliveries_accepted_total")
-                   .Help("Deliveries a Raise took on: one per live subscription it went to")
-                   .Register(*registry)),
-      completed(
-          prometheus::BuildCounter()
-              .Name("eventbus_deliveries_completed_total")
-              .Help("Deliveries with a final outcome, by event, mode and status (async OK: "
-                    "written; async TIMEOUT/CONNECT_FAILED/RESOLVE_FAILED: expired unwritten)")
-              .Register(*registry)),
-      delivery_duration(prometheus::BuildHistogram()
-                            .Name("eventbus_delivery_duration_seconds")
-                            .Help("Time from a Raise to each delivery's final outcome, by mode "
-                                  "and result (delivered = OK)")
-                            .Register(*registry)),
-      target_messages(prometheus::BuildCounter()
-                          .Name("eventbus_target_messages_total")
-                          .Help("Messages completed per target: delivered (written notifications, "
-                                "OK replies), expired (deadline before completely written), failed "
-                                "(everything else, RPC_ERROR included)")
-                          .Register(*registry)),
-      target_connects(prometheus::BuildCounter()
-                          .Name("eventbus_target_connects_total")
-                          .Help("Connections established to a target")
-                          .Register(*registry)),
-      target_reconnects(prometheus::BuildCounter()
-                            .Name("eventbus_target_reconnects_total")
-                            .Help("Connections re-established to a target after one was lost")
-                            .Register(*registry)),
-      target_connect_failures(prometheus::BuildCounter()
-                                  .Name("eventbus_target_connect_failures_total")
-                                  .Help("Connect or resolve attempts to a target that failed")
-                                  .Register(*registry)),
-      target_disconnects(prometheus::BuildCounter()
-                             .Name("eventbus_target_disconnects_total")
-                             .Help("Established connections to a target that were lost")
-                             .Register(*registry)),
       rpc_handled(prometheus::BuildCounter()
                       .Name("eventbus_grpc_server_handled_total")
                       .Help("gRPC calls completed, by service, method and status code")
@@ -305,58 +326,13 @@ Metrics::Impl::Impl(MetricsOptions opts)
                          .Name("eventbus_store_operation_duration_seconds")
                          .Help("Subscription store operation latency, by operation")
                          .Register(*registry)),
-      events(opts.max_events,
-             [this](const std::string& event) {
-               auto children = std::make_unique<EventChildren>();
-               for (bool sync : {false, true}) {
-                 ModeScope& m = children->modes[sync];
-                 const std::string mode = sync ? "sync" : "async";
-                 m.sync = sync;
-                 m.raises = &raises.Add({{"event", event}, {"mode", mode}});
-                 m.accepted = &accepted.Add({{"event", event}, {"mode", mode}});
-                 for (DeliveryCode code : kFinalCodes) {
-                   m.completed[static_cast<size_t>(code)] =
-                       &completed.Add({{"event", event},
-                                       {"mode", mode},
-                                       {"status", std::string(net::DeliveryCodeName(code))}});
-                 }
-               }
-               return children;
-             }),
-      targets(
-          opts.max_targets,
-          [this](const std::string& target) {
-            auto children = std::make_unique<TargetChildren>();
-            children->delivered =
-                &target_messages.Add({{"target", target}, {"result", "delivered"}});
-            children->failed = &target_messages.Add({{"target", target}, {"result", "failed"}});
-            children->expired = &target_messages.Add({{"target", target}, {"result", "expired"}});
-            children->connects = &target_connects.Add({{"target", target}});
-            children->reconnects = &target_reconnects.Add({{"target", target}});
-            children->connect_failures = &target_connect_failures.Add({{"target", target}});
-            children->disconnects = &target_disconnects.Add({{"target", target}});
-            return children;
-          }),
+      events(opts.max_events),
+      targets(opts.max_targets),
       // A server has a handful of methods; the cap only matters if a client could name more.
-      rpcs(64, [this](const std::string& method) {
-        auto children = std::make_unique<RpcChildren>();
-        // "/eventbus.v1.EventBusService/Raise" -> service and method.
-        absl::string_view full = method;
-        if (absl::ConsumePrefix(&full, "/") && full.find('/') != absl::string_view::npos) {
-          size_t slash = full.find('/');
-          children->labels = {{"grpc_service", std::string(full.substr(0, slash))},
-                              {"grpc_method", std::string(full.substr(slash + 1))}};
-        } else {
-          children->labels = {{"grpc_service", kOther}, {"grpc_method", std::string(full)}};
-        }
-        children->duration = &rpc_duration.Add(children->labels, CallBuckets());
-        return children;
-      }) {
+      rpcs(64) {
   for (bool sync : {false, true}) {
     for (bool delivered : {false, true}) {
-      delivery_histograms[sync][delivered] = &delivery_duration.Add(
-          {{"mode", sync ? "sync" : "async"}, {"result", delivered ? "delivered" : "failed"}},
-          DeliveryBuckets());
+      delivery_histograms[sync][delivered] = std::make_unique<FastHistogram>(&DeliveryBuckets());
     }
   }
   for (const char* op : {"start", "put", "delete"}) {
@@ -365,6 +341,23 @@ Metrics::Impl::Impl(MetricsOptions opts)
       store_operations.Add({{"operation", op}, {"result", result}});
     }
   }
+}
+
+RpcChildren* Metrics::Impl::Rpc(absl::string_view method) {
+  RpcChildren* rpc = rpcs.Get(method);
+  eventbus::MutexLock lock(&rpc_setup_mu);
+  if (rpc->duration == nullptr) {
+    absl::string_view full = rpc->label;
+    if (absl::ConsumePrefix(&full, "/") && full.find('/') != absl::string_view::npos) {
+      const size_t slash = full.find('/');
+      rpc->labels = {{"grpc_service", std::string(full.substr(0, slash))},
+                     {"grpc_method", std::string(full.substr(slash + 1))}};
+    } else {
+      rpc->labels = {{"grpc_service", kOther}, {"grpc_method", std::string(full)}};
+    }
+    rpc->duration = &rpc_duration.Add(rpc->labels, CallBuckets());
+  }
+  return rpc;
 }
 
 void Metrics::Impl::RecordRpc(RpcChildren* rpc, int code, absl::Duration duration) {
@@ -388,74 +381,149 @@ void Metrics::Impl::RecordStore(const char* operation, const absl::Status& statu
   store_duration.Add({{"operation", operation}}, CallBuckets()).Observe(Seconds(duration));
 }
 
-std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() {
-  std::vector<prometheus::MetricFamily> out;
-
+void Metrics::Impl::CollectDeliveries(std::vector<prometheus::MetricFamily>* out) {
+  FamilyBuilder raises =
+      CounterFamily("eventbus_raises_total",
+                    "Raise calls that fanned out (zero subscribers included), by event "
+                    "and mode");
+  FamilyBuilder accepted =
+      CounterFamily("eventbus_deliveries_accepted_total",
+                    "Deliveries a Raise took on: one per live subscription it went to");
+  FamilyBuilder completed = CounterFamily(
+      "eventbus_deliveries_completed_total",
+      "Deliveries with a final outcome, by event, mode and status (async OK: written; async "
+      "TIMEOUT/CONNECT_FAILED/RESOLVE_FAILED: expired unwritten)");
   // In flight = accepted - completed. Completions are read first: each was accepted before it
   // completed, so a Raise running meanwhile can only make the figure high, never negative.
   double completed_sum = 0, accepted_sum = 0;
   events.ForEach([&](EventChildren& e) {
     for (const ModeScope& m : e.modes) {
-      for (Counter* c : m.completed) {
-        if (c != nullptr) completed_sum += c->Value();
+      const std::string mode = m.sync ? "sync" : "async";
+      for (DeliveryCode code : kFinalCodes) {
+        const double n = m.completed[static_cast<size_t>(code)].Value();
+        completed_sum += n;
+        completed.Add({{"event", e.label},
+                       {"mode", mode},
+                       {"status", std::string(net::DeliveryCodeName(code))}},
+                      n);
       }
     }
   });
   events.ForEach([&](EventChildren& e) {
-    for (const ModeScope& m : e.modes) accepted_sum += m.accepted->Value();
+    for (const ModeScope& m : e.modes) {
+      const std::string mode = m.sync ? "sync" : "async";
+      accepted_sum += m.accepted.Value();
+      accepted.Add({{"event", e.label}, {"mode", mode}}, m.accepted.Value());
+      raises.Add({{"event", e.label}, {"mode", mode}}, m.raises.Value());
+    }
   });
-  out.push_back(GaugeFamily("eventbus_deliveries_in_flight",
-                            "Deliveries accepted without a final outcome yet (queued, being "
-                            "written or awaiting a reply)"));
-  AddGauge(&out.back(), {}, std::max(0.0, accepted_sum - completed_sum));
+  raises.AppendTo(out);
+  accepted.AppendTo(out);
+  completed.AppendTo(out);
+  FamilyBuilder in_flight = Gauge("eventbus_deliveries_in_flight",
+                                  "Deliveries accepted without a final outcome yet (queued, being "
+                                  "written or awaiting a reply)");
+  in_flight.Add({}, std::max(0.0, accepted_sum - completed_sum));
+  in_flight.AppendTo(out);
+
+  prometheus::MetricFamily duration;
+  duration.name = "eventbus_delivery_duration_seconds";
+  duration.help =
+      "Time from a Raise to each delivery's final outcome, by mode and result "
+      "(delivered = OK)";
+  duration.type = prometheus::MetricType::Histogram;
+  for (bool sync : {false, true}) {
+    for (bool delivered : {false, true}) {
+      prometheus::ClientMetric m = delivery_histograms[sync][delivered]->ToMetric();
+      m.label = {{"mode", sync ? "sync" : "async"}, {"result", delivered ? "delivered" : "failed"}};
+      duration.metric.push_back(std::move(m));
+    }
+  }
+  out->push_back(std::move(duration));
+}
+
+void Metrics::Impl::CollectTargets(std::vector<prometheus::MetricFamily>* out) {
+  FamilyBuilder messages = CounterFamily(
+      "eventbus_target_messages_total",
+      "Messages completed per target: delivered (written notifications, OK replies), expired "
+      "(deadline before completely written), failed (everything else, RPC_ERROR included)");
+  FamilyBuilder connects =
+      CounterFamily("eventbus_target_connects_total", "Connections established to a target");
+  FamilyBuilder reconnects =
+      CounterFamily("eventbus_target_reconnects_total",
+                    "Connections re-established to a target after one was lost");
+  FamilyBuilder connect_failures =
+      CounterFamily("eventbus_target_connect_failures_total",
+                    "Connect or resolve attempts to a target that failed");
+  FamilyBuilder disconnects = CounterFamily("eventbus_target_disconnects_total",
+                                            "Established connections to a target that were lost");
+  targets.ForEach([&](TargetChildren& t) {
+    messages.Add({{"result", "delivered"}, {"target", t.label}}, t.delivered.Value());
+    messages.Add({{"result", "expired"}, {"target", t.label}}, t.expired.Value());
+    messages.Add({{"result", "failed"}, {"target", t.label}}, t.failed.Value());
+    connects.Add({{"target", t.label}}, t.connects.Value());
+    reconnects.Add({{"target", t.label}}, t.reconnects.Value());
+    connect_failures.Add({{"target", t.label}}, t.connect_failures.Value());
+    disconnects.Add({{"target", t.label}}, t.disconnects.Value());
+  });
+  for (const FamilyBuilder* f :
+       {&messages, &connects, &reconnects, &connect_failures, &disconnects}) {
+    f->AppendTo(out);
+  }
+}
+
+std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() {
+  std::vector<prometheus::MetricFamily> out;
+  CollectDeliveries(&out);
 
   eventbus::MutexLock lock(&sources_mu);
   if (pool != nullptr) {
-    std::vector<net::TargetStats> stats = pool->AllStats();
-    std::map<std::string, double> queued_by_target;
-    std::map<net::ConnState, double> by_state;
+    // Before CollectTargets, so that the targets named here have their counters listed too.
+    FamilyBuilder queued_by_target = Gauge("eventbus_target_queued_messages",
+                                           "Messages queued for a target, not yet completely "
+                                           "written");
+    FamilyBuilder by_state = Gauge("eventbus_target_connections",
+                                   "Target connections by state (idle, resolving, connecting, "
+                                   "connected, backoff)");
     for (net::ConnState s :
          {net::ConnState::kIdle, net::ConnState::kResolving, net::ConnState::kConnecting,
           net::ConnState::kConnected, net::ConnState::kBackoff}) {
-      by_state[s] = 0;
+      by_state.Add({{"state", absl::AsciiStrToLower(net::ConnStateName(s))}}, 0);
     }
     double queued = 0, outstanding = 0;
-    for (const net::TargetStats& t : stats) {
-      queued_by_target[targets.Label(t.key)] += t.queued_messages;
+    for (const net::TargetStats& t : pool->AllStats()) {
+      queued_by_target.Add({{"target", targets.Label(t.key)}}, t.queued_messages);
       queued += t.queued_messages;
       outstanding += t.outstanding_requests;
-      by_state[t.state] += 1;
+      by_state.Add({{"state", absl::AsciiStrToLower(net::ConnStateName(t.state))}}, 1);
     }
-    out.push_back(GaugeFamily("eventbus_target_queued_messages",
-                              "Messages queued for a target, not yet completely written"));
-    for (const auto& [target, n] : queued_by_target) AddGauge(&out.back(), {{"target", target}}, n);
-    out.push_back(GaugeFamily("eventbus_queued_messages",
-                              "Messages queued for all targets, not yet completely written"));
-    AddGauge(&out.back(), {}, queued);
-    out.push_back(GaugeFamily("eventbus_outstanding_requests",
-                              "Sync requests written and awaiting their reply, all targets"));
-    AddGauge(&out.back(), {}, outstanding);
-    out.push_back(GaugeFamily("eventbus_target_connections",
-                              "Target connections by state (idle, resolving, connecting, "
-                              "connected, backoff)"));
-    for (const auto& [state, n] : by_state) {
-      AddGauge(&out.back(), {{"state", absl::AsciiStrToLower(net::ConnStateName(state))}}, n);
-    }
+    queued_by_target.AppendTo(&out);
+    FamilyBuilder total = Gauge("eventbus_queued_messages",
+                                "Messages queued for all targets, not yet completely written");
+    total.Add({}, queued);
+    total.AppendTo(&out);
+    FamilyBuilder awaiting = Gauge("eventbus_outstanding_requests",
+                                   "Sync requests written and awaiting their reply, all targets");
+    awaiting.Add({}, outstanding);
+    awaiting.AppendTo(&out);
+    by_state.AppendTo(&out);
   }
+  CollectTargets(&out);
   if (subscriptions != nullptr) {
-    std::map<std::string, double> by_event;
+    FamilyBuilder total = Gauge("eventbus_subscriptions", "Subscriptions in the registry");
+    total.Add({}, static_cast<double>(subscriptions->size()));
+    total.AppendTo(&out);
+    FamilyBuilder by_event = Gauge("eventbus_event_subscriptions", "Subscriptions per event");
     for (const registry::EventCount& e : subscriptions->Events()) {
-      by_event[events.Label(e.event)] += static_cast<double>(e.subscribers);
+      by_event.Add({{"event", events.Label(e.event)}}, static_cast<double>(e.subscribers));
     }
-    out.push_back(GaugeFamily("eventbus_subscriptions", "Subscriptions in the registry"));
-    AddGauge(&out.back(), {}, static_cast<double>(subscriptions->size()));
-    out.push_back(GaugeFamily("eventbus_event_subscriptions", "Subscriptions per event"));
-    for (const auto& [event, n] : by_event) AddGauge(&out.back(), {{"event", event}}, n);
+    by_event.AppendTo(&out);
   }
   if (store != nullptr) {
-    out.push_back(GaugeFamily("eventbus_store_healthy",
-                              "1 while the subscription store is reachable, else 0"));
-    AddGauge(&out.back(), {{"store", std::string(store->kind())}}, store->healthy() ? 1 : 0);
+    FamilyBuilder healthy =
+        Gauge("eventbus_store_healthy", "1 while the subscription store is reachable, else 0");
+    healthy.Add({{"store", std::string(store->kind())}}, store->healthy() ? 1 : 0);
+    healthy.AppendTo(&out);
   }
   return out;
 }
@@ -489,7 +557,7 @@ class RpcInterceptorFactory final : public grpc::experimental::ServerInterceptor
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
     const char* method = info->method();
-    return new RpcInterceptor(impl_, impl_->rpcs.Get(method == nullptr ? "" : method));
+    return new RpcInterceptor(impl_, impl_->Rpc(method == nullptr ? "" : method));
   }
 
  private:
@@ -592,11 +660,11 @@ void Metrics::OnComplete(const std::string& target_key, const net::Outcome& outc
   TargetChildren* t = impl_->targets.Get(target_key);
   // The same split as the ListSubscriptions counters (net/connection.cc): RPC_ERROR is a failure.
   if (outcome.code == DeliveryCode::kOk) {
-    t->delivered->Increment();
+    t->delivered.Add();
   } else if (expired) {
-    t->expired->Increment();
+    t->expired.Add();
   } else {
-    t->failed->Increment();
+    t->failed.Add();
   }
 }
 
@@ -604,34 +672,32 @@ void Metrics::OnStateChange(const std::string& target_key, net::ConnState from, 
                             absl::string_view detail) {
   TargetChildren* t = impl_->targets.Get(target_key);
   if (to == net::ConnState::kConnected) {
-    t->connects->Increment();
+    t->connects.Add();
     // A connection closed for idleness goes away without a state change, so only a loss
     // (connected -> anything else) makes the next connect a reconnect.
     int64_t lost = t->lost.load(std::memory_order_relaxed);
     while (lost > 0 && !t->lost.compare_exchange_weak(lost, lost - 1)) {
     }
-    if (lost > 0) t->reconnects->Increment();
+    if (lost > 0) t->reconnects.Add();
   } else if (from == net::ConnState::kConnected) {
-    t->disconnects->Increment();
+    t->disconnects.Add();
     t->lost.fetch_add(1, std::memory_order_relaxed);
   }
-  if (to == net::ConnState::kBackoff) t->connect_failures->Increment();
+  if (to == net::ConnState::kBackoff) t->connect_failures.Add();
 }
 
 delivery::DeliveryObserver::EventScope* Metrics::OnRaise(const std::string& event, bool sync,
                                                          size_t deliveries) {
   ModeScope* scope = &impl_->events.Get(event)->modes[sync];
-  scope->raises->Increment();
-  if (deliveries > 0) scope->accepted->Increment(static_cast<double>(deliveries));
+  scope->raises.Add();
+  scope->accepted.Add(deliveries);
   return scope;
 }
 
 void Metrics::OnOutcome(EventScope* scope, DeliveryCode code, absl::Duration latency) {
   auto* s = static_cast<ModeScope*>(scope);
-  Counter* counter = s->completed[static_cast<size_t>(code)];
-  if (counter == nullptr) counter = s->completed[static_cast<size_t>(DeliveryCode::kTimeout)];
-  counter->Increment();
-  impl_->delivery_histograms[s->sync][code == DeliveryCode::kOk]->Observe(Seconds(latency));
+  s->completed[static_cast<size_t>(code)].Add();
+  impl_->delivery_histograms[s->sync][code == DeliveryCode::kOk]->Observe(latency);
 }
 
 }  // namespace eventbus::metrics
