@@ -369,6 +369,11 @@ TEST_F(MetricsE2eTest, CountersAddUpAfterAMixedRunAndPromtoolAcceptsTheScrape) {
   EXPECT_EQ(scrape.Sum("eventbus_subscriptions"), 4);
   EXPECT_EQ(scrape.Sum("eventbus_event_subscriptions", {event}), 4);
   EXPECT_EQ(scrape.Sum("eventbus_store_healthy", {"store=\"memory\""}), 1);
+  // One store write per Subscribe, each timed.
+  EXPECT_EQ(scrape.Sum("eventbus_store_operations_total", {"operation=\"put\"", "result=\"ok\""}),
+            4);
+  EXPECT_EQ(scrape.Sum("eventbus_store_operation_duration_seconds_count", {"operation=\"put\""}),
+            4);
   EXPECT_GE(scrape.Sum("eventbus_target_connections", {"state=\"connected\""}), 2);
 
   // gRPC calls by method and code, the raw Raise method included.
