@@ -11,6 +11,7 @@ FROM ${BASE}
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       libgrpc++1.51 libprotobuf32 libsqlite3-0 libsimdjson14 libabsl20220623 ca-certificates \
+      libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /build/server/service/eventbusd /build/client/eventbus /usr/local/bin/
 # eventbusd handles SIGTERM itself (it may be PID 1): stop accepting, drain, exit.

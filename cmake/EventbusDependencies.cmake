@@ -3,6 +3,9 @@ find_package(Threads REQUIRED)
 find_package(Protobuf REQUIRED)          # FindProtobuf module: Debian ships no CMake config
 find_package(gRPC CONFIG REQUIRED)       # gRPC::grpc++, gRPC::grpc++_reflection, gRPC::grpc_cpp_plugin
 find_package(absl CONFIG REQUIRED)
+# prometheus-cpp::pull (Exposer) and ::core; only server/metrics links it. No version is named:
+# whatever prometheus-cpp the distribution ships is used.
+find_package(prometheus-cpp CONFIG REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(SIMDJSON REQUIRED IMPORTED_TARGET simdjson)
 pkg_check_modules(SQLITE3 REQUIRED IMPORTED_TARGET sqlite3)

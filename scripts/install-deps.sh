@@ -8,11 +8,13 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git clang-format
   # libraries
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
-  libabsl-dev libsimdjson-dev libsqlite3-dev
+  libabsl-dev libsimdjson-dev libsqlite3-dev prometheus-cpp-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # real components used by the integration tests (prlimit: util-linux)
   etcd-server etcd-client sqlite3 util-linux
+  # promtool (checks a live /metrics scrape)
+  prometheus
   # fuzzing (libFuzzer, FuzzedDataProvider.h) and the sanitizer builds (clang, llvm-symbolizer)
   clang libclang-rt-14-dev llvm
 )

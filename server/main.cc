@@ -75,6 +75,14 @@ ABSL_FLAG(int64_t, client_keepalive_time_ms, 60000,
           "A gRPC client connection quiet for this long is pinged");
 ABSL_FLAG(int64_t, client_keepalive_timeout_ms, 20000,
           "A gRPC client connection whose ping is not answered this soon is closed");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "HOST:PORT (numeric host, e.g. 127.0.0.1:9464) serving Prometheus metrics at /metrics; "
+          "\"\" = off");
+ABSL_FLAG(int64_t, metrics_max_events, 100,
+          "Distinct event names given their own metric label; later ones share event=\"other\"");
+ABSL_FLAG(int64_t, metrics_max_targets, 100,
+          "Distinct targets (host:port) given their own metric label; later ones share "
+          "target=\"other\"");
 ABSL_FLAG(std::string, log_level, "info", "Lowest log level written: debug, info, warning, error");
 
 namespace {
@@ -175,6 +183,11 @@ eventbus::service::ServerConfig ConfigFromFlags(const eventbus::net::FdBudget& f
   config.client_keepalive_time = absl::Milliseconds(absl::GetFlag(FLAGS_client_keepalive_time_ms));
   config.client_keepalive_timeout =
       absl::Milliseconds(absl::GetFlag(FLAGS_client_keepalive_timeout_ms));
+  config.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  config.metrics.max_events =
+      NonNegative("metrics_max_events", absl::GetFlag(FLAGS_metrics_max_events));
+  config.metrics.max_targets =
+      NonNegative("metrics_max_targets", absl::GetFlag(FLAGS_metrics_max_targets));
   return config;
 }
 

@@ -51,6 +51,27 @@ bool MemberFailed(const Outcome& o) {
          o.code != DeliveryCode::kQueued;
 }
 
+// The report of a PARALLEL group from its members' attempts: OK when every member is (async: or
+// still QUEUED), otherwise the first failure, its detail saying how many failed.
+DeliveryReport ParallelReport(std::vector<Attempt> attempts, absl::Duration latency) {
+  DeliveryReport r;
+  r.latency = latency;
+  r.attempts = std::move(attempts);
+  size_t failed = 0;
+  for (const Attempt& a : r.attempts) {
+    if (a.outcome.code == DeliveryCode::kOk || a.outcome.code == DeliveryCode::kQueued) continue;
+    if (failed++ == 0) r.outcome = a.outcome;
+  }
+  if (failed == 0) {
+    r.outcome = r.attempts.front().outcome;
+    r.outcome.result.clear();
+  } else {
+    r.outcome.detail = absl::StrCat(failed, " of ", r.attempts.size(),
+                                    " members failed; first: ", r.outcome.detail);
+  }
+  return r;
+}
+
 }  // namespace
 
 // The reports of one Raise. Callbacks arrive on loop threads; the mutex is per Raise, so it is
@@ -69,6 +90,15 @@ struct Dispatcher::RaiseState {
   // Cancel() can find them.
   std::shared_ptr<net::CancelToken> token;
   std::vector<std::string> keys;
+  // Told of each slot's final outcome, exactly once per slot (null: nobody).
+  DeliveryObserver* observer = nullptr;
+  DeliveryObserver::EventScope* scope = nullptr;
+
+  // Tells the observer that a slot ended with `code` at `at`. Callers make sure each slot is told
+  // once, before its report completes the Raise (so a caller that got the answer sees it counted).
+  void Observe(DeliveryCode code, absl::Time at) {
+    if (observer != nullptr) observer->OnOutcome(scope, code, at - start);
+  }
 
   // Records that a request goes to `key`, unless the Raise was cancelled (false then).
   bool AddKey(std::string key) {
@@ -158,6 +188,10 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
   for (const registry::SubscriptionPtr& sub : *subscribers) {
     if (sub->LiveAt(now)) live.push_back(sub);
   }
+  DeliveryObserver::EventScope* scope = nullptr;
+  if (options_.observer != nullptr) {
+    scope = options_.observer->OnRaise(event, options.sync, live.size());
+  }
   if (live.empty()) {
     done({});
     return RaiseHandle();
@@ -165,6 +199,8 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
 
   auto state = std::make_shared<RaiseState>();
   state->sync = options.sync;
+  state->observer = options_.observer;
+  state->scope = scope;
   // Async answers once everything is queued: what was acknowledged is never abandoned.
   if (options.sync) state->token = std::make_shared<net::CancelToken>();
   RaiseHandle handle;
@@ -202,6 +238,8 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
       req.cancel = state->token;
       if (state->token != nullptr) state->keys.push_back(req.target.Key());
       req.done = [state, i, sync = options.sync, clock = clock_](Outcome o) {
+        // Runs exactly once: this is the slot's final outcome.
+        if (state->observer != nullptr) state->Observe(o.code, clock->Now());
         // Async: a written notification is what QUEUED promised; only failures are news.
         if (!sync && Delivered(o)) return;
         DeliveryReport r;
@@ -235,34 +273,29 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
         req.cancel = state->token;
         if (state->token != nullptr) state->keys.push_back(req.target.Key());
         req.done = [state, i, m, par, sync = options.sync, clock = clock_](Outcome o) {
-          if (!sync && Delivered(o)) return;
+          const absl::Time at = clock->Now();
+          const bool delivered = Delivered(o);
           std::vector<Attempt> attempts;
+          bool last;
           {
             std::lock_guard<std::mutex> lock(par->mu);
-            par->attempts[m].outcome = std::move(o);
-            par->attempts[m].latency = clock->Now() - state->start;
-            if (sync && --par->left > 0) return;
+            // Counted in async mode too: the group's outcome is known once every member's is.
+            last = --par->left == 0;
+            // Async: a written member stays QUEUED in the answer; only failures are news.
+            if (sync || !delivered) {
+              par->attempts[m].outcome = std::move(o);
+              par->attempts[m].latency = at - state->start;
+            }
+            if (!last && (sync || delivered)) return;
             attempts = par->attempts;
           }
-          DeliveryReport r;
-          r.latency = clock->Now() - state->start;
-          r.attempts = std::move(attempts);
-          // The group is OK when every member is; otherwise it carries the first failure.
-          size_t failed = 0;
-          for (const Attempt& a : r.attempts) {
-            if (a.outcome.code == DeliveryCode::kOk || a.outcome.code == DeliveryCode::kQueued) {
-              continue;
-            }
-            if (failed++ == 0) r.outcome = a.outcome;
+          DeliveryReport r = ParallelReport(std::move(attempts), at - state->start);
+          if (last) {
+            // Async: members still shown QUEUED were written.
+            state->Observe(
+                r.outcome.code == DeliveryCode::kQueued ? DeliveryCode::kOk : r.outcome.code, at);
           }
-          if (failed == 0) {
-            r.outcome = r.attempts.front().outcome;
-            r.outcome.result.clear();
-          } else {
-            r.outcome.detail = absl::StrCat(failed, " of ", r.attempts.size(),
-                                            " members failed; first: ", r.outcome.detail);
-          }
-          state->Complete(i, std::move(r));
+          if (sync || !delivered) state->Complete(i, std::move(r));
         };
         batch.push_back(std::move(req));
       }
@@ -393,6 +426,7 @@ void Dispatcher::NextGroupAttempt(std::shared_ptr<GroupRun> run,
       r.outcome.detail =
           absl::StrCat("all ", run->attempts.size(), " attempts failed; last: ", r.outcome.detail);
     }
+    state.Observe(r.outcome.code, now);
     state.Complete(run->slot, std::move(r));
     if (enqueued) enqueued();
     return;
@@ -433,6 +467,7 @@ void Dispatcher::NextGroupAttempt(std::shared_ptr<GroupRun> run,
       failed_at_.erase(member_text);
     }
     run->attempts.push_back({member_text, o, at - started});
+    if (Delivered(o) || cancelled) state.Observe(o.code, at);
     if (Delivered(o)) {
       DeliveryReport r;
       r.latency = at - state.start;

@@ -15,6 +15,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/time/time.h"
 #include "server/base/clock.h"
+#include "server/delivery/delivery_observer.h"
 #include "server/jsonrpc/encoder.h"
 #include "server/net/outcome.h"
 #include "server/net/writer_pool.h"
@@ -50,6 +51,9 @@ struct DispatcherOptions {
   std::string event_param;
   // FAILOVER skips a member that failed for this long, unless all others failed too.
   absl::Duration failover_timeout = absl::Seconds(30);
+  // Told of every Raise and of each delivery's final outcome (delivery_observer.h); not owned,
+  // must outlive the dispatcher. Null: nobody is told.
+  DeliveryObserver* observer = nullptr;
 };
 
 // Thread-safe.

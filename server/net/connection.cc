@@ -283,7 +283,8 @@ uint32_t Connection::AllocateId() {
 
 void Connection::Complete(Message& message, Outcome outcome) {
   if (message.cancel_id != 0) UnindexCancellable(message);
-  if (outcome.code == DeliveryCode::kOk || outcome.code == DeliveryCode::kRpcError) {
+  // An RPC_ERROR reply is a failed delivery, though the target answered (issue 8).
+  if (outcome.code == DeliveryCode::kOk) {
     counters_->delivered.fetch_add(1, std::memory_order_relaxed);
   } else if (message.expired) {
     counters_->expired.fetch_add(1, std::memory_order_relaxed);

@@ -111,8 +111,8 @@ struct TargetStats {
   ConnState state = ConnState::kIdle;
   uint32_t queued_messages = 0;
   uint32_t outstanding_requests = 0;
-  uint64_t delivered = 0;  // notifications written + replies received
-  uint64_t failed = 0;     // every other outcome, except:
+  uint64_t delivered = 0;  // notifications written + result (OK) replies received
+  uint64_t failed = 0;     // every other outcome (RPC_ERROR replies included), except:
   uint64_t expired = 0;    // messages whose deadline came before they were completely written
   uint64_t reconnects = 0;
   uint64_t unmatched_replies = 0;   // unknown id or no id: counted and ignored

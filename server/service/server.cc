@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <limits>
 #include <utility>
+#include <vector>
 
 #include "absl/memory/memory.h"
 #include "absl/status/status.h"
@@ -104,14 +105,30 @@ std::string DialAddress(const std::string& listen, int port) {
 
 EventBusServer::EventBusServer(const ServerConfig& config) : config_(config) {}
 
-EventBusServer::~EventBusServer() { Shutdown(absl::ZeroDuration()); }
+EventBusServer::~EventBusServer() {
+  Shutdown(absl::ZeroDuration());
+  // Scrapes go on until metrics_ is destroyed, after what they read.
+  if (metrics_ != nullptr) metrics_->Detach();
+}
 
 absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const ServerConfig& config) {
   if (absl::Status valid = ValidateConfig(config); !valid.ok()) return valid;
   std::unique_ptr<EventBusServer> server = absl::WrapUnique(new EventBusServer(config));
   base::RealClock* clock = base::RealClock::Get();
 
-  absl::StatusOr<std::unique_ptr<net::WriterPool>> pool = net::WriterPool::Create(config.pool);
+  net::PoolOptions pool_options = config.pool;
+  if (pool_options.observer != nullptr) server->pool_observers_.Add(pool_options.observer);
+  // Metrics: served first, so a taken port fails start-up before anything else starts.
+  if (!config.metrics_listen.empty()) {
+    server->metrics_ = std::make_unique<metrics::Metrics>(config.metrics);
+    if (absl::Status served = server->metrics_->Serve(config.metrics_listen); !served.ok()) {
+      return absl::Status(served.code(), absl::StrCat("metrics_listen \"", config.metrics_listen,
+                                                      "\": ", served.message()));
+    }
+    server->pool_observers_.Add(server->metrics_.get());
+  }
+  pool_options.observer = server->pool_observers_.empty() ? nullptr : &server->pool_observers_;
+  absl::StatusOr<std::unique_ptr<net::WriterPool>> pool = net::WriterPool::Create(pool_options);
   if (!pool.ok()) return pool.status();
   server->pool_ = *std::move(pool);
   server->registry_ = std::make_unique<registry::Registry>();
@@ -120,6 +137,10 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
       store::OpenStore(config.store, config.data_dir);
   if (!store.ok()) return store.status();
   server->store_ = *std::move(store);
+  if (server->metrics_ != nullptr) {
+    server->store_ = server->metrics_->InstrumentStore(std::move(server->store_));
+    server->metrics_->Attach(server->pool_.get(), server->registry_.get(), server->store_.get());
+  }
   server->manager_ = std::make_unique<store::SubscriptionManager>(
       server->registry_.get(), server->store_.get(), clock, config.limits);
   StoreLoader::Options loader_options;
@@ -138,6 +159,7 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
   delivery::DispatcherOptions dispatcher_options;
   dispatcher_options.event_param = config.event_param;
   dispatcher_options.failover_timeout = config.failover_timeout;
+  dispatcher_options.observer = server->metrics_.get();
   server->dispatcher_ =
       std::make_unique<delivery::Dispatcher>(server->pool_.get(), clock, dispatcher_options);
 
@@ -187,6 +209,11 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
   // Clients' own keepalive pings are welcome every 10 s, with or without calls (gRPC's default
   // answers a ping without calls more often than every 2 h with GOAWAY "too_many_pings").
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  if (server->metrics_ != nullptr) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+    creators.push_back(server->metrics_->NewRpcInterceptorFactory());
+    builder.experimental().SetInterceptorCreators(std::move(creators));
+  }
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr) {
@@ -223,7 +250,8 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
          " store=", base::LogValue(config.store), " store_loaded=", loaded ? "true" : "false",
          " loops=", server->pool_->num_loops(), " sync_mode=", config.sync_mode ? "true" : "false",
          " timeout_ms=", config.timeout / absl::Milliseconds(1),
-         " max_client_connections=", config.max_client_connections);
+         " max_client_connections=", config.max_client_connections,
+         " metrics_listen=", base::LogValue(config.metrics_listen));
   return server;
 }
 

@@ -37,6 +37,7 @@
 #include "server/base/clock.h"
 #include "server/base/mutex.h"
 #include "server/delivery/dispatcher.h"
+#include "server/metrics/metrics.h"
 #include "server/net/listener.h"
 #include "server/net/writer_pool.h"
 #include "server/registry/registry.h"
@@ -87,6 +88,10 @@ struct ServerConfig {
   // answered within keepalive_timeout (dead peers, half-open connections).
   absl::Duration client_keepalive_time = absl::Minutes(1);
   absl::Duration client_keepalive_timeout = absl::Seconds(20);
+
+  // Prometheus metrics: "HOST:PORT" serves GET /metrics there; "" = off. Label caps.
+  std::string metrics_listen;
+  metrics::MetricsOptions metrics;
 };
 
 // The running server. Thread-safe: Shutdown() and Wait() may be called from any thread.
@@ -139,6 +144,9 @@ class EventBusServer {
   std::string address_;
 
   // Declared in construction order; destroyed in reverse.
+  // Metrics (null when off) and the pool's observers: both outlive the pool.
+  std::unique_ptr<metrics::Metrics> metrics_;
+  net::PoolObserverList pool_observers_;
   std::unique_ptr<net::WriterPool> pool_;
   std::unique_ptr<registry::Registry> registry_;
   std::unique_ptr<store::SubscriptionStore> store_;

@@ -3,7 +3,9 @@
 #include "server/delivery/dispatcher.h"
 
 #include <future>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -12,6 +14,7 @@
 #include "server/uri/socket_uri.h"
 #include "tests/testing/jsonrpc_peer.h"
 #include "tests/testing/ports.h"
+#include "tests/testing/wait.h"
 
 namespace eventbus::delivery {
 namespace {
@@ -47,6 +50,62 @@ registry::SubscriptionPtr Sub(const std::string& id, const std::string& socket,
 }
 
 std::string ClosedSocket() { return absl::StrCat("tcp:127.0.0.1:", testing::ClosedPort()); }
+
+// Records what the dispatcher tells a DeliveryObserver, per scope (event and mode).
+class RecordingObserver final : public DeliveryObserver {
+ public:
+  struct Scope final : EventScope {
+    std::string event;
+    bool sync = false;
+  };
+
+  EventScope* OnRaise(const std::string& event, bool sync, size_t deliveries) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& scope = scopes_[{event, sync}];
+    if (scope == nullptr) {
+      scope = std::make_unique<Scope>();
+      scope->event = event;
+      scope->sync = sync;
+    }
+    ++raises_;
+    accepted_ += deliveries;
+    return scope.get();
+  }
+  void OnOutcome(EventScope* scope, DeliveryCode code, absl::Duration latency) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto* s = static_cast<Scope*>(scope);
+    ++outcomes_[{s->sync, code}];
+    ++completed_;
+    if (latency < absl::ZeroDuration()) ++negative_latencies_;
+  }
+
+  size_t raises() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return raises_;
+  }
+  size_t accepted() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return accepted_;
+  }
+  size_t completed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return completed_;
+  }
+  size_t outcomes(bool sync, DeliveryCode code) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return outcomes_[{sync, code}];
+  }
+  size_t negative_latencies() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return negative_latencies_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::pair<std::string, bool>, std::unique_ptr<Scope>> scopes_;
+  std::map<std::pair<bool, DeliveryCode>, size_t> outcomes_;
+  size_t raises_ = 0, accepted_ = 0, completed_ = 0, negative_latencies_ = 0;
+};
 
 class DispatcherTest : public ::testing::Test {
  protected:
@@ -427,6 +486,75 @@ TEST_F(DispatcherTest, RoundRobinAsyncRotates) {
   }
   EXPECT_TRUE(a->WaitForMessages(2, kWait));
   EXPECT_TRUE(b->WaitForMessages(2, kWait));
+}
+
+}  // namespace
+}  // namespace eventbus::delivery
+
+namespace eventbus::delivery {
+namespace {
+
+// One subscription of each kind: a healthy peer, a closed port, a PARALLEL group with one dead
+// member, a FAILOVER group whose first member is dead, and a ROUND-ROBIN group.
+std::vector<registry::SubscriptionPtr> MixedSubscriptions(const JsonRpcPeer& good) {
+  return {Sub("plain", good.socket()), Sub("dead", ClosedSocket()),
+          Sub("par", absl::StrCat("virtual:PARALLEL ", good.socket(), " ", ClosedSocket())),
+          Sub("fo", absl::StrCat("virtual:FAILOVER ", ClosedSocket(), " ", good.socket())),
+          Sub("rr", absl::StrCat("virtual:ROUND-ROBIN ", good.socket(), " ", good.socket("m")))};
+}
+
+TEST_F(DispatcherTest, ObserverHearsEachSyncDeliveryOnceWithItsReportedStatus) {
+  RecordingObserver observer;
+  DispatcherOptions options;
+  options.observer = &observer;
+  MakeDispatcher(options);
+  auto good = StartPeer();
+  auto reports = Raise(MixedSubscriptions(*good), /*sync=*/true, {}, absl::Milliseconds(500));
+  ASSERT_THAT(reports, SizeIs(5));
+  // The answer comes after every outcome was told.
+  EXPECT_EQ(observer.raises(), 1u);
+  EXPECT_EQ(observer.accepted(), 5u);
+  EXPECT_EQ(observer.completed(), 5u);
+  std::map<DeliveryCode, size_t> answered;
+  for (const DeliveryReport& r : reports) ++answered[r.outcome.code];
+  for (const auto& [code, n] : answered) {
+    EXPECT_EQ(observer.outcomes(true, code), n) << net::DeliveryCodeName(code);
+  }
+  EXPECT_EQ(observer.negative_latencies(), 0u);
+}
+
+TEST_F(DispatcherTest, ObserverHearsEachAsyncDeliveryOnceAfterTheAnswer) {
+  RecordingObserver observer;
+  DispatcherOptions options;
+  options.observer = &observer;
+  MakeDispatcher(options);
+  auto good = StartPeer();
+  std::vector<registry::SubscriptionPtr> subs = MixedSubscriptions(*good);
+  // A PARALLEL group whose members both fail: the group's outcome comes with its last member's.
+  subs.push_back(
+      Sub("par2", absl::StrCat("virtual:PARALLEL ", ClosedSocket(), " ", ClosedSocket(), "/m")));
+  auto reports = Raise(subs, /*sync=*/false, {}, absl::Milliseconds(300));
+  ASSERT_THAT(reports, SizeIs(6));
+  EXPECT_EQ(observer.accepted(), 6u);
+  // Every delivery gets exactly one outcome, also those decided after the QUEUED answer.
+  ASSERT_TRUE(pool_->Drain(absl::Now() + kWait));
+  ASSERT_TRUE(testing::WaitFor(kWait, [&] { return observer.completed() >= 6; }));
+  EXPECT_EQ(observer.completed(), 6u);
+  // plain, FAILOVER (second member) and ROUND-ROBIN are written; the closed port and the
+  // PARALLEL groups with a dead member are not.
+  EXPECT_EQ(observer.outcomes(false, DeliveryCode::kOk), 3u);
+  EXPECT_EQ(observer.outcomes(false, DeliveryCode::kConnectFailed), 3u);
+  EXPECT_EQ(observer.outcomes(false, DeliveryCode::kQueued), 0u);
+}
+
+TEST_F(DispatcherTest, ObserverHearsOfARaiseWithNoSubscribers) {
+  RecordingObserver observer;
+  DispatcherOptions options;
+  options.observer = &observer;
+  MakeDispatcher(options);
+  EXPECT_THAT(Raise({}, /*sync=*/false), SizeIs(0));
+  EXPECT_EQ(observer.raises(), 1u);
+  EXPECT_EQ(observer.accepted(), 0u);
 }
 
 }  // namespace

@@ -824,12 +824,11 @@ void LedgerRun::CheckAndPrint() {
     for (const auto& [seq, times] : ledger.received) cross_connection += times - 1;
     cross_connection -= ledger.duplicates_on_one_connection;
 
-    // Server side: "delivered" = notifications written + replies received (OK or RPC_ERROR);
+    // Server side: "delivered" = notifications written + result replies received (OK);
     // "expired" = messages whose deadline came before they were written; "failed" = every other
-    // outcome, immediate (QUEUE_FULL, CONNECT_FAILED while backing off) or later
-    // (CONNECTION_LOST, reply TIMEOUT).
-    const int64_t sync_delivered = ledger.sync_status[v1::DELIVERY_STATUS_OK] +
-                                   ledger.sync_status[v1::DELIVERY_STATUS_RPC_ERROR];
+    // outcome, RPC_ERROR replies included, immediate (QUEUE_FULL, CONNECT_FAILED while backing
+    // off) or later (CONNECTION_LOST, reply TIMEOUT).
+    const int64_t sync_delivered = ledger.sync_status[v1::DELIVERY_STATUS_OK];
     const int64_t queued = ledger.async_status[v1::DELIVERY_STATUS_QUEUED];
     const int64_t async_written = static_cast<int64_t>(state.delivered()) - sync_delivered;
     const int64_t async_lost = queued - async_written;  // expired or lost after QUEUED

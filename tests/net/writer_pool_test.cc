@@ -297,6 +297,11 @@ TEST_F(WriterPoolTest, ErrorReplyCompletesWithRpcError) {
   EXPECT_EQ(o.error_code, -32601);
   EXPECT_EQ(o.error_message, "no such method");
   EXPECT_EQ(o.error_data, "[1]");
+  // An error reply is a failed delivery in the target's counters, not a delivered one.
+  std::optional<TargetStats> stats = pool_->Stats(Target(peer->port()).Key());
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_EQ(stats->delivered, 0u);
+  EXPECT_EQ(stats->failed, 1u);
 }
 
 TEST_F(WriterPoolTest, OutOfOrderRepliesCompleteTheirOwnRequests) {
