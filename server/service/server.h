@@ -18,7 +18,9 @@
 #include "server/base/clock.h"
 #include "server/base/mutex.h"
 #include "server/delivery/dispatcher.h"
+#include "server/net/failure_log.h"
 #include "server/net/listener.h"
+#include "server/net/pool_observer.h"
 #include "server/net/writer_pool.h"
 #include "server/registry/registry.h"
 #include "server/service/eventbus_service.h"
@@ -47,6 +49,8 @@ struct ServerConfig {
   net::PoolOptions pool;
   // Name/socket/member/count limits and the default expiry.
   store::SubscriptionLimits limits;
+  // The failure log's summary interval and line caps (net/failure_log.h).
+  net::FailureLogOptions failure_log;
   // How often the store's health is copied to the "eventbus.store" health status.
   absl::Duration store_health_poll = absl::Milliseconds(500);
 
@@ -106,6 +110,11 @@ class EventBusServer {
   std::string address_;
 
   // Declared in construction order; destroyed in reverse.
+  // Everything that watches the pool (PoolOptions has one observer: this list); before pool_, so
+  // they outlive it.
+  net::PoolObserverList pool_observers_;
+  // Logs target failures and recoveries (net/failure_log.h).
+  std::unique_ptr<net::TargetFailureLog> failure_log_;
   std::unique_ptr<net::WriterPool> pool_;
   std::unique_ptr<registry::Registry> registry_;
   std::unique_ptr<store::SubscriptionStore> store_;
