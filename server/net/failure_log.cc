@@ -18,7 +18,7 @@ std::string Span(absl::Duration d) {
   return absl::FormatDuration(absl::Trunc(d, absl::Milliseconds(1)));
 }
 
-std::string Status(DeliveryCode code, bool expired) {
+std::string StatusFields(DeliveryCode code, bool expired) {
   std::string status = base::LogValue(DeliveryCodeName(code));
   if (expired) absl::StrAppend(&status, " expired=true");
   return status;
@@ -75,7 +75,7 @@ std::string TargetFailureLog::SummaryFields(const std::string& key, const Target
   return absl::StrCat(
       "target=", base::LogValue(key), " failures=", t.in_window,
       " over=", Span(now - t.window_start), " total=", t.total, " since=", Timestamp(t.since),
-      " last_status=", Status(t.last_code, t.last_expired),
+      " last_status=", StatusFields(t.last_code, t.last_expired),
       " last_detail=", base::LogValue(t.last_detail), " connect_failures=", t.connect_failures,
       " reconnects=", t.reconnects, " closes=", t.closes);
 }
@@ -115,7 +115,7 @@ void TargetFailureLog::OnComplete(const std::string& target_key, const Outcome& 
         t.last_detail = Detail(outcome.detail);
         line.msg = "target failing";
         line.fields = absl::StrCat("target=", base::LogValue(target_key),
-                                   " status=", Status(outcome.code, expired),
+                                   " status=", StatusFields(outcome.code, expired),
                                    " detail=", base::LogValue(t.last_detail));
       }
     } else {
@@ -235,7 +235,7 @@ void TargetFailureLog::Sweep(absl::Time now) {
       line.fields = absl::StrCat("target=", base::LogValue(it->first),
                                  " quiet_for=", Span(now - t.last_failure), " failures=", t.total,
                                  " since=", Timestamp(t.since),
-                                 " last_status=", Status(t.last_code, t.last_expired),
+                                 " last_status=", StatusFields(t.last_code, t.last_expired),
                                  " last_detail=", base::LogValue(t.last_detail));
       lines.push_back(std::move(line));
       shard.targets.erase(it++);
