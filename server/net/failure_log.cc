@@ -61,6 +61,24 @@ TargetFailureLog::TargetFailureLog(const base::Clock* clock, FailureLogOptions o
       failure_budget_(options_.max_lines_per_interval),
       connection_budget_(options_.max_connection_lines_per_interval) {}
 
+TargetFailureLog::~TargetFailureLog() {
+  {
+    eventbus::MutexLock lock(&tick_mu_);
+    stopping_ = true;
+  }
+  if (ticker_.joinable()) ticker_.join();
+}
+
+void TargetFailureLog::StartTicking(absl::Duration period) {
+  ticker_ = std::thread([this, period] {
+    eventbus::MutexLock lock(&tick_mu_);
+    while (!tick_mu_.AwaitWithTimeout(&stopping_, period)) {
+      // Tick takes other locks only (shards, budgets), never tick_mu_.
+      Tick();
+    }
+  });
+}
+
 TargetFailureLog::Shard& TargetFailureLog::ShardFor(absl::string_view key) {
   return shards_[absl::Hash<absl::string_view>()(key) % kShards];
 }
@@ -253,10 +271,6 @@ void TargetFailureLog::Sweep(absl::Time now) {
   }
 }
 
-void TargetFailureLog::Tick() {
-  const absl::Time now = clock_->Now();
-  next_sweep_ns_.store(absl::ToUnixNanos(now + options_.interval), std::memory_order_relaxed);
-  Sweep(now);
-}
+void TargetFailureLog::Tick() { MaybeSweep(clock_->Now()); }
 
 }  // namespace eventbus::net

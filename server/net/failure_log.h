@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -49,15 +50,21 @@ class TargetFailureLog final : public PoolObserver {
  public:
   // `clock` is not owned and must outlive this object.
   TargetFailureLog(const base::Clock* clock, FailureLogOptions options);
+  // Stops the ticking thread, if any.
+  ~TargetFailureLog() override;
 
   void OnComplete(const std::string& target_key, const Outcome& outcome, bool expired,
                   absl::Duration latency) override;
   void OnStateChange(const std::string& target_key, ConnState from, ConnState to,
                      absl::string_view detail) override;
 
-  // Does the periodic work that is otherwise done by the next completion: forgets targets quiet
-  // for forget_after and reports lines suppressed in a finished interval.
+  // Does the periodic work, at most once per interval (cheap otherwise): forgets targets quiet
+  // for forget_after and reports the lines a finished interval held back. Completions and state
+  // changes call it too, but without them nothing would report a burst that went quiet.
   void Tick();
+  // Calls Tick() every `period` on a thread of its own until destruction (the server does this;
+  // tests call Tick() themselves). At most once.
+  void StartTicking(absl::Duration period);
 
   // Targets with failure state (tests, metrics).
   size_t failing_targets() const { return tracked_.load(std::memory_order_relaxed); }
@@ -130,6 +137,10 @@ class TargetFailureLog final : public PoolObserver {
   std::atomic<int64_t> next_sweep_ns_{0};
   LineBudget failure_budget_;
   LineBudget connection_budget_;
+
+  eventbus::Mutex tick_mu_;
+  bool stopping_ ABSL_GUARDED_BY(tick_mu_) = false;
+  std::thread ticker_;
 };
 
 }  // namespace eventbus::net

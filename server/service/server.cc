@@ -115,6 +115,7 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
   pool_options.observer = &server->pool_observers_;
   // The failure log: a target's failures, recoveries and connection changes, rate-limited.
   server->failure_log_ = std::make_unique<net::TargetFailureLog>(clock, config.failure_log);
+  server->failure_log_->StartTicking(absl::Seconds(1));
   server->pool_observers_.Add(server->failure_log_.get());
 
   absl::StatusOr<std::unique_ptr<net::WriterPool>> pool = net::WriterPool::Create(pool_options);

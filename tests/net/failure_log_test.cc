@@ -15,6 +15,7 @@
 #include "tests/testing/fake_clock.h"
 #include "tests/testing/log_capture.h"
 #include "tests/testing/ports.h"
+#include "tests/testing/wait.h"
 
 namespace eventbus::net {
 namespace {
@@ -186,6 +187,19 @@ TEST_F(FailureLogTest, TickReportsSuppressedLinesWithoutFurtherFailures) {
   clock_.Advance(absl::Seconds(60));
   log.Tick();
   EXPECT_THAT(capture_.Matching({"more targets failing than logged", "suppressed=2 "}), SizeIs(1));
+}
+
+TEST_F(FailureLogTest, TheTickingThreadReportsABurstThatWentQuiet) {
+  FailureLogOptions options = Options();
+  options.max_lines_per_interval = 1;
+  TargetFailureLog log(&clock_, options);
+  log.StartTicking(absl::Milliseconds(5));
+  for (int i = 0; i < 50; ++i) Fail(log, absl::StrCat("t", i, ":1"));
+  clock_.Advance(absl::Seconds(60));
+  // No further completion: only the ticking thread can say what the interval held back.
+  EXPECT_TRUE(testing::WaitFor(absl::Seconds(10), [&] {
+    return !capture_.Matching({"more targets failing than logged", "suppressed=49 "}).empty();
+  }));
 }
 
 TEST_F(FailureLogTest, QuietFailingTargetsAreForgottenOnceAndMemoryIsBounded) {
