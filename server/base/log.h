@@ -52,6 +52,7 @@ std::vector<std::pair<std::string, std::string>> ParseLogfmtFields(absl::string_
 void AppendJsonString(std::string* out, absl::string_view value);
 
 // Test hook: while set, complete lines go to `sink` instead of stderr. Pass nullptr to restore.
+// `sink` runs under the log's lock, one line at a time, and must not log itself.
 void SetLogSinkForTesting(absl::AnyInvocable<void(absl::string_view line)> sink);
 
 }  // namespace eventbus::base
