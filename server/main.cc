@@ -4,11 +4,11 @@
 #include <signal.h>
 
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
@@ -18,6 +18,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "server/base/log.h"
 #include "server/base/version.h"
@@ -84,6 +85,11 @@ ABSL_FLAG(int64_t, metrics_max_targets, 100,
           "Distinct targets (host:port) given their own metric label; later ones share "
           "target=\"other\"");
 ABSL_FLAG(std::string, log_level, "info", "Lowest log level written: debug, info, warning, error");
+ABSL_FLAG(std::string, log_format, "logfmt",
+          "Log line format: logfmt (key=value) or json (one object per line)");
+ABSL_FLAG(int64_t, failure_log_interval_s, 60,
+          "A failing target gets at most one summary log line per this many seconds; also the "
+          "window of the caps on failure and connection log lines");
 
 namespace {
 
@@ -98,9 +104,80 @@ bool IsEventbusFlagFile(absl::string_view path) { return absl::EndsWith(path, "s
 constexpr int kExitStartFailed = 1;
 constexpr int kExitBadConfig = 2;
 
+// Logs why eventbusd cannot start, in the --log_format chosen (once known), and exits with `code`.
 [[noreturn]] void Fail(const std::string& message, int code = kExitBadConfig) {
-  std::fprintf(stderr, "eventbusd: %s\n", message.c_str());
+  eventbus::base::LogLine(eventbus::base::LogLevel::kError, "eventbusd cannot start",
+                          absl::StrCat("error=", eventbus::base::LogValue(message)));
   std::exit(code);
+}
+
+// Sets the log format from EVENTBUS_LOG_FORMAT or --log_format before anything else is parsed,
+// so that errors in the other flags are already written in it. An invalid value is reported once
+// the flags are parsed.
+void ApplyLogFormatEarly(int argc, char** argv) {
+  std::string text;
+  if (const char* env = std::getenv("EVENTBUS_LOG_FORMAT"); env != nullptr) text = env;
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    absl::ConsumePrefix(&arg, "-");
+    absl::ConsumePrefix(&arg, "-");
+    if (absl::ConsumePrefix(&arg, "log_format=")) {
+      text = std::string(arg);
+    } else if (arg == "log_format" && i + 1 < argc) {
+      text = argv[i + 1];
+    }
+  }
+  eventbus::base::LogFormat format;
+  if (eventbus::base::ParseLogFormat(text, &format)) eventbus::base::SetLogFormat(format);
+}
+
+// abseil's own help and parsing flags, left to absl::ParseCommandLine.
+bool IsAbseilParseFlag(absl::string_view name) {
+  for (absl::string_view builtin :
+       {"help", "helpfull", "helpshort", "helppackage", "helpon", "helpmatch", "version",
+        "only_check_args", "flagfile", "fromenv", "tryfromenv", "undefok"}) {
+    if (name == builtin) return true;
+  }
+  return false;
+}
+
+// Checks the command line the way absl::ParseCommandLine will read it (--name=value, --name
+// value, --bool, --nobool), so that an unknown flag or a bad value is reported by Fail() in the
+// log format rather than by abseil's own message. Returns "" when it is fine.
+std::string CheckCommandLine(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (arg.size() < 2 || arg[0] != '-') continue;  // a positional argument: reported later
+    absl::ConsumePrefix(&arg, "-");
+    absl::ConsumePrefix(&arg, "-");
+    size_t eq = arg.find('=');
+    absl::string_view name = arg.substr(0, eq);
+    if (IsAbseilParseFlag(name)) continue;
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr && eq == absl::string_view::npos && absl::StartsWith(name, "no")) {
+      absl::CommandLineFlag* negated = absl::FindCommandLineFlag(name.substr(2));
+      if (negated != nullptr && negated->IsOfType<bool>()) continue;
+    }
+    if (flag == nullptr) return absl::StrCat("unknown flag --", name, "; see --help");
+    std::string value;
+    if (eq != absl::string_view::npos) {
+      value = std::string(arg.substr(eq + 1));
+    } else if (flag->IsOfType<bool>()) {
+      continue;
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return absl::StrCat("--", name, ": missing value");
+    }
+    // Setting it here is harmless: ParseCommandLine sets the same value again.
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      return absl::StrCat("--", name, "=", value, ": ", error);
+    }
+  }
+  return "";
 }
 
 // Applies EVENTBUS_* environment variables; the command line, parsed afterwards, wins.
@@ -142,6 +219,7 @@ eventbus::service::ServerConfig ConfigFromFlags(const eventbus::net::FdBudget& f
   }
   config.failover_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_failover_timeout_ms));
   config.max_params_bytes = NonNegative("max_params_bytes", absl::GetFlag(FLAGS_max_params_bytes));
+  config.failure_log.interval = absl::Seconds(absl::GetFlag(FLAGS_failure_log_interval_s));
 
   config.pool.num_loops = absl::GetFlag(FLAGS_loops);
   config.pool.max_queue_messages =
@@ -222,7 +300,9 @@ int main(int argc, char** argv) {
       return 0;
     }
   }
+  ApplyLogFormatEarly(argc, argv);
   ApplyEnvironment();
+  if (std::string error = CheckCommandLine(argc, argv); !error.empty()) Fail(error);
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) Fail(absl::StrCat("unexpected argument \"", rest[1], "\"; see --help"));
 
@@ -232,6 +312,16 @@ int main(int argc, char** argv) {
                       ": expected debug, info, warning or error"));
   }
   eventbus::base::SetLogLevel(level);
+  eventbus::base::LogFormat format;
+  if (!eventbus::base::ParseLogFormat(absl::GetFlag(FLAGS_log_format), &format)) {
+    Fail(absl::StrCat("--log_format=", absl::GetFlag(FLAGS_log_format),
+                      ": expected logfmt or json"));
+  }
+  eventbus::base::SetLogFormat(format);
+  if (absl::GetFlag(FLAGS_failure_log_interval_s) <= 0) {
+    Fail(absl::StrCat("--failure_log_interval_s=", absl::GetFlag(FLAGS_failure_log_interval_s),
+                      ": must be positive"));
+  }
   absl::Duration grace =
       absl::Milliseconds(NonNegative("shutdown_grace_ms", absl::GetFlag(FLAGS_shutdown_grace_ms)));
 
@@ -248,7 +338,7 @@ int main(int argc, char** argv) {
 
   auto server = eventbus::service::EventBusServer::Start(ConfigFromFlags(fds));
   if (!server.ok()) {
-    Fail(absl::StrCat("cannot start: ", server.status().ToString()),
+    Fail(server.status().ToString(),
          absl::IsInvalidArgument(server.status()) ? kExitBadConfig : kExitStartFailed);
   }
 

@@ -15,6 +15,7 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/slice.h"
+#include "server/base/log.h"
 #include "server/service/convert.h"
 
 namespace eventbus::service {
@@ -27,6 +28,12 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
   std::chrono::system_clock::time_point deadline = context.deadline();
   if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
   return absl::FromChrono(deadline);
+}
+
+// A subscription's expiry for the log: an RFC 3339 instant, or "never".
+std::string ExpiryText(absl::Time expire_time) {
+  if (expire_time == absl::InfiniteFuture()) return "never";
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", expire_time, absl::UTCTimeZone());
 }
 
 // Protobuf message nesting a Raise request may have. protobuf's default (100) stops at about 33
@@ -128,17 +135,30 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Subscribe(grpc::CallbackServerCon
   sub.socket = request->socket();
   if (request->has_expire_seconds()) sub.expire_seconds = request->expire_seconds();
   if (request->has_event_param()) sub.event_param = request->event_param();
+  // Copied now: `done` may run after this method returned. Changes to the subscriptions are
+  // logged at info with who asked (Raise is not: it is the hot path).
+  std::string peer = context->peer();
   // `done` may run inline or on a store thread; the response outlives it until Finish.
-  manager_->Subscribe(
-      std::move(sub), [this, reactor, response](absl::StatusOr<store::SubscribeResult> result) {
-        if (!result.ok()) {
-          reactor->Finish(ToGrpcStatus(result.status()));
-          return;
-        }
-        FillSubscription(*result->subscription, clock_->Now(), response->mutable_subscription());
-        response->set_created(result->created);
-        reactor->Finish(grpc::Status::OK);
-      });
+  manager_->Subscribe(std::move(sub), [this, reactor, request, response, peer = std::move(peer)](
+                                          absl::StatusOr<store::SubscribeResult> result) {
+    if (!result.ok()) {
+      EB_LOG(kInfo, "subscribe refused", "peer=", base::LogValue(peer),
+             " event=", base::LogValue(request->event()),
+             " socket=", base::LogValue(request->socket()),
+             " error=", base::LogValue(result.status().ToString()));
+      reactor->Finish(ToGrpcStatus(result.status()));
+      return;
+    }
+    const registry::Subscription& subscription = *result->subscription;
+    EB_LOG(kInfo, "subscribed", "peer=", base::LogValue(peer),
+           " id=", base::LogValue(subscription.id), " event=", base::LogValue(subscription.event),
+           " socket=", base::LogValue(subscription.socket),
+           " expire=", ExpiryText(subscription.expire_time),
+           " created=", result->created ? "true" : "false");
+    FillSubscription(subscription, clock_->Now(), response->mutable_subscription());
+    response->set_created(result->created);
+    reactor->Finish(grpc::Status::OK);
+  });
   return reactor;
 }
 
@@ -150,15 +170,29 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Unsubscribe(grpc::CallbackServerC
     reactor->Finish(ToGrpcStatus(ready));
     return reactor;
   }
-  manager_->Unsubscribe(request->id(), request->event(), request->socket(),
-                        [reactor, response](absl::StatusOr<int> removed) {
-                          if (!removed.ok()) {
-                            reactor->Finish(ToGrpcStatus(removed.status()));
-                            return;
-                          }
-                          response->set_removed(static_cast<uint32_t>(*removed));
-                          reactor->Finish(grpc::Status::OK);
-                        });
+  std::string peer = context->peer();
+  manager_->Unsubscribe(
+      request->id(), request->event(), request->socket(),
+      [reactor, request, response, peer = std::move(peer)](absl::StatusOr<int> removed) {
+        // By id, or by event and socket: the fields the caller gave.
+        std::string fields = absl::StrCat("peer=", base::LogValue(peer));
+        if (!request->id().empty()) absl::StrAppend(&fields, " id=", base::LogValue(request->id()));
+        if (!request->event().empty()) {
+          absl::StrAppend(&fields, " event=", base::LogValue(request->event()));
+        }
+        if (!request->socket().empty()) {
+          absl::StrAppend(&fields, " socket=", base::LogValue(request->socket()));
+        }
+        if (!removed.ok()) {
+          EB_LOG(kInfo, "unsubscribe refused", fields,
+                 " error=", base::LogValue(removed.status().ToString()));
+          reactor->Finish(ToGrpcStatus(removed.status()));
+          return;
+        }
+        EB_LOG(kInfo, "unsubscribed", fields, " removed=", *removed);
+        response->set_removed(static_cast<uint32_t>(*removed));
+        reactor->Finish(grpc::Status::OK);
+      });
   return reactor;
 }
 

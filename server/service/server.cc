@@ -64,6 +64,9 @@ absl::Status ValidateConfig(const ServerConfig& config) {
   if (config.max_params_bytes == 0) {
     return absl::InvalidArgumentError("max_params_bytes must be positive");
   }
+  if (config.failure_log.interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("failure_log_interval_s must be positive");
+  }
   if (config.store_health_poll <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("store_health_poll must be positive");
   }
@@ -127,7 +130,12 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
     }
     server->pool_observers_.Add(server->metrics_.get());
   }
-  pool_options.observer = server->pool_observers_.empty() ? nullptr : &server->pool_observers_;
+  pool_options.observer = &server->pool_observers_;
+  // The failure log: a target's failures, recoveries and connection changes, rate-limited.
+  server->failure_log_ = std::make_unique<net::TargetFailureLog>(clock, config.failure_log);
+  server->failure_log_->StartTicking(absl::Seconds(1));
+  server->pool_observers_.Add(server->failure_log_.get());
+
   absl::StatusOr<std::unique_ptr<net::WriterPool>> pool = net::WriterPool::Create(pool_options);
   if (!pool.ok()) return pool.status();
   server->pool_ = *std::move(pool);

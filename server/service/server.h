@@ -38,7 +38,9 @@
 #include "server/base/mutex.h"
 #include "server/delivery/dispatcher.h"
 #include "server/metrics/metrics.h"
+#include "server/net/failure_log.h"
 #include "server/net/listener.h"
+#include "server/net/pool_observer.h"
 #include "server/net/writer_pool.h"
 #include "server/registry/registry.h"
 #include "server/service/eventbus_service.h"
@@ -68,6 +70,8 @@ struct ServerConfig {
   net::PoolOptions pool;
   // Name/socket/member/count limits and the default expiry.
   store::SubscriptionLimits limits;
+  // The failure log's summary interval and line caps (net/failure_log.h).
+  net::FailureLogOptions failure_log;
   // How often the store's health is copied to the "eventbus.store" health status.
   absl::Duration store_health_poll = absl::Milliseconds(500);
   // Retries of a remote store that could not be loaded at start-up (see the top of this file).
@@ -146,7 +150,11 @@ class EventBusServer {
   // Declared in construction order; destroyed in reverse.
   // Metrics (null when off) and the pool's observers: both outlive the pool.
   std::unique_ptr<metrics::Metrics> metrics_;
+  // Everything that watches the pool (PoolOptions has one observer: this list); before pool_, so
+  // they outlive it.
   net::PoolObserverList pool_observers_;
+  // Logs target failures and recoveries (net/failure_log.h).
+  std::unique_ptr<net::TargetFailureLog> failure_log_;
   std::unique_ptr<net::WriterPool> pool_;
   std::unique_ptr<registry::Registry> registry_;
   std::unique_ptr<store::SubscriptionStore> store_;

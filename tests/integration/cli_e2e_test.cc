@@ -1,7 +1,10 @@
 // The README's flow with the real binaries: eventbusd (default store, on a loopback port) and the
 // eventbus CLI subscribing a real JSON-RPC peer and raising to it; then SIGTERM shuts the server
 // down cleanly.
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -13,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/jsonrpc_peer.h"
@@ -276,6 +280,62 @@ TEST(EventbusdConfigTest, ABadEnvironmentValueNamesTheVariableAndExits1) {
   ASSERT_TRUE(exit.ok());
   EXPECT_EQ(exit->code, 1) << exit->ToString();
   EXPECT_THAT((*server)->ReadLog(), HasSubstr("EVENTBUS_TIMEOUT_MS"));
+}
+
+// Runs eventbusd with `argv` and `env`, expects exit status 1, and returns its last output line.
+std::string LastLineOfAFailedStart(const std::vector<std::string>& args,
+                                   std::vector<std::pair<std::string, std::string>> env = {}) {
+  static int run = 0;
+  ProcessOptions options;
+  options.argv = {EVENTBUSD_PATH};
+  options.argv.insert(options.argv.end(), args.begin(), args.end());
+  options.env = std::move(env);
+  options.log_path =
+      absl::StrCat(::testing::TempDir(), "/eventbusd-startup-", ::getpid(), "-", run++, ".log");
+  auto server = Process::Start(options);
+  EXPECT_TRUE(server.ok()) << server.status();
+  if (!server.ok()) return "";
+  auto exit = (*server)->Wait(absl::Seconds(10));
+  EXPECT_TRUE(exit.ok()) << exit.status();
+  if (!exit.ok()) return "";
+  EXPECT_EQ(exit->code, 1) << exit->ToString();
+  std::vector<std::string> lines = absl::StrSplit((*server)->ReadLog(), '\n', absl::SkipEmpty());
+  return lines.empty() ? "" : lines.back();
+}
+
+TEST(EventbusdConfigTest, StartUpErrorsAreOneLineInTheLogFormat) {
+  const std::string error_line = "level=error msg=\"eventbusd cannot start\" error=";
+  EXPECT_THAT(LastLineOfAFailedStart({"--bogus"}),
+              ::testing::MatchesRegex("ts=[0-9T:.-]+Z level=error msg=\"eventbusd cannot "
+                                      "start\" error=\"unknown flag --bogus; see --help\""));
+  EXPECT_THAT(LastLineOfAFailedStart({"--log_format=json", "--timeout_ms=abc"}),
+              ::testing::MatchesRegex(
+                  "\\{\"ts\":\"[0-9T:.-]+Z\",\"level\":\"error\",\"msg\":\"eventbusd cannot "
+                  "start\",\"error\":\"--timeout_ms=abc: .*\"\\}"));
+  // The format from the environment applies to a bad value in the environment too.
+  EXPECT_THAT(LastLineOfAFailedStart(
+                  {}, {{"EVENTBUS_LOG_FORMAT", "json"}, {"EVENTBUS_TIMEOUT_MS", "soon"}}),
+              HasSubstr("\"level\":\"error\",\"msg\":\"eventbusd cannot start\",\"error\":"
+                        "\"environment variable EVENTBUS_TIMEOUT_MS=\\\"soon\\\": "));
+  EXPECT_THAT(LastLineOfAFailedStart({"--log_format=yaml"}),
+              HasSubstr(error_line + "\"--log_format=yaml: expected logfmt or json\""));
+  EXPECT_THAT(LastLineOfAFailedStart({"--log_format", "json", "--store=etcd://"}),
+              HasSubstr("\"error\":\"INVALID_ARGUMENT: store \\\"etcd://\\\": "));
+
+  // A port already taken.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string taken = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
+  EXPECT_THAT(LastLineOfAFailedStart({"--store=memory", "--listen=" + taken}),
+              HasSubstr(absl::StrCat(error_line, "\"UNAVAILABLE: listen \\\"", taken,
+                                     "\\\": cannot bind")));
+  ::close(fd);
 }
 
 }  // namespace

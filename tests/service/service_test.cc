@@ -30,6 +30,7 @@
 #include "server/service/server.h"
 #include "src/proto/grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "tests/testing/jsonrpc_peer.h"
+#include "tests/testing/log_capture.h"
 #include "tests/testing/ports.h"
 
 namespace eventbus::service {
@@ -476,6 +477,55 @@ TEST_F(ServiceTest, RaiseRejectsTimeoutOutsideBounds) {
   EXPECT_EQ(Raise(request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   request.set_timeout_ms(3600001);
   EXPECT_EQ(Raise(request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServiceTest, SubscribeAndUnsubscribeAreLoggedWithThePeerAndRaiseIsNot) {
+  testing::LogCapture capture(base::LogLevel::kInfo);
+  v1::SubscribeResponse sub;
+  ASSERT_TRUE(Subscribe("E_LOGGED", "tcp:127.0.0.1:9000", &sub, 60).ok());
+  ASSERT_FALSE(Subscribe("E_LOGGED", "tcp:h:70000", &sub).ok());
+  v1::RaiseRequest raise;
+  raise.set_event("E_LOGGED");
+  v1::RaiseResponse raised;
+  ASSERT_TRUE(Raise(raise, &raised).ok());
+  v1::UnsubscribeRequest request;
+  request.set_id(sub.subscription().id());
+  v1::UnsubscribeResponse removed;
+  ASSERT_TRUE(stub_->Unsubscribe(Context().get(), request, &removed).ok());
+
+  // One info line per Subscribe and Unsubscribe, none for Raise.
+  EXPECT_THAT(capture.Matching({"level=info", "E_LOGGED"}), ::testing::SizeIs(2));
+  std::vector<std::string> lines = capture.Matching({"level=info", " peer="});
+  ASSERT_EQ(lines.size(), 3u) << ::testing::PrintToString(capture.lines());
+  const std::string peer = "peer=ipv4:127.0.0.1:[0-9]+ ";
+  EXPECT_THAT(lines[0], ::testing::MatchesRegex(absl::StrCat(
+                            ".* level=info msg=subscribed ", peer, "id=", sub.subscription().id(),
+                            " event=E_LOGGED socket=tcp:127.0.0.1:9000 expire=[0-9T:.-]+Z "
+                            "created=true\n")));
+  EXPECT_THAT(lines[1], ::testing::MatchesRegex(absl::StrCat(
+                            ".* level=info msg=\"subscribe refused\" ", peer,
+                            "event=E_LOGGED socket=tcp:h:70000 error=\"INVALID_ARGUMENT: .*")));
+  EXPECT_THAT(lines[2], ::testing::MatchesRegex(absl::StrCat(".* level=info msg=unsubscribed ",
+                                                             peer, "id=", sub.subscription().id(),
+                                                             " removed=1\n")));
+}
+
+TEST_F(ServiceTest, ARefusingTargetIsLoggedAsFailing) {
+  testing::LogCapture capture(base::LogLevel::kInfo);
+  const std::string target = absl::StrCat("127.0.0.1:", testing::ClosedPort());
+  v1::SubscribeResponse sub;
+  ASSERT_TRUE(Subscribe("E", absl::StrCat("tcp:", target), &sub).ok());
+  v1::RaiseRequest request;
+  request.set_event("E");
+  request.set_sync(true);
+  request.set_timeout_ms(200);
+  v1::RaiseResponse response;
+  ASSERT_TRUE(Raise(request, &response).ok());
+  ASSERT_EQ(response.deliveries_size(), 1);
+  EXPECT_EQ(response.deliveries(0).status(), v1::DELIVERY_STATUS_CONNECT_FAILED);
+  EXPECT_THAT(capture.Matching({"level=warning msg=\"target failing\"",
+                                absl::StrCat("target=", target, " status=CONNECT_FAILED")}),
+              ::testing::SizeIs(1));
 }
 
 TEST_F(ServiceTest, AsyncRaiseReportsQueued) {
