@@ -302,9 +302,13 @@ int main(int argc, char** argv) {
   }
   ApplyLogFormatEarly(argc, argv);
   ApplyEnvironment();
-  if (std::string error = CheckCommandLine(argc, argv); !error.empty()) Fail(error);
+  if (std::string error = CheckCommandLine(argc, argv); !error.empty()) {
+    Fail(error, kExitStartFailed);
+  }
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
-  if (rest.size() > 1) Fail(absl::StrCat("unexpected argument \"", rest[1], "\"; see --help"));
+  if (rest.size() > 1) {
+    Fail(absl::StrCat("unexpected argument \"", rest[1], "\"; see --help"), kExitStartFailed);
+  }
 
   eventbus::base::LogLevel level;
   if (!eventbus::base::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {

@@ -203,7 +203,8 @@ TEST(EventbusdConfigTest, AMalformedStoreUrlFailsAtOnceWithExit2) {
   auto [code, out] = RunToExit({EVENTBUSD_PATH, "--listen=127.0.0.1:0", "--store=etcd://no-port"},
                                ::testing::TempDir() + "/eventbusd-badstore.log");
   EXPECT_EQ(code, 2) << out;
-  EXPECT_THAT(out, HasSubstr("store \"etcd://no-port\": bad endpoint \"no-port\""));
+  // The message is a logfmt value: its quotes are escaped.
+  EXPECT_THAT(out, HasSubstr(R"(store \"etcd://no-port\": bad endpoint \"no-port\")"));
 }
 
 // Runs eventbusd configured by `env` (and `args`) until it answers the CLI, or returns null.
@@ -282,9 +283,12 @@ TEST(EventbusdConfigTest, ABadEnvironmentValueNamesTheVariableAndExits1) {
   EXPECT_THAT((*server)->ReadLog(), HasSubstr("EVENTBUS_TIMEOUT_MS"));
 }
 
-// Runs eventbusd with `argv` and `env`, expects exit status 1, and returns its last output line.
+// Runs eventbusd with `argv` and `env`, expects exit status `code` (1: a flag that does not
+// parse, or a failure to start; 2: a setting that parses but is invalid), and returns its last
+// output line.
 std::string LastLineOfAFailedStart(const std::vector<std::string>& args,
-                                   std::vector<std::pair<std::string, std::string>> env = {}) {
+                                   std::vector<std::pair<std::string, std::string>> env = {},
+                                   int code = 1) {
   static int run = 0;
   ProcessOptions options;
   options.argv = {EVENTBUSD_PATH};
@@ -298,7 +302,7 @@ std::string LastLineOfAFailedStart(const std::vector<std::string>& args,
   auto exit = (*server)->Wait(absl::Seconds(10));
   EXPECT_TRUE(exit.ok()) << exit.status();
   if (!exit.ok()) return "";
-  EXPECT_EQ(exit->code, 1) << exit->ToString();
+  EXPECT_EQ(exit->code, code) << exit->ToString();
   std::vector<std::string> lines = absl::StrSplit((*server)->ReadLog(), '\n', absl::SkipEmpty());
   return lines.empty() ? "" : lines.back();
 }
@@ -317,9 +321,9 @@ TEST(EventbusdConfigTest, StartUpErrorsAreOneLineInTheLogFormat) {
                   {}, {{"EVENTBUS_LOG_FORMAT", "json"}, {"EVENTBUS_TIMEOUT_MS", "soon"}}),
               HasSubstr("\"level\":\"error\",\"msg\":\"eventbusd cannot start\",\"error\":"
                         "\"environment variable EVENTBUS_TIMEOUT_MS=\\\"soon\\\": "));
-  EXPECT_THAT(LastLineOfAFailedStart({"--log_format=yaml"}),
+  EXPECT_THAT(LastLineOfAFailedStart({"--log_format=yaml"}, {}, 2),
               HasSubstr(error_line + "\"--log_format=yaml: expected logfmt or json\""));
-  EXPECT_THAT(LastLineOfAFailedStart({"--log_format", "json", "--store=etcd://"}),
+  EXPECT_THAT(LastLineOfAFailedStart({"--log_format", "json", "--store=etcd://"}, {}, 2),
               HasSubstr("\"error\":\"INVALID_ARGUMENT: store \\\"etcd://\\\": "));
 
   // A port already taken.

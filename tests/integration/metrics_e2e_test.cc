@@ -430,7 +430,8 @@ TEST_F(MetricsE2eTest, TakenMetricsPortFailsStartUpNamingTheFlag) {
   ASSERT_TRUE(exit.ok()) << "eventbusd kept running with its metrics port taken";
   EXPECT_EQ(exit->code, 1) << exit->ToString();
   const std::string log = server_->ReadLog();
-  EXPECT_TRUE(absl::StrContains(log, absl::StrCat("metrics_listen \"", address, "\"")) &&
+  // The message is a logfmt value: its quotes are escaped.
+  EXPECT_TRUE(absl::StrContains(log, absl::StrCat("metrics_listen \\\"", address, "\\\"")) &&
               absl::StrContains(log, "cannot serve /metrics"))
       << log;
 }
