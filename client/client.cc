@@ -79,15 +79,16 @@ absl::StatusOr<v1::ListEventsResponse> Client::ListEvents(const v1::ListEventsRe
                                       options_.deadline);
 }
 
-absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> Client::CheckHealth(
-    const std::string& service) {
+absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> CheckHealth(
+    const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
+    absl::Duration deadline) {
   using grpc::health::v1::HealthCheckRequest;
   using grpc::health::v1::HealthCheckResponse;
   // Debian's gRPC ships the health messages but no generated stub: a generic stub calls the
   // method by name with the generated messages.
-  grpc::TemplatedGenericStub<HealthCheckRequest, HealthCheckResponse> stub(channel_);
+  grpc::TemplatedGenericStub<HealthCheckRequest, HealthCheckResponse> stub(channel);
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + options_.deadline));
+  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
   HealthCheckRequest request;
   request.set_service(service);
   HealthCheckResponse response;
@@ -98,6 +99,11 @@ absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> Client::Che
   grpc::Status status = done.get_future().get();
   if (!status.ok()) return FromGrpcStatus(status);
   return response.status();
+}
+
+absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> Client::CheckHealth(
+    const std::string& service) {
+  return client::CheckHealth(channel_, service, options_.deadline);
 }
 
 }  // namespace eventbus::client

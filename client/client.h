@@ -24,6 +24,13 @@ struct ClientOptions {
   absl::Duration deadline = absl::Seconds(10);
 };
 
+// Calls grpc.health.v1.Health/Check for `service` on `channel`, bounded by `deadline`. Returns
+// the status the server reports; NOT_FOUND when it has none for `service`, UNAVAILABLE /
+// DEADLINE_EXCEEDED from the transport. Client::CheckHealth calls it on the client's channel.
+absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> CheckHealth(
+    const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
+    absl::Duration deadline);
+
 // Thread-safe: calls may be issued from any number of threads at once.
 class Client {
  public:

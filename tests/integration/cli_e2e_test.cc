@@ -327,15 +327,10 @@ TEST(EventbusdConfigTest, StartUpErrorsAreOneLineInTheLogFormat) {
               HasSubstr("\"error\":\"INVALID_ARGUMENT: store \\\"etcd://\\\": "));
 
   // A port already taken.
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  ASSERT_EQ(::listen(fd, 1), 0);
-  socklen_t len = sizeof(addr);
-  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  const std::string taken = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
+  uint16_t port = 0;
+  const int fd = testing::ListenTcp(0, &port);
+  ASSERT_GE(fd, 0);
+  const std::string taken = absl::StrCat("127.0.0.1:", port);
   EXPECT_THAT(LastLineOfAFailedStart({"--store=memory", "--listen=" + taken}),
               HasSubstr(absl::StrCat(error_line, "\"UNAVAILABLE: listen \\\"", taken,
                                      "\\\": cannot bind")));

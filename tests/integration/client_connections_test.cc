@@ -51,7 +51,6 @@ using ::eventbus::testing::ConnectTcp;
 using ::eventbus::testing::Process;
 using ::eventbus::testing::ProcessOptions;
 using ::eventbus::testing::WaitFor;
-using ::grpc::health::v1::HealthCheckRequest;
 using ::grpc::health::v1::HealthCheckResponse;
 
 // The binary under test; EVENTBUS_TEST_EVENTBUSD overrides it (to run these tests against
@@ -142,26 +141,15 @@ std::shared_ptr<grpc::Channel> OwnChannel(const std::string& address) {
 }
 
 // grpc.health.v1.Health/Check of "" on `channel`; OK with SERVING, or the RPC's error.
-grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
+absl::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
                          absl::Duration deadline = absl::Seconds(5)) {
-  grpc::TemplatedGenericStub<HealthCheckRequest, HealthCheckResponse> stub(channel);
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
-  HealthCheckRequest request;
-  HealthCheckResponse response;
-  grpc::Status status;
-  eventbus::Notification done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status s) {
-                   status = std::move(s);
-                   done.Notify();
-                 });
-  done.WaitForNotification();  // bounded by the call's deadline
-  if (status.ok() && response.status() != HealthCheckResponse::SERVING) {
-    return grpc::Status(grpc::StatusCode::UNKNOWN,
-                        HealthCheckResponse::ServingStatus_Name(response.status()));
+  absl::StatusOr<HealthCheckResponse::ServingStatus> status =
+      client::CheckHealth(channel, "", deadline);
+  if (!status.ok()) return status.status();
+  if (*status != HealthCheckResponse::SERVING) {
+    return absl::UnknownError(HealthCheckResponse::ServingStatus_Name(*status));
   }
-  return status;
+  return absl::OkStatus();
 }
 
 // A Raise of an event nobody subscribed to through a new client: the API answers.
@@ -252,7 +240,7 @@ void ExpectServedAfterAFlood(const std::vector<std::string>& flags) {
   EXPECT_TRUE(
       WaitFor(absl::Seconds(10),
               [&] { return HealthCheck(OwnChannel(server->address), absl::Seconds(1)).ok(); }))
-      << HealthCheck(OwnChannel(server->address)).error_message() << "\n"
+      << HealthCheck(OwnChannel(server->address)) << "\n"
       << server->Log();
   EXPECT_TRUE(RaiseThroughNewClient(server->address).ok()) << server->Log();
   EXPECT_TRUE(server->process->Running());
@@ -284,8 +272,8 @@ TEST(ClientConnectionsTest, RefusesConnectionsBeyondTheCapWhileOthersKeepWorking
   }
 
   absl::Time start = absl::Now();
-  grpc::Status refused = HealthCheck(OwnChannel(server->address), absl::Seconds(5));
-  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
+  absl::Status refused = HealthCheck(OwnChannel(server->address), absl::Seconds(5));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
   EXPECT_LT(absl::Now() - start, absl::Seconds(2));
   EXPECT_TRUE(WaitFor(absl::Seconds(5), [&] {
     return absl::StrContains(server->Log(), "client connection refused");

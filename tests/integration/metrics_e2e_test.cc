@@ -405,16 +405,8 @@ TEST_F(MetricsE2eTest, CountersAddUpAfterAMixedRunAndPromtoolAcceptsTheScrape) {
 TEST_F(MetricsE2eTest, TakenMetricsPortFailsStartUpNamingTheFlag) {
   // A listener on the metrics port, so eventbusd cannot bind it.
   const uint16_t taken = testing::PickUnusedPort();
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int fd = testing::ListenTcp(taken);
   ASSERT_GE(fd, 0);
-  int one = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(taken);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  ASSERT_EQ(::listen(fd, 8), 0);
 
   ProcessOptions options;
   const std::string address = absl::StrCat("127.0.0.1:", taken);

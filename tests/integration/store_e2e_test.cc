@@ -56,7 +56,6 @@ using ::eventbus::testing::Process;
 using ::eventbus::testing::ProcessOptions;
 using ::eventbus::testing::TempDir;
 using ::eventbus::testing::WaitFor;
-using ::grpc::health::v1::HealthCheckRequest;
 using ::grpc::health::v1::HealthCheckResponse;
 using ::testing::HasSubstr;
 
@@ -133,27 +132,11 @@ absl::StatusOr<Server> StartEventbusd(const std::filesystem::path& data_dir,
 }
 
 // grpc.health.v1.Health/Check for `service`; the status name ("SERVING", "NOT_SERVING", ...) or
-// the RPC error. The health stubs are not generated (only the messages), so a generic stub calls
-// the method by name.
+// the RPC error.
 std::string HealthOf(Client& client, const std::string& service) {
-  grpc::TemplatedGenericStub<HealthCheckRequest, HealthCheckResponse> stub(client.channel());
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-  HealthCheckRequest request;
-  request.set_service(service);
-  HealthCheckResponse response;
-  grpc::Status status;
-  eventbus::Notification done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status s) {
-                   status = std::move(s);
-                   done.Notify();
-                 });
-  done.WaitForNotification();  // bounded by the call's deadline
-  if (!status.ok()) {
-    return absl::StrCat("rpc error ", status.error_code(), ": ", status.error_message());
-  }
-  return HealthCheckResponse::ServingStatus_Name(response.status());
+  absl::StatusOr<HealthCheckResponse::ServingStatus> status = client.CheckHealth(service);
+  if (!status.ok()) return absl::StrCat("rpc error ", status.status().ToString());
+  return HealthCheckResponse::ServingStatus_Name(*status);
 }
 
 v1::SubscribeRequest SubscribeRequest(const std::string& event, const std::string& socket,

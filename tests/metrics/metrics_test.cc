@@ -104,16 +104,8 @@ TEST(MetricsTest, ServeRejectsAnAddressWithoutAPort) {
 
 TEST(MetricsTest, ServeReportsATakenPortInsteadOfAborting) {
   const uint16_t port = testing::PickUnusedPort();
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int fd = testing::ListenTcp(port);
   ASSERT_GE(fd, 0);
-  int one = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  ASSERT_EQ(::listen(fd, 8), 0);
   Metrics metrics({});
   absl::Status served = metrics.Serve(absl::StrCat("127.0.0.1:", port));
   ::close(fd);

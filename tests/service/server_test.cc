@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/client.h"
 #include "grpc/grpc.h"
 #include "grpc/health/v1/health.pb.h"
 #include "grpcpp/client_context.h"
@@ -32,7 +33,6 @@ namespace eventbus::service {
 namespace {
 
 using ::eventbus::testing::PortAccepts;
-using ::grpc::health::v1::HealthCheckRequest;
 using ::grpc::health::v1::HealthCheckResponse;
 
 ServerConfig TestConfig() {
@@ -50,21 +50,9 @@ std::shared_ptr<grpc::Channel> OwnChannel(const std::string& address) {
   return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
 }
 
-grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel) {
-  grpc::TemplatedGenericStub<HealthCheckRequest, HealthCheckResponse> stub(channel);
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-  HealthCheckRequest request;
-  HealthCheckResponse response;
-  grpc::Status status;
-  eventbus::Notification done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status s) {
-                   status = std::move(s);
-                   done.Notify();
-                 });
-  done.WaitForNotification();  // bounded by the call's deadline
-  return status;
+// grpc.health.v1.Health/Check of "" on `channel`: the RPC's status (the serving status aside).
+absl::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel) {
+  return client::CheckHealth(channel, "", absl::Seconds(5)).status();
 }
 
 TEST(EventBusServerConnectionsTest, StartRejectsClientConnectionSettingsNamingTheFlag) {
@@ -107,8 +95,8 @@ TEST(EventBusServerConnectionsTest, ClosesConnectionsBeyondTheCap) {
   std::shared_ptr<grpc::Channel> first = OwnChannel((*server)->address());
   ASSERT_TRUE(HealthCheck(first).ok());
 
-  grpc::Status refused = HealthCheck(OwnChannel((*server)->address()));
-  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
+  absl::Status refused = HealthCheck(OwnChannel((*server)->address()));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
   EXPECT_GE((*server)->client_connection_stats().refused_at_cap, 1u);
   EXPECT_EQ((*server)->client_connection_stats().open_connections, 1u);
   EXPECT_TRUE(HealthCheck(first).ok());

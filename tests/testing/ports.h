@@ -28,6 +28,10 @@ int ConnectTcp(uint16_t port);
 // True when something accepts TCP connections on 127.0.0.1:`port`.
 bool PortAccepts(uint16_t port);
 
+// A socket listening on 127.0.0.1:`port` (0: any; SO_REUSEADDR, close-on-exec), or -errno. Sets
+// *bound to the port it got. For tests that need a port taken.
+int ListenTcp(uint16_t port, uint16_t* bound = nullptr);
+
 }  // namespace eventbus::testing
 
 #endif  // EVENTBUS_TESTS_TESTING_PORTS_H_

@@ -22,25 +22,7 @@
 namespace eventbus::testing {
 namespace {
 
-// Binds 127.0.0.1:port (0: any) with SO_REUSEADDR and listens; returns the fd or -errno.
-int Listen(uint16_t port, uint16_t* bound = nullptr) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int one = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(port);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(fd, 8) != 0) {
-    int error = errno;
-    ::close(fd);
-    return -error;
-  }
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  if (bound != nullptr) *bound = ntohs(addr.sin_port);
-  return fd;
-}
+int Listen(uint16_t port, uint16_t* bound = nullptr) { return ListenTcp(port, bound); }
 
 int Connect(uint16_t port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
