@@ -140,10 +140,13 @@ out=$(in_image /usr/local/bin/eventbusd --version 2>&1) && grep -q "$VERSION" <<
   fail "eventbusd --version does not print $VERSION: $(head -3 <<<"$out")"
 out=$(in_image /usr/bin/id -u 2>&1)
 [ "$out" = "$uid" ] && pass "runs as uid $out" || fail "runs as uid \"$out\", not $uid"
-if in_image /usr/bin/touch /usr/local/bin/written /written 2>/dev/null; then
-  fail "the root filesystem accepted a write"
+# The user could not write to / anyway: the mount itself must say ro.
+root_opts=$(in_image /bin/sh -c 'while read -r _ _ _ _ mp opts _; do
+  [ "$mp" = / ] && echo "$opts"; done </proc/self/mountinfo; true' | tail -1)
+if [[ "$root_opts" == ro* ]] && ! in_image /usr/bin/touch /usr/local/bin/written 2>/dev/null; then
+  pass "root filesystem is mounted read-only ($root_opts)"
 else
-  pass "root filesystem is read-only"
+  fail "the root filesystem is not read-only (mount options \"$root_opts\")"
 fi
 in_image /usr/bin/touch /var/lib/eventbus/written /tmp/written && pass "data volume and /tmp writable" ||
   fail "data volume or /tmp not writable for uid $uid"

@@ -2,7 +2,8 @@
 # Set up and test: installs what is missing, builds everything, lints the API, runs every test
 # (unit and integration: real loopback peers, real eventbusd binaries, a real etcd, real SQLite
 # files), the container image test, then the fuzzers for FUZZ_SECONDS each and the whole suite
-# again under AddressSanitizer + UBSan and under ThreadSanitizer. Extra arguments go to the first ctest run.
+# again under AddressSanitizer + UBSan and under ThreadSanitizer. Extra arguments go to the first
+# ctest run.
 #   QUICK=1 bash scripts/test.sh    the build, lint and ctest only (no fuzzing, no sanitizers)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
