@@ -260,6 +260,12 @@ fi
 if [ "$server_pid" -gt 1 ] && kill -0 "$server_pid" 2>/dev/null; then
   t=$(date +%s%N)
   kill -TERM "$server_pid"
+  # Bounded: a hung drain is killed after the grace + 5 s (and fails below).
+  for _ in $(seq $(((GRACE_MS + 5000) / 100))); do
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$server_pid" 2>/dev/null || true
   rc=0
   wait "${pids[0]}" || rc=$?
   ms=$((($(date +%s%N) - t) / 1000000))
