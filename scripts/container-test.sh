@@ -154,7 +154,9 @@ rm -f "$RUN/data/written"
 
 # Metrics on a loopback port only if this eventbusd has the flag (the manifests set it).
 metrics_flag=()
-if in_image /usr/local/bin/eventbusd --helpfull 2>&1 | grep -q -- "metrics_listen"; then
+# (--helpfull exits 1: its output is taken whatever the exit code.)
+helpfull=$(in_image /usr/local/bin/eventbusd --helpfull 2>&1 || true)
+if grep -q -- "metrics_listen" <<<"$helpfull"; then
   metrics_flag=(--metrics_listen="127.0.0.1:$mport")
 fi
 GRACE_MS=3000
