@@ -257,6 +257,13 @@ else
   n=$(grep -c '^eventbus_' <<<"$scrape" || true)
   [ "$n" -gt 0 ] && pass "metrics scrape: $n eventbus_ sample lines" ||
     fail "metrics scrape has no eventbus_ lines: $(head -3 <<<"$scrape")"
+  counted=$(grep -cE '^eventbus_[a-z_]+\{[^}]*event="E_IMAGE"[^}]*\} [1-9]' <<<"$scrape" || true)
+  [ "$counted" -gt 0 ] && pass "metrics count the round trip: $counted non-zero series with event=\"E_IMAGE\"" ||
+    fail "no non-zero eventbus_ series with event=\"E_IMAGE\" after the round trip"
+  if command -v promtool >/dev/null; then
+    lint=$(promtool check metrics <<<"$scrape" 2>&1) && pass "promtool check metrics: clean" ||
+      fail "promtool check metrics: $(head -5 <<<"$lint")"
+  fi
 fi
 
 if [ "$server_pid" -gt 1 ] && kill -0 "$server_pid" 2>/dev/null; then
