@@ -152,17 +152,18 @@ in_image /usr/bin/touch /var/lib/eventbus/written /tmp/written && pass "data vol
   fail "data volume or /tmp not writable for uid $uid"
 rm -f "$RUN/data/written"
 
-# Metrics on a loopback port only if this eventbusd has the flag (the manifests set it).
-metrics_flag=()
+# Configured through the environment variables the Kubernetes manifests set (the entrypoint gets
+# no flags); metrics on a loopback port only if this eventbusd has the flag.
 # (--helpfull exits 1: its output is taken whatever the exit code.)
 helpfull=$(in_image /usr/local/bin/eventbusd --helpfull 2>&1 || true)
+metrics_env=""
 if grep -q -- "metrics_listen" <<<"$helpfull"; then
-  metrics_flag=(--metrics_listen="127.0.0.1:$mport")
+  metrics_env="EVENTBUS_METRICS_LISTEN=127.0.0.1:$mport"
 fi
 GRACE_MS=3000
 t=$(date +%s%N)
-PIDFILE="$RUN/eventbusd.pid" EXTRA_ENV="EVENTBUS_LISTEN=127.0.0.1:$port" in_image \
-  "${entrypoint[@]}" --shutdown_grace_ms=$GRACE_MS "${metrics_flag[@]}" >"$RUN/eventbusd.log" 2>&1 &
+PIDFILE="$RUN/eventbusd.pid" EXTRA_ENV="EVENTBUS_LISTEN=127.0.0.1:$port EVENTBUS_STORE=sqlite \
+EVENTBUS_SHUTDOWN_GRACE_MS=$GRACE_MS $metrics_env" in_image "${entrypoint[@]}" >"$RUN/eventbusd.log" 2>&1 &
 pids+=($!)
 ready=0
 for _ in $(seq 150); do
@@ -249,7 +250,7 @@ else
   fail "round trip: the CLI's $step call failed: $out"
 fi
 
-if [ ${#metrics_flag[@]} -eq 0 ]; then
+if [ -z "$metrics_env" ]; then
   fail "metrics: this eventbusd has no --metrics_listen flag"
 else
   scrape=$(/usr/bin/python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
