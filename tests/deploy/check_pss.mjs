@@ -129,10 +129,19 @@ if (files.length === 0) {
   console.error("usage: node check_pss.mjs RENDERED.yaml...");
   process.exit(2);
 }
+// True when every label of SELECTOR (matchLabels only) is on LABELS.
+function selects(selector, labels) {
+  const want = Object.entries(selector?.matchLabels ?? {});
+  return want.length > 0 && want.every(([k, v]) => labels?.[k] === v);
+}
+
 let failed = 0, pods = 0;
 for (const file of files) {
   let inFile = 0;
-  for (const obj of await loadObjects(file)) {
+  const objects = await loadObjects(file);
+  const policies = objects.filter((o) => o.kind === "NetworkPolicy");
+  const budgets = objects.filter((o) => o.kind === "PodDisruptionBudget");
+  for (const obj of objects) {
     const where = `${basename(file)}: ${objectName(obj)}`;
     const getSpec = POD_SPEC[obj.kind];
     if (!getSpec) {
@@ -144,7 +153,15 @@ for (const file of files) {
     }
     pods++, inFile++;
     const broken = checkPodSpec(getSpec(obj) ?? {}, {claimTemplates: obj.spec?.volumeClaimTemplates?.length});
-    for (const b of broken) console.error(`FAIL ${where} ${b}`);
+    // Every workload is behind a NetworkPolicy; one of several replicas behind a budget.
+    const labels = obj.spec?.template?.metadata?.labels;
+    if (obj.kind !== "Pod" && !policies.some((p) => selects(p.spec?.podSelector, labels))) {
+      broken.push("project/network-policy: no NetworkPolicy selects its pods");
+    }
+    if ((obj.spec?.replicas ?? 1) > 1 && !budgets.some((b) => selects(b.spec?.selector, labels))) {
+      broken.push(`project/disruption-budget: ${obj.spec.replicas} replicas and no PodDisruptionBudget`);
+    }
+    for (const b of broken) console.error(`FAIL ${where}${b.startsWith("[") ? " " : ": "}${b}`);
     if (broken.length) failed++;
     else console.log(`ok   ${where}: restricted`);
   }
