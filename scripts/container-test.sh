@@ -29,10 +29,11 @@ T0=$(date +%s)
 elapsed() { echo "$(($(date +%s) - $1)) s"; }
 
 [ "$(id -u)" -eq 0 ] || { echo "container-test: needs root (buildah vfs storage, mount namespaces)" >&2; exit 1; }
-for tool in buildah debootstrap; do
-  command -v "$tool" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-    --no-install-recommends buildah debootstrap
-done
+if ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null; then
+  echo "container-test: installing buildah and debootstrap"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah debootstrap
+fi
 mkdir -p "$WORK/ccache"
 
 passed=0 failed=0
