@@ -19,6 +19,20 @@ PACKAGES=(
   clang libclang-rt-14-dev llvm
 )
 
+# CONTAINER_BUILD=1 (the image's build stage): only what compiles eventbusd and the CLI; the test,
+# fuzzing, sanitizer and lint packages stay out of the image.
+if [ "${CONTAINER_BUILD:-0}" = 1 ]; then
+  build_only=()
+  for p in "${PACKAGES[@]}"; do
+    case "$p" in
+      git|clang-format|libgtest-dev|libgmock-dev|libbenchmark-dev|etcd-server|etcd-client|sqlite3|\
+        util-linux|clang|libclang-rt-*|llvm|prometheus) ;;
+      *) build_only+=("$p") ;;
+    esac
+  done
+  PACKAGES=("${build_only[@]}")
+fi
+
 # npm (for buf) may already come from outside Debian's packaging; only ask apt when it is absent.
 [ "${SKIP_TOOLS:-0}" = 1 ] || command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 
@@ -48,4 +62,16 @@ if [ ! -x "$TOOLS/node_modules/.bin/buf" ]; then
   echo "install-deps: installing @bufbuild/buf into $TOOLS"
   mkdir -p "$TOOLS"
   npm install --silent --prefix "$TOOLS" --no-audit --no-fund @bufbuild/buf@1 >/dev/null
+fi
+# The offline Kubernetes schema validation of deploy/ (tests/deploy): compiled OpenAPI schemas,
+# the field lists that reject unknown fields, and a YAML parser. Pinned versions.
+K8S_NPM=(kubernetes-models@5.1.0 @kubernetes-models/prometheus-operator@6.0.0
+         @kubernetes/client-node@2.0.1 js-yaml@4.1.0)
+if [ ! -f "$TOOLS/node_modules/kubernetes-models/package.json" ] ||
+   [ ! -f "$TOOLS/node_modules/@kubernetes-models/prometheus-operator/package.json" ] ||
+   [ ! -f "$TOOLS/node_modules/@kubernetes/client-node/package.json" ] ||
+   [ ! -f "$TOOLS/node_modules/js-yaml/package.json" ]; then
+  echo "install-deps: installing ${K8S_NPM[*]} into $TOOLS"
+  mkdir -p "$TOOLS"
+  npm install --silent --prefix "$TOOLS" --no-audit --no-fund "${K8S_NPM[@]}" >/dev/null
 fi
