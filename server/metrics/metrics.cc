@@ -1,5 +1,10 @@
 #include "server/metrics/metrics.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -7,6 +12,8 @@
 #include <exception>
 #include <limits>
 #include <map>
+#include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -306,6 +313,8 @@ struct Metrics::Impl {
 
   // Destroyed first (declared last): no scrape runs while the rest goes away.
   std::unique_ptr<prometheus::Exposer> exposer;
+  // The numeric host the exposer listens on, as a connect() can reach it (Metrics::~Metrics).
+  std::string wake_host;
 };
 
 Metrics::Impl::Impl(MetricsOptions opts)
@@ -603,7 +612,50 @@ class InstrumentedStore final : public store::SubscriptionStore {
 
 Metrics::Metrics(MetricsOptions options) : impl_(std::make_unique<Impl>(options)) {}
 
-Metrics::~Metrics() { impl_->exposer.reset(); }
+namespace {
+
+// Connects to `host`:`port` and closes at once (no error is reported: the port may be closed).
+void Poke(const std::string& host, int port) {
+  sockaddr_storage storage{};
+  socklen_t len = 0;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&storage);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&storage);
+  if (::inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(static_cast<uint16_t>(port));
+    len = sizeof(*v4);
+  } else if (::inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(static_cast<uint16_t>(port));
+    len = sizeof(*v6);
+  } else {
+    return;
+  }
+  const int fd = ::socket(storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return;
+  (void)::connect(fd, reinterpret_cast<sockaddr*>(&storage), len);
+  ::close(fd);
+}
+
+}  // namespace
+
+Metrics::~Metrics() {
+  if (impl_->exposer == nullptr) return;
+  // civetweb's listening thread looks at its stop flag only between polls of up to 2 s, so
+  // stopping the Exposer alone takes up to 2 s (eventbusd's SIGTERM would wait for it). A
+  // connection to the port ends the poll: poke it until the stop has finished.
+  const std::vector<int> ports = impl_->exposer->GetListeningPorts();
+  std::atomic<bool> stopped{false};
+  std::thread stopper([this, &stopped] {
+    impl_->exposer.reset();
+    stopped.store(true, std::memory_order_release);
+  });
+  while (!stopped.load(std::memory_order_acquire)) {
+    for (int port : ports) Poke(impl_->wake_host, port);
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  stopper.join();
+}
 
 absl::Status Metrics::Serve(const std::string& address) {
   const size_t colon = address.rfind(':');
@@ -612,6 +664,11 @@ absl::Status Metrics::Serve(const std::string& address) {
       port < 0 || port > 65535) {
     return absl::InvalidArgumentError("expected HOST:PORT with a port in 0..65535");
   }
+  // Where the destructor can reach the listener: loopback for a wildcard address.
+  std::string host(absl::StripSuffix(absl::StripPrefix(address.substr(0, colon), "["), "]"));
+  if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
+  if (host == "::") host = "::1";
+  impl_->wake_host = host;
   try {
     // The Exposer throws (civetweb's CivetException) when it cannot listen.
     impl_->exposer = std::make_unique<prometheus::Exposer>(address);

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <memory>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -119,6 +120,22 @@ TEST(MetricsTest, ServesOnTheGivenPort) {
   ASSERT_TRUE(metrics.Serve(absl::StrCat("127.0.0.1:", port)).ok());
   EXPECT_EQ(metrics.port(), port);
   EXPECT_TRUE(testing::PortAccepts(port));
+}
+
+// civetweb's listener polls in 2 s quanta; stopping must not wait for the quantum to end (it
+// would delay every eventbusd shutdown by up to 2 s).
+TEST(MetricsTest, StopsServingPromptly) {
+  for (const char* host : {"127.0.0.1", "0.0.0.0"}) {
+    auto metrics = std::make_unique<Metrics>(MetricsOptions{});
+    const uint16_t port = testing::PickUnusedPort();
+    ASSERT_TRUE(metrics->Serve(absl::StrCat(host, ":", port)).ok());
+    ASSERT_TRUE(testing::PortAccepts(port));
+    absl::SleepFor(absl::Milliseconds(100));  // the listener is inside its poll
+    const absl::Time start = absl::Now();
+    metrics.reset();
+    EXPECT_LT(absl::Now() - start, absl::Milliseconds(500)) << host;
+    EXPECT_FALSE(testing::PortAccepts(port)) << host;
+  }
 }
 
 }  // namespace
