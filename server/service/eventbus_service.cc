@@ -263,6 +263,7 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Raise(grpc::CallbackServerContext
           return;
         }
         v1::RaiseResponse& response = reactor->response();
+        response.set_subscribers(static_cast<uint32_t>(reports.size()));
         response.mutable_deliveries()->Reserve(static_cast<int>(reports.size()));
         for (const delivery::DeliveryReport& report : reports) {
           ReportToProto(report, response.add_deliveries());

@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "eventbus/v1/eventbus.grpc.pb.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/util/json_util.h"
 #include "grpc/health/v1/health.pb.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
@@ -71,6 +72,15 @@ class SilentListener {
   int fd_ = -1;
   int port_ = 0;
 };
+
+// The JSON form grpcurl and the CLI print (proto field names, defaults omitted).
+std::string Json(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  return out;
+}
 
 class ServiceTest : public ::testing::Test {
  protected:
@@ -273,6 +283,35 @@ TEST_F(ServiceTest, RaiseWithNoSubscribersHasZeroDeliveries) {
   v1::RaiseResponse response;
   ASSERT_TRUE(Raise(request, &response).ok());
   EXPECT_EQ(response.deliveries_size(), 0);
+  ASSERT_TRUE(response.has_subscribers());
+  EXPECT_EQ(response.subscribers(), 0u);
+  EXPECT_EQ(Json(response), R"({"subscribers":0})");
+}
+
+// Scripts read the JSON form (grpcurl, the CLI's --output json): a refresh's created=false, an
+// idempotent Unsubscribe's removed=0 and a Raise's subscriber count must appear there, not vanish
+// as proto3 defaults.
+TEST_F(ServiceTest, FalseAndZeroAnswersAppearInJson) {
+  v1::SubscribeResponse first;
+  ASSERT_TRUE(Subscribe("E_JSON", "tcp:127.0.0.1:9", &first).ok());
+  v1::SubscribeResponse again;
+  ASSERT_TRUE(Subscribe("E_JSON", "tcp:127.0.0.1:9", &again).ok());
+  EXPECT_THAT(Json(first), HasSubstr(R"("created":true)"));
+  EXPECT_THAT(Json(again), HasSubstr(R"("created":false)"));
+
+  v1::UnsubscribeRequest unknown;
+  unknown.set_id("ffffffffffffffff");
+  v1::UnsubscribeResponse removed;
+  ASSERT_TRUE(stub_->Unsubscribe(Context().get(), unknown, &removed).ok());
+  EXPECT_EQ(Json(removed), R"({"removed":0})");
+
+  v1::RaiseRequest raise;
+  raise.set_event("E_JSON");
+  v1::RaiseResponse response;
+  ASSERT_TRUE(Raise(raise, &response).ok());
+  EXPECT_EQ(response.subscribers(), 1u);
+  EXPECT_EQ(response.deliveries_size(), 1);
+  EXPECT_THAT(Json(response), HasSubstr(R"("subscribers":1)"));
 }
 
 TEST_F(ServiceTest, RaiseRejectsBadEventName) {
