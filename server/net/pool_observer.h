@@ -35,7 +35,6 @@ class PoolObserver {
 class PoolObserverList final : public PoolObserver {
  public:
   void Add(PoolObserver* observer) { observers_.push_back(observer); }
-  bool empty() const { return observers_.empty(); }
 
   void OnComplete(const std::string& target_key, const Outcome& outcome, bool expired,
                   absl::Duration latency) override {

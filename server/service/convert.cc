@@ -36,15 +36,20 @@ void AppendListJson(const ListValue& list, std::string* out) {
   out->push_back(']');
 }
 
-void AppendStructJson(const Struct& object, std::string* out) {
+// A Struct's fields in key order: a protobuf map has none, and the wire must not vary.
+std::vector<std::pair<const std::string*, const Value*>> SortedFields(const Struct& object) {
   std::vector<std::pair<const std::string*, const Value*>> fields;
   fields.reserve(object.fields().size());
   for (const auto& [key, value] : object.fields()) fields.emplace_back(&key, &value);
   std::sort(fields.begin(), fields.end(),
             [](const auto& a, const auto& b) { return *a.first < *b.first; });
+  return fields;
+}
+
+void AppendStructJson(const Struct& object, std::string* out) {
   out->push_back('{');
   bool first = true;
-  for (const auto& [key, value] : fields) {
+  for (const auto& [key, value] : SortedFields(object)) {
     if (!first) out->push_back(',');
     first = false;
     jsonrpc::AppendJsonString(out, *key);
@@ -84,15 +89,9 @@ std::string AppendParamJson(const Value& value, int level, std::string* out) {
     }
     case Value::kStructValue: {
       if (level > jsonrpc::kMaxParamsDepth) return TooDeep();
-      const Struct& object = value.struct_value();
-      std::vector<std::pair<const std::string*, const Value*>> fields;
-      fields.reserve(object.fields().size());
-      for (const auto& [key, field] : object.fields()) fields.emplace_back(&key, &field);
-      std::sort(fields.begin(), fields.end(),
-                [](const auto& a, const auto& b) { return *a.first < *b.first; });
       out->push_back('{');
       bool first = true;
-      for (const auto& [key, field] : fields) {
+      for (const auto& [key, field] : SortedFields(value.struct_value())) {
         if (!first) out->push_back(',');
         first = false;
         jsonrpc::AppendJsonString(out, *key);
