@@ -46,7 +46,7 @@ using prometheus::Histogram;
 constexpr char kOther[] = "other";
 
 // Every DeliveryCode, indexed by its value; kQueued is never a final outcome.
-constexpr size_t kNumCodes = static_cast<size_t>(DeliveryCode::kQueueFull) + 1;
+constexpr size_t kNumCodes = static_cast<size_t>(DeliveryCode::kTlsFailed) + 1;
 constexpr DeliveryCode kFinalCodes[] = {
     DeliveryCode::kOk,
     DeliveryCode::kRpcError,
@@ -56,6 +56,8 @@ constexpr DeliveryCode kFinalCodes[] = {
     DeliveryCode::kConnectionLost,
     DeliveryCode::kBadReply,
     DeliveryCode::kQueueFull,
+    DeliveryCode::kDestinationDenied,
+    DeliveryCode::kTlsFailed,
 };
 
 // gRPC status code names, indexed by grpc::StatusCode.

@@ -22,6 +22,10 @@ absl::string_view DeliveryCodeName(DeliveryCode code) {
       return "BAD_REPLY";
     case DeliveryCode::kQueueFull:
       return "QUEUE_FULL";
+    case DeliveryCode::kDestinationDenied:
+      return "DESTINATION_DENIED";
+    case DeliveryCode::kTlsFailed:
+      return "TLS_FAILED";
   }
   return "UNKNOWN";
 }

@@ -24,10 +24,12 @@ enum class DeliveryCode {
   kConnectionLost,  // the connection closed while the request was outstanding
   kBadReply,        // the reply was not valid JSON-RPC
   kQueueFull,       // rejected at once: the target's queue was full
+  kDestinationDenied,  // the destination policy refused every address the target resolved to
+  kTlsFailed,          // tls: targets: the TLS handshake failed (verification error in detail)
 };
 
 // "QUEUED", "OK", "RPC_ERROR", "TIMEOUT", "CONNECT_FAILED", "RESOLVE_FAILED", "CONNECTION_LOST",
-// "BAD_REPLY", "QUEUE_FULL".
+// "BAD_REPLY", "QUEUE_FULL", "DESTINATION_DENIED", "TLS_FAILED".
 absl::string_view DeliveryCodeName(DeliveryCode code);
 
 struct Outcome {

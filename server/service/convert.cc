@@ -276,6 +276,10 @@ v1::DeliveryStatus DeliveryStatusFromCode(net::DeliveryCode code) {
       return v1::DELIVERY_STATUS_BAD_REPLY;
     case net::DeliveryCode::kQueueFull:
       return v1::DELIVERY_STATUS_QUEUE_FULL;
+    case net::DeliveryCode::kDestinationDenied:
+      return v1::DELIVERY_STATUS_DESTINATION_DENIED;
+    case net::DeliveryCode::kTlsFailed:
+      return v1::DELIVERY_STATUS_TLS_FAILED;
   }
   return v1::DELIVERY_STATUS_UNSPECIFIED;
 }

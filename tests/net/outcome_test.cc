@@ -16,6 +16,8 @@ TEST(DeliveryCodeNameTest, NamesMatchTheProtoEnum) {
   EXPECT_EQ(DeliveryCodeName(DeliveryCode::kConnectionLost), "CONNECTION_LOST");
   EXPECT_EQ(DeliveryCodeName(DeliveryCode::kBadReply), "BAD_REPLY");
   EXPECT_EQ(DeliveryCodeName(DeliveryCode::kQueueFull), "QUEUE_FULL");
+  EXPECT_EQ(DeliveryCodeName(DeliveryCode::kDestinationDenied), "DESTINATION_DENIED");
+  EXPECT_EQ(DeliveryCodeName(DeliveryCode::kTlsFailed), "TLS_FAILED");
 }
 
 TEST(ConnStateNameTest, NamesEveryState) {
