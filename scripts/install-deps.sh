@@ -13,8 +13,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # real components used by the integration tests (prlimit: util-linux)
   etcd-server etcd-client sqlite3 util-linux
-  # promtool (checks a live /metrics scrape)
-  prometheus
+  # promtool (checks a live /metrics scrape); openssl makes the TLS tests' certificates
+  prometheus openssl
   # fuzzing (libFuzzer, FuzzedDataProvider.h) and the sanitizer builds (clang, llvm-symbolizer)
   clang libclang-rt-14-dev llvm
 )
@@ -26,7 +26,7 @@ if [ "${CONTAINER_BUILD:-0}" = 1 ]; then
   for p in "${PACKAGES[@]}"; do
     case "$p" in
       git|clang-format|libgtest-dev|libgmock-dev|libbenchmark-dev|etcd-server|etcd-client|sqlite3|\
-        util-linux|clang|libclang-rt-*|llvm|prometheus) ;;
+        util-linux|clang|libclang-rt-*|llvm|prometheus|openssl) ;;
       *) build_only+=("$p") ;;
     esac
   done
