@@ -33,6 +33,9 @@ struct ServiceOptions {
   absl::Duration deadline_margin = absl::Milliseconds(100);
   size_t max_params_bytes = 65536;
   size_t max_event_name_bytes = 128;
+  // True when the API authenticates callers (server/auth/): auth::CallerOf() then returns the
+  // recorded caller, and ownership rules apply. False: everyone is auth::Caller::Anonymous().
+  bool auth_enabled = false;
 };
 
 // Thread-safe; every method returns at once and finishes its reactor later, on a store thread or
