@@ -31,6 +31,13 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:50051",
 ABSL_FLAG(std::string, store, "sqlite",
           "Subscription store: memory | sqlite | sqlite:PATH | "
           "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]");
+ABSL_FLAG(
+    std::string, store_ca, "",
+    "etcd over TLS: PEM CA bundle that verifies etcd's certificates (empty with "
+    "--store_cert: the system's roots). Any --store_ca/--store_cert/--store_key turns TLS on");
+ABSL_FLAG(std::string, store_cert, "",
+          "etcd over TLS: PEM client certificate (etcd --client-cert-auth); with --store_key");
+ABSL_FLAG(std::string, store_key, "", "etcd over TLS: PEM private key of --store_cert");
 ABSL_FLAG(std::string, data_dir, "/var/lib/eventbus",
           "Directory of the sqlite store's subscriptions.db");
 ABSL_FLAG(int64_t, timeout_ms, 1000,
@@ -209,6 +216,9 @@ eventbus::service::ServerConfig ConfigFromFlags(const eventbus::net::FdBudget& f
   eventbus::service::ServerConfig config;
   config.listen = absl::GetFlag(FLAGS_listen);
   config.store = absl::GetFlag(FLAGS_store);
+  config.store_tls.ca = absl::GetFlag(FLAGS_store_ca);
+  config.store_tls.cert = absl::GetFlag(FLAGS_store_cert);
+  config.store_tls.key = absl::GetFlag(FLAGS_store_key);
   config.data_dir = absl::GetFlag(FLAGS_data_dir);
   config.timeout = absl::Milliseconds(absl::GetFlag(FLAGS_timeout_ms));
   config.sync_mode = absl::GetFlag(FLAGS_sync_mode);

@@ -142,7 +142,7 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
   server->registry_ = std::make_unique<registry::Registry>();
 
   absl::StatusOr<std::unique_ptr<store::SubscriptionStore>> store =
-      store::OpenStore(config.store, config.data_dir);
+      store::OpenStore(config.store, config.data_dir, config.store_tls);
   if (!store.ok()) return store.status();
   server->store_ = *std::move(store);
   if (server->metrics_ != nullptr) {

@@ -56,6 +56,8 @@ struct ServerConfig {
   std::string listen = "127.0.0.1:50051";
   // Store url: "memory", "sqlite[:PATH]", "etcd://HOST:PORT[,...][/PREFIX]".
   std::string store = "sqlite";
+  // TLS to etcd (--store_ca, --store_cert, --store_key): file paths; all empty = plaintext.
+  store::StoreTlsFiles store_tls;
   // Where "sqlite" keeps subscriptions.db.
   std::string data_dir = "/var/lib/eventbus";
   // Raise defaults.

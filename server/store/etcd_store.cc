@@ -65,7 +65,18 @@ struct Endpoint {
   std::unique_ptr<etcdserverpb::Lease::Stub> lease;
 };
 
-std::unique_ptr<Endpoint> MakeEndpoint(std::string address) {
+std::shared_ptr<grpc::ChannelCredentials> ChannelCredentials(
+    const std::optional<EtcdStoreOptions::Tls>& tls) {
+  if (!tls.has_value()) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = tls->ca_pem;
+  ssl.pem_private_key = tls->key_pem;
+  ssl.pem_cert_chain = tls->cert_pem;
+  return grpc::SslCredentials(ssl);
+}
+
+std::unique_ptr<Endpoint> MakeEndpoint(std::string address,
+                                       const std::optional<EtcdStoreOptions::Tls>& tls) {
   grpc::ChannelArguments args;
   // Each store gets its own connections: two stores in one process (tests, two "replicas") must
   // not share a subchannel.
@@ -85,8 +96,7 @@ std::unique_ptr<Endpoint> MakeEndpoint(std::string address) {
 
   auto endpoint = std::make_unique<Endpoint>();
   endpoint->address = std::move(address);
-  endpoint->channel =
-      grpc::CreateCustomChannel(endpoint->address, grpc::InsecureChannelCredentials(), args);
+  endpoint->channel = grpc::CreateCustomChannel(endpoint->address, ChannelCredentials(tls), args);
   endpoint->kv = etcdserverpb::KV::NewStub(endpoint->channel);
   endpoint->watch = etcdserverpb::Watch::NewStub(endpoint->channel);
   endpoint->lease = etcdserverpb::Lease::NewStub(endpoint->channel);
@@ -241,6 +251,7 @@ std::string NormalisePrefix(std::string prefix) {
 
 std::string StripScheme(std::string endpoint) {
   if (absl::StartsWith(endpoint, "http://")) endpoint.erase(0, 7);
+  if (absl::StartsWith(endpoint, "https://")) endpoint.erase(0, 8);
   while (!endpoint.empty() && endpoint.back() == '/') endpoint.pop_back();
   return endpoint;
 }
@@ -253,7 +264,7 @@ EtcdStore::Impl::Impl(EtcdStoreOptions options)
       range_end_(PrefixEnd(key_prefix_)),
       name_(absl::StrCat("store etcd (", absl::StrJoin(options_.endpoints, ","), ")")) {
   for (const std::string& address : options_.endpoints) {
-    endpoints_.push_back(MakeEndpoint(StripScheme(address)));
+    endpoints_.push_back(MakeEndpoint(StripScheme(address), options_.tls));
   }
 }
 

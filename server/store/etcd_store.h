@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,16 @@ struct EtcdStoreOptions {
   // A put whose key and value (plus a small envelope) exceed this is refused INVALID_ARGUMENT
   // without being sent. etcd's --max-request-bytes, 1.5 MiB by default; set it to the cluster's.
   size_t max_request_bytes = 1536 * 1024;
+
+  // TLS to etcd; nullopt: plaintext. PEM text, checked by whoever fills it in (OpenStore).
+  struct Tls {
+    // Roots that verify the members' certificates; empty: the system's roots.
+    std::string ca_pem;
+    // A client certificate and its key (etcd --client-cert-auth): both, or neither.
+    std::string cert_pem;
+    std::string key_pem;
+  };
+  std::optional<Tls> tls;
 };
 
 // Owned by whoever opened it (OpenStore). Thread-safe. Listener calls run on the watch thread

@@ -18,6 +18,7 @@
 #include "server/store/memory_store.h"
 #include "server/store/sqlite_store.h"
 #include "server/store/subscription_store.h"
+#include "server/tls/pem.h"
 
 namespace eventbus::store {
 namespace {
@@ -61,11 +62,38 @@ bool ValidEndpoint(absl::string_view endpoint) {
          endpoint.find_first_of(" \t/") == absl::string_view::npos;
 }
 
+// Reads and checks the TLS files of an etcd store.
+absl::StatusOr<EtcdStoreOptions::Tls> LoadEtcdTls(const StoreTlsFiles& files) {
+  EtcdStoreOptions::Tls tls;
+  if (!files.ca.empty()) {
+    absl::StatusOr<std::string> ca = tls::ReadCertificates({"--store_ca", files.ca});
+    if (!ca.ok()) return ca.status();
+    tls.ca_pem = *std::move(ca);
+  }
+  if (files.cert.empty() != files.key.empty()) {
+    return absl::InvalidArgumentError(
+        "--store_cert and --store_key: a client certificate needs both (or neither)");
+  }
+  if (!files.cert.empty()) {
+    absl::StatusOr<tls::KeyPair> pair =
+        tls::ReadKeyPair({"--store_cert", files.cert}, {"--store_key", files.key});
+    if (!pair.ok()) return pair.status();
+    tls.cert_pem = std::move(pair->cert_pem);
+    tls.key_pem = std::move(pair->key_pem);
+  }
+  return tls;
+}
+
 // `url` is "etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?max_request_bytes=N]"; PREFIX defaults to
 // /eventbus, N (the cluster's --max-request-bytes) to etcd's default.
-StoreOr OpenEtcd(absl::string_view url) {
+StoreOr OpenEtcd(absl::string_view url, const StoreTlsFiles& tls) {
   absl::string_view rest = url.substr(7);  // after "etcd://"
   EtcdStoreOptions options;
+  if (!tls.empty()) {
+    absl::StatusOr<EtcdStoreOptions::Tls> loaded = LoadEtcdTls(tls);
+    if (!loaded.ok()) return loaded.status();
+    options.tls = *std::move(loaded);
+  }
   if (size_t question = rest.find('?'); question != absl::string_view::npos) {
     for (absl::string_view option : absl::StrSplit(rest.substr(question + 1), '&')) {
       constexpr absl::string_view kMaxRequestBytes = "max_request_bytes=";
@@ -101,10 +129,15 @@ StoreOr OpenEtcd(absl::string_view url) {
 
 }  // namespace
 
-StoreOr OpenStore(absl::string_view url, absl::string_view data_dir) {
+StoreOr OpenStore(absl::string_view url, absl::string_view data_dir, const StoreTlsFiles& tls) {
+  if (absl::StartsWith(url, "etcd://")) return OpenEtcd(url, tls);
+  if (!tls.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--store_ca, --store_cert and --store_key apply to etcd stores only (store \"",
+                     url, "\")"));
+  }
   if (url == "memory") return std::make_unique<MemoryStore>();
   if (url == "sqlite" || absl::StartsWith(url, "sqlite:")) return OpenSqlite(url, data_dir);
-  if (absl::StartsWith(url, "etcd://")) return OpenEtcd(url);
   return absl::InvalidArgumentError(
       absl::StrCat("store \"", url,
                    "\": unknown scheme (expected memory, sqlite[:PATH] or "

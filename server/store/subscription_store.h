@@ -65,9 +65,19 @@ class SubscriptionStore {
 //   "memory"                                  in-memory, lost at exit
 //   "sqlite" | "sqlite:PATH"                  SQLite file (default: DATA_DIR/subscriptions.db)
 //   "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]" etcd v3, keys under PREFIX (default /eventbus)
-// INVALID_ARGUMENT for an unknown scheme or a malformed url.
+// `tls` (etcd only) turns on TLS to etcd: any file set means TLS; `ca` empty uses the system's
+// roots; `cert` and `key` (a client certificate) come together.
+// INVALID_ARGUMENT for an unknown scheme, a malformed url, TLS files for a store that is not
+// etcd, or a TLS file that cannot be read or is wrong (naming the flag and the file).
+struct StoreTlsFiles {
+  std::string ca;    // --store_ca
+  std::string cert;  // --store_cert
+  std::string key;   // --store_key
+  bool empty() const { return ca.empty() && cert.empty() && key.empty(); }
+};
 absl::StatusOr<std::unique_ptr<SubscriptionStore>> OpenStore(absl::string_view url,
-                                                             absl::string_view data_dir);
+                                                             absl::string_view data_dir,
+                                                             const StoreTlsFiles& tls = {});
 
 }  // namespace eventbus::store
 

@@ -22,6 +22,7 @@
 #include "tests/testing/jsonrpc_peer.h"
 #include "tests/testing/ports.h"
 #include "tests/testing/process.h"
+#include "tests/testing/test_pki.h"
 #include "tests/testing/wait.h"
 
 namespace eventbus {
@@ -76,6 +77,7 @@ class StartupTest : public ::testing::Test {
     options.argv = {EVENTBUSD_PATH, absl::StrCat("--listen=", address_),
                     absl::StrCat("--store=", store_url_),
                     absl::StrCat("--data_dir=", (dir_.path() / "data").string())};
+    options.argv.insert(options.argv.end(), extra_flags_.begin(), extra_flags_.end());
     options.log_path = (dir_.path() / "eventbusd.log").string();
     absl::StatusOr<std::unique_ptr<Process>> process = Process::Start(std::move(options));
     ASSERT_TRUE(process.ok()) << process.status();
@@ -96,6 +98,8 @@ class StartupTest : public ::testing::Test {
   uint16_t etcd_port_ = 0;
   std::string store_url_;
   std::string address_;
+  // Added to eventbusd's command line.
+  std::vector<std::string> extra_flags_;
   std::unique_ptr<Process> server_;
   std::unique_ptr<Client> client_;
 };
@@ -183,6 +187,94 @@ TEST_F(StartupTest, SigtermWhileWaitingForTheStoreExitsCleanlyAtOnce) {
   ASSERT_TRUE(exit.ok()) << "eventbusd ignored SIGTERM while waiting for its store:\n" << Log();
   EXPECT_TRUE(exit->Success()) << exit->ToString() << "\n" << Log();
   EXPECT_LT(absl::Now() - sent, absl::Seconds(2)) << Log();
+}
+
+// etcd over TLS through the real binary: eventbusd with --store_ca/--store_cert/--store_key loads
+// from an etcd that requires client certificates and writes a Subscribe there; a store it does
+// not trust keeps it not ready, saying why; a key that does not match its certificate is a
+// configuration error (exit 2) named before anything starts.
+class StartupTlsTest : public StartupTest {
+ protected:
+  void SetUp() override {
+    StartupTest::SetUp();
+    if (IsSkipped()) return;
+    auto pki = testing::TestPki::Create();
+    ASSERT_TRUE(pki.ok()) << pki.status();
+    pki_ = *std::move(pki);
+    auto server = pki_->IssueLocalhostServer("etcd");
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto client = pki_->Issue("eventbusd", "eventbusd", {}, testing::CertUsage::kClient);
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_cert_ = *std::move(client);
+    auto etcd = EtcdHarness::StartTls({pki_->ca_cert_path(), server->cert_path, server->key_path});
+    ASSERT_TRUE(etcd.ok()) << etcd.status();
+    etcd_ = *std::move(etcd);
+    store_url_ = absl::StrCat("etcd://", etcd_->endpoint(), "/eventbus-startup");
+  }
+
+  std::vector<std::string> TlsFlags(const std::string& ca) const {
+    return {absl::StrCat("--store_ca=", ca), absl::StrCat("--store_cert=", client_cert_.cert_path),
+            absl::StrCat("--store_key=", client_cert_.key_path)};
+  }
+
+  std::unique_ptr<testing::TestPki> pki_;
+  testing::CertFiles client_cert_;
+  std::unique_ptr<EtcdHarness> etcd_;
+};
+
+TEST_F(StartupTlsTest, LoadsFromAndWritesToAnEtcdThatRequiresClientCertificates) {
+  extra_flags_ = TlsFlags(pki_->ca_cert_path());
+  ASSERT_NO_FATAL_FAILURE(StartEventbusd());
+  EXPECT_TRUE(WaitFor(absl::Seconds(10), [&] {
+    return HealthOf(*client_, kReadiness) == "SERVING";
+  })) << Log();
+  v1::SubscribeRequest subscribe;
+  subscribe.set_event("E_TLS_STORE");
+  subscribe.set_socket("tcp:127.0.0.1:9");
+  absl::StatusOr<v1::SubscribeResponse> subscribed = client_->Subscribe(subscribe);
+  ASSERT_TRUE(subscribed.ok()) << subscribed.status() << "\n" << Log();
+  auto stored =
+      etcd_->Get(absl::StrCat("/eventbus-startup/subscriptions/", subscribed->subscription().id()));
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_TRUE(stored->has_value());
+}
+
+TEST_F(StartupTlsTest, AnEtcdItDoesNotTrustKeepsItNotReadyAndSaysWhy) {
+  auto other = testing::TestPki::Create("Other CA");
+  ASSERT_TRUE(other.ok()) << other.status();
+  extra_flags_ = TlsFlags((*other)->ca_cert_path());
+  ASSERT_NO_FATAL_FAILURE(StartEventbusd());
+  v1::SubscribeRequest subscribe;
+  subscribe.set_event("E_TLS_STORE");
+  subscribe.set_socket("tcp:127.0.0.1:9");
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_EQ(HealthOf(*client_, kReadiness), "NOT_SERVING") << Log();
+  absl::StatusOr<v1::SubscribeResponse> refused = client_->Subscribe(subscribe);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  EXPECT_THAT(refused.status().message(), HasSubstr("not loaded yet")) << refused.status();
+  EXPECT_THAT(refused.status().message(), HasSubstr("certificate verify failed"))
+      << refused.status();
+}
+
+TEST_F(StartupTlsTest, AKeyThatDoesNotMatchItsCertificateIsAConfigurationError) {
+  auto stray = pki_->Issue("stray", "stray", {}, testing::CertUsage::kClient);
+  ASSERT_TRUE(stray.ok()) << stray.status();
+  ProcessOptions options;
+  options.argv = {EVENTBUSD_PATH,
+                  "--listen=127.0.0.1:0",
+                  absl::StrCat("--store=", store_url_),
+                  absl::StrCat("--store_ca=", pki_->ca_cert_path()),
+                  absl::StrCat("--store_cert=", client_cert_.cert_path),
+                  absl::StrCat("--store_key=", stray->key_path)};
+  options.log_path = (dir_.path() / "bad.log").string();
+  auto process = Process::Start(std::move(options));
+  ASSERT_TRUE(process.ok()) << process.status();
+  auto exit = (*process)->Wait(absl::Seconds(10));
+  ASSERT_TRUE(exit.ok()) << exit.status();
+  EXPECT_EQ(exit->code, 2) << exit->ToString() << "\n" << (*process)->ReadLog();
+  EXPECT_THAT((*process)->ReadLog(),
+              HasSubstr(absl::StrCat("--store_key \\\"", stray->key_path,
+                                     "\\\": the private key does not match the certificate")));
 }
 
 }  // namespace

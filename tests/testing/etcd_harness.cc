@@ -156,6 +156,16 @@ std::string LogTail(const std::string& log) {
 bool EtcdHarness::Available() { return ::access(kEtcdBinary, X_OK) == 0; }
 
 absl::StatusOr<std::unique_ptr<EtcdHarness>> EtcdHarness::Start(absl::Duration ready_timeout) {
+  return StartWith(std::nullopt, ready_timeout);
+}
+
+absl::StatusOr<std::unique_ptr<EtcdHarness>> EtcdHarness::StartTls(EtcdTlsFiles tls,
+                                                                   absl::Duration ready_timeout) {
+  return StartWith(std::move(tls), ready_timeout);
+}
+
+absl::StatusOr<std::unique_ptr<EtcdHarness>> EtcdHarness::StartWith(std::optional<EtcdTlsFiles> tls,
+                                                                    absl::Duration ready_timeout) {
   char dir_template[] = "/tmp/eventbus-etcd-XXXXXX";
   if (::mkdtemp(dir_template) == nullptr) {
     return absl::InternalError(absl::StrCat("etcd harness: mkdtemp: ", strerror(errno)));
@@ -168,6 +178,10 @@ absl::StatusOr<std::unique_ptr<EtcdHarness>> EtcdHarness::Start(absl::Duration r
   for (int attempt = 0; attempt < 3; ++attempt) {
     auto harness = std::unique_ptr<EtcdHarness>(
         new EtcdHarness(dir_template, PickUnusedPort(), PickUnusedPort()));
+    if (tls.has_value()) {
+      harness->tls_ = tls;
+      harness->http_port_ = PickUnusedPort();
+    }
     last = harness->Launch(ready_timeout);
     if (last.ok()) return harness;
     if (!absl::StrContains(last.message(), "address already in use")) break;
@@ -200,11 +214,14 @@ EtcdHarness::~EtcdHarness() {
 std::string EtcdHarness::endpoint() const { return absl::StrCat("127.0.0.1:", client_port_); }
 
 absl::Status EtcdHarness::Launch(absl::Duration ready_timeout) {
-  const std::string client_url = absl::StrCat("http://127.0.0.1:", client_port_);
+  const std::string client_url =
+      absl::StrCat(tls_.has_value() ? "https" : "http", "://127.0.0.1:", client_port_);
+  std::string listen_urls = client_url;
+  if (tls_.has_value()) absl::StrAppend(&listen_urls, ",http://127.0.0.1:", http_port_);
   const std::string peer_url = absl::StrCat("http://127.0.0.1:", peer_port_);
   ProcessOptions options;
   options.argv = {kEtcdBinary, "--name", kMemberName, "--data-dir", absl::StrCat(dir_, "/data"),
-                  "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+                  "--listen-client-urls", listen_urls, "--advertise-client-urls", client_url,
                   "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
                   "--initial-cluster", absl::StrCat(kMemberName, "=", peer_url),
                   "--initial-cluster-state", "new", "--initial-cluster-token",
@@ -212,6 +229,11 @@ absl::Status EtcdHarness::Launch(absl::Duration ready_timeout) {
                   // A single member elects itself after one election timeout: keep it short.
                   "--heartbeat-interval", "25", "--election-timeout", "250", "--logger", "zap",
                   "--log-outputs", "stderr"};
+  if (tls_.has_value()) {
+    options.argv.insert(options.argv.end(), {"--cert-file", tls_->server_cert, "--key-file",
+                                             tls_->server_key, "--trusted-ca-file", tls_->ca_cert});
+    if (tls_->client_cert_auth) options.argv.push_back("--client-cert-auth");
+  }
   options.log_path = absl::StrCat(dir_, "/etcd.log");
   absl::StatusOr<std::unique_ptr<Process>> process = Process::Start(std::move(options));
   if (!process.ok()) return process.status();
@@ -227,7 +249,7 @@ absl::Status EtcdHarness::Launch(absl::Duration ready_timeout) {
       return absl::UnavailableError(absl::StrCat("etcd harness: etcd exited (", exit->ToString(),
                                                  ") before serving; log:\n", LogTail(log)));
     }
-    absl::StatusOr<HttpResponse> health = Http(client_port_, "GET", "/health", "");
+    absl::StatusOr<HttpResponse> health = Http(http_port_, "GET", "/health", "");
     if (health.ok() && health->status == 200 &&
         absl::StrContains(health->body, "\"health\":\"true\"")) {
       return absl::OkStatus();
@@ -276,7 +298,7 @@ std::string EtcdHarness::Log() const {
 }
 
 absl::StatusOr<std::string> EtcdHarness::Post(const std::string& path, const std::string& body) {
-  absl::StatusOr<HttpResponse> response = Http(client_port_, "POST", path, body);
+  absl::StatusOr<HttpResponse> response = Http(http_port_, "POST", path, body);
   if (!response.ok()) return response.status();
   if (response->status != 200) {
     return absl::InternalError(

@@ -17,6 +17,15 @@
 
 namespace eventbus::testing {
 
+// etcd serving its clients over TLS (StartTls): PEM file paths.
+struct EtcdTlsFiles {
+  std::string ca_cert;  // --trusted-ca-file: verifies client certificates
+  std::string server_cert;
+  std::string server_key;
+  // --client-cert-auth: a client must present a certificate signed by ca_cert.
+  bool client_cert_auth = true;
+};
+
 // Owned by one test. Thread-compatible.
 class EtcdHarness {
  public:
@@ -34,13 +43,18 @@ class EtcdHarness {
   static absl::StatusOr<std::unique_ptr<EtcdHarness>> StartOnPort(
       uint16_t client_port, absl::Duration ready_timeout = absl::Seconds(20));
 
+  // As Start, with the client port serving TLS only. The harness's own helpers (Get, Put,
+  // CurrentRevision...) use a second, plaintext client port that no store is pointed at.
+  static absl::StatusOr<std::unique_ptr<EtcdHarness>> StartTls(
+      EtcdTlsFiles tls, absl::Duration ready_timeout = absl::Seconds(20));
+
   // Stops etcd and removes its data directory.
   ~EtcdHarness();
 
   EtcdHarness(const EtcdHarness&) = delete;
   EtcdHarness& operator=(const EtcdHarness&) = delete;
 
-  // "127.0.0.1:PORT", for the store and for gRPC clients.
+  // "127.0.0.1:PORT", for the store and for gRPC clients (TLS only after StartTls).
   std::string endpoint() const;
   uint16_t client_port() const { return client_port_; }
   const std::string& data_dir() const { return dir_; }
@@ -76,7 +90,12 @@ class EtcdHarness {
 
  private:
   EtcdHarness(std::string dir, uint16_t client_port, uint16_t peer_port)
-      : dir_(std::move(dir)), client_port_(client_port), peer_port_(peer_port) {}
+      : dir_(std::move(dir)),
+        client_port_(client_port),
+        peer_port_(peer_port),
+        http_port_(client_port) {}
+  static absl::StatusOr<std::unique_ptr<EtcdHarness>> StartWith(std::optional<EtcdTlsFiles> tls,
+                                                                absl::Duration ready_timeout);
   absl::Status Launch(absl::Duration ready_timeout);
   // POSTs `body` to the JSON gateway at `path`; returns the response body of a 200.
   absl::StatusOr<std::string> Post(const std::string& path, const std::string& body);
@@ -84,6 +103,9 @@ class EtcdHarness {
   std::string dir_;
   uint16_t client_port_;
   uint16_t peer_port_;
+  // The plaintext port the helpers speak HTTP to: client_port_, or a second one under TLS.
+  uint16_t http_port_;
+  std::optional<EtcdTlsFiles> tls_;
   std::unique_ptr<Process> process_;
 };
 
