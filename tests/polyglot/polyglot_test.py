@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.dont_write_bytecode = True  # nothing written into tests/polyglot
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testing"))
 from jsonrpc_peer import JsonRpcPeer  # noqa: E402
 
 SKIP = 77
