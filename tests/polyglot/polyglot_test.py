@@ -262,11 +262,17 @@ def main():
     finally:
         peer.stop()
         if process:
+            # A clean exit on SIGTERM also means no sanitizer report (scripts/sanitize.sh runs
+            # this test against the instrumented eventbusd).
             process.terminate()
             try:
-                process.wait(10)
+                code = process.wait(15)
             except subprocess.TimeoutExpired:
                 process.kill()
+                code = "none within 15 s"
+            if code != 0:
+                failed += 1
+                print("%s: FAIL eventbusd exit status on SIGTERM: %s, want 0" % (name, code))
             if failed:
                 with open(log) as f:
                     print("--- eventbusd log\n" + f.read())
