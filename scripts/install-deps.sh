@@ -17,6 +17,12 @@ PACKAGES=(
   prometheus openssl
   # fuzzing (libFuzzer, FuzzedDataProvider.h) and the sanitizer builds (clang, llvm-symbolizer)
   clang libclang-rt-14-dev llvm
+  # the Python and Go clients run in CI (tests/polyglot). grpc-go 1.33 marshals through
+  # github.com/golang/protobuf, whose 1.3 (apt's default pick) panics on protoc-gen-go 1.28's
+  # messages: 1.5 hands them to APIv2.
+  python3-grpcio python3-protobuf
+  golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
+  protoc-gen-go protoc-gen-go-grpc
 )
 
 # CONTAINER_BUILD=1 (the image's build stage): only what compiles eventbusd and the CLI; the test,
@@ -26,7 +32,7 @@ if [ "${CONTAINER_BUILD:-0}" = 1 ]; then
   for p in "${PACKAGES[@]}"; do
     case "$p" in
       git|clang-format|libgtest-dev|libgmock-dev|libbenchmark-dev|etcd-server|etcd-client|sqlite3|\
-        util-linux|clang|libclang-rt-*|llvm|prometheus|openssl) ;;
+        util-linux|clang|libclang-rt-*|llvm|prometheus|openssl|python3-*|golang-*|protoc-gen-go*) ;;
       *) build_only+=("$p") ;;
     esac
   done
@@ -62,6 +68,14 @@ if [ ! -x "$TOOLS/node_modules/.bin/buf" ]; then
   echo "install-deps: installing @bufbuild/buf into $TOOLS"
   mkdir -p "$TOOLS"
   npm install --silent --prefix "$TOOLS" --no-audit --no-fund @bufbuild/buf@1 >/dev/null
+fi
+# The Node client (client/node, run in CI by tests/polyglot): gRPC and the .proto loader. Pinned.
+GRPC_NPM=(@grpc/grpc-js@1.14.7 @grpc/proto-loader@0.8.1)
+if [ ! -f "$TOOLS/node_modules/@grpc/grpc-js/package.json" ] ||
+   [ ! -f "$TOOLS/node_modules/@grpc/proto-loader/package.json" ]; then
+  echo "install-deps: installing ${GRPC_NPM[*]} into $TOOLS"
+  mkdir -p "$TOOLS"
+  npm install --silent --prefix "$TOOLS" --no-audit --no-fund "${GRPC_NPM[@]}" >/dev/null
 fi
 # The offline Kubernetes schema validation of deploy/ (tests/deploy): compiled OpenAPI schemas,
 # the field lists that reject unknown fields, and a YAML parser. Pinned versions.

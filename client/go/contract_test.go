@@ -1,0 +1,200 @@
+// The params contract seen from Go, against a live eventbusd ($EVENTBUS_SERVER): each case raises
+// to a subscriber the test runs itself and compares the exact bytes it receives.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	pb "eventbus/gen/go/eventbus/v1"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+const contractEvent = "E_CONTRACT_GO"
+
+// subscriber accepts EventBus's one connection and returns one notification at a time.
+type subscriber struct {
+	listener net.Listener
+	conn     net.Conn
+	buffer   []byte
+}
+
+// next returns the next notification: one is in flight at a time, so it ends where the bytes
+// first form valid JSON.
+func (s *subscriber) next(t *testing.T) string {
+	t.Helper()
+	if s.conn == nil {
+		s.listener.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
+		conn, err := s.listener.Accept()
+		if err != nil {
+			t.Fatalf("accept: %v", err)
+		}
+		s.conn = conn
+	}
+	s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	chunk := make([]byte, 65536)
+	for !json.Valid(s.buffer) {
+		n, err := s.conn.Read(chunk)
+		if err != nil {
+			t.Fatalf("read after %q: %v", s.buffer, err)
+		}
+		s.buffer = append(s.buffer, chunk[:n]...)
+	}
+	message := string(s.buffer)
+	s.buffer = nil
+	return message
+}
+
+func setUp(t *testing.T) (pb.EventBusServiceClient, *subscriber) {
+	server := os.Getenv("EVENTBUS_SERVER")
+	if server == "" {
+		t.Fatal("EVENTBUS_SERVER (HOST:PORT of a live eventbusd) is not set")
+	}
+	conn, bus, err := Dial(server, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := &subscriber{listener: listener}
+	socket := "tcp:" + listener.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := bus.Subscribe(ctx, &pb.SubscribeRequest{
+		Event: contractEvent, Socket: socket, ExpireSeconds: proto.Uint32(120)}); err != nil {
+		t.Fatalf("subscribe: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		bus.Unsubscribe(ctx, &pb.UnsubscribeRequest{Event: contractEvent, Socket: socket})
+		if sub.conn != nil {
+			sub.conn.Close()
+		}
+		listener.Close()
+		conn.Close()
+	})
+	return bus, sub
+}
+
+func raise(bus pb.EventBusServiceClient, params interface{}) (*pb.RaiseResponse, error) {
+	request := &pb.RaiseRequest{Event: contractEvent, Sync: proto.Bool(false)}
+	switch p := params.(type) {
+	case []*pb.Param:
+		request.Params = Named(p...)
+	case *structpb.ListValue:
+		request.Params = &pb.RaiseRequest_Positional{Positional: p}
+	case string:
+		request.Params = &pb.RaiseRequest_Json{Json: p}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return bus.Raise(ctx, request)
+}
+
+func expectParams(t *testing.T, bus pb.EventBusServiceClient, sub *subscriber, params interface{},
+	want string) {
+	t.Helper()
+	answer, err := raise(bus, params)
+	if err != nil {
+		t.Fatalf("raise: %v", err)
+	}
+	if answer.GetSubscribers() != 1 ||
+		answer.GetDeliveries()[0].GetStatus() != pb.DeliveryStatus_DELIVERY_STATUS_QUEUED {
+		t.Fatalf("raise answered %v, want one QUEUED delivery", answer)
+	}
+	wire := fmt.Sprintf(`{"jsonrpc":"2.0","method":"%s","params":%s}`, contractEvent, want)
+	if got := sub.next(t); got != wire {
+		t.Errorf("the subscriber got\n  %s\nwant\n  %s", got, wire)
+	}
+}
+
+func expectInvalid(t *testing.T, bus pb.EventBusServiceClient, params interface{}, fragment string) {
+	t.Helper()
+	_, err := raise(bus, params)
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), fragment) {
+		t.Errorf("raise: got %v, want INVALID_ARGUMENT containing %q", err, fragment)
+	}
+}
+
+func number(v float64) *structpb.Value { return structpb.NewNumberValue(v) }
+
+func TestContract(t *testing.T) {
+	bus, sub := setUp(t)
+
+	t.Run("IntegersArriveExactlyAsJSONText", func(t *testing.T) {
+		expectParams(t, bus, sub, []*pb.Param{
+			Uint64Param("a", 1<<53+1), Uint64Param("b", 12345678901234567890),
+			Int64Param("c", math.MinInt64), Uint64Param("d", math.MaxUint64), JSONParam("e", "1.50"),
+		}, `{"a":9007199254740993,"b":12345678901234567890,"c":-9223372036854775808,`+
+			`"d":18446744073709551615,"e":1.50}`)
+	})
+
+	t.Run("ValueNumbersAreFloat64SoBigIntegersRound", func(t *testing.T) {
+		// Documented: a Value holds a float64, so 2^53+1 is rounded before it leaves Go. Use
+		// Uint64Param/Int64Param (JSON text) for such integers.
+		expectParams(t, bus, sub, []*pb.Param{
+			ValueParam("n", number(float64(uint64(1<<53+1)))),
+			ValueParam("m", number(float64(uint64(12345678901234567890)))),
+		}, `{"n":9007199254740992,"m":1.2345678901234567e+19}`)
+	})
+
+	t.Run("PositionalValuesRoundAndWholeParamsJSONIsExact", func(t *testing.T) {
+		list := &structpb.ListValue{Values: []*structpb.Value{number(float64(uint64(1<<53 + 1))), number(3)}}
+		expectParams(t, bus, sub, list, `[9007199254740992,3]`)
+		expectParams(t, bus, sub, "[9007199254740993, 12345678901234567890]",
+			`[9007199254740993,12345678901234567890]`)
+	})
+
+	t.Run("UnsetValueIsInvalidArgumentNamingTheParam", func(t *testing.T) {
+		expectInvalid(t, bus, []*pb.Param{ValueParam("count", &structpb.Value{})}, `param "count": no value`)
+		expectInvalid(t, bus, []*pb.Param{{Name: "count"}}, `param "count": no value`)
+	})
+
+	t.Run("NaNAndInfinityAreInvalidArgument", func(t *testing.T) {
+		expectInvalid(t, bus, []*pb.Param{ValueParam("x", number(math.NaN()))},
+			`param "x": NaN cannot be sent as JSON`)
+		expectInvalid(t, bus, []*pb.Param{ValueParam("y", number(math.Inf(-1)))},
+			`param "y": -Infinity cannot be sent as JSON`)
+	})
+
+	t.Run("JSONFormKeepsKeyOrderAndAStructSortsIt", func(t *testing.T) {
+		type inner struct {
+			Y int `json:"y"`
+			B int `json:"b"`
+		}
+		obj, err := MarshalParam("obj", struct {
+			Z int   `json:"z"`
+			A inner `json:"a"`
+		}{1, inner{2, 3}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		expectParams(t, bus, sub, []*pb.Param{obj}, `{"obj":{"z":1,"a":{"y":2,"b":3}}}`)
+		sorted, err := structpb.NewValue(map[string]interface{}{"z": 1, "a": 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		expectParams(t, bus, sub, []*pb.Param{ValueParam("obj", sorted)}, `{"obj":{"a":2,"z":1}}`)
+	})
+
+	t.Run("StringsBooleansAndNullTravelAsValues", func(t *testing.T) {
+		expectParams(t, bus, sub, []*pb.Param{
+			ValueParam("s", structpb.NewStringValue(`café "q"`)), ValueParam("t", structpb.NewBoolValue(true)),
+			ValueParam("f", structpb.NewBoolValue(false)), ValueParam("n", structpb.NewNullValue()),
+		}, `{"s":"café \"q\"","t":true,"f":false,"n":null}`)
+	})
+}

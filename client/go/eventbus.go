@@ -1,0 +1,94 @@
+// Helpers for calling EventBus (eventbus.v1.EventBusService) from Go: dialing, building params
+// in the form that carries each value exactly, and printing per-target outcomes.
+//
+// Built in GOPATH mode against Debian's grpc-go 1.33 and protobuf-go 1.28 with the code protoc
+// generates into $GOPATH/src/eventbus/gen/go/eventbus/v1 (see README.md beside this file).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	pb "eventbus/gen/go/eventbus/v1"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// Dial connects to the EventBus server at addr (HOST:PORT) without TLS, waiting at most timeout.
+// grpc-go 1.33 has no credentials/insecure package: WithInsecure is its spelling.
+func Dial(addr string, timeout time.Duration) (*grpc.ClientConn, pb.EventBusServiceClient, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	conn, err := grpc.DialContext(ctx, addr, grpc.WithInsecure(), grpc.WithBlock())
+	if err != nil {
+		return nil, nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	return conn, pb.NewEventBusServiceClient(conn), nil
+}
+
+// JSONParam returns a param sent as JSON text, token for token: integers of any size exactly,
+// object keys in the given order.
+func JSONParam(name, text string) *pb.Param {
+	return &pb.Param{Name: name, Form: &pb.Param_Json{Json: text}}
+}
+
+// Uint64Param returns a param carrying v exactly (as JSON text: a Value would make it a double).
+func Uint64Param(name string, v uint64) *pb.Param {
+	return JSONParam(name, strconv.FormatUint(v, 10))
+}
+
+// Int64Param returns a param carrying v exactly (as JSON text: a Value would make it a double).
+func Int64Param(name string, v int64) *pb.Param {
+	return JSONParam(name, strconv.FormatInt(v, 10))
+}
+
+// MarshalParam returns a param carrying json.Marshal(v) as JSON text. Struct fields keep their
+// declaration order; map keys come out sorted (encoding/json sorts them).
+func MarshalParam(name string, v interface{}) (*pb.Param, error) {
+	text, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("param %q: %w", name, err)
+	}
+	return JSONParam(name, string(text)), nil
+}
+
+// ValueParam returns a param carried as a google.protobuf.Value: for strings, booleans, null and
+// numbers within +-2^53 (a Value's number is a float64).
+func ValueParam(name string, v *structpb.Value) *pb.Param {
+	return &pb.Param{Name: name, Form: &pb.Param_Value{Value: v}}
+}
+
+// Named returns the params of a RaiseRequest as a JSON object, in the order given.
+func Named(params ...*pb.Param) *pb.RaiseRequest_Named {
+	return &pb.RaiseRequest_Named{Named: &pb.NamedParams{Params: params}}
+}
+
+// StatusName returns DELIVERY_STATUS_OK as "OK".
+func StatusName(s pb.DeliveryStatus) string {
+	return strings.TrimPrefix(s.String(), "DELIVERY_STATUS_")
+}
+
+// StateName returns CONNECTION_STATE_CONNECTED as "CONNECTED".
+func StateName(s pb.ConnectionState) string {
+	return strings.TrimPrefix(s.String(), "CONNECTION_STATE_")
+}
+
+// FormatDelivery returns one line per target: socket, status, latency, then the result or error.
+func FormatDelivery(d *pb.Delivery) string {
+	ms := float64(d.GetLatency().AsDuration().Microseconds()) / 1000
+	line := fmt.Sprintf("%s  %s  %.2f ms", d.GetSocket(), StatusName(d.GetStatus()), ms)
+	switch {
+	case d.GetStatus() == pb.DeliveryStatus_DELIVERY_STATUS_OK && d.GetResult() != "":
+		line += "  " + d.GetResult()
+	case d.GetStatus() == pb.DeliveryStatus_DELIVERY_STATUS_RPC_ERROR:
+		line += fmt.Sprintf("  error %d %s", d.GetError().GetCode(), d.GetError().GetMessage())
+	case d.GetDetail() != "":
+		line += "  " + d.GetDetail()
+	}
+	return line
+}

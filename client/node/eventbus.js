@@ -1,0 +1,154 @@
+// A small Node client for EventBus (eventbus.v1.EventBusService) on @grpc/grpc-js and
+// @grpc/proto-loader, which reads proto/eventbus/v1/eventbus.proto at run time (no generated code).
+//
+// The pitfall this module avoids: proto-loader's `keepCase: true` keeps this proto's snake_case
+// names, but google.protobuf.Value/Struct come from protobufjs's bundled copies, whose fields are
+// always camelCase. `{number_value: 3}` is then an unknown field, dropped without a word, and the
+// server gets a Value with nothing set (it answers INVALID_ARGUMENT `param "count": no value`; it
+// used to send null). So: keepCase false (the default) and camelCase everywhere — `expireSeconds`,
+// `timeoutMs`, `{numberValue: 3}`, `{stringValue: "x"}`, `{boolValue: true}`.
+'use strict';
+
+const path = require('path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const LOADER_OPTIONS = {
+  keepCase: false, // see above: camelCase names for every message, well-known types included
+  longs: String, // uint64 counters and int64 error codes as strings, never rounded
+  enums: String, // 'DELIVERY_STATUS_OK' rather than 2
+  defaults: false,
+  oneofs: true,
+};
+
+// Loads the service from protoDir (default: the repository's proto/ folder).
+function loadService(protoDir = process.env.EVENTBUS_PROTO_DIR ||
+                     path.join(__dirname, '..', '..', 'proto')) {
+  const definition = protoLoader.loadSync('eventbus/v1/eventbus.proto',
+                                          {...LOADER_OPTIONS, includeDirs: [protoDir]});
+  return grpc.loadPackageDefinition(definition).eventbus.v1.EventBusService;
+}
+
+// Returns `value` as JSON text: BigInts as exact integers, object keys in insertion order (note
+// that JavaScript itself puts integer-like keys such as "1" first). Throws on NaN, Infinity and
+// integers beyond 2^53 (already rounded by JavaScript: give them as BigInt or a string).
+function toJson(value, where) {
+  switch (typeof value) {
+    case 'bigint':
+      return value.toString();
+    case 'number':
+      if (!Number.isFinite(value)) throw new RangeError(`${where}: ${value} cannot be sent as JSON`);
+      if (Number.isInteger(value) && !Number.isSafeInteger(value)) {
+        throw new RangeError(`${where}: ${value} is beyond 2^53 and already rounded; use a BigInt`);
+      }
+      return JSON.stringify(value);
+    case 'string':
+    case 'boolean':
+      return JSON.stringify(value);
+    case 'object':
+      if (value === null) return 'null';
+      if (Array.isArray(value)) {
+        return '[' + value.map((v, i) => toJson(v, `${where}[${i}]`)).join(',') + ']';
+      }
+      return '{' + Object.entries(value).map(
+          ([k, v]) => JSON.stringify(k) + ':' + toJson(v, `${where}.${k}`)).join(',') + '}';
+    default:
+      throw new TypeError(`${where}: cannot send a ${typeof value}`);
+  }
+}
+
+// Returns an eventbus.v1.Param carrying `value` exactly: BigInts, objects and arrays as JSON text
+// (Param.json); strings, booleans, null and numbers within 2^53 as a google.protobuf.Value.
+function param(name, value) {
+  const where = `param ${JSON.stringify(name)}`;
+  switch (typeof value) {
+    case 'string':
+      return {name, value: {stringValue: value}};
+    case 'boolean':
+      return {name, value: {boolValue: value}};
+    case 'number':
+      if (Number.isInteger(value) && !Number.isSafeInteger(value)) toJson(value, where);  // throws
+      return {name, value: {numberValue: value}};  // NaN and Infinity: the server refuses them
+    default:
+      if (value === null) return {name, value: {nullValue: 'NULL_VALUE'}};
+      return {name, json: toJson(value, where)};
+  }
+}
+
+// Returns NamedParams from an object (keys in insertion order) or an array of [name, value].
+function namedParams(params) {
+  const entries = Array.isArray(params) ? params : Object.entries(params);
+  return {params: entries.map(([name, value]) => param(name, value))};
+}
+
+// A connection to one EventBus server; every call has a deadline (timeoutMs). Calls return
+// promises; errors carry the gRPC `code` (grpc.status.INVALID_ARGUMENT, ...) and `details`.
+class EventBus {
+  constructor(address, {timeoutMs = 10000, Service = loadService()} = {}) {
+    this.client = new Service(address, grpc.credentials.createInsecure());
+    this.timeoutMs = timeoutMs;
+  }
+
+  close() {
+    this.client.close();
+  }
+
+  call(method, request, extraMs = 0) {
+    const deadline = new Date(Date.now() + this.timeoutMs + extraMs);
+    return new Promise((resolve, reject) => {
+      this.client[method](request, {deadline}, (err, reply) => (err ? reject(err) : resolve(reply)));
+    });
+  }
+
+  // Resolves to the SubscribeResponse ({subscription, created}).
+  subscribe(event, socket, {expireSeconds, eventParam} = {}) {
+    return this.call('Subscribe', {event, socket, expireSeconds, eventParam});
+  }
+
+  // Removes by {id} or by {event, socket}; resolves to how many were removed (0 is fine).
+  async unsubscribe({id = '', event = '', socket = ''}) {
+    return (await this.call('Unsubscribe', {id, event, socket})).removed;
+  }
+
+  // Raises `event` with at most one of params (object or [name, value] pairs), positional (an
+  // array of google.protobuf.Value objects) or json (text). Resolves to the RaiseResponse.
+  raise(event, {params, positional, json, sync, timeoutMs} = {}) {
+    const request = {event, sync, timeoutMs};
+    if (params !== undefined) request.named = namedParams(params);
+    if (positional !== undefined) request.positional = {values: positional};
+    if (json !== undefined) request.json = json;
+    return this.call('Raise', request, timeoutMs || 0);
+  }
+
+  // Resolves to the ListSubscriptionsResponse ({subscriptions, stale}).
+  listSubscriptions(event = '') {
+    return this.call('ListSubscriptions', {event});
+  }
+
+  // Resolves to the ListEventsResponse ({events: [{event, subscribers}], stale}).
+  listEvents() {
+    return this.call('ListEvents', {});
+  }
+}
+
+const strip = (prefix) => (name) => String(name).replace(prefix, '');
+const statusName = strip('DELIVERY_STATUS_');
+const stateName = strip('CONNECTION_STATE_');
+
+function durationMs(d) {
+  return d ? Number(d.seconds || 0) * 1e3 + (d.nanos || 0) / 1e6 : 0;
+}
+
+// One line per target: socket, status, latency, then the result or the error.
+function formatDelivery(d) {
+  let line = `${d.socket}  ${statusName(d.status)}  ${durationMs(d.latency).toFixed(2)} ms`;
+  if (d.status === 'DELIVERY_STATUS_OK' && d.result) line += `  ${d.result}`;
+  else if (d.status === 'DELIVERY_STATUS_RPC_ERROR') line += `  error ${d.error.code} ${d.error.message}`;
+  else if (d.detail) line += `  ${d.detail}`;
+  return line;
+}
+
+module.exports = {
+  EventBus, LOADER_OPTIONS, loadService, param, namedParams, toJson, formatDelivery, statusName,
+  stateName, durationMs, grpc,
+};
