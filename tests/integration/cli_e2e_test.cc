@@ -337,5 +337,19 @@ TEST(EventbusdConfigTest, StartUpErrorsAreOneLineInTheLogFormat) {
   ::close(fd);
 }
 
+TEST(EventbusdConfigTest, ABadDestinationPolicyEntryExits2NamingTheFlagTheEntryAndTheProblem) {
+  const std::string error_line = "level=error msg=\"eventbusd cannot start\" error=";
+  EXPECT_THAT(
+      LastLineOfAFailedStart({"--store=memory", "--deny_targets=10.0.0.0/8,10.0.0.1/8"}, {}, 2),
+      HasSubstr(error_line + "\"--deny_targets: entry \\\"10.0.0.1/8\\\": host bits set beyond /8 "
+                             "(the network is 10.0.0.0/8)\""));
+  EXPECT_THAT(
+      LastLineOfAFailedStart({"--store=memory"}, {{"EVENTBUS_ALLOW_TARGETS", "[::1]:0"}}, 2),
+      HasSubstr(error_line + "\"--allow_targets: entry \\\"[::1]:0\\\": port \\\"0\\\" "
+                             "is not a port"));
+  EXPECT_THAT(LastLineOfAFailedStart({"--store=memory", "--deny_targets=none,10.0.0.0/8"}, {}, 2),
+              HasSubstr("\\\"none\\\" denies nothing at all and stands alone"));
+}
+
 }  // namespace
 }  // namespace eventbus
