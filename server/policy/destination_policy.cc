@@ -141,7 +141,12 @@ void AddOwnPortRules(const std::vector<OwnPort>& ports, const std::vector<IpAddr
     add(IpAddress::V6(loopback6), 128);
     add(IpAddress::V4(0, 0, 0, 0), 8);
     add(IpAddress::V6({}), 128);
-    for (const IpAddress& a : host) add(a, a.bits());
+    for (const IpAddress& a : host) {
+      // A host address inside loopback (127.0.0.1, ::1) is covered already.
+      bool covered = false;
+      for (const TargetRule& r : *out) covered = covered || r.Matches(a, own.port);
+      if (!covered) add(a, a.bits());
+    }
   }
 }
 
