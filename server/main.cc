@@ -23,6 +23,7 @@
 #include "server/base/log.h"
 #include "server/base/version.h"
 #include "server/net/fd_budget.h"
+#include "server/policy/destination_policy.h"
 #include "server/registry/subscription.h"
 #include "server/service/server.h"
 
@@ -91,6 +92,14 @@ ABSL_FLAG(int64_t, metrics_max_events, 100,
 ABSL_FLAG(int64_t, metrics_max_targets, 100,
           "Distinct targets (host:port) given their own metric label; later ones share "
           "target=\"other\"");
+ABSL_FLAG(std::string, allow_targets, "",
+          "Destination policy: comma-separated CIDR[:PORT|:LO-HI] entries ([IPv6/LEN]:PORT, * for "
+          "any address); when set, EventBus connects only to destinations they match (\"\" = "
+          "every destination that is not denied)");
+ABSL_FLAG(std::string, deny_targets, "",
+          "Destination policy: entries (as --allow_targets) EventBus never connects to, added to "
+          "the defaults (169.254.0.0/16, fe80::/10, fd00:ec2::254, its own ports on this host); "
+          "\"nodefaults\" among them drops the defaults, \"none\" alone denies nothing");
 ABSL_FLAG(std::string, log_level, "info", "Lowest log level written: debug, info, warning, error");
 ABSL_FLAG(std::string, log_format, "logfmt",
           "Log line format: logfmt (key=value) or json (one object per line)");
@@ -276,6 +285,10 @@ eventbus::service::ServerConfig ConfigFromFlags(const eventbus::net::FdBudget& f
       NonNegative("metrics_max_events", absl::GetFlag(FLAGS_metrics_max_events));
   config.metrics.max_targets =
       NonNegative("metrics_max_targets", absl::GetFlag(FLAGS_metrics_max_targets));
+  absl::StatusOr<eventbus::policy::PolicyConfig> destinations = eventbus::policy::ParsePolicyFlags(
+      absl::GetFlag(FLAGS_allow_targets), absl::GetFlag(FLAGS_deny_targets));
+  if (!destinations.ok()) Fail(std::string(destinations.status().message()));
+  config.destination_policy = *std::move(destinations);
   return config;
 }
 

@@ -303,6 +303,8 @@ struct Metrics::Impl {
   Capped<EventChildren> events;
   Capped<TargetChildren> targets;
   Capped<RpcChildren> rpcs;
+  // Destinations refused by the destination policy, by net::DenialStage (subscribe, connect).
+  FastCounter destination_denied[2];
   // [sync][delivered]
   std::unique_ptr<FastHistogram> delivery_histograms[2][2];
   // Serialises the first-use set-up of an RpcChildren (its labels and histogram).
@@ -481,6 +483,15 @@ void Metrics::Impl::CollectTargets(std::vector<prometheus::MetricFamily>* out) {
        {&messages, &connects, &reconnects, &connect_failures, &disconnects}) {
     f->AppendTo(out);
   }
+  FamilyBuilder denied = CounterFamily(
+      "eventbus_destination_denied_total",
+      "Destinations refused by the destination policy: stage=subscribe, a Subscribe's target "
+      "(the Subscribe is refused); stage=connect, an address about to be connected to (skipped)");
+  for (net::DenialStage stage : {net::DenialStage::kSubscribe, net::DenialStage::kConnect}) {
+    denied.Add({{"stage", std::string(net::DenialStageName(stage))}},
+               destination_denied[static_cast<size_t>(stage)].Value());
+  }
+  denied.AppendTo(out);
 }
 
 std::vector<prometheus::MetricFamily> Metrics::Impl::Collect() {
@@ -743,6 +754,11 @@ void Metrics::OnStateChange(const std::string& target_key, net::ConnState from, 
     t->lost.fetch_add(1, std::memory_order_relaxed);
   }
   if (to == net::ConnState::kBackoff) t->connect_failures.Add();
+}
+
+void Metrics::OnDestinationDenied(const std::string& target_key, net::DenialStage stage,
+                                  absl::string_view detail) {
+  impl_->destination_denied[static_cast<size_t>(stage)].Add();
 }
 
 delivery::DeliveryObserver::EventScope* Metrics::OnRaise(const std::string& event, bool sync,

@@ -74,6 +74,8 @@ class Metrics final : public net::PoolObserver, public delivery::DeliveryObserve
                   absl::Duration latency) override;
   void OnStateChange(const std::string& target_key, net::ConnState from, net::ConnState to,
                      absl::string_view detail) override;
+  void OnDestinationDenied(const std::string& target_key, net::DenialStage stage,
+                           absl::string_view detail) override;
 
   // delivery::DeliveryObserver.
   EventScope* OnRaise(const std::string& event, bool sync, size_t deliveries) override;

@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "server/base/log.h"
 #include "server/jsonrpc/encoder.h"
+#include "server/net/destination_check.h"
 
 namespace eventbus::net {
 namespace {
@@ -519,6 +520,21 @@ void Connection::OnResolved(ResolveResult result) {
 }
 
 void Connection::TryNextAddress() {
+  // --- Destination policy (SPEC §10, issue 9) ---
+  // A fresh address list (a literal, or what the name resolved to just now) is filtered before
+  // its first attempt, so that a DNS answer that changed since Subscribe cannot get around the
+  // policy. With nothing left, the attempt fails with kDestinationDenied like a failed connect:
+  // backoff, the failure log, and the queued messages' outcomes.
+  if (next_address_ == 0) {
+    if (std::optional<std::string> denied = FilterDeniedAddresses(
+            ctx_->options->destination_policy, ctx_->options->observer, key_, &addresses_)) {
+      last_error_code_ = DeliveryCode::kDestinationDenied;
+      last_error_ = *std::move(denied);
+      ConnectFailed();
+      return;
+    }
+  }
+  // --- end of destination policy ---
   while (next_address_ < addresses_.size()) {
     const SocketAddress& addr = addresses_[next_address_++];
     connecting_to_ = addr.text;

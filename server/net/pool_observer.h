@@ -17,6 +17,12 @@ namespace eventbus::net {
 enum class ConnState { kIdle, kResolving, kConnecting, kConnected, kBackoff };
 absl::string_view ConnStateName(ConnState state);
 
+// Where the destination policy refused a destination (SPEC §10): a Subscribe's target, or an
+// address about to be connected to.
+enum class DenialStage { kSubscribe, kConnect };
+// "subscribe", "connect".
+absl::string_view DenialStageName(DenialStage stage);
+
 class PoolObserver {
  public:
   virtual ~PoolObserver() = default;
@@ -28,6 +34,12 @@ class PoolObserver {
   // why the connect (or resolve) failed; entering kIdle after kConnected, why it was closed.
   virtual void OnStateChange(const std::string& target_key, ConnState from, ConnState to,
                              absl::string_view detail) = 0;
+  // The destination policy refused `target_key` at `stage`: at kSubscribe the target of a
+  // Subscribe (called on the thread that checked it), at kConnect one address it resolved to
+  // (skipped; when none is left the connect fails with kDestinationDenied and OnStateChange
+  // follows). `detail` names the address and the entry. Default: nothing.
+  virtual void OnDestinationDenied(const std::string& target_key, DenialStage stage,
+                                   absl::string_view detail) {}
 };
 
 // Tells each of several observers, in the order added. Add() only before the pool is created;
@@ -43,6 +55,10 @@ class PoolObserverList final : public PoolObserver {
   void OnStateChange(const std::string& target_key, ConnState from, ConnState to,
                      absl::string_view detail) override {
     for (PoolObserver* o : observers_) o->OnStateChange(target_key, from, to, detail);
+  }
+  void OnDestinationDenied(const std::string& target_key, DenialStage stage,
+                           absl::string_view detail) override {
+    for (PoolObserver* o : observers_) o->OnDestinationDenied(target_key, stage, detail);
   }
 
  private:

@@ -15,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "server/base/log.h"
 #include "server/net/connection.h"
+#include "server/net/destination_check.h"
 #include "server/net/event_loop.h"
 #include "server/net/fd_budget.h"
 #include "server/net/resolver.h"
@@ -66,6 +67,10 @@ absl::string_view ConnStateName(ConnState state) {
       return "BACKOFF";
   }
   return "UNKNOWN";
+}
+
+absl::string_view DenialStageName(DenialStage stage) {
+  return stage == DenialStage::kSubscribe ? "subscribe" : "connect";
 }
 
 struct WriterPool::Impl {
@@ -123,6 +128,7 @@ absl::StatusOr<std::unique_ptr<WriterPool>> WriterPool::Create(const PoolOptions
   ResolverOptions resolver_options;
   resolver_options.timeout = options.resolve_timeout;
   resolver_options.max_threads = kMaxResolverThreads;
+  resolver_options.lookup = options.resolve_lookup;
   s.resolver = std::make_unique<Resolver>(std::move(resolver_options));
   for (int i = 0; i < n; ++i) {
     absl::StatusOr<std::unique_ptr<EventLoop>> loop = EventLoop::Create();
@@ -215,6 +221,61 @@ void WriterPool::Cancel(const std::shared_ptr<CancelToken>& token,
     s.loops[i]->Post(
         [ctx, id = token->id(), keys = std::move(groups[i])] { ctx->Cancel(id, keys); });
   }
+}
+
+void WriterPool::CheckDestination(const uri::TcpTarget& target,
+                                  absl::AnyInvocable<void(absl::Status)> done) {
+  Impl& s = *impl_;
+  const policy::DestinationPolicy* policy = s.options.destination_policy;
+  PoolObserver* observer = s.options.observer;
+  std::string key = target.Key();
+  if (policy == nullptr) {
+    done(absl::OkStatus());
+    return;
+  }
+  if (std::optional<SocketAddress> literal = ParseIpLiteral(target.host, target.port)) {
+    done(CheckAddressesAtSubscribe(policy, observer, key, /*is_name=*/false, {*literal}));
+    return;
+  }
+  // Runs `done` exactly once: with the verdict, or, when the resolver drops the callback (it was
+  // closed by Shutdown), with UNAVAILABLE from the destructor, so the Subscribe still finishes.
+  class Once {
+   public:
+    explicit Once(absl::AnyInvocable<void(absl::Status)> done) : done_(std::move(done)) {}
+    Once(Once&& other) noexcept : done_(std::move(other.done_)) { other.done_ = nullptr; }
+    Once& operator=(Once&&) = delete;
+    ~Once() {
+      if (done_) done_(absl::UnavailableError("destination check: shutting down"));
+    }
+    void operator()(absl::Status status) {
+      auto done = std::move(done_);
+      done_ = nullptr;
+      done(std::move(status));
+    }
+
+   private:
+    absl::AnyInvocable<void(absl::Status)> done_;
+  };
+  const size_t loop = std::hash<std::string>()(key) % s.loops.size();
+  {
+    std::shared_lock<std::shared_mutex> lock(s.mu);
+    if (s.shut_down) {
+      lock.unlock();
+      done(absl::UnavailableError("destination check: shutting down"));
+      return;
+    }
+  }
+  s.resolver->Resolve(
+      target.host, target.port, s.loops[loop].get(),
+      [policy, observer, key, once = Once(std::move(done))](ResolveResult result) mutable {
+        // A name that does not resolve now is accepted: it may well resolve later (a peer not
+        // deployed yet), and whatever it resolves to then is checked before each connect.
+        if (!result.ok()) {
+          once(absl::OkStatus());
+          return;
+        }
+        once(CheckAddressesAtSubscribe(policy, observer, key, /*is_name=*/true, *result));
+      });
 }
 
 bool WriterPool::Drain(absl::Time deadline) {

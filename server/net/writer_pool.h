@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,6 +20,8 @@
 #include "absl/time/time.h"
 #include "server/net/outcome.h"
 #include "server/net/pool_observer.h"
+#include "server/net/resolver.h"
+#include "server/policy/destination_policy.h"
 #include "server/uri/socket_uri.h"
 
 namespace eventbus::net {
@@ -56,6 +59,12 @@ struct PoolOptions {
   // Told of every completed message and connection state change (net/pool_observer.h); not
   // owned, must outlive the pool. Null: nobody is told.
   PoolObserver* observer = nullptr;
+  // The destination policy (SPEC §10), asked for every address before it is connected to (denied
+  // addresses are skipped; none left: kDestinationDenied) and by CheckDestination. Not owned,
+  // must outlive the pool. Null: every destination is allowed.
+  const policy::DestinationPolicy* destination_policy = nullptr;
+  // The resolver's blocking lookup (ResolverOptions::lookup). Null: getaddrinfo. A test seam.
+  std::function<ResolveResult(const std::string& host)> resolve_lookup;
 };
 
 // Lets a submitter abandon the requests it tagged with it (WriterPool::Cancel), e.g. a sync Raise
@@ -138,6 +147,16 @@ class WriterPool {
   // TcpTarget::Key()): one Post per loop touched. Requests submitted with `token` later fail at
   // once. Their `done` runs (kTimeout, "abandoned ...") on the owning loops. Never blocks.
   void Cancel(const std::shared_ptr<CancelToken>& token, const std::vector<std::string>& keys);
+
+  // Checks `target` against PoolOptions::destination_policy as Subscribe does (SPEC §10): an IP
+  // literal at once, a name once resolved on the pool's resolver (every address it resolves to
+  // must be allowed). Runs `done` exactly once, inline or on a loop thread (or, if the pool shuts
+  // down meanwhile, on the thread that shuts it down): OK, or PERMISSION_DENIED
+  // "destination 169.254.169.254:80 is denied by the destination policy (169.254.0.0/16,
+  // default)", or UNAVAILABLE while shutting down. A name that does not resolve (or not within
+  // resolve_timeout) is OK: whatever it resolves to later is checked when it is connected to.
+  // Never blocks.
+  void CheckDestination(const uri::TcpTarget& target, absl::AnyInvocable<void(absl::Status)> done);
 
   // Waits (blocking; main thread only) until every queue is empty and nothing is outstanding, or
   // `deadline`. Returns true when drained. Used for graceful shutdown.

@@ -8,6 +8,7 @@
 
 #include "absl/memory/memory.h"
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "grpc/grpc.h"
@@ -97,6 +98,27 @@ int ChannelArgMs(absl::Duration duration) {
       std::min<int64_t>(absl::ToInt64Milliseconds(duration), std::numeric_limits<int>::max()));
 }
 
+// EventBus's own listening ports, which the destination policy denies on this host: a Subscribe
+// must not turn EventBus against its own API (SPEC §10). 0 = not (yet) known.
+std::vector<policy::OwnPort> OwnPorts(int grpc_port, int metrics_port) {
+  std::vector<policy::OwnPort> ports;
+  if (grpc_port > 0 && grpc_port <= 65535) {
+    ports.push_back({static_cast<uint16_t>(grpc_port), "gRPC (--listen)"});
+  }
+  if (metrics_port > 0 && metrics_port <= 65535) {
+    ports.push_back({static_cast<uint16_t>(metrics_port), "metrics (--metrics_listen)"});
+  }
+  return ports;
+}
+
+// The port of a "host:port" listening address; 0 when it has none (or says 0).
+int PortOf(const std::string& listen) {
+  size_t colon = listen.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port)) return 0;
+  return port;
+}
+
 // "host:port" with the bound port in place of the configured one (which may be 0).
 std::string DialAddress(const std::string& listen, int port) {
   size_t colon = listen.rfind(':');
@@ -131,6 +153,13 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
     server->pool_observers_.Add(server->metrics_.get());
   }
   pool_options.observer = &server->pool_observers_;
+  // The destination policy, with the own ports known now; the gRPC port is set again once bound
+  // (--listen may say port 0), before the first call can arrive.
+  server->destination_policy_ = std::make_unique<policy::DestinationPolicy>(
+      config.destination_policy, policy::HostAddresses());
+  const int metrics_port = server->metrics_ != nullptr ? server->metrics_->port() : 0;
+  server->destination_policy_->SetOwnPorts(OwnPorts(PortOf(config.listen), metrics_port));
+  pool_options.destination_policy = server->destination_policy_.get();
   // The failure log: a target's failures, recoveries and connection changes, rate-limited.
   server->failure_log_ = std::make_unique<net::TargetFailureLog>(clock, config.failure_log);
   server->failure_log_->StartTicking(absl::Seconds(1));
@@ -151,6 +180,12 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
   }
   server->manager_ = std::make_unique<store::SubscriptionManager>(
       server->registry_.get(), server->store_.get(), clock, config.limits);
+  // Subscribe checks each target against the destination policy, names on the pool's resolver.
+  server->manager_->set_destination_check(
+      [pool = server->pool_.get()](const uri::TcpTarget& target,
+                                   absl::AnyInvocable<void(absl::Status)> done) {
+        pool->CheckDestination(target, std::move(done));
+      });
   StoreLoader::Options loader_options;
   loader_options.backoff.initial = config.store_retry_min_backoff;
   loader_options.backoff.max = config.store_retry_max_backoff;
@@ -191,6 +226,9 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
       net::Listener::Bind(config.listen, listener_options);
   if (!listener.ok()) return listener.status();
   server->listener_ = *std::move(listener);
+  server->destination_policy_->SetOwnPorts(OwnPorts(server->listener_->port(), metrics_port));
+  EB_LOG(kInfo, "destination policy",
+         "entries=", base::LogValue(server->destination_policy_->Describe()));
 
   // Both are process-wide switches read by the next ServerBuilder.
   grpc::EnableDefaultHealthCheckService(true);

@@ -42,6 +42,7 @@
 #include "server/net/listener.h"
 #include "server/net/pool_observer.h"
 #include "server/net/writer_pool.h"
+#include "server/policy/destination_policy.h"
 #include "server/registry/registry.h"
 #include "server/service/eventbus_service.h"
 #include "server/service/store_loader.h"
@@ -98,6 +99,12 @@ struct ServerConfig {
   // Prometheus metrics: "HOST:PORT" serves GET /metrics there; "" = off. Label caps.
   std::string metrics_listen;
   metrics::MetricsOptions metrics;
+
+  // The destination policy (SPEC §10; --allow_targets, --deny_targets): the operator's entries
+  // and whether the built-in ones apply. The server adds its own listening ports (gRPC, metrics)
+  // on this host to the defaults and hands the policy to the pool (pool.destination_policy is
+  // replaced) and to Subscribe.
+  policy::PolicyConfig destination_policy;
 };
 
 // The running server. Thread-safe: Shutdown() and Wait() may be called from any thread.
@@ -129,6 +136,8 @@ class EventBusServer {
   // The bound port (useful with port 0) and "host:port" to dial.
   int port() const { return port_; }
   const std::string& address() const { return address_; }
+  // The port /metrics is served on; 0 when metrics are off.
+  int metrics_port() const { return metrics_ != nullptr ? metrics_->port() : 0; }
 
   // True once the store has loaded (the server is ready).
   bool store_loaded() const { return loader_->loaded(); }
@@ -157,6 +166,8 @@ class EventBusServer {
   net::PoolObserverList pool_observers_;
   // Logs target failures and recoveries (net/failure_log.h).
   std::unique_ptr<net::TargetFailureLog> failure_log_;
+  // Asked by the pool at every connect and by every Subscribe: outlives both.
+  std::unique_ptr<policy::DestinationPolicy> destination_policy_;
   std::unique_ptr<net::WriterPool> pool_;
   std::unique_ptr<registry::Registry> registry_;
   std::unique_ptr<store::SubscriptionStore> store_;

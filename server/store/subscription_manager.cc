@@ -1,6 +1,8 @@
 #include "server/store/subscription_manager.h"
 
+#include <memory>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
@@ -102,10 +104,69 @@ void SubscriptionManager::Subscribe(
     return;
   }
   Key key(request.event, target->ToString());
-  RunKeyed(key, [this, key, request = std::move(request), target = *std::move(target),
-                 done = std::move(done)]() mutable {
-    SubscribeKeyed(key, std::move(request), std::move(target), std::move(done));
-  });
+  const std::string text = request.socket;
+  const uri::SocketUri checked = *target;
+  // The destination policy first (it may wait for DNS), and only then the key's turn: a slow
+  // lookup holds no other Subscribe of the same key.
+  CheckDestinations(text, checked,
+                    [this, key, request = std::move(request), target = *std::move(target),
+                     done = std::move(done)](absl::Status allowed) mutable {
+                      if (!allowed.ok()) {
+                        done(std::move(allowed));
+                        return;
+                      }
+                      RunKeyed(key, [this, key, request = std::move(request),
+                                     target = std::move(target), done = std::move(done)]() mutable {
+                        SubscribeKeyed(key, std::move(request), std::move(target), std::move(done));
+                      });
+                    });
+}
+
+void SubscriptionManager::CheckDestinations(const std::string& text, const uri::SocketUri& target,
+                                            absl::AnyInvocable<void(absl::Status)> done) const {
+  if (!destination_check_ || target.targets.empty()) {
+    done(absl::OkStatus());
+    return;
+  }
+  // The members are checked at once; the last verdict in decides, reporting the first refusal in
+  // member order so the answer does not depend on which lookup finished first.
+  struct Join {
+    eventbus::Mutex mu;
+    size_t remaining ABSL_GUARDED_BY(mu) = 0;
+    std::vector<absl::Status> verdicts ABSL_GUARDED_BY(mu);
+    absl::AnyInvocable<void(absl::Status)> done;  // run by the last verdict only
+  };
+  auto join = std::make_shared<Join>();
+  {
+    eventbus::MutexLock lock(&join->mu);
+    join->remaining = target.targets.size();
+    join->verdicts.resize(target.targets.size());
+  }
+  join->done = std::move(done);
+  std::string prefix = absl::StrCat("socket \"", Quote(text), "\": ");
+  std::vector<std::string> members;
+  for (const uri::TcpTarget& member : target.targets) {
+    members.push_back(target.is_virtual ? absl::StrCat("member ", members.size() + 1, " \"",
+                                                       member.ToString(), "\": ")
+                                        : "");
+  }
+  for (size_t i = 0; i < target.targets.size(); ++i) {
+    destination_check_(target.targets[i], [join, i, prefix, members](absl::Status verdict) {
+      absl::Status refusal;
+      {
+        eventbus::MutexLock lock(&join->mu);
+        join->verdicts[i] = std::move(verdict);
+        if (--join->remaining > 0) return;
+        for (size_t m = 0; m < join->verdicts.size() && refusal.ok(); ++m) {
+          const absl::Status& v = join->verdicts[m];
+          if (!v.ok())
+            refusal = absl::Status(v.code(), absl::StrCat(prefix, members[m], v.message()));
+        }
+      }
+      // The last verdict: no other callback touches `join` any more.
+      join->done(std::move(refusal));
+    });
+  }
 }
 
 void SubscriptionManager::SubscribeKeyed(

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <string>
 #include <thread>
@@ -48,6 +49,12 @@ struct SubscribeResult {
   bool created = false;
 };
 
+// Decides whether a subscription may deliver to `target` (one member of its socket): the
+// destination policy (SPEC §10). Runs `done` exactly once, on any thread, possibly inline: OK, or
+// the status to refuse the Subscribe with (PERMISSION_DENIED, naming the destination and why).
+using DestinationCheck =
+    std::function<void(const uri::TcpTarget& target, absl::AnyInvocable<void(absl::Status)> done)>;
+
 // Thread-safe. Completion callbacks run on any thread (possibly inline, possibly a store thread).
 class SubscriptionManager : public SubscriptionStore::Listener {
  public:
@@ -55,6 +62,12 @@ class SubscriptionManager : public SubscriptionStore::Listener {
   SubscriptionManager(registry::Registry* registry, SubscriptionStore* store,
                       const base::Clock* clock, SubscriptionLimits limits);
   ~SubscriptionManager() override;
+
+  // Sets the check every member of a Subscribe's socket must pass (in parallel) before the
+  // subscription is stored, refreshes included. Before Start(); none by default. Subscriptions
+  // that arrive from the store (a restart, another replica) are not checked here: delivery checks
+  // every address it connects to anyway.
+  void set_destination_check(DestinationCheck check) { destination_check_ = std::move(check); }
 
   // Starts the store (loading it into the registry) and the expiry timer.
   absl::Status Start();
@@ -91,6 +104,10 @@ class SubscriptionManager : public SubscriptionStore::Listener {
 
   // Parses `socket` after checking it against max_socket_bytes (INVALID_ARGUMENT either way).
   absl::StatusOr<uri::SocketUri> ParseSocketWithinLimit(const std::string& socket) const;
+  // Runs destination_check_ on every member of `target` and `done` once with OK, or with the first
+  // refusal (in member order) prefixed by `socket "TEXT": ` (and `member N "tcp:...": `).
+  void CheckDestinations(const std::string& text, const uri::SocketUri& target,
+                         absl::AnyInvocable<void(absl::Status)> done) const;
   void ExpiryThread();
   // Wakes the expiry thread when `expiry` is earlier than the instant it waits for.
   void WakeExpiry(absl::Time expiry);
@@ -116,6 +133,7 @@ class SubscriptionManager : public SubscriptionStore::Listener {
   SubscriptionStore* store_;
   const base::Clock* clock_;
   SubscriptionLimits limits_;
+  DestinationCheck destination_check_;  // set before Start, read-only afterwards
   std::atomic<bool> store_healthy_{true};
 
   eventbus::Mutex mu_;

@@ -337,5 +337,57 @@ TEST(EventbusdConfigTest, StartUpErrorsAreOneLineInTheLogFormat) {
   ::close(fd);
 }
 
+TEST(EventbusdConfigTest, TheDestinationPolicyFlagsReachSubscribe) {
+  const std::string log = ::testing::TempDir() + "/eventbusd-policy.log";
+  const std::string address = absl::StrCat("127.0.0.1:", testing::PickUnusedPort());
+  // An operator entry from the environment, on top of the defaults.
+  auto server =
+      StartConfigured({{"EVENTBUS_STORE", "memory"}, {"EVENTBUS_DENY_TARGETS", "10.0.0.0/8:5432"}},
+                      {absl::StrCat("--listen=", address)}, log, address);
+  ASSERT_NE(server, nullptr);
+  auto subscribe = [&](const std::string& socket) {
+    return RunToExit(
+        {EVENTBUS_CLI_PATH, absl::StrCat("--server=", address), "subscribe", "E", socket},
+        log + ".cli");
+  };
+  auto [code, out] = subscribe("tcp:10.1.2.3:5432");
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_THAT(out,
+              HasSubstr("eventbus: subscribe: PERMISSION_DENIED: socket \"tcp:10.1.2.3:5432\": "
+                        "destination 10.1.2.3:5432 is denied by the destination policy "
+                        "(10.0.0.0/8:5432, --deny_targets)"));
+  std::tie(code, out) = subscribe("tcp:169.254.169.254:80");
+  EXPECT_EQ(code, 1) << out;
+  EXPECT_THAT(out, HasSubstr("(169.254.0.0/16, default)"));
+  std::tie(code, out) = subscribe("tcp:10.1.2.3:5433");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_THAT(server->ReadLog(), HasSubstr("msg=\"destination policy\""));
+  ASSERT_TRUE(server->Stop(absl::Seconds(10)).ok());
+
+  // --deny_targets=none: nothing denied, not even the defaults.
+  const std::string open = absl::StrCat("127.0.0.1:", testing::PickUnusedPort());
+  server = StartConfigured({{"EVENTBUS_STORE", "memory"}},
+                           {absl::StrCat("--listen=", open), "--deny_targets=none"}, log, open);
+  ASSERT_NE(server, nullptr);
+  std::tie(code, out) = RunToExit({EVENTBUS_CLI_PATH, absl::StrCat("--server=", open), "subscribe",
+                                   "E", "tcp:169.254.169.254:80"},
+                                  log + ".cli");
+  EXPECT_EQ(code, 0) << out;
+}
+
+TEST(EventbusdConfigTest, ABadDestinationPolicyEntryExits2NamingTheFlagTheEntryAndTheProblem) {
+  const std::string error_line = "level=error msg=\"eventbusd cannot start\" error=";
+  EXPECT_THAT(
+      LastLineOfAFailedStart({"--store=memory", "--deny_targets=10.0.0.0/8,10.0.0.1/8"}, {}, 2),
+      HasSubstr(error_line + "\"--deny_targets: entry \\\"10.0.0.1/8\\\": host bits set beyond /8 "
+                             "(the network is 10.0.0.0/8)\""));
+  EXPECT_THAT(
+      LastLineOfAFailedStart({"--store=memory"}, {{"EVENTBUS_ALLOW_TARGETS", "[::1]:0"}}, 2),
+      HasSubstr(error_line + "\"--allow_targets: entry \\\"[::1]:0\\\": port \\\"0\\\" "
+                             "is not a port"));
+  EXPECT_THAT(LastLineOfAFailedStart({"--store=memory", "--deny_targets=none,10.0.0.0/8"}, {}, 2),
+              HasSubstr("\\\"none\\\" denies nothing at all and stands alone"));
+}
+
 }  // namespace
 }  // namespace eventbus

@@ -96,6 +96,18 @@ TEST(MetricsTest, ReconnectsCountOnlyConnectsAfterALoss) {
               HasSubstr("eventbus_target_connect_failures_total{target=\"127.0.0.1:9\"} 1\n"));
 }
 
+TEST(MetricsTest, DestinationDenialsAreCountedByStage) {
+  Metrics metrics({});
+  EXPECT_THAT(metrics.Scrape(),
+              HasSubstr("eventbus_destination_denied_total{stage=\"connect\"} 0\n"));
+  metrics.OnDestinationDenied("169.254.169.254:80", net::DenialStage::kSubscribe, "denied");
+  metrics.OnDestinationDenied("h:80", net::DenialStage::kConnect, "denied");
+  metrics.OnDestinationDenied("h:80", net::DenialStage::kConnect, "denied");
+  const std::string text = metrics.Scrape();
+  EXPECT_THAT(text, HasSubstr("eventbus_destination_denied_total{stage=\"subscribe\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("eventbus_destination_denied_total{stage=\"connect\"} 2\n"));
+}
+
 TEST(MetricsTest, ServeRejectsAnAddressWithoutAPort) {
   Metrics metrics({});
   absl::Status served = metrics.Serve("127.0.0.1");

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -314,6 +315,72 @@ TEST_F(SubscriptionManagerTest, NormalisesVirtualSockets) {
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->subscription->socket, "virtual:ROUND-ROBIN tcp:a:1 tcp:b:2/m");
   EXPECT_TRUE(result->subscription->target.is_virtual);
+}
+
+// A destination check that refuses hosts named "denied*" from a thread of its own (as a DNS
+// lookup answers), the later members first, and counts the targets it was asked about.
+class ThreadedCheck {
+ public:
+  ~ThreadedCheck() {
+    for (std::thread& t : threads_) t.join();
+  }
+  DestinationCheck Check() {
+    return [this](const uri::TcpTarget& target, absl::AnyInvocable<void(absl::Status)> done) {
+      const int n = asked_.fetch_add(1);
+      std::string host = target.host;
+      eventbus::MutexLock lock(&mu_);
+      threads_.emplace_back([n, host, done = std::move(done)]() mutable {
+        absl::SleepFor(absl::Milliseconds(n == 0 ? 20 : 1));
+        if (absl::StartsWith(host, "denied")) {
+          done(absl::PermissionDeniedError(absl::StrCat("destination ", host, " is denied")));
+        } else {
+          done(absl::OkStatus());
+        }
+      });
+    };
+  }
+  int asked() const { return asked_.load(); }
+
+ private:
+  std::atomic<int> asked_{0};
+  eventbus::Mutex mu_;
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
+};
+
+TEST_F(SubscriptionManagerTest, ADeniedDestinationIsPermissionDeniedAndNothingIsStored) {
+  ThreadedCheck check;
+  manager_->set_destination_check(check.Check());
+  EXPECT_EQ(Subscribe(Req("E", "tcp:denied.test:80")).status(),
+            absl::PermissionDeniedError(
+                "socket \"tcp:denied.test:80\": destination denied.test is denied"));
+  EXPECT_EQ(registry_.size(), 0u);
+  EXPECT_EQ(store_.size(), 0u);
+  ASSERT_TRUE(Subscribe(Req("E", "tcp:fine.test:80")).ok());
+  EXPECT_EQ(check.asked(), 2);
+}
+
+TEST_F(SubscriptionManagerTest, EveryVirtualMemberIsCheckedAndTheFirstRefusalIsNamed) {
+  ThreadedCheck check;
+  manager_->set_destination_check(check.Check());
+  // Member 2 and 3 are refused; the answer names member 2 whichever verdict came first.
+  auto result = Subscribe(Req("E", "virtual:PARALLEL tcp:a:1 tcp:DENIED-2:1 tcp:denied-3:1"));
+  EXPECT_EQ(result.status(),
+            absl::PermissionDeniedError(
+                "socket \"virtual:PARALLEL tcp:a:1 tcp:DENIED-2:1 tcp:denied-3:1\": member 2 "
+                "\"tcp:denied-2:1\": destination denied-2 is denied"));
+  EXPECT_EQ(check.asked(), 3);
+  EXPECT_EQ(registry_.size(), 0u);
+  ASSERT_TRUE(Subscribe(Req("E", "virtual:FAILOVER tcp:a:1 tcp:b:1")).ok());
+}
+
+TEST_F(SubscriptionManagerTest, ARefreshIsCheckedAgainAndARefusalKeepsTheSubscription) {
+  auto first = Subscribe(Req("E", "tcp:denied.test:80", 10));
+  ASSERT_TRUE(first.ok());  // no check set yet
+  ThreadedCheck check;
+  manager_->set_destination_check(check.Check());
+  EXPECT_EQ(Subscribe(Req("E", "tcp:denied.test:80", 60)).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(registry_.FindById(first->subscription->id), first->subscription);
 }
 
 TEST_F(SubscriptionManagerTest, MaxSubscriptionsIsResourceExhaustedButRefreshStillWorks) {
