@@ -33,6 +33,17 @@ absl::Time ExpireTime(absl::Time now, const std::optional<uint32_t>& seconds,
   return now + absl::Seconds(*seconds);
 }
 
+// PERMISSION_DENIED: `sub` is not the caller's to `action` (refresh, remove). Names the
+// subscription but not its owner: who else uses EventBus is not this caller's business.
+absl::Status NotYours(const Subscription& sub, absl::string_view operation,
+                      absl::string_view action) {
+  return absl::PermissionDeniedError(absl::StrCat(
+      operation, ": subscription ", sub.id, " (event \"", Quote(sub.event), "\", socket \"",
+      Quote(sub.socket), "\") belongs to another caller",
+      sub.owner.empty() ? " (it was made without authentication and has no owner)" : "",
+      "; only its owner or an admin may ", action, " it"));
+}
+
 }  // namespace
 
 SubscriptionManager::SubscriptionManager(registry::Registry* registry, SubscriptionStore* store,
@@ -81,7 +92,8 @@ absl::StatusOr<uri::SocketUri> SubscriptionManager::ParseSocketWithinLimit(
 }
 
 void SubscriptionManager::Subscribe(
-    SubscribeRequest request, absl::AnyInvocable<void(absl::StatusOr<SubscribeResult>)> done) {
+    registry::Actor actor, SubscribeRequest request,
+    absl::AnyInvocable<void(absl::StatusOr<SubscribeResult>)> done) {
   absl::Status valid = registry::ValidateEventName(request.event, limits_.max_event_name_bytes);
   if (valid.ok() && request.event_param.has_value()) {
     valid = registry::ValidateEventParam(*request.event_param);
@@ -102,14 +114,14 @@ void SubscriptionManager::Subscribe(
     return;
   }
   Key key(request.event, target->ToString());
-  RunKeyed(key, [this, key, request = std::move(request), target = *std::move(target),
-                 done = std::move(done)]() mutable {
-    SubscribeKeyed(key, std::move(request), std::move(target), std::move(done));
+  RunKeyed(key, [this, key, actor = std::move(actor), request = std::move(request),
+                 target = *std::move(target), done = std::move(done)]() mutable {
+    SubscribeKeyed(key, actor, std::move(request), std::move(target), std::move(done));
   });
 }
 
 void SubscriptionManager::SubscribeKeyed(
-    const Key& key, SubscribeRequest request, uri::SocketUri target,
+    const Key& key, const registry::Actor& actor, SubscribeRequest request, uri::SocketUri target,
     absl::AnyInvocable<void(absl::StatusOr<SubscribeResult>)> done) {
   absl::Time now = clock_->Now();
   // Stores keep whole microseconds (store_codec.h): times handed out must be the ones a restart
@@ -121,6 +133,12 @@ void SubscriptionManager::SubscribeKeyed(
     // deleted from the store behind this work (whoever removed it from the registry does it).
     if (registry_->Remove(existing->id) != nullptr) DeleteExpired(existing);
     existing = nullptr;
+  }
+  // Checked here, with the key held: this is the subscription the write below replaces.
+  if (existing != nullptr && !registry::MayChange(actor, *existing)) {
+    done(NotYours(*existing, "subscribe", "refresh"));
+    FinishKey(key);
+    return;
   }
   const bool created = existing == nullptr;
   auto sub = std::make_shared<Subscription>();
@@ -134,9 +152,12 @@ void SubscriptionManager::SubscribeKeyed(
     sub->id = registry::NewSubscriptionId();
     sub->create_time = stamp;
     sub->event_param = std::move(request.event_param);
+    sub->owner = actor.name;
   } else {
     sub->id = existing->id;
     sub->create_time = existing->create_time;
+    // An admin refreshing someone else's subscription does not take it over.
+    sub->owner = existing->owner;
     sub->event_param =
         request.event_param.has_value() ? std::move(request.event_param) : existing->event_param;
   }
@@ -163,18 +184,20 @@ void SubscriptionManager::SubscribeKeyed(
   });
 }
 
-void SubscriptionManager::Unsubscribe(std::string id, std::string event, std::string socket,
-                                      absl::AnyInvocable<void(absl::StatusOr<int>)> done) {
+void SubscriptionManager::Unsubscribe(
+    registry::Actor actor, std::string id, std::string event, std::string socket,
+    absl::AnyInvocable<void(absl::StatusOr<UnsubscribeResult>)> done) {
   if (!id.empty()) {
     SubscriptionPtr sub = registry_->FindById(id);
     if (sub == nullptr) {
-      done(0);
+      done(UnsubscribeResult{});
       return;
     }
     Key key(sub->event, sub->socket);
-    RunKeyed(key, [this, key, id = std::move(id), done = std::move(done)]() mutable {
+    RunKeyed(key, [this, key, actor = std::move(actor), id = std::move(id),
+                   done = std::move(done)]() mutable {
       // Looked up again: it may have gone while this waited for its key.
-      UnsubscribeKeyed(key, registry_->FindById(id), std::move(done));
+      UnsubscribeKeyed(key, actor, registry_->FindById(id), std::move(done));
     });
     return;
   }
@@ -188,15 +211,21 @@ void SubscriptionManager::Unsubscribe(std::string id, std::string event, std::st
     return;
   }
   Key key(std::move(event), target->ToString());
-  RunKeyed(key, [this, key, done = std::move(done)]() mutable {
-    UnsubscribeKeyed(key, registry_->FindByKey(key.first, key.second), std::move(done));
+  RunKeyed(key, [this, key, actor = std::move(actor), done = std::move(done)]() mutable {
+    UnsubscribeKeyed(key, actor, registry_->FindByKey(key.first, key.second), std::move(done));
   });
 }
 
-void SubscriptionManager::UnsubscribeKeyed(const Key& key, SubscriptionPtr sub,
-                                           absl::AnyInvocable<void(absl::StatusOr<int>)> done) {
+void SubscriptionManager::UnsubscribeKeyed(
+    const Key& key, const registry::Actor& actor, SubscriptionPtr sub,
+    absl::AnyInvocable<void(absl::StatusOr<UnsubscribeResult>)> done) {
   if (sub == nullptr) {
-    done(0);
+    done(UnsubscribeResult{});
+    FinishKey(key);
+    return;
+  }
+  if (!registry::MayChange(actor, *sub)) {
+    done(NotYours(*sub, "unsubscribe", "remove"));
     FinishKey(key);
     return;
   }
@@ -205,7 +234,7 @@ void SubscriptionManager::UnsubscribeKeyed(const Key& key, SubscriptionPtr sub,
                                      done = std::move(done)](absl::Status status) mutable {
     if (status.ok()) {
       registry_->Remove(sub->id);
-      done(1);
+      done(UnsubscribeResult{1, std::move(sub)});
     } else {
       done(std::move(status));
     }

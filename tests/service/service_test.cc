@@ -518,7 +518,7 @@ TEST_F(ServiceTest, RaiseRejectsTimeoutOutsideBounds) {
   EXPECT_EQ(Raise(request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
-TEST_F(ServiceTest, SubscribeAndUnsubscribeAreLoggedWithThePeerAndRaiseIsNot) {
+TEST_F(ServiceTest, SubscribeAndUnsubscribeAreLoggedWithThePeerCallerAndOwnerAndRaiseIsNot) {
   testing::LogCapture capture(base::LogLevel::kInfo);
   v1::SubscribeResponse sub;
   ASSERT_TRUE(Subscribe("E_LOGGED", "tcp:127.0.0.1:9000", &sub, 60).ok());
@@ -536,17 +536,18 @@ TEST_F(ServiceTest, SubscribeAndUnsubscribeAreLoggedWithThePeerAndRaiseIsNot) {
   EXPECT_THAT(capture.Matching({"level=info", "E_LOGGED"}), ::testing::SizeIs(2));
   std::vector<std::string> lines = capture.Matching({"level=info", " peer="});
   ASSERT_EQ(lines.size(), 3u) << ::testing::PrintToString(capture.lines());
-  const std::string peer = "peer=ipv4:127.0.0.1:[0-9]+ ";
+  // With authentication off the caller is anonymous (""), and so is the owner.
+  const std::string peer = "peer=ipv4:127.0.0.1:[0-9]+ caller=\"\" ";
   EXPECT_THAT(lines[0], ::testing::MatchesRegex(absl::StrCat(
                             ".* level=info msg=subscribed ", peer, "id=", sub.subscription().id(),
-                            " event=E_LOGGED socket=tcp:127.0.0.1:9000 expire=[0-9T:.-]+Z "
-                            "created=true\n")));
+                            " event=E_LOGGED socket=tcp:127.0.0.1:9000 owner=\"\" "
+                            "expire=[0-9T:.-]+Z created=true\n")));
   EXPECT_THAT(lines[1], ::testing::MatchesRegex(absl::StrCat(
                             ".* level=info msg=\"subscribe refused\" ", peer,
                             "event=E_LOGGED socket=tcp:h:70000 error=\"INVALID_ARGUMENT: .*")));
   EXPECT_THAT(lines[2], ::testing::MatchesRegex(absl::StrCat(".* level=info msg=unsubscribed ",
                                                              peer, "id=", sub.subscription().id(),
-                                                             " removed=1\n")));
+                                                             " owner=\"\" removed=1\n")));
 }
 
 TEST_F(ServiceTest, ARefusingTargetIsLoggedAsFailing) {
