@@ -38,6 +38,8 @@ struct Subscription {
 };
 
 using SubscriptionPtr = std::shared_ptr<const Subscription>;
+// An immutable list; Raise holds one while it fans out.
+using SubscriberList = std::vector<SubscriptionPtr>;
 
 // Who asks to change subscriptions, as the service established it from the authenticated caller
 // (SPEC §10). The layers below the service know callers only as this plain value.
@@ -55,8 +57,6 @@ struct Actor {
 // it has a name and owns `sub`. A subscription without an owner ("", made while authentication
 // was off) is thus an admin's alone once authentication is on.
 bool MayChange(const Actor& actor, const Subscription& sub);
-// An immutable list; Raise holds one while it fans out.
-using SubscriberList = std::vector<SubscriptionPtr>;
 
 // Returns INVALID_ARGUMENT unless `event` is 1..max_len bytes of [A-Za-z0-9_.:-]:
 // `event "a b": invalid character ' ' at offset 1`.

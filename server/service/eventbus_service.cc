@@ -189,35 +189,33 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Unsubscribe(grpc::CallbackServerC
     return reactor;
   }
   const auth::Caller caller = auth::CallerOf(*context, options_.auth_enabled);
-  std::string who = absl::StrCat("peer=", base::LogValue(context->peer()),
-                                 " caller=", base::LogValue(caller.name));
-  manager_->Unsubscribe(ActorOf(caller), request->id(), request->event(), request->socket(),
-                        [reactor, request, response,
-                         who = std::move(who)](absl::StatusOr<store::UnsubscribeResult> removed) {
-                          // By id, or by event and socket: the fields the caller gave.
-                          std::string fields = who;
-                          if (!request->id().empty())
-                            absl::StrAppend(&fields, " id=", base::LogValue(request->id()));
-                          if (!request->event().empty()) {
-                            absl::StrAppend(&fields, " event=", base::LogValue(request->event()));
-                          }
-                          if (!request->socket().empty()) {
-                            absl::StrAppend(&fields, " socket=", base::LogValue(request->socket()));
-                          }
-                          if (!removed.ok()) {
-                            EB_LOG(kInfo, "unsubscribe refused", fields,
-                                   " error=", base::LogValue(removed.status().ToString()));
-                            reactor->Finish(ToGrpcStatus(removed.status()));
-                            return;
-                          }
-                          if (removed->subscription != nullptr) {
-                            absl::StrAppend(
-                                &fields, " owner=", base::LogValue(removed->subscription->owner));
-                          }
-                          EB_LOG(kInfo, "unsubscribed", fields, " removed=", removed->removed);
-                          response->set_removed(static_cast<uint32_t>(removed->removed));
-                          reactor->Finish(grpc::Status::OK);
-                        });
+  // For the log: who asked, and what it named (by id, or by event and socket).
+  std::string fields = absl::StrCat("peer=", base::LogValue(context->peer()),
+                                    " caller=", base::LogValue(caller.name));
+  if (!request->id().empty()) absl::StrAppend(&fields, " id=", base::LogValue(request->id()));
+  if (!request->event().empty()) {
+    absl::StrAppend(&fields, " event=", base::LogValue(request->event()));
+  }
+  if (!request->socket().empty()) {
+    absl::StrAppend(&fields, " socket=", base::LogValue(request->socket()));
+  }
+  manager_->Unsubscribe(
+      ActorOf(caller), request->id(), request->event(), request->socket(),
+      [reactor, response,
+       fields = std::move(fields)](absl::StatusOr<store::UnsubscribeResult> removed) mutable {
+        if (!removed.ok()) {
+          EB_LOG(kInfo, "unsubscribe refused", fields,
+                 " error=", base::LogValue(removed.status().ToString()));
+          reactor->Finish(ToGrpcStatus(removed.status()));
+          return;
+        }
+        if (removed->subscription != nullptr) {
+          absl::StrAppend(&fields, " owner=", base::LogValue(removed->subscription->owner));
+        }
+        EB_LOG(kInfo, "unsubscribed", fields, " removed=", removed->removed);
+        response->set_removed(static_cast<uint32_t>(removed->removed));
+        reactor->Finish(grpc::Status::OK);
+      });
   return reactor;
 }
 

@@ -1,7 +1,8 @@
-// SubscriptionManager applies Subscribe and Unsubscribe (SPEC §6): validates, enforces limits,
-// writes through the store, then updates the registry; and removes expired subscriptions with a
-// timer at their exact expiry instant. It is also the store's Listener, so changes made on other
-// replicas reach the registry.
+// SubscriptionManager applies Subscribe and Unsubscribe (SPEC §6): validates, enforces limits and
+// ownership (SPEC §10: who may change which subscription, for the registry::Actor the service
+// names), writes through the store, then updates the registry; and removes expired subscriptions
+// with a timer at their exact expiry instant. It is also the store's Listener, so changes made on
+// other replicas reach the registry.
 #ifndef EVENTBUS_SERVER_STORE_SUBSCRIPTION_MANAGER_H_
 #define EVENTBUS_SERVER_STORE_SUBSCRIPTION_MANAGER_H_
 
