@@ -1162,5 +1162,48 @@ TEST_F(OwnershipServiceTest, WithAuthenticationOffEveryCallerIsTheAnonymousAdmin
   EXPECT_EQ(removed.removed(), 1u);
 }
 
+TEST_F(OwnershipServiceTest, SubscriptionsMadeBeforeAuthenticationAreAnAdminsAlone) {
+  // Made while authentication was off, kept by the store across the restart with it on.
+  Stop();
+  Start(/*auth_enabled=*/false);
+  v1::SubscribeResponse legacy;
+  ASSERT_TRUE(Subscribe(kAlice, "E", "tcp:127.0.0.1:9000", 3600, &legacy).ok());
+  Stop();
+  Start(/*auth_enabled=*/true);
+
+  v1::SubscribeResponse response;
+  grpc::Status status = Subscribe(kAlice, "E", "tcp:127.0.0.1:9000", 60, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(status.error_message(), HasSubstr("has no owner"));
+  // Nobody but an admin sees it as theirs either.
+  EXPECT_THAT(Listed(As(kAlice)), IsEmpty());
+  status = Subscribe(kAdmin, "E", "tcp:127.0.0.1:9000", 60, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.subscription().id(), legacy.subscription().id());
+  EXPECT_EQ(response.subscription().owner(), "");
+  EXPECT_THAT(Listed(As(kReader)), ::testing::ElementsAre("E tcp:127.0.0.1:9000@"));
+}
+
+TEST_F(OwnershipServiceTest, LogLinesNameTheCallerAndTheOwner) {
+  testing::LogCapture capture(base::LogLevel::kInfo);
+  v1::SubscribeResponse created;
+  ASSERT_TRUE(Subscribe(kAlice, "E_LOGGED", "tcp:127.0.0.1:9000", 60, &created).ok());
+  v1::SubscribeResponse response;
+  ASSERT_FALSE(Subscribe(kBob, "E_LOGGED", "tcp:127.0.0.1:9000", 1, &response).ok());
+  ASSERT_TRUE(Subscribe(kAdmin, "E_LOGGED", "tcp:127.0.0.1:9000", 60, &response).ok());
+  v1::UnsubscribeResponse removed;
+  ASSERT_TRUE(UnsubscribeId(kAdmin, created.subscription().id(), &removed).ok());
+
+  std::vector<std::string> lines = capture.Matching({"level=info", " caller="});
+  ASSERT_EQ(lines.size(), 4u) << ::testing::PrintToString(capture.lines());
+  EXPECT_THAT(lines[0], ::testing::ContainsRegex("msg=subscribed .* caller=alice .* owner=alice "));
+  EXPECT_THAT(lines[1], ::testing::ContainsRegex(
+                            "msg=\"subscribe refused\" .* caller=bob .*PERMISSION_DENIED"));
+  EXPECT_THAT(lines[2], ::testing::ContainsRegex(
+                            "msg=subscribed .* caller=root .* owner=alice .* created=false"));
+  EXPECT_THAT(lines[3],
+              ::testing::ContainsRegex("msg=unsubscribed .* caller=root .* owner=alice removed=1"));
+}
+
 }  // namespace
 }  // namespace eventbus::service
