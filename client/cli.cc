@@ -494,18 +494,27 @@ std::string FormatSubscription(const v1::Subscription& sub, bool created) {
   if (sub.has_event_param()) {
     rows.push_back({"event_param", sub.event_param().empty() ? "(off)" : sub.event_param()});
   }
+  // Only with authentication on does a subscription have an owner.
+  if (!sub.owner().empty()) rows.push_back({"owner", sub.owner()});
   if (!sub.targets().empty()) rows.push_back({"targets", TargetsText(sub)});
   return RenderTable(rows);
 }
 
 std::string FormatSubscriptionsTable(const v1::ListSubscriptionsResponse& response) {
   if (response.subscriptions().empty()) return "no subscriptions\n";
-  std::vector<std::vector<std::string>> rows = {
-      {"ID", "EVENT", "SOCKET", "EXPIRES", "TTL", "TARGETS"}};
+  // An OWNER column only when some subscription has one (authentication on): without
+  // authentication the table stays as it always was.
+  bool owners = false;
+  for (const v1::Subscription& sub : response.subscriptions()) owners |= !sub.owner().empty();
+  std::vector<std::vector<std::string>> rows = {{"ID", "EVENT", "SOCKET"}};
+  if (owners) rows[0].push_back("OWNER");
+  rows[0].insert(rows[0].end(), {"EXPIRES", "TTL", "TARGETS"});
   for (const v1::Subscription& sub : response.subscriptions()) {
-    rows.push_back({sub.id(), sub.event(), sub.socket(),
-                    sub.has_expire_time() ? FormatTime(sub.expire_time()) : "never",
-                    sub.has_ttl() ? FormatTtl(sub.ttl()) : "-", TargetsText(sub)});
+    std::vector<std::string> row = {sub.id(), sub.event(), sub.socket()};
+    if (owners) row.push_back(sub.owner().empty() ? "-" : sub.owner());
+    row.insert(row.end(), {sub.has_expire_time() ? FormatTime(sub.expire_time()) : "never",
+                           sub.has_ttl() ? FormatTtl(sub.ttl()) : "-", TargetsText(sub)});
+    rows.push_back(std::move(row));
   }
   return RenderTable(rows);
 }

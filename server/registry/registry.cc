@@ -297,6 +297,21 @@ std::vector<EventCount> Registry::Events() const {
   return out;
 }
 
+std::vector<EventCount> Registry::EventsOwnedBy(absl::string_view owner) const {
+  std::shared_ptr<const Index> index = Snapshot();
+  std::vector<EventCount> out;
+  for (const auto& shard : index->events) {
+    for (const auto& [key, list] : shard->lists) {
+      size_t owned = 0;
+      for (const SubscriptionPtr& sub : *list) owned += sub->owner == owner ? 1 : 0;
+      if (owned > 0) out.push_back({std::string(key.name), owned});
+    }
+  }
+  std::sort(out.begin(), out.end(),
+            [](const EventCount& a, const EventCount& b) { return a.event < b.event; });
+  return out;
+}
+
 size_t Registry::size() const { return Snapshot()->size; }
 
 size_t Registry::CountForEvent(absl::string_view event) const {

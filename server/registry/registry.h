@@ -39,6 +39,8 @@ class Registry {
   std::vector<SubscriptionPtr> List(absl::string_view event = {}) const;
   // Events with at least one subscription, sorted by name.
   std::vector<EventCount> Events() const;
+  // Events with at least one subscription owned by `owner`, sorted by name, counting only those.
+  std::vector<EventCount> EventsOwnedBy(absl::string_view owner) const;
   size_t size() const;
   size_t CountForEvent(absl::string_view event) const;
 

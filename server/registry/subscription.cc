@@ -65,6 +65,12 @@ absl::Status ValidateEventParam(absl::string_view key) {
   return absl::OkStatus();
 }
 
+bool MayChange(const Actor& actor, const Subscription& sub) {
+  if (actor.admin) return true;
+  // An unnamed caller owns nothing: "" marks subscriptions made before authentication was on.
+  return !actor.name.empty() && actor.name == sub.owner;
+}
+
 std::string NewSubscriptionId() {
   // absl::BitGen is not thread-safe; one per thread, seeded from the OS.
   thread_local absl::BitGen gen;

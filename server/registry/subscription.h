@@ -27,6 +27,10 @@ struct Subscription {
   absl::Time expire_time = absl::InfiniteFuture();
   // Overrides the server's event_param; "" turns it off for this subscription.
   std::optional<std::string> event_param;
+  // Who made it (SPEC §10): the caller's name (token name or certificate identity), or "" when it
+  // was made by the anonymous caller (authentication off). Fixed for the life of the id: a refresh,
+  // by the owner or an admin, keeps it.
+  std::string owner;
 
   bool Expires() const { return expire_time != absl::InfiniteFuture(); }
   // Live at `now`: it receives events strictly before its expiry instant.
@@ -36,6 +40,23 @@ struct Subscription {
 using SubscriptionPtr = std::shared_ptr<const Subscription>;
 // An immutable list; Raise holds one while it fans out.
 using SubscriberList = std::vector<SubscriptionPtr>;
+
+// Who asks to change subscriptions, as the service established it from the authenticated caller
+// (SPEC §10). The layers below the service know callers only as this plain value.
+struct Actor {
+  // The caller's name; "" for the anonymous caller.
+  std::string name;
+  // May change every subscription, whoever owns it.
+  bool admin = false;
+
+  // Everyone, when authentication is off: anonymous, and an admin (anyone may change anything).
+  static Actor Anonymous() { return Actor{"", true}; }
+};
+
+// True when `actor` may refresh, change or remove `sub`: an admin always, anyone else only when
+// it has a name and owns `sub`. A subscription without an owner ("", made while authentication
+// was off) is thus an admin's alone once authentication is on.
+bool MayChange(const Actor& actor, const Subscription& sub);
 
 // Returns INVALID_ARGUMENT unless `event` is 1..max_len bytes of [A-Za-z0-9_.:-]:
 // `event "a b": invalid character ' ' at offset 1`.

@@ -324,6 +324,7 @@ void SubscriptionToProto(const registry::Subscription& sub, absl::Time now, Stat
     DurationToProto(std::max(absl::ZeroDuration(), sub.expire_time - now), out->mutable_ttl());
   }
   if (sub.event_param.has_value()) out->set_event_param(*sub.event_param);
+  out->set_owner(sub.owner);
   for (const uri::TcpTarget& target : sub.target.targets) {
     v1::TargetState* state = out->add_targets();
     std::string key = target.Key();

@@ -15,6 +15,7 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/slice.h"
+#include "server/auth/caller.h"
 #include "server/base/log.h"
 #include "server/service/convert.h"
 
@@ -34,6 +35,18 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
 std::string ExpiryText(absl::Time expire_time) {
   if (expire_time == absl::InfiniteFuture()) return "never";
   return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", expire_time, absl::UTCTimeZone());
+}
+
+// Who the subscription manager checks a change against: the caller's name, and whether it holds
+// the admin role (with authentication off, the anonymous caller holds every role).
+registry::Actor ActorOf(const auth::Caller& caller) {
+  return registry::Actor{caller.name, caller.Has(auth::kAdmin)};
+}
+
+// True when `caller` may see every subscription (reader or admin). Anyone else sees only its own,
+// and a caller without a name owns nothing.
+bool SeesAll(const auth::Caller& caller) {
+  return caller.Has(auth::kReader) || caller.Has(auth::kAdmin);
 }
 
 // Protobuf message nesting a Raise request may have. protobuf's default (100) stops at about 33
@@ -135,30 +148,35 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Subscribe(grpc::CallbackServerCon
   sub.socket = request->socket();
   if (request->has_expire_seconds()) sub.expire_seconds = request->expire_seconds();
   if (request->has_event_param()) sub.event_param = request->event_param();
+  const auth::Caller caller = auth::CallerOf(*context, options_.auth_enabled);
   // Copied now: `done` may run after this method returned. Changes to the subscriptions are
-  // logged at info with who asked (Raise is not: it is the hot path).
-  std::string peer = context->peer();
+  // logged at info with who asked (Raise is not: it is the hot path): the peer, and the caller's
+  // name (a token's name, never the token).
+  std::string who = absl::StrCat("peer=", base::LogValue(context->peer()),
+                                 " caller=", base::LogValue(caller.name));
   // `done` may run inline or on a store thread; the response outlives it until Finish.
-  manager_->Subscribe(std::move(sub), [this, reactor, request, response, peer = std::move(peer)](
-                                          absl::StatusOr<store::SubscribeResult> result) {
-    if (!result.ok()) {
-      EB_LOG(kInfo, "subscribe refused", "peer=", base::LogValue(peer),
-             " event=", base::LogValue(request->event()),
-             " socket=", base::LogValue(request->socket()),
-             " error=", base::LogValue(result.status().ToString()));
-      reactor->Finish(ToGrpcStatus(result.status()));
-      return;
-    }
-    const registry::Subscription& subscription = *result->subscription;
-    EB_LOG(kInfo, "subscribed", "peer=", base::LogValue(peer),
-           " id=", base::LogValue(subscription.id), " event=", base::LogValue(subscription.event),
-           " socket=", base::LogValue(subscription.socket),
-           " expire=", ExpiryText(subscription.expire_time),
-           " created=", result->created ? "true" : "false");
-    FillSubscription(subscription, clock_->Now(), response->mutable_subscription());
-    response->set_created(result->created);
-    reactor->Finish(grpc::Status::OK);
-  });
+  manager_->Subscribe(
+      ActorOf(caller), std::move(sub),
+      [this, reactor, request, response,
+       who = std::move(who)](absl::StatusOr<store::SubscribeResult> result) {
+        if (!result.ok()) {
+          EB_LOG(kInfo, "subscribe refused", who, " event=", base::LogValue(request->event()),
+                 " socket=", base::LogValue(request->socket()),
+                 " error=", base::LogValue(result.status().ToString()));
+          reactor->Finish(ToGrpcStatus(result.status()));
+          return;
+        }
+        const registry::Subscription& subscription = *result->subscription;
+        EB_LOG(kInfo, "subscribed", who, " id=", base::LogValue(subscription.id),
+               " event=", base::LogValue(subscription.event),
+               " socket=", base::LogValue(subscription.socket),
+               " owner=", base::LogValue(subscription.owner),
+               " expire=", ExpiryText(subscription.expire_time),
+               " created=", result->created ? "true" : "false");
+        FillSubscription(subscription, clock_->Now(), response->mutable_subscription());
+        response->set_created(result->created);
+        reactor->Finish(grpc::Status::OK);
+      });
   return reactor;
 }
 
@@ -170,27 +188,32 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Unsubscribe(grpc::CallbackServerC
     reactor->Finish(ToGrpcStatus(ready));
     return reactor;
   }
-  std::string peer = context->peer();
+  const auth::Caller caller = auth::CallerOf(*context, options_.auth_enabled);
+  // For the log: who asked, and what it named (by id, or by event and socket).
+  std::string fields = absl::StrCat("peer=", base::LogValue(context->peer()),
+                                    " caller=", base::LogValue(caller.name));
+  if (!request->id().empty()) absl::StrAppend(&fields, " id=", base::LogValue(request->id()));
+  if (!request->event().empty()) {
+    absl::StrAppend(&fields, " event=", base::LogValue(request->event()));
+  }
+  if (!request->socket().empty()) {
+    absl::StrAppend(&fields, " socket=", base::LogValue(request->socket()));
+  }
   manager_->Unsubscribe(
-      request->id(), request->event(), request->socket(),
-      [reactor, request, response, peer = std::move(peer)](absl::StatusOr<int> removed) {
-        // By id, or by event and socket: the fields the caller gave.
-        std::string fields = absl::StrCat("peer=", base::LogValue(peer));
-        if (!request->id().empty()) absl::StrAppend(&fields, " id=", base::LogValue(request->id()));
-        if (!request->event().empty()) {
-          absl::StrAppend(&fields, " event=", base::LogValue(request->event()));
-        }
-        if (!request->socket().empty()) {
-          absl::StrAppend(&fields, " socket=", base::LogValue(request->socket()));
-        }
+      ActorOf(caller), request->id(), request->event(), request->socket(),
+      [reactor, response,
+       fields = std::move(fields)](absl::StatusOr<store::UnsubscribeResult> removed) mutable {
         if (!removed.ok()) {
           EB_LOG(kInfo, "unsubscribe refused", fields,
                  " error=", base::LogValue(removed.status().ToString()));
           reactor->Finish(ToGrpcStatus(removed.status()));
           return;
         }
-        EB_LOG(kInfo, "unsubscribed", fields, " removed=", *removed);
-        response->set_removed(static_cast<uint32_t>(*removed));
+        if (removed->subscription != nullptr) {
+          absl::StrAppend(&fields, " owner=", base::LogValue(removed->subscription->owner));
+        }
+        EB_LOG(kInfo, "unsubscribed", fields, " removed=", removed->removed);
+        response->set_removed(static_cast<uint32_t>(removed->removed));
         reactor->Finish(grpc::Status::OK);
       });
   return reactor;
@@ -289,10 +312,13 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::ListSubscriptions(
       return reactor;
     }
   }
+  const auth::Caller caller = auth::CallerOf(*context, options_.auth_enabled);
+  const bool sees_all = SeesAll(caller);
   absl::Time now = clock_->Now();
   std::vector<registry::SubscriptionPtr> subs = registry_->List(request->event());
   response->mutable_subscriptions()->Reserve(static_cast<int>(subs.size()));
   for (const registry::SubscriptionPtr& sub : subs) {
+    if (!sees_all && (caller.anonymous() || sub->owner != caller.name)) continue;
     FillSubscription(*sub, now, response->add_subscriptions());
   }
   response->set_stale(manager_->stale());
@@ -308,7 +334,16 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::ListEvents(grpc::CallbackServerCo
     reactor->Finish(ToGrpcStatus(ready));
     return reactor;
   }
-  for (const registry::EventCount& event : registry_->Events()) {
+  const auth::Caller caller = auth::CallerOf(*context, options_.auth_enabled);
+  // A caller that sees only its own subscriptions counts only those, and sees no event it has none
+  // of.
+  std::vector<registry::EventCount> events;
+  if (SeesAll(caller)) {
+    events = registry_->Events();
+  } else if (!caller.anonymous()) {
+    events = registry_->EventsOwnedBy(caller.name);
+  }
+  for (const registry::EventCount& event : events) {
     v1::EventInfo* info = response->add_events();
     info->set_event(event.event);
     info->set_subscribers(static_cast<uint32_t>(event.subscribers));

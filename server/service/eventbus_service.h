@@ -43,6 +43,11 @@ struct ServiceOptions {
 // outlive it. Until `loader` (when given) has loaded the store, every call answers its
 // UNAVAILABLE Ready() status: the registry is empty or partial before.
 //
+// Ownership (SPEC §10): Subscribe and Unsubscribe hand the caller (auth::CallerOf) to the manager
+// as a registry::Actor (its name; admin when it has the admin role), which decides. The Lists show
+// a caller with the reader or admin role everything, anyone else only the subscriptions it owns.
+// With auth_enabled false every caller is the anonymous admin: no owner, no restriction.
+//
 // Raise is registered raw (bytes in, bytes out) and parses its request itself: gRPC 1.51's
 // callback API answers a request that protobuf cannot parse (a string that is not valid UTF-8,
 // params nested beyond protobuf's recursion limit) with UNIMPLEMENTED and an empty message, while

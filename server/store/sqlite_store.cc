@@ -20,8 +20,8 @@ namespace eventbus::store {
 namespace {
 
 // user_version of the schema this build writes. Bump it, and migrate in Start, when the table
-// changes.
-constexpr int kSchemaVersion = 1;
+// changes. 1: the first table. 2: `owner` added (SPEC §10).
+constexpr int kSchemaVersion = 2;
 
 constexpr char kCreateSchema[] =
     "CREATE TABLE IF NOT EXISTS subscriptions ("
@@ -29,19 +29,26 @@ constexpr char kCreateSchema[] =
     "  event TEXT NOT NULL,"
     "  socket TEXT NOT NULL,"
     "  create_time_us INTEGER NOT NULL,"
-    "  expire_time_us INTEGER,"  // NULL: never expires.
-    "  event_param TEXT,"        // NULL: the server's setting applies.
+    "  expire_time_us INTEGER,"          // NULL: never expires.
+    "  event_param TEXT,"                // NULL: the server's setting applies.
+    "  owner TEXT NOT NULL DEFAULT '',"  // '': the anonymous caller (or made before version 2).
     "  UNIQUE (event, socket))";
+
+// Version 1 -> 2. Rows made before owners were kept get '': only an admin may change them once
+// authentication is on.
+constexpr char kAddOwnerColumn[] =
+    "ALTER TABLE subscriptions ADD COLUMN owner TEXT NOT NULL DEFAULT ''";
 
 // REPLACE also removes a row holding the same (event, socket) under another id: the newest write
 // of a natural key wins, as in the registry.
 constexpr char kPutSql[] =
     "INSERT OR REPLACE INTO subscriptions"
-    " (id, event, socket, create_time_us, expire_time_us, event_param)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    " (id, event, socket, create_time_us, expire_time_us, event_param, owner)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 constexpr char kDeleteSql[] = "DELETE FROM subscriptions WHERE id = ?1";
 constexpr char kSelectSql[] =
-    "SELECT id, event, socket, create_time_us, expire_time_us, event_param FROM subscriptions";
+    "SELECT id, event, socket, create_time_us, expire_time_us, event_param, owner"
+    " FROM subscriptions";
 
 // Finalizes a statement when it goes out of scope.
 struct StatementDeleter {
@@ -207,8 +214,12 @@ absl::Status SqliteStore::Start(Listener* listener) {
         " was written by a newer EventBus (this build reads up to ", kSchemaVersion, ")")));
   }
   if (version < kSchemaVersion) {
+    // One transaction: a crash half-way leaves the file at its old version, migrated again at the
+    // next start. Version 0 is a new file (CREATE makes the current table); an older version's
+    // table exists, and CREATE ... IF NOT EXISTS leaves it as it is for the steps below.
     absl::Status status = Exec("BEGIN IMMEDIATE");
     if (status.ok()) status = Exec(kCreateSchema);
+    if (status.ok() && version == 1) status = Exec(kAddOwnerColumn);
     if (status.ok()) status = Exec(absl::StrCat("PRAGMA user_version=", kSchemaVersion).c_str());
     if (status.ok()) status = Exec("COMMIT");
     if (!status.ok()) {
@@ -235,6 +246,7 @@ absl::Status SqliteStore::Start(Listener* listener) {
       if (sqlite3_column_type(stmt.get(), 5) != SQLITE_NULL) {
         row.event_param = ColumnText(stmt.get(), 5);
       }
+      row.owner = ColumnText(stmt.get(), 6);
       absl::StatusOr<registry::SubscriptionPtr> sub = FromStored(std::move(row));
       if (!sub.ok()) {
         // One bad row (hand-edited, or a socket rule that got stricter) must not keep the server
@@ -349,6 +361,7 @@ absl::Status SqliteStore::Commit(const std::vector<Op>& ops) {
       } else {
         sqlite3_bind_null(stmt, 6);
       }
+      BindText(stmt, 7, row.owner);
     }
     int rc = sqlite3_step(stmt);
     sqlite3_reset(stmt);

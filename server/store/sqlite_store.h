@@ -41,8 +41,9 @@ class SqliteStore final : public SubscriptionStore {
 
   // Opens or creates the file, checks it (PRAGMA quick_check: every page and b-tree, indexes
   // included; about 0.3 s for 100k subscriptions) and the schema version, loads every row into
-  // listener->OnReload and starts the writer thread. Errors name the file:
-  // `sqlite "/data/subscriptions.db": file is not a database`. DATA_LOSS when the file is
+  // listener->OnReload and starts the writer thread. A file of an older schema is migrated in
+  // place first (version 1 -> 2: an `owner` column, '' for the rows already there). Errors name
+  // the file: `sqlite "/data/subscriptions.db": file is not a database`. DATA_LOSS when the file is
   // corrupt; FAILED_PRECONDITION when it was written by a newer schema; UNAVAILABLE when it
   // cannot be opened or read.
   absl::Status Start(Listener* listener) override;

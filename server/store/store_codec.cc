@@ -57,6 +57,7 @@ StoredSubscription ToStored(const registry::Subscription& sub) {
   stored.create_time_us = absl::ToUnixMicros(sub.create_time);
   if (sub.Expires()) stored.expire_time_us = absl::ToUnixMicros(sub.expire_time);
   stored.event_param = sub.event_param;
+  stored.owner = sub.owner;
   return stored;
 }
 
@@ -82,13 +83,15 @@ absl::StatusOr<registry::SubscriptionPtr> FromStored(StoredSubscription stored) 
                          ? absl::FromUnixMicros(*stored.expire_time_us)
                          : absl::InfiniteFuture();
   sub->event_param = std::move(stored.event_param);
+  sub->owner = std::move(stored.owner);
   return registry::SubscriptionPtr(std::move(sub));
 }
 
 std::string EncodeSubscriptionJson(const registry::Subscription& sub) {
   StoredSubscription stored = ToStored(sub);
   std::string out;
-  out.reserve(96 + stored.id.size() + stored.event.size() + stored.socket.size());
+  out.reserve(112 + stored.id.size() + stored.event.size() + stored.socket.size() +
+              stored.owner.size());
   out.append("{\"v\":");
   jsonrpc::AppendJsonInt(&out, kJsonVersion);
   out.append(",\"id\":");
@@ -106,6 +109,10 @@ std::string EncodeSubscriptionJson(const registry::Subscription& sub) {
   if (stored.event_param.has_value()) {
     out.append(",\"event_param\":");
     jsonrpc::AppendJsonString(&out, *stored.event_param);
+  }
+  if (!stored.owner.empty()) {
+    out.append(",\"owner\":");
+    jsonrpc::AppendJsonString(&out, stored.owner);
   }
   out.push_back('}');
   return out;
@@ -149,6 +156,12 @@ absl::StatusOr<registry::SubscriptionPtr> DecodeSubscriptionJson(absl::string_vi
       return JsonError("\"event_param\" is not a string");
     }
     stored.event_param = std::string(param);
+  }
+  // Records written before owners were kept have none: the anonymous caller's, owner "".
+  if (object["owner"].get(element) == simdjson::SUCCESS && !element.is_null()) {
+    std::string_view owner;
+    if (element.get(owner) != simdjson::SUCCESS) return JsonError("\"owner\" is not a string");
+    stored.owner = std::string(owner);
   }
   return FromStored(std::move(stored));
 }

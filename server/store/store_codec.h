@@ -24,6 +24,8 @@ struct StoredSubscription {
   // Absent: never expires.
   std::optional<int64_t> expire_time_us;
   std::optional<std::string> event_param;
+  // "" for the anonymous caller, and in records written before owners were kept.
+  std::string owner;
 };
 
 // Returns the stored form of `sub` (times truncated to microseconds).
@@ -35,12 +37,14 @@ absl::StatusOr<registry::SubscriptionPtr> FromStored(StoredSubscription stored);
 
 // Returns the JSON value the etcd store writes, version 1:
 //   {"v":1,"id":"...","event":"...","socket":"...","create_time_us":N[,"expire_time_us":N]
-//    [,"event_param":"..."]}
+//    [,"event_param":"..."][,"owner":"..."]}
+// "owner" is left out when it is "" (the anonymous caller), so a build that keeps no owners and a
+// record written before they were kept read the same: owner "".
 std::string EncodeSubscriptionJson(const registry::Subscription& sub);
 
 // Parses a value written by EncodeSubscriptionJson. Unknown members are ignored (a newer writer
-// may add some); INVALID_ARGUMENT for bad JSON, a missing or mistyped member, a version other
-// than 1, or a socket that does not parse.
+// may add some), and a missing "owner" reads as "" (an older writer); INVALID_ARGUMENT for bad
+// JSON, a missing or mistyped member, a version other than 1, or a socket that does not parse.
 absl::StatusOr<registry::SubscriptionPtr> DecodeSubscriptionJson(absl::string_view json);
 
 }  // namespace eventbus::store

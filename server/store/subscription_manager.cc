@@ -35,6 +35,17 @@ absl::Time ExpireTime(absl::Time now, const std::optional<uint32_t>& seconds,
   return now + absl::Seconds(*seconds);
 }
 
+// PERMISSION_DENIED: `sub` is not the caller's to `action` (refresh, remove). Names the
+// subscription but not its owner: who else uses EventBus is not this caller's business.
+absl::Status NotYours(const Subscription& sub, absl::string_view operation,
+                      absl::string_view action) {
+  return absl::PermissionDeniedError(absl::StrCat(
+      operation, ": subscription ", sub.id, " (event \"", Quote(sub.event), "\", socket \"",
+      Quote(sub.socket), "\") belongs to another caller",
+      sub.owner.empty() ? " (it was made without authentication and has no owner)" : "",
+      "; only its owner or an admin may ", action, " it"));
+}
+
 }  // namespace
 
 SubscriptionManager::SubscriptionManager(registry::Registry* registry, SubscriptionStore* store,
@@ -83,7 +94,8 @@ absl::StatusOr<uri::SocketUri> SubscriptionManager::ParseSocketWithinLimit(
 }
 
 void SubscriptionManager::Subscribe(
-    SubscribeRequest request, absl::AnyInvocable<void(absl::StatusOr<SubscribeResult>)> done) {
+    registry::Actor actor, SubscribeRequest request,
+    absl::AnyInvocable<void(absl::StatusOr<SubscribeResult>)> done) {
   absl::Status valid = registry::ValidateEventName(request.event, limits_.max_event_name_bytes);
   if (valid.ok() && request.event_param.has_value()) {
     valid = registry::ValidateEventParam(*request.event_param);
@@ -108,18 +120,19 @@ void SubscriptionManager::Subscribe(
   const uri::SocketUri checked = *target;
   // The destination policy first (it may wait for DNS), and only then the key's turn: a slow
   // lookup holds no other Subscribe of the same key.
-  CheckDestinations(text, checked,
-                    [this, key, request = std::move(request), target = *std::move(target),
-                     done = std::move(done)](absl::Status allowed) mutable {
-                      if (!allowed.ok()) {
-                        done(std::move(allowed));
-                        return;
-                      }
-                      RunKeyed(key, [this, key, request = std::move(request),
-                                     target = std::move(target), done = std::move(done)]() mutable {
-                        SubscribeKeyed(key, std::move(request), std::move(target), std::move(done));
-                      });
-                    });
+  CheckDestinations(
+      text, checked,
+      [this, key, actor = std::move(actor), request = std::move(request),
+       target = *std::move(target), done = std::move(done)](absl::Status allowed) mutable {
+        if (!allowed.ok()) {
+          done(std::move(allowed));
+          return;
+        }
+        RunKeyed(key, [this, key, actor = std::move(actor), request = std::move(request),
+                       target = std::move(target), done = std::move(done)]() mutable {
+          SubscribeKeyed(key, actor, std::move(request), std::move(target), std::move(done));
+        });
+      });
 }
 
 void SubscriptionManager::CheckDestinations(const std::string& text, const uri::SocketUri& target,
@@ -170,7 +183,7 @@ void SubscriptionManager::CheckDestinations(const std::string& text, const uri::
 }
 
 void SubscriptionManager::SubscribeKeyed(
-    const Key& key, SubscribeRequest request, uri::SocketUri target,
+    const Key& key, const registry::Actor& actor, SubscribeRequest request, uri::SocketUri target,
     absl::AnyInvocable<void(absl::StatusOr<SubscribeResult>)> done) {
   absl::Time now = clock_->Now();
   // Stores keep whole microseconds (store_codec.h): times handed out must be the ones a restart
@@ -182,6 +195,12 @@ void SubscriptionManager::SubscribeKeyed(
     // deleted from the store behind this work (whoever removed it from the registry does it).
     if (registry_->Remove(existing->id) != nullptr) DeleteExpired(existing);
     existing = nullptr;
+  }
+  // Checked here, with the key held: this is the subscription the write below replaces.
+  if (existing != nullptr && !registry::MayChange(actor, *existing)) {
+    done(NotYours(*existing, "subscribe", "refresh"));
+    FinishKey(key);
+    return;
   }
   const bool created = existing == nullptr;
   auto sub = std::make_shared<Subscription>();
@@ -195,9 +214,12 @@ void SubscriptionManager::SubscribeKeyed(
     sub->id = registry::NewSubscriptionId();
     sub->create_time = stamp;
     sub->event_param = std::move(request.event_param);
+    sub->owner = actor.name;
   } else {
     sub->id = existing->id;
     sub->create_time = existing->create_time;
+    // An admin refreshing someone else's subscription does not take it over.
+    sub->owner = existing->owner;
     sub->event_param =
         request.event_param.has_value() ? std::move(request.event_param) : existing->event_param;
   }
@@ -224,18 +246,20 @@ void SubscriptionManager::SubscribeKeyed(
   });
 }
 
-void SubscriptionManager::Unsubscribe(std::string id, std::string event, std::string socket,
-                                      absl::AnyInvocable<void(absl::StatusOr<int>)> done) {
+void SubscriptionManager::Unsubscribe(
+    registry::Actor actor, std::string id, std::string event, std::string socket,
+    absl::AnyInvocable<void(absl::StatusOr<UnsubscribeResult>)> done) {
   if (!id.empty()) {
     SubscriptionPtr sub = registry_->FindById(id);
     if (sub == nullptr) {
-      done(0);
+      done(UnsubscribeResult{});
       return;
     }
     Key key(sub->event, sub->socket);
-    RunKeyed(key, [this, key, id = std::move(id), done = std::move(done)]() mutable {
+    RunKeyed(key, [this, key, actor = std::move(actor), id = std::move(id),
+                   done = std::move(done)]() mutable {
       // Looked up again: it may have gone while this waited for its key.
-      UnsubscribeKeyed(key, registry_->FindById(id), std::move(done));
+      UnsubscribeKeyed(key, actor, registry_->FindById(id), std::move(done));
     });
     return;
   }
@@ -249,15 +273,21 @@ void SubscriptionManager::Unsubscribe(std::string id, std::string event, std::st
     return;
   }
   Key key(std::move(event), target->ToString());
-  RunKeyed(key, [this, key, done = std::move(done)]() mutable {
-    UnsubscribeKeyed(key, registry_->FindByKey(key.first, key.second), std::move(done));
+  RunKeyed(key, [this, key, actor = std::move(actor), done = std::move(done)]() mutable {
+    UnsubscribeKeyed(key, actor, registry_->FindByKey(key.first, key.second), std::move(done));
   });
 }
 
-void SubscriptionManager::UnsubscribeKeyed(const Key& key, SubscriptionPtr sub,
-                                           absl::AnyInvocable<void(absl::StatusOr<int>)> done) {
+void SubscriptionManager::UnsubscribeKeyed(
+    const Key& key, const registry::Actor& actor, SubscriptionPtr sub,
+    absl::AnyInvocable<void(absl::StatusOr<UnsubscribeResult>)> done) {
   if (sub == nullptr) {
-    done(0);
+    done(UnsubscribeResult{});
+    FinishKey(key);
+    return;
+  }
+  if (!registry::MayChange(actor, *sub)) {
+    done(NotYours(*sub, "unsubscribe", "remove"));
     FinishKey(key);
     return;
   }
@@ -266,7 +296,7 @@ void SubscriptionManager::UnsubscribeKeyed(const Key& key, SubscriptionPtr sub,
                                      done = std::move(done)](absl::Status status) mutable {
     if (status.ok()) {
       registry_->Remove(sub->id);
-      done(1);
+      done(UnsubscribeResult{1, std::move(sub)});
     } else {
       done(std::move(status));
     }

@@ -1,7 +1,8 @@
-// SubscriptionManager applies Subscribe and Unsubscribe (SPEC §6): validates, enforces limits,
-// writes through the store, then updates the registry; and removes expired subscriptions with a
-// timer at their exact expiry instant. It is also the store's Listener, so changes made on other
-// replicas reach the registry.
+// SubscriptionManager applies Subscribe and Unsubscribe (SPEC §6): validates, enforces limits and
+// ownership (SPEC §10: who may change which subscription, for the registry::Actor the service
+// names), writes through the store, then updates the registry; and removes expired subscriptions
+// with a timer at their exact expiry instant. It is also the store's Listener, so changes made on
+// other replicas reach the registry.
 #ifndef EVENTBUS_SERVER_STORE_SUBSCRIPTION_MANAGER_H_
 #define EVENTBUS_SERVER_STORE_SUBSCRIPTION_MANAGER_H_
 
@@ -55,6 +56,13 @@ struct SubscribeResult {
 using DestinationCheck =
     std::function<void(const uri::TcpTarget& target, absl::AnyInvocable<void(absl::Status)> done)>;
 
+struct UnsubscribeResult {
+  // 0 or 1.
+  int removed = 0;
+  // What was removed; null when nothing was.
+  registry::SubscriptionPtr subscription;
+};
+
 // Thread-safe. Completion callbacks run on any thread (possibly inline, possibly a store thread).
 class SubscriptionManager : public SubscriptionStore::Listener {
  public:
@@ -74,16 +82,23 @@ class SubscriptionManager : public SubscriptionStore::Listener {
   // Stops the expiry timer and the store. Idempotent.
   void Stop();
 
-  // Creates the subscription or refreshes the one with the same event and normalised socket
-  // (keeping its id and create_time, with a new expiry). INVALID_ARGUMENT for a bad event name or
-  // socket, RESOURCE_EXHAUSTED over a limit, UNAVAILABLE when the store cannot be written.
-  void Subscribe(SubscribeRequest request,
+  // Creates the subscription, owned by `actor`, or refreshes the one with the same event and
+  // normalised socket (keeping its id, create_time and owner, with a new expiry). INVALID_ARGUMENT
+  // for a bad event name or socket, PERMISSION_DENIED naming the subscription when it is not
+  // `actor`'s to refresh (registry::MayChange), RESOURCE_EXHAUSTED over a limit, UNAVAILABLE when
+  // the store cannot be written.
+  void Subscribe(registry::Actor actor, SubscribeRequest request,
                  absl::AnyInvocable<void(absl::StatusOr<SubscribeResult>)> done);
-  // Removes by id (when `id` is set) or by event + socket; answers how many were removed (0 or 1).
-  // INVALID_ARGUMENT when neither form is given or the socket does not parse; UNAVAILABLE when the
-  // store cannot be written.
-  void Unsubscribe(std::string id, std::string event, std::string socket,
-                   absl::AnyInvocable<void(absl::StatusOr<int>)> done);
+  // Removes by id (when `id` is set) or by event + socket; answers how many were removed (0 or 1,
+  // 0 when there is no such subscription). INVALID_ARGUMENT when neither form is given or the
+  // socket does not parse; PERMISSION_DENIED naming the subscription when it is not `actor`'s to
+  // remove; UNAVAILABLE when the store cannot be written.
+  //
+  // Ownership is checked against the subscription as it is when the work for its key runs, so two
+  // callers racing for one (event, socket) cannot get around it. An id's owner never changes, so
+  // replicas sharing a store, each checking against the owner its record carries, agree.
+  void Unsubscribe(registry::Actor actor, std::string id, std::string event, std::string socket,
+                   absl::AnyInvocable<void(absl::StatusOr<UnsubscribeResult>)> done);
 
   // True while the store is unhealthy: lists may be stale.
   bool stale() const { return !store_healthy_.load(); }
@@ -118,10 +133,11 @@ class SubscriptionManager : public SubscriptionStore::Listener {
   void RunKeyed(const Key& key, absl::AnyInvocable<void()> work);
   void FinishKey(const Key& key);
 
-  void SubscribeKeyed(const Key& key, SubscribeRequest request, uri::SocketUri target,
+  void SubscribeKeyed(const Key& key, const registry::Actor& actor, SubscribeRequest request,
+                      uri::SocketUri target,
                       absl::AnyInvocable<void(absl::StatusOr<SubscribeResult>)> done);
-  void UnsubscribeKeyed(const Key& key, registry::SubscriptionPtr sub,
-                        absl::AnyInvocable<void(absl::StatusOr<int>)> done);
+  void UnsubscribeKeyed(const Key& key, const registry::Actor& actor, registry::SubscriptionPtr sub,
+                        absl::AnyInvocable<void(absl::StatusOr<UnsubscribeResult>)> done);
   // Deletes an expired subscription (already out of the registry) from the store, unless a
   // refresh put it back meanwhile.
   void DeleteExpired(registry::SubscriptionPtr sub);

@@ -16,6 +16,7 @@ namespace {
 
 namespace v1 = ::eventbus::v1;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 TEST(ParseRaiseArgsTest, NamedStringAndTypedParamsKeepOrder) {
   auto request = ParseRaiseArgs({"E_PIKE_BLOCKED", "ip=192.168.2.11", "count:=3"});
@@ -280,6 +281,38 @@ TEST(FormatTest, SubscriptionsTableShowsExpiryAndTargets) {
   EXPECT_THAT(lines[1], HasSubstr("a:1 CONNECTED"));
   EXPECT_THAT(lines[2], HasSubstr("2023-11-14T23:13:20Z"));
   EXPECT_THAT(lines[2], HasSubstr("1m30s"));
+}
+
+TEST(FormatTest, SubscriptionsTableHasAnOwnerColumnOnlyWhenSomeSubscriptionHasAnOwner) {
+  v1::ListSubscriptionsResponse response;
+  v1::Subscription* legacy = response.add_subscriptions();
+  legacy->set_id("0123456789abcdef");
+  legacy->set_event("E");
+  legacy->set_socket("tcp:a:1");
+  EXPECT_THAT(FormatSubscriptionsTable(response), Not(HasSubstr("OWNER")));
+
+  v1::Subscription* owned = response.add_subscriptions();
+  owned->set_id("fedcba9876543210");
+  owned->set_event("E");
+  owned->set_socket("tcp:b:2");
+  owned->set_owner("billing");
+  std::string table = FormatSubscriptionsTable(response);
+  std::vector<std::string> lines = absl::StrSplit(table, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u) << table;
+  EXPECT_THAT(lines[0],
+              ::testing::MatchesRegex("ID +EVENT +SOCKET +OWNER +EXPIRES +TTL +TARGETS *"));
+  EXPECT_THAT(lines[1], ::testing::MatchesRegex("0123456789abcdef +E +tcp:a:1 +- +never .*"));
+  EXPECT_THAT(lines[2], ::testing::MatchesRegex("fedcba9876543210 +E +tcp:b:2 +billing +never .*"));
+}
+
+TEST(FormatTest, ASubscriptionShowsItsOwnerWhenItHasOne) {
+  v1::Subscription sub;
+  sub.set_id("0123456789abcdef");
+  sub.set_event("E");
+  sub.set_socket("tcp:a:1");
+  EXPECT_THAT(FormatSubscription(sub, true), Not(HasSubstr("owner")));
+  sub.set_owner("billing");
+  EXPECT_THAT(FormatSubscription(sub, true), ::testing::ContainsRegex("owner +billing\n"));
 }
 
 TEST(RunCliTest, UsageErrorsExitTwoWithoutContactingAServer) {

@@ -216,6 +216,38 @@ TEST(RegistryTest, EventsCountsSubscribersSortedByName) {
   EXPECT_EQ(registry.CountForEvent("MID"), 0u);
 }
 
+TEST(RegistryTest, EventsOwnedByCountsOnlyThatOwnersSubscriptions) {
+  Registry registry;
+  auto owned = [](std::string id, std::string event, std::string socket, std::string owner) {
+    auto sub =
+        std::make_shared<Subscription>(*Sub(std::move(id), std::move(event), std::move(socket)));
+    sub->owner = std::move(owner);
+    return SubscriptionPtr(std::move(sub));
+  };
+  registry.Upsert(owned("1", "ALPHA", "tcp:h:1", "alice"));
+  registry.Upsert(owned("2", "ALPHA", "tcp:h:2", "bob"));
+  registry.Upsert(owned("3", "ALPHA", "tcp:h:3", "alice"));
+  registry.Upsert(owned("4", "MID", "tcp:h:1", "bob"));
+  registry.Upsert(owned("5", "ZED", "tcp:h:1", ""));
+
+  std::vector<EventCount> alice = registry.EventsOwnedBy("alice");
+  ASSERT_EQ(alice.size(), 1u);
+  EXPECT_EQ(alice[0].event, "ALPHA");
+  EXPECT_EQ(alice[0].subscribers, 2u);
+
+  std::vector<EventCount> bob = registry.EventsOwnedBy("bob");
+  ASSERT_EQ(bob.size(), 2u);
+  EXPECT_EQ(bob[0].event, "ALPHA");
+  EXPECT_EQ(bob[0].subscribers, 1u);
+  EXPECT_EQ(bob[1].event, "MID");
+  EXPECT_EQ(bob[1].subscribers, 1u);
+
+  EXPECT_THAT(registry.EventsOwnedBy("carol"), IsEmpty());
+  std::vector<EventCount> unowned = registry.EventsOwnedBy("");
+  ASSERT_EQ(unowned.size(), 1u);
+  EXPECT_EQ(unowned[0].event, "ZED");
+}
+
 TEST(RegistryTest, ReplaceAllReplacesEverythingAndLaterDuplicatesWin) {
   Registry registry;
   registry.Upsert(Sub("old", "E", "tcp:h:1"));

@@ -90,6 +90,33 @@ TEST(NewSubscriptionIdTest, DoesNotRepeat) {
   for (int i = 0; i < 10000; ++i) EXPECT_TRUE(ids.insert(NewSubscriptionId()).second);
 }
 
+TEST(MayChangeTest, AnAdminMayChangeEverySubscriptionWhoeverOwnsIt) {
+  Subscription sub;
+  sub.owner = "alice";
+  EXPECT_TRUE(MayChange(Actor{"root", true}, sub));
+  sub.owner = "";
+  EXPECT_TRUE(MayChange(Actor{"root", true}, sub));
+  EXPECT_TRUE(MayChange(Actor::Anonymous(), sub));
+}
+
+TEST(MayChangeTest, ANonAdminMayChangeOnlyWhatItOwns) {
+  Subscription sub;
+  sub.owner = "alice";
+  EXPECT_TRUE(MayChange(Actor{"alice", false}, sub));
+  EXPECT_FALSE(MayChange(Actor{"bob", false}, sub));
+  EXPECT_FALSE(MayChange(Actor{"Alice", false}, sub));
+  EXPECT_FALSE(MayChange(Actor{"", false}, sub));
+}
+
+TEST(MayChangeTest, ASubscriptionWithoutOwnerIsAnAdminsAlone) {
+  // Made while authentication was off: no named caller owns it, and an unnamed non-admin caller
+  // (one the authentication let through without a name) must not match its empty owner.
+  Subscription sub;
+  EXPECT_FALSE(MayChange(Actor{"alice", false}, sub));
+  EXPECT_FALSE(MayChange(Actor{"", false}, sub));
+  EXPECT_TRUE(MayChange(Actor{"", true}, sub));
+}
+
 TEST(SubscriptionTest, IsLiveStrictlyBeforeItsExpiry) {
   Subscription sub;
   absl::Time t = absl::FromUnixSeconds(1000);

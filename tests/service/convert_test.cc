@@ -486,6 +486,15 @@ TEST(SubscriptionToProtoTest, NeverExpiringHasNoExpiryOrTtl) {
   EXPECT_FALSE(out.has_expire_time());
   EXPECT_FALSE(out.has_ttl());
   EXPECT_FALSE(out.has_event_param());
+  EXPECT_EQ(out.owner(), "");
+}
+
+TEST(SubscriptionToProtoTest, ShowsTheOwner) {
+  registry::Subscription sub = MakeSubscription();
+  sub.owner = "billing";
+  v1::Subscription out;
+  SubscriptionToProto(sub, absl::FromUnixSeconds(1700000100), NoStats, &out);
+  EXPECT_EQ(out.owner(), "billing");
 }
 
 TEST(SubscriptionToProtoTest, TtlIsTimeLeftAndNeverNegative) {

@@ -25,14 +25,20 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/security/auth_metadata_processor.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/security/server_credentials.h"
 #include "gtest/gtest.h"
+#include "server/auth/caller.h"
 #include "server/base/mutex.h"
 #include "server/service/eventbus_service.h"
 #include "server/service/server.h"
+#include "server/store/memory_store.h"
 #include "src/proto/grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "tests/testing/jsonrpc_peer.h"
 #include "tests/testing/log_capture.h"
 #include "tests/testing/ports.h"
+#include "tests/testing/test_pki.h"
 
 namespace eventbus::service {
 namespace {
@@ -518,7 +524,7 @@ TEST_F(ServiceTest, RaiseRejectsTimeoutOutsideBounds) {
   EXPECT_EQ(Raise(request, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
-TEST_F(ServiceTest, SubscribeAndUnsubscribeAreLoggedWithThePeerAndRaiseIsNot) {
+TEST_F(ServiceTest, SubscribeAndUnsubscribeAreLoggedWithThePeerCallerAndOwnerAndRaiseIsNot) {
   testing::LogCapture capture(base::LogLevel::kInfo);
   v1::SubscribeResponse sub;
   ASSERT_TRUE(Subscribe("E_LOGGED", "tcp:127.0.0.1:9000", &sub, 60).ok());
@@ -536,17 +542,18 @@ TEST_F(ServiceTest, SubscribeAndUnsubscribeAreLoggedWithThePeerAndRaiseIsNot) {
   EXPECT_THAT(capture.Matching({"level=info", "E_LOGGED"}), ::testing::SizeIs(2));
   std::vector<std::string> lines = capture.Matching({"level=info", " peer="});
   ASSERT_EQ(lines.size(), 3u) << ::testing::PrintToString(capture.lines());
-  const std::string peer = "peer=ipv4:127.0.0.1:[0-9]+ ";
+  // With authentication off the caller is anonymous (""), and so is the owner.
+  const std::string peer = "peer=ipv4:127.0.0.1:[0-9]+ caller=\"\" ";
   EXPECT_THAT(lines[0], ::testing::MatchesRegex(absl::StrCat(
                             ".* level=info msg=subscribed ", peer, "id=", sub.subscription().id(),
-                            " event=E_LOGGED socket=tcp:127.0.0.1:9000 expire=[0-9T:.-]+Z "
-                            "created=true\n")));
+                            " event=E_LOGGED socket=tcp:127.0.0.1:9000 owner=\"\" "
+                            "expire=[0-9T:.-]+Z created=true\n")));
   EXPECT_THAT(lines[1], ::testing::MatchesRegex(absl::StrCat(
                             ".* level=info msg=\"subscribe refused\" ", peer,
                             "event=E_LOGGED socket=tcp:h:70000 error=\"INVALID_ARGUMENT: .*")));
   EXPECT_THAT(lines[2], ::testing::MatchesRegex(absl::StrCat(".* level=info msg=unsubscribed ",
                                                              peer, "id=", sub.subscription().id(),
-                                                             " removed=1\n")));
+                                                             " owner=\"\" removed=1\n")));
 }
 
 TEST_F(ServiceTest, ARefusingTargetIsLoggedAsFailing) {
@@ -914,6 +921,288 @@ TEST_F(ResolveRaiseOptionsTest, RejectsPassedDeadlineAndBadTimeouts) {
             absl::StatusCode::kInvalidArgument);
   request.set_timeout_ms(3600 * 1000);
   EXPECT_TRUE(service_.ResolveRaiseOptions(request, absl::InfiniteFuture(), now_).ok());
+}
+
+// Ownership through the gRPC API (SPEC §10), with the service's auth_enabled on. The API's real
+// authentication (tokens, client certificates) lives in server/auth/; this stands in for it the
+// way it hands callers to the service: it records the caller's name and roles in the call's
+// AuthContext. It trusts an "x-test-caller: NAME;ROLES" header, so each call picks its caller.
+// A call without the header is left unauthenticated (no name, no roles).
+//
+// gRPC 1.51 hands the processor the connection's AuthContext, not one per call: properties added
+// for one call stay for the next calls on that connection (and CallerOf then finds two names and
+// answers the caller with no roles). So each call here gets a connection of its own (Stub()).
+class HeaderCallerProcessor final : public grpc::AuthMetadataProcessor {
+ public:
+  static constexpr char kHeader[] = "x-test-caller";
+
+  bool IsBlocking() const override { return false; }
+  grpc::Status Process(const InputMetadata& metadata, grpc::AuthContext* context,
+                       OutputMetadata* /*consumed*/, OutputMetadata* /*response*/) override {
+    auto it = metadata.find(kHeader);
+    if (it == metadata.end()) return grpc::Status::OK;
+    const std::string value(it->second.data(), it->second.size());
+    const size_t semicolon = value.find(';');
+    if (semicolon == std::string::npos) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "x-test-caller: NAME;ROLES");
+    }
+    context->AddProperty(auth::kCallerNameProperty, value.substr(0, semicolon));
+    context->AddProperty(auth::kCallerRolesProperty, value.substr(semicolon + 1));
+    return grpc::Status::OK;
+  }
+};
+
+struct TestCaller {
+  std::string name;
+  uint32_t roles = 0;
+};
+const TestCaller kAlice{"alice", auth::kSubscriber};
+const TestCaller kBob{"bob", auth::kSubscriber};
+const TestCaller kReader{"auditor", auth::kReader};
+const TestCaller kAdmin{"root", auth::kAdmin};
+
+// The service in-process over a memory store, behind TLS (the AuthContext the processor fills
+// exists only on a secure transport), with auth_enabled as the test says.
+class OwnershipServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start(/*auth_enabled=*/true); }
+  void TearDown() override { Stop(); }
+
+  void Start(bool auth_enabled) {
+    absl::StatusOr<std::unique_ptr<testing::TestPki>> pki = testing::TestPki::Create();
+    ASSERT_TRUE(pki.ok()) << pki.status();
+    pki_ = *std::move(pki);
+    absl::StatusOr<testing::CertFiles> cert = pki_->IssueLocalhostServer();
+    ASSERT_TRUE(cert.ok()) << cert.status();
+
+    net::PoolOptions pool_options;
+    pool_options.num_loops = 1;
+    absl::StatusOr<std::unique_ptr<net::WriterPool>> pool = net::WriterPool::Create(pool_options);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    pool_ = *std::move(pool);
+    manager_ = std::make_unique<store::SubscriptionManager>(
+        &registry_, &store_, base::RealClock::Get(), store::SubscriptionLimits{});
+    ASSERT_TRUE(manager_->Start().ok());
+    dispatcher_ = std::make_unique<delivery::Dispatcher>(pool_.get(), base::RealClock::Get(),
+                                                         delivery::DispatcherOptions{});
+    ServiceOptions options;
+    options.auth_enabled = auth_enabled;
+    service_ = std::make_unique<EventBusServiceImpl>(&registry_, manager_.get(), dispatcher_.get(),
+                                                     pool_.get(), base::RealClock::Get(), options);
+
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({cert->key_pem, cert->cert_pem});
+    std::shared_ptr<grpc::ServerCredentials> credentials = grpc::SslServerCredentials(ssl);
+    credentials->SetAuthMetadataProcessor(std::make_shared<HeaderCallerProcessor>());
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", credentials, &port_);
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    ASSERT_GT(port_, 0);
+  }
+
+  // A stub on a new connection (see HeaderCallerProcessor): a channel with its own subchannel
+  // pool shares no connection with the others.
+  std::unique_ptr<v1::EventBusService::Stub> Stub() {
+    grpc::SslCredentialsOptions client_ssl;
+    client_ssl.pem_root_certs = pki_->ca_cert_pem();
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    return v1::EventBusService::NewStub(grpc::CreateCustomChannel(
+        absl::StrCat("localhost:", port_), grpc::SslCredentials(client_ssl), args));
+  }
+
+  void Stop() {
+    if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    server_.reset();
+    service_.reset();
+    dispatcher_.reset();
+    if (manager_ != nullptr) manager_->Stop();
+    manager_.reset();
+    if (pool_ != nullptr) pool_->Shutdown();
+    pool_.reset();
+  }
+
+  std::unique_ptr<grpc::ClientContext> As(const TestCaller& caller) {
+    std::unique_ptr<grpc::ClientContext> context = Context();
+    context->AddMetadata(HeaderCallerProcessor::kHeader,
+                         absl::StrCat(caller.name, ";", caller.roles));
+    return context;
+  }
+
+  grpc::Status Subscribe(const TestCaller& caller, const std::string& event,
+                         const std::string& socket, uint32_t expire,
+                         v1::SubscribeResponse* response) {
+    v1::SubscribeRequest request;
+    request.set_event(event);
+    request.set_socket(socket);
+    request.set_expire_seconds(expire);
+    return Stub()->Subscribe(As(caller).get(), request, response);
+  }
+  grpc::Status UnsubscribeId(const TestCaller& caller, const std::string& id,
+                             v1::UnsubscribeResponse* response) {
+    v1::UnsubscribeRequest request;
+    request.set_id(id);
+    return Stub()->Unsubscribe(As(caller).get(), request, response);
+  }
+  // Sockets of the subscriptions `context`'s caller sees, with their owners ("socket@owner").
+  std::vector<std::string> Listed(std::unique_ptr<grpc::ClientContext> context,
+                                  const std::string& event = "") {
+    v1::ListSubscriptionsRequest request;
+    request.set_event(event);
+    v1::ListSubscriptionsResponse response;
+    grpc::Status status = Stub()->ListSubscriptions(context.get(), request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    std::vector<std::string> out;
+    for (const v1::Subscription& sub : response.subscriptions()) {
+      out.push_back(absl::StrCat(sub.event(), " ", sub.socket(), "@", sub.owner()));
+    }
+    return out;
+  }
+  std::vector<std::string> Events(std::unique_ptr<grpc::ClientContext> context) {
+    v1::ListEventsResponse response;
+    grpc::Status status = Stub()->ListEvents(context.get(), v1::ListEventsRequest(), &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    std::vector<std::string> out;
+    for (const v1::EventInfo& info : response.events()) {
+      out.push_back(absl::StrCat(info.event(), "=", info.subscribers()));
+    }
+    return out;
+  }
+
+  std::unique_ptr<testing::TestPki> pki_;
+  registry::Registry registry_;
+  store::MemoryStore store_;
+  std::unique_ptr<net::WriterPool> pool_;
+  std::unique_ptr<store::SubscriptionManager> manager_;
+  std::unique_ptr<delivery::Dispatcher> dispatcher_;
+  std::unique_ptr<EventBusServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+TEST_F(OwnershipServiceTest, ASubscriptionShowsItsOwnerAndOnlyTheOwnerOrAnAdminMayChangeIt) {
+  v1::SubscribeResponse created;
+  grpc::Status status = Subscribe(kAlice, "E_PIKE", "tcp:127.0.0.1:9000", 3600, &created);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(created.subscription().owner(), "alice");
+  const std::string id = created.subscription().id();
+
+  // Issue 9: a re-subscribe with expire_seconds=1 by someone else used to take it over.
+  v1::SubscribeResponse takeover;
+  status = Subscribe(kBob, "E_PIKE", "tcp:127.0.0.1:9000", 1, &takeover);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(status.error_message(), HasSubstr(absl::StrCat("subscription ", id)));
+  EXPECT_THAT(status.error_message(), HasSubstr("belongs to another caller"));
+  v1::UnsubscribeResponse removed;
+  status = UnsubscribeId(kBob, id, &removed);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  // An id that does not exist is still just nothing removed.
+  status = UnsubscribeId(kBob, "0123456789abcdef", &removed);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(removed.removed(), 0u);
+
+  v1::SubscribeResponse refreshed;
+  status = Subscribe(kAdmin, "E_PIKE", "tcp:127.0.0.1:9000", 60, &refreshed);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_FALSE(refreshed.created());
+  EXPECT_EQ(refreshed.subscription().owner(), "alice");
+  EXPECT_THAT(Listed(As(kAdmin)), ::testing::ElementsAre("E_PIKE tcp:127.0.0.1:9000@alice"));
+
+  status = UnsubscribeId(kAlice, id, &removed);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(removed.removed(), 1u);
+}
+
+TEST_F(OwnershipServiceTest, ASubscriberSeesOnlyItsOwnAReaderOrAdminSeesEverything) {
+  v1::SubscribeResponse response;
+  ASSERT_TRUE(Subscribe(kAlice, "E1", "tcp:127.0.0.1:1", 60, &response).ok());
+  ASSERT_TRUE(Subscribe(kAlice, "E1", "tcp:127.0.0.1:2", 60, &response).ok());
+  ASSERT_TRUE(Subscribe(kBob, "E1", "tcp:127.0.0.1:3", 60, &response).ok());
+  ASSERT_TRUE(Subscribe(kBob, "E2", "tcp:127.0.0.1:4", 60, &response).ok());
+
+  EXPECT_THAT(Listed(As(kAlice)),
+              ::testing::ElementsAre("E1 tcp:127.0.0.1:1@alice", "E1 tcp:127.0.0.1:2@alice"));
+  EXPECT_THAT(Listed(As(kAlice), "E2"), IsEmpty());
+  EXPECT_THAT(Events(As(kAlice)), ::testing::ElementsAre("E1=2"));
+  EXPECT_THAT(Listed(As(kBob)),
+              ::testing::ElementsAre("E1 tcp:127.0.0.1:3@bob", "E2 tcp:127.0.0.1:4@bob"));
+  EXPECT_THAT(Events(As(kBob)), ::testing::ElementsAre("E1=1", "E2=1"));
+
+  const std::vector<std::string> everything = {"E1 tcp:127.0.0.1:1@alice",
+                                               "E1 tcp:127.0.0.1:2@alice", "E1 tcp:127.0.0.1:3@bob",
+                                               "E2 tcp:127.0.0.1:4@bob"};
+  for (const TestCaller& caller :
+       {kReader, kAdmin, TestCaller{"alice", auth::kSubscriber | auth::kReader}}) {
+    EXPECT_EQ(Listed(As(caller)), everything) << caller.name << " " << caller.roles;
+    EXPECT_THAT(Events(As(caller)), ::testing::ElementsAre("E1=3", "E2=1"));
+  }
+  // A call the authentication let through without a caller (it would not, for these methods)
+  // sees nothing rather than everything.
+  EXPECT_THAT(Listed(Context()), IsEmpty());
+  EXPECT_THAT(Events(Context()), IsEmpty());
+}
+
+TEST_F(OwnershipServiceTest, WithAuthenticationOffEveryCallerIsTheAnonymousAdmin) {
+  Stop();
+  Start(/*auth_enabled=*/false);
+  // The callers recorded by the authentication are ignored: no owner, and anyone may change
+  // anything, as before owners existed.
+  v1::SubscribeResponse created;
+  ASSERT_TRUE(Subscribe(kAlice, "E", "tcp:127.0.0.1:9000", 3600, &created).ok());
+  EXPECT_EQ(created.subscription().owner(), "");
+  v1::SubscribeResponse refreshed;
+  grpc::Status status = Subscribe(kBob, "E", "tcp:127.0.0.1:9000", 1, &refreshed);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_FALSE(refreshed.created());
+  EXPECT_THAT(Listed(As(kBob)), ::testing::ElementsAre("E tcp:127.0.0.1:9000@"));
+  v1::UnsubscribeResponse removed;
+  ASSERT_TRUE(UnsubscribeId(kBob, created.subscription().id(), &removed).ok());
+  EXPECT_EQ(removed.removed(), 1u);
+}
+
+TEST_F(OwnershipServiceTest, SubscriptionsMadeBeforeAuthenticationAreAnAdminsAlone) {
+  // Made while authentication was off, kept by the store across the restart with it on.
+  Stop();
+  Start(/*auth_enabled=*/false);
+  v1::SubscribeResponse legacy;
+  ASSERT_TRUE(Subscribe(kAlice, "E", "tcp:127.0.0.1:9000", 3600, &legacy).ok());
+  Stop();
+  Start(/*auth_enabled=*/true);
+
+  v1::SubscribeResponse response;
+  grpc::Status status = Subscribe(kAlice, "E", "tcp:127.0.0.1:9000", 60, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(status.error_message(), HasSubstr("has no owner"));
+  // Nobody but an admin sees it as theirs either.
+  EXPECT_THAT(Listed(As(kAlice)), IsEmpty());
+  status = Subscribe(kAdmin, "E", "tcp:127.0.0.1:9000", 60, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.subscription().id(), legacy.subscription().id());
+  EXPECT_EQ(response.subscription().owner(), "");
+  EXPECT_THAT(Listed(As(kReader)), ::testing::ElementsAre("E tcp:127.0.0.1:9000@"));
+}
+
+TEST_F(OwnershipServiceTest, LogLinesNameTheCallerAndTheOwner) {
+  testing::LogCapture capture(base::LogLevel::kInfo);
+  v1::SubscribeResponse created;
+  ASSERT_TRUE(Subscribe(kAlice, "E_LOGGED", "tcp:127.0.0.1:9000", 60, &created).ok());
+  v1::SubscribeResponse response;
+  ASSERT_FALSE(Subscribe(kBob, "E_LOGGED", "tcp:127.0.0.1:9000", 1, &response).ok());
+  ASSERT_TRUE(Subscribe(kAdmin, "E_LOGGED", "tcp:127.0.0.1:9000", 60, &response).ok());
+  v1::UnsubscribeResponse removed;
+  ASSERT_TRUE(UnsubscribeId(kAdmin, created.subscription().id(), &removed).ok());
+
+  std::vector<std::string> lines = capture.Matching({"level=info", " caller="});
+  ASSERT_EQ(lines.size(), 4u) << ::testing::PrintToString(capture.lines());
+  EXPECT_THAT(lines[0], ::testing::ContainsRegex("msg=subscribed .* caller=alice .* owner=alice "));
+  EXPECT_THAT(lines[1], ::testing::ContainsRegex(
+                            "msg=\"subscribe refused\" .* caller=bob .*PERMISSION_DENIED"));
+  EXPECT_THAT(lines[2], ::testing::ContainsRegex(
+                            "msg=subscribed .* caller=root .* owner=alice .* created=false"));
+  EXPECT_THAT(lines[3],
+              ::testing::ContainsRegex("msg=unsubscribed .* caller=root .* owner=alice removed=1"));
 }
 
 }  // namespace

@@ -414,6 +414,44 @@ TEST_F(EtcdStoreTest, AWatchThatFallsBehindACompactionResynchronises) {
   EXPECT_TRUE(listener_b->WaitFor([](const ListenerState& s) { return Has(s, "z1"); }));
 }
 
+TEST_F(EtcdStoreTest, TheOwnerTravelsWithTheRecordToEveryReplica) {
+  auto [a, listener_a] = Open();
+  auto [b, listener_b] = Open();
+  auto x = OwnedBy(Sub("x1", absl::Now() + absl::Hours(1)), "alice");
+  ASSERT_TRUE(PutAndWait(*a, x).ok());
+
+  absl::StatusOr<std::optional<EtcdHarness::KeyValue>> kv = etcd_->Get(Key("x1"));
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  ASSERT_TRUE(kv->has_value());
+  EXPECT_THAT((*kv)->value, HasSubstr(R"("owner":"alice")"));
+  // Through the watch...
+  ASSERT_TRUE(listener_b->WaitFor([](const ListenerState& s) { return Has(s, "x1"); }));
+  ExpectSameSubscription(*listener_b->state().subs["x1"], *x);
+  // ...and through a replica's start-up read.
+  auto [c, listener_c] = Open();
+  (void)c;
+  ASSERT_TRUE(Has(listener_c->state(), "x1"));
+  EXPECT_EQ(listener_c->state().subs["x1"]->owner, "alice");
+}
+
+// What a build that kept no owners wrote: read with owner "", at start-up and through the watch.
+TEST_F(EtcdStoreTest, ARecordWrittenWithoutAnOwnerHasNone) {
+  ASSERT_TRUE(etcd_
+                  ->Put(Key("old1"),
+                        R"({"v":1,"id":"old1","event":"E","socket":"tcp:h:1","create_time_us":5})")
+                  .ok());
+  auto [a, listener_a] = Open();
+  (void)a;
+  ASSERT_TRUE(Has(listener_a->state(), "old1"));
+  EXPECT_EQ(listener_a->state().subs["old1"]->owner, "");
+  ASSERT_TRUE(etcd_
+                  ->Put(Key("old2"),
+                        R"({"v":1,"id":"old2","event":"E","socket":"tcp:h:2","create_time_us":5})")
+                  .ok());
+  ASSERT_TRUE(listener_a->WaitFor([](const ListenerState& s) { return Has(s, "old2"); }));
+  EXPECT_EQ(listener_a->state().subs["old2"]->owner, "");
+}
+
 TEST_F(EtcdStoreTest, UndecodableValuesAreIgnored) {
   ASSERT_TRUE(etcd_->Put(Key("junk1"), "not json").ok());
   auto [a, listener_a] = Open();

@@ -325,7 +325,7 @@ TEST_F(SqliteStoreTest, AWriteThatFindsTheFileCorruptFailsDataLoss) {
   ASSERT_GT(root, 1);
   CorruptPage(root);
   // Another connection's write makes the store drop its page cache and read the file again.
-  ExecOnFile("PRAGMA user_version=1");
+  ExecOnFile("PRAGMA user_version=2");
 
   absl::Status status = PutAndWait(
       *store, MakeSubscription("x1", "E_MANY", "tcp:10.0.0.2:1", SomeInstant(0), SomeInstant(60)));
@@ -410,6 +410,74 @@ TEST_F(SqliteStoreTest, ASchemaFromANewerVersionIsRefused) {
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
   EXPECT_THAT(status.message(), HasSubstr(path_));
   EXPECT_THAT(status.message(), HasSubstr("schema version 99"));
+}
+
+TEST_F(SqliteStoreTest, TheOwnerIsKeptAcrossReopen) {
+  {
+    RecordingListener listener;
+    auto store = Open(&listener);
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(
+        PutAndWait(*store, OwnedBy(MakeSubscription("a", "E", "tcp:h:1", SomeInstant(0)), "alice"))
+            .ok());
+    ASSERT_TRUE(PutAndWait(*store, MakeSubscription("b", "E", "tcp:h:2", SomeInstant(0))).ok());
+  }
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+  ListenerState state = listener.state();
+  ASSERT_EQ(state.subs.size(), 2u);
+  EXPECT_EQ(state.subs.at("a")->owner, "alice");
+  EXPECT_EQ(state.subs.at("b")->owner, "");
+}
+
+// A file written before owners were kept (schema version 1, made here with that version's exact
+// CREATE TABLE) is migrated in place: its rows load with owner "", and owners are kept from then
+// on.
+TEST_F(SqliteStoreTest, AVersion1FileIsMigratedAndItsRowsHaveNoOwner) {
+  ExecOnFile(
+      "CREATE TABLE IF NOT EXISTS subscriptions ("
+      "  id TEXT PRIMARY KEY NOT NULL,"
+      "  event TEXT NOT NULL,"
+      "  socket TEXT NOT NULL,"
+      "  create_time_us INTEGER NOT NULL,"
+      "  expire_time_us INTEGER,"
+      "  event_param TEXT,"
+      "  UNIQUE (event, socket));"
+      "PRAGMA user_version=1;"
+      "INSERT INTO subscriptions (id, event, socket, create_time_us, expire_time_us, event_param) "
+      "VALUES ('old1', 'E', 'tcp:h:1/m', 1700000000123456, NULL, 'opensips_event'),"
+      "       ('old2', 'F', 'tcp:h:2', 1700000000000000, 4000000000000000, NULL);");
+  {
+    RecordingListener listener;
+    auto store = Open(&listener);
+    ASSERT_NE(store, nullptr);
+    ListenerState state = listener.state();
+    ASSERT_EQ(state.subs.size(), 2u);
+    const registry::Subscription& old1 = *state.subs.at("old1");
+    EXPECT_EQ(old1.owner, "");
+    EXPECT_EQ(old1.socket, "tcp:h:1/m");
+    EXPECT_EQ(old1.event_param, "opensips_event");
+    EXPECT_FALSE(old1.Expires());
+    EXPECT_EQ(state.subs.at("old2")->owner, "");
+    EXPECT_EQ(absl::ToUnixMicros(state.subs.at("old2")->expire_time), 4000000000000000);
+    EXPECT_EQ(QueryInt("PRAGMA user_version"), 2);
+
+    // An admin's refresh of an old row keeps it ownerless; a new row has its owner.
+    ASSERT_TRUE(PutAndWait(*store, state.subs.at("old2")).ok());
+    ASSERT_TRUE(
+        PutAndWait(*store, OwnedBy(MakeSubscription("new", "E", "tcp:h:3", SomeInstant(0)), "bob"))
+            .ok());
+  }
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+  ListenerState state = listener.state();
+  ASSERT_EQ(state.subs.size(), 3u);
+  EXPECT_EQ(state.subs.at("old1")->owner, "");
+  EXPECT_EQ(state.subs.at("old2")->owner, "");
+  EXPECT_EQ(state.subs.at("new")->owner, "bob");
+  EXPECT_EQ(QueryInt("SELECT COUNT(*) FROM subscriptions WHERE owner = ''"), 2);
 }
 
 TEST_F(SqliteStoreTest, ARowThatNoLongerParsesIsSkipped) {

@@ -158,6 +158,14 @@ inline void ExpectSameSubscription(const registry::Subscription& got,
     EXPECT_FALSE(got.Expires());
   }
   EXPECT_EQ(got.event_param, want.event_param);
+  EXPECT_EQ(got.owner, want.owner);
+}
+
+// `sub` with `owner` as its owner.
+inline registry::SubscriptionPtr OwnedBy(registry::SubscriptionPtr sub, std::string owner) {
+  auto owned = std::make_shared<registry::Subscription>(*sub);
+  owned->owner = std::move(owner);
+  return owned;
 }
 
 }  // namespace eventbus::store

@@ -24,10 +24,14 @@
 namespace eventbus::store {
 namespace {
 
+using registry::Actor;
 using registry::Subscription;
 using registry::SubscriptionPtr;
+using ::testing::AllOf;
 using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 using ::testing::SizeIs;
 
 // A store whose writes wait until the test releases them, to hold a Subscribe "in flight".
@@ -175,14 +179,29 @@ class SubscriptionManagerTest : public ::testing::Test {
     if (manager_ != nullptr) manager_->Stop();
   }
 
-  absl::StatusOr<SubscribeResult> Subscribe(SubscribeRequest request) {
+  // As the anonymous caller (authentication off) unless `actor` says otherwise.
+  absl::StatusOr<SubscribeResult> Subscribe(SubscribeRequest request,
+                                            Actor actor = Actor::Anonymous()) {
     Answer<absl::StatusOr<SubscribeResult>> answer;
-    manager_->Subscribe(std::move(request), answer.Callback());
+    manager_->Subscribe(std::move(actor), std::move(request), answer.Callback());
     return answer.Get();
   }
   absl::StatusOr<int> Unsubscribe(std::string id, std::string event = "", std::string socket = "") {
-    Answer<absl::StatusOr<int>> answer;
-    manager_->Unsubscribe(std::move(id), std::move(event), std::move(socket), answer.Callback());
+    return UnsubscribeAs(Actor::Anonymous(), std::move(id), std::move(event), std::move(socket));
+  }
+  absl::StatusOr<int> UnsubscribeAs(Actor actor, std::string id, std::string event = "",
+                                    std::string socket = "") {
+    absl::StatusOr<UnsubscribeResult> result =
+        UnsubscribeResultAs(std::move(actor), std::move(id), std::move(event), std::move(socket));
+    if (!result.ok()) return result.status();
+    return result->removed;
+  }
+  absl::StatusOr<UnsubscribeResult> UnsubscribeResultAs(Actor actor, std::string id,
+                                                        std::string event = "",
+                                                        std::string socket = "") {
+    Answer<absl::StatusOr<UnsubscribeResult>> answer;
+    manager_->Unsubscribe(std::move(actor), std::move(id), std::move(event), std::move(socket),
+                          answer.Callback());
     return answer.Get();
   }
 
@@ -411,7 +430,7 @@ TEST_F(SubscriptionManagerTest, CreatesInFlightCountAgainstTheLimit) {
   limits_.max_subscriptions = 1;
   MakeManager(&store);
   Answer<absl::StatusOr<SubscribeResult>> first;
-  manager_->Subscribe(Req("A", "tcp:h:1"), first.Callback());
+  manager_->Subscribe(Actor::Anonymous(), Req("A", "tcp:h:1"), first.Callback());
   EXPECT_FALSE(first.ready());
   EXPECT_EQ(Subscribe(Req("B", "tcp:h:1")).status().code(), absl::StatusCode::kResourceExhausted);
   store.ReleaseAll();
@@ -533,13 +552,13 @@ TEST_F(SubscriptionManagerTest, ExpiryDuringAnInFlightRefreshDoesNotUndoIt) {
   DeferredStore store;
   MakeManager(&store);
   Answer<absl::StatusOr<SubscribeResult>> first;
-  manager_->Subscribe(Req("E", "tcp:h:1", 10), first.Callback());
+  manager_->Subscribe(Actor::Anonymous(), Req("E", "tcp:h:1", 10), first.Callback());
   store.ReleaseAll();
   ASSERT_TRUE(first.Get().ok());
 
   clock_.Advance(absl::Seconds(9));
   Answer<absl::StatusOr<SubscribeResult>> refresh;
-  manager_->Subscribe(Req("E", "tcp:h:1", 10), refresh.Callback());
+  manager_->Subscribe(Actor::Anonymous(), Req("E", "tcp:h:1", 10), refresh.Callback());
   ASSERT_EQ(store.pending(), 1u);  // the refresh's Put
   // It expires while the refresh is being written: the store delete waits for the key.
   manager_->ExpireDue(t0_ + absl::Seconds(10));
@@ -558,8 +577,8 @@ TEST_F(SubscriptionManagerTest, ConcurrentSubscribesOfOneKeyAreSerialised) {
   MakeManager(&store);
   Answer<absl::StatusOr<SubscribeResult>> first;
   Answer<absl::StatusOr<SubscribeResult>> second;
-  manager_->Subscribe(Req("E", "tcp:h:1"), first.Callback());
-  manager_->Subscribe(Req("E", "tcp:H:1"), second.Callback());
+  manager_->Subscribe(Actor::Anonymous(), Req("E", "tcp:h:1"), first.Callback());
+  manager_->Subscribe(Actor::Anonymous(), Req("E", "tcp:H:1"), second.Callback());
   // The second waits for the first: one write in flight.
   EXPECT_EQ(store.pending(), 1u);
   store.ReleaseOne();
@@ -584,15 +603,16 @@ TEST_F(SubscriptionManagerTest, ConcurrentSubscribesFromManyThreadsMakeOneSubscr
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&] {
       for (int i = 0; i < kEach; ++i) {
-        manager_->Subscribe(Req("E", "tcp:h:1"), [&](absl::StatusOr<SubscribeResult> result) {
-          if (!result.ok()) {
-            failed.fetch_add(1);
-            return;
-          }
-          if (result->created) created.fetch_add(1);
-          eventbus::MutexLock lock(&mu);
-          ids.push_back(result->subscription->id);
-        });
+        manager_->Subscribe(Actor::Anonymous(), Req("E", "tcp:h:1"),
+                            [&](absl::StatusOr<SubscribeResult> result) {
+                              if (!result.ok()) {
+                                failed.fetch_add(1);
+                                return;
+                              }
+                              if (result->created) created.fetch_add(1);
+                              eventbus::MutexLock lock(&mu);
+                              ids.push_back(result->subscription->id);
+                            });
       }
     });
   }
@@ -689,6 +709,189 @@ TEST(SubscriptionManagerExpiryThreadTest, RemovesA200MsSubscriptionAtItsInstant)
   EXPECT_EQ(registry.FindById("short"), nullptr);
   EXPECT_NE(registry.FindById("hour"), nullptr);
   manager.Stop();
+}
+
+// Ownership (SPEC §10). The service maps the authenticated caller onto an Actor; with
+// authentication off every caller is Actor::Anonymous(), an admin with no name.
+const Actor kAlice{"alice", false};
+const Actor kBob{"bob", false};
+const Actor kRoot{"root", true};
+
+TEST_F(SubscriptionManagerTest, ASubscriptionIsOwnedByTheCallerThatMadeIt) {
+  auto mine = Subscribe(Req("E", "tcp:h:1"), kAlice);
+  ASSERT_TRUE(mine.ok()) << mine.status();
+  EXPECT_EQ(mine->subscription->owner, "alice");
+  auto anonymous = Subscribe(Req("E", "tcp:h:2"));
+  ASSERT_TRUE(anonymous.ok()) << anonymous.status();
+  EXPECT_EQ(anonymous->subscription->owner, "");
+  // What the store holds carries the owner too.
+  std::vector<SubscriptionPtr> stored = store_.Contents();
+  ASSERT_THAT(stored, SizeIs(2));
+  for (const SubscriptionPtr& sub : stored) {
+    EXPECT_EQ(sub->owner, sub->id == mine->subscription->id ? "alice" : "");
+  }
+}
+
+TEST_F(SubscriptionManagerTest, TheOwnerMayRefreshAndRemoveItsSubscription) {
+  auto created = Subscribe(Req("E", "tcp:h:1", 10), kAlice);
+  ASSERT_TRUE(created.ok()) << created.status();
+  clock_.Advance(absl::Seconds(5));
+  auto refreshed = Subscribe(Req("E", "tcp:H:1", 60, "p"), kAlice);
+  ASSERT_TRUE(refreshed.ok()) << refreshed.status();
+  EXPECT_FALSE(refreshed->created);
+  EXPECT_EQ(refreshed->subscription->id, created->subscription->id);
+  EXPECT_EQ(refreshed->subscription->owner, "alice");
+  EXPECT_EQ(refreshed->subscription->expire_time, t0_ + absl::Seconds(65));
+  EXPECT_EQ(refreshed->subscription->event_param, "p");
+
+  absl::StatusOr<UnsubscribeResult> removed =
+      UnsubscribeResultAs(kAlice, created->subscription->id);
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  EXPECT_EQ(removed->removed, 1);
+  ASSERT_NE(removed->subscription, nullptr);
+  EXPECT_EQ(removed->subscription->owner, "alice");
+  EXPECT_EQ(registry_.size(), 0u);
+  EXPECT_EQ(store_.size(), 0u);
+
+  ASSERT_TRUE(Subscribe(Req("E", "tcp:h:2"), kAlice).ok());
+  EXPECT_EQ(UnsubscribeAs(kAlice, "", "E", "tcp:h:2").value_or(-1), 1);
+}
+
+// Issue 9: anyone could re-subscribe someone else's event and socket with expire_seconds=1 and so
+// remove it. Now that is PERMISSION_DENIED, and nothing changes.
+TEST_F(SubscriptionManagerTest, AnotherCallersRefreshIsPermissionDeniedAndChangesNothing) {
+  auto created = Subscribe(Req("E_PIKE", "tcp:h:1/m", 3600, "x"), kAlice);
+  ASSERT_TRUE(created.ok()) << created.status();
+  const SubscriptionPtr before = created->subscription;
+
+  auto takeover = Subscribe(Req("E_PIKE", "tcp:H:1/m", 1, "y"), kBob);
+  ASSERT_EQ(takeover.status().code(), absl::StatusCode::kPermissionDenied) << takeover.status();
+  EXPECT_EQ(takeover.status().message(),
+            absl::StrCat("subscribe: subscription ", before->id,
+                         " (event \"E_PIKE\", socket \"tcp:h:1/m\") belongs to another caller; "
+                         "only its owner or an admin may refresh it"));
+  // Who owns it is not the refused caller's business.
+  EXPECT_THAT(takeover.status().message(), Not(HasSubstr("alice")));
+
+  EXPECT_EQ(registry_.FindByKey("E_PIKE", "tcp:h:1/m"), before);
+  EXPECT_THAT(store_.Contents(), ElementsAre(before));
+  EXPECT_EQ(before->expire_time, t0_ + absl::Seconds(3600));
+}
+
+TEST_F(SubscriptionManagerTest, AnotherCallersUnsubscribeIsPermissionDeniedByIdAndByKey) {
+  auto created = Subscribe(Req("E", "tcp:h:1"), kAlice);
+  ASSERT_TRUE(created.ok()) << created.status();
+  const std::string& id = created->subscription->id;
+
+  absl::StatusOr<int> by_id = UnsubscribeAs(kBob, id);
+  ASSERT_EQ(by_id.status().code(), absl::StatusCode::kPermissionDenied) << by_id.status();
+  EXPECT_EQ(by_id.status().message(),
+            absl::StrCat("unsubscribe: subscription ", id,
+                         " (event \"E\", socket \"tcp:h:1\") belongs to another caller; only its "
+                         "owner or an admin may remove it"));
+  absl::StatusOr<int> by_key = UnsubscribeAs(kBob, "", "E", "tcp:H:1");
+  EXPECT_EQ(by_key.status(), by_id.status());
+  EXPECT_EQ(registry_.FindById(id), created->subscription);
+  EXPECT_EQ(store_.size(), 1u);
+}
+
+TEST_F(SubscriptionManagerTest, UnsubscribeOfAnUnknownIdIsZeroForAnyCaller) {
+  ASSERT_TRUE(Subscribe(Req("E", "tcp:h:1"), kAlice).ok());
+  EXPECT_EQ(UnsubscribeAs(kBob, "0123456789abcdef").value_or(-1), 0);
+  EXPECT_EQ(UnsubscribeAs(kBob, "", "E", "tcp:h:2").value_or(-1), 0);
+  absl::StatusOr<UnsubscribeResult> none = UnsubscribeResultAs(kBob, "0123456789abcdef");
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->subscription, nullptr);
+}
+
+TEST_F(SubscriptionManagerTest, AnAdminMayRefreshAndRemoveAnyonesAndTheOwnerStays) {
+  auto created = Subscribe(Req("E", "tcp:h:1", 10), kAlice);
+  ASSERT_TRUE(created.ok()) << created.status();
+  auto refreshed = Subscribe(Req("E", "tcp:h:1", 99), kRoot);
+  ASSERT_TRUE(refreshed.ok()) << refreshed.status();
+  EXPECT_FALSE(refreshed->created);
+  EXPECT_EQ(refreshed->subscription->owner, "alice");
+  EXPECT_EQ(refreshed->subscription->expire_time, t0_ + absl::Seconds(99));
+  EXPECT_EQ(store_.Contents().at(0)->owner, "alice");
+  // Still alice's: she may refresh it, bob still may not.
+  EXPECT_TRUE(Subscribe(Req("E", "tcp:h:1", 10), kAlice).ok());
+  EXPECT_EQ(Subscribe(Req("E", "tcp:h:1", 10), kBob).status().code(),
+            absl::StatusCode::kPermissionDenied);
+
+  EXPECT_EQ(UnsubscribeAs(kRoot, created->subscription->id).value_or(-1), 1);
+  EXPECT_EQ(registry_.size(), 0u);
+  ASSERT_TRUE(Subscribe(Req("E", "tcp:h:1"), kBob).ok());
+  EXPECT_EQ(UnsubscribeAs(kRoot, "", "E", "tcp:h:1").value_or(-1), 1);
+}
+
+TEST_F(SubscriptionManagerTest, ASubscriptionMadeBeforeAuthenticationIsAnAdminsAlone) {
+  // Made while authentication was off, then loaded (as a store does at start-up).
+  auto legacy = Subscribe(Req("E", "tcp:h:1", 10));
+  ASSERT_TRUE(legacy.ok()) << legacy.status();
+  ASSERT_EQ(legacy->subscription->owner, "");
+  MakeManager();
+  ASSERT_TRUE(manager_->Start().ok());
+  ASSERT_EQ(registry_.FindById(legacy->subscription->id)->owner, "");
+
+  for (const Actor& actor : {kAlice, Actor{"", false}}) {
+    absl::Status refused = Subscribe(Req("E", "tcp:h:1", 1), actor).status();
+    EXPECT_EQ(refused.code(), absl::StatusCode::kPermissionDenied) << refused;
+    EXPECT_THAT(refused.message(), HasSubstr("made without authentication and has no owner"));
+    EXPECT_EQ(UnsubscribeAs(actor, legacy->subscription->id).status().code(),
+              absl::StatusCode::kPermissionDenied);
+  }
+  auto refreshed = Subscribe(Req("E", "tcp:h:1", 60), kRoot);
+  ASSERT_TRUE(refreshed.ok()) << refreshed.status();
+  EXPECT_EQ(refreshed->subscription->owner, "");
+  EXPECT_EQ(UnsubscribeAs(kRoot, legacy->subscription->id).value_or(-1), 1);
+}
+
+TEST_F(SubscriptionManagerTest, WithAuthenticationOffEveryoneMayChangeEverything) {
+  // Owned subscriptions made while authentication was on, then turned off: the anonymous caller
+  // is an admin, as every caller was before owners existed.
+  auto owned = Subscribe(Req("E", "tcp:h:1", 10), kAlice);
+  ASSERT_TRUE(owned.ok()) << owned.status();
+  auto refreshed = Subscribe(Req("E", "tcp:h:1", 20));
+  ASSERT_TRUE(refreshed.ok()) << refreshed.status();
+  EXPECT_EQ(refreshed->subscription->owner, "alice");
+  EXPECT_EQ(Unsubscribe(owned->subscription->id).value_or(-1), 1);
+}
+
+TEST_F(SubscriptionManagerTest, AnExpiredSubscriptionIsNobodysAndASubscribeMakesANewOne) {
+  auto old = Subscribe(Req("E", "tcp:h:1", 10), kAlice);
+  ASSERT_TRUE(old.ok());
+  clock_.Advance(absl::Seconds(10));  // expired, not collected yet
+  auto fresh = Subscribe(Req("E", "tcp:h:1", 10), kBob);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_TRUE(fresh->created);
+  EXPECT_EQ(fresh->subscription->owner, "bob");
+}
+
+// The check runs where writes for one (event, socket) are serialised, against the subscription as
+// it is then: a call that arrived while another caller's create was in flight sees that create.
+TEST_F(SubscriptionManagerTest, ACallerRacingAnotherCallersCreateIsRefused) {
+  DeferredStore store;
+  MakeManager(&store);
+  Answer<absl::StatusOr<SubscribeResult>> alice;
+  manager_->Subscribe(kAlice, Req("E", "tcp:h:1", 60), alice.Callback());
+  Answer<absl::StatusOr<SubscribeResult>> bob;
+  manager_->Subscribe(kBob, Req("E", "tcp:h:1", 1), bob.Callback());
+  Answer<absl::StatusOr<UnsubscribeResult>> bob_remove;
+  manager_->Unsubscribe(kBob, "", "E", "tcp:h:1", bob_remove.Callback());
+  EXPECT_FALSE(alice.ready());
+  EXPECT_FALSE(bob.ready());
+  EXPECT_FALSE(bob_remove.ready());
+
+  store.ReleaseOne();  // alice's create
+  absl::StatusOr<SubscribeResult> created = alice.Get();
+  ASSERT_TRUE(created.ok()) << created.status();
+  EXPECT_TRUE(created->created);
+  EXPECT_EQ(bob.Get().status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(bob_remove.Get().status().code(), absl::StatusCode::kPermissionDenied);
+  // Neither of bob's calls reached the store.
+  EXPECT_EQ(store.pending(), 0u);
+  EXPECT_THAT(store.Contents(), ElementsAre(created->subscription));
+  EXPECT_EQ(registry_.FindByKey("E", "tcp:h:1"), created->subscription);
 }
 
 }  // namespace
