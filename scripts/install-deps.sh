@@ -9,6 +9,8 @@ PACKAGES=(
   # libraries
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev libsimdjson-dev libsqlite3-dev prometheus-cpp-dev
+  # libcrypto: the API's TLS files checked at start-up, token hashes (server/auth)
+  libssl-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # real components used by the integration tests (prlimit: util-linux)

@@ -84,6 +84,15 @@ ABSL_FLAG(int64_t, metrics_max_events, 100,
 ABSL_FLAG(int64_t, metrics_max_targets, 100,
           "Distinct targets (host:port) given their own metric label; later ones share "
           "target=\"other\"");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the API's TLS (with --tls_key); \"\" = plaintext");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificates; set = every client must present a certificate signed by one "
+          "(mTLS); without --auth_tokens_file each such client is an admin");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "Credentials with roles, one per line: NAME ROLE[,ROLE...] token:SECRET | sha256:HEX | "
+          "cert:IDENTITY (needs --tls_cert); reloaded on SIGHUP and when it changes");
 ABSL_FLAG(std::string, log_level, "info", "Lowest log level written: debug, info, warning, error");
 ABSL_FLAG(std::string, log_format, "logfmt",
           "Log line format: logfmt (key=value) or json (one object per line)");
@@ -266,6 +275,10 @@ eventbus::service::ServerConfig ConfigFromFlags(const eventbus::net::FdBudget& f
       NonNegative("metrics_max_events", absl::GetFlag(FLAGS_metrics_max_events));
   config.metrics.max_targets =
       NonNegative("metrics_max_targets", absl::GetFlag(FLAGS_metrics_max_targets));
+  config.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  config.tls_key = absl::GetFlag(FLAGS_tls_key);
+  config.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  config.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
   return config;
 }
 
@@ -279,6 +292,8 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  // SIGHUP reloads the tokens file (--auth_tokens_file); it never stops the process.
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   // A subscriber that closes its end must cost an EPIPE, never the process.
   signal(SIGPIPE, SIG_IGN);
@@ -347,7 +362,13 @@ int main(int argc, char** argv) {
   }
 
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  for (;;) {
+    sigwait(&signals, &signal_number);
+    if (signal_number != SIGHUP) break;
+    // Reloading logs its own outcome; a bad file keeps the credentials in use.
+    EB_LOG(kInfo, "signal received", "signal=SIGHUP");
+    (void)(*server)->ReloadAuth();
+  }
   EB_LOG(kInfo, "signal received", "signal=", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
   (*server)->Shutdown(grace);
   return 0;

@@ -15,6 +15,7 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/slice.h"
+#include "server/auth/caller.h"
 #include "server/base/log.h"
 #include "server/service/convert.h"
 
@@ -137,21 +138,20 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Subscribe(grpc::CallbackServerCon
   if (request->has_event_param()) sub.event_param = request->event_param();
   // Copied now: `done` may run after this method returned. Changes to the subscriptions are
   // logged at info with who asked (Raise is not: it is the hot path).
-  std::string peer = context->peer();
+  std::string who = CallerFields(*context);
   // `done` may run inline or on a store thread; the response outlives it until Finish.
-  manager_->Subscribe(std::move(sub), [this, reactor, request, response, peer = std::move(peer)](
+  manager_->Subscribe(std::move(sub), [this, reactor, request, response, who = std::move(who)](
                                           absl::StatusOr<store::SubscribeResult> result) {
     if (!result.ok()) {
-      EB_LOG(kInfo, "subscribe refused", "peer=", base::LogValue(peer),
-             " event=", base::LogValue(request->event()),
+      EB_LOG(kInfo, "subscribe refused", who, " event=", base::LogValue(request->event()),
              " socket=", base::LogValue(request->socket()),
              " error=", base::LogValue(result.status().ToString()));
       reactor->Finish(ToGrpcStatus(result.status()));
       return;
     }
     const registry::Subscription& subscription = *result->subscription;
-    EB_LOG(kInfo, "subscribed", "peer=", base::LogValue(peer),
-           " id=", base::LogValue(subscription.id), " event=", base::LogValue(subscription.event),
+    EB_LOG(kInfo, "subscribed", who, " id=", base::LogValue(subscription.id),
+           " event=", base::LogValue(subscription.event),
            " socket=", base::LogValue(subscription.socket),
            " expire=", ExpiryText(subscription.expire_time),
            " created=", result->created ? "true" : "false");
@@ -170,12 +170,12 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Unsubscribe(grpc::CallbackServerC
     reactor->Finish(ToGrpcStatus(ready));
     return reactor;
   }
-  std::string peer = context->peer();
+  std::string who = CallerFields(*context);
   manager_->Unsubscribe(
       request->id(), request->event(), request->socket(),
-      [reactor, request, response, peer = std::move(peer)](absl::StatusOr<int> removed) {
+      [reactor, request, response, who = std::move(who)](absl::StatusOr<int> removed) {
         // By id, or by event and socket: the fields the caller gave.
-        std::string fields = absl::StrCat("peer=", base::LogValue(peer));
+        std::string fields = who;
         if (!request->id().empty()) absl::StrAppend(&fields, " id=", base::LogValue(request->id()));
         if (!request->event().empty()) {
           absl::StrAppend(&fields, " event=", base::LogValue(request->event()));
@@ -316,6 +316,15 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::ListEvents(grpc::CallbackServerCo
   response->set_stale(manager_->stale());
   reactor->Finish(grpc::Status::OK);
   return reactor;
+}
+
+std::string EventBusServiceImpl::CallerFields(const grpc::CallbackServerContext& context) const {
+  std::string fields = absl::StrCat("peer=", base::LogValue(context.peer()));
+  if (options_.auth_enabled) {
+    absl::StrAppend(
+        &fields, " caller=", base::LogValue(auth::CallerOf(context, options_.auth_enabled).name));
+  }
+  return fields;
 }
 
 void EventBusServiceImpl::FillSubscription(const registry::Subscription& sub, absl::Time now,
