@@ -228,6 +228,18 @@ Decision Authenticator::Authorize(absl::string_view path,
   return decision;
 }
 
+std::vector<std::string> Authenticator::CertIdentities(const grpc::AuthContext& context) const {
+  std::vector<std::string> identities;
+  if (!options_.client_certificates || !context.IsPeerAuthenticated()) return identities;
+  for (const grpc::string_ref& cn : context.FindPropertyValues(kCommonNameProperty)) {
+    identities.emplace_back(cn.data(), cn.size());
+  }
+  for (const grpc::string_ref& san : context.FindPropertyValues(kSanProperty)) {
+    identities.emplace_back(san.data(), san.size());
+  }
+  return identities;
+}
+
 grpc::Status Authenticator::Process(const InputMetadata& auth_metadata, grpc::AuthContext* context,
                                     OutputMetadata* consumed_auth_metadata,
                                     OutputMetadata* /*response_metadata*/) {
@@ -238,26 +250,16 @@ grpc::Status Authenticator::Process(const InputMetadata& auth_metadata, grpc::Au
       path = View(value);
     } else if (key == kAuthorizationHeader) {
       authorization.push_back(View(value));
-      // Consumed: the header goes no further than this processor (no handler, interceptor or
-      // log sees it).
-      consumed_auth_metadata->insert(
-          {std::string(key.data(), key.size()), std::string(View(value))});
+    } else if (key == kCallerNameProperty || key == kCallerRolesProperty) {
+      // Only RecordCallerInterceptor sets these; a client's own are dropped here.
+      consumed_auth_metadata->insert({std::string(View(key)), std::string(View(value))});
     }
   }
   if (path.empty()) {
     // gRPC passes the request's pseudo-headers along; a call without one cannot be checked.
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "request without a :path");
   }
-  std::vector<std::string> identities;
-  if (options_.client_certificates && context->IsPeerAuthenticated()) {
-    for (const grpc::string_ref& cn : context->FindPropertyValues(kCommonNameProperty)) {
-      identities.emplace_back(cn.data(), cn.size());
-    }
-    for (const grpc::string_ref& san : context->FindPropertyValues(kSanProperty)) {
-      identities.emplace_back(san.data(), san.size());
-    }
-  }
-  Decision decision = Authorize(path, authorization, identities);
+  Decision decision = Authorize(path, authorization, CertIdentities(*context));
   if (!decision.status.ok()) {
     EB_LOG(kDebug, "call refused", "method=", base::LogValue(MethodName(path)),
            " caller=", base::LogValue(decision.caller ? decision.caller->name : ""),
@@ -266,11 +268,80 @@ grpc::Status Authenticator::Process(const InputMetadata& auth_metadata, grpc::Au
     return grpc::Status(static_cast<grpc::StatusCode>(decision.status.code()),
                         std::string(decision.status.message()));
   }
-  if (decision.caller.has_value()) {
-    context->AddProperty(kCallerNameProperty, decision.caller->name);
-    context->AddProperty(kCallerRolesProperty, absl::StrCat(decision.caller->roles));
-  }
+  // The caller is not recorded here: gRPC 1.51 hands this processor the connection's AuthContext,
+  // shared by every call on it (a property added here would pile up and mix callers). The
+  // interceptor below records it in the call's own metadata.
   return grpc::Status::OK;
+}
+
+namespace {
+
+// Records the caller of each call in its client metadata (caller.h), where CallerOf reads it, and
+// removes the authorization header, so no handler, interceptor after it, or log sees the token.
+// Runs after the processor has let the call through.
+class RecordCallerInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  RecordCallerInterceptor(grpc::experimental::ServerRpcInfo* info, const Authenticator* auth)
+      : info_(info), auth_(auth) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
+      Record(methods->GetRecvInitialMetadata());
+    }
+    methods->Proceed();
+  }
+
+ private:
+  void Record(std::multimap<grpc::string_ref, grpc::string_ref>* metadata) {
+    std::vector<std::string> authorization;
+    for (auto it = metadata->begin(); it != metadata->end();) {
+      if (it->first == kAuthorizationHeader) {
+        authorization.emplace_back(it->second.data(), it->second.size());
+        it = metadata->erase(it);
+      } else if (it->first == kCallerNameProperty || it->first == kCallerRolesProperty) {
+        it = metadata->erase(it);  // never the client's (the processor consumed those too)
+      } else {
+        ++it;
+      }
+    }
+    std::vector<absl::string_view> views(authorization.begin(), authorization.end());
+    // The same decision the processor took, unless a reload came in between: then the caller
+    // stays unrecorded (no name, no roles), never a different one.
+    Decision decision = auth_->Authorize(
+        info_->method(), views, auth_->CertIdentities(*info_->server_context()->auth_context()));
+    if (!decision.status.ok() || !decision.caller.has_value()) return;
+    // The map holds references: the strings live in this interceptor, which lives as the call.
+    name_ = decision.caller->name;
+    roles_ = absl::StrCat(decision.caller->roles);
+    metadata->emplace(kCallerNameProperty, name_);
+    metadata->emplace(kCallerRolesProperty, roles_);
+  }
+
+  grpc::experimental::ServerRpcInfo* const info_;
+  const Authenticator* const auth_;
+  std::string name_;
+  std::string roles_;
+};
+
+class RecordCallerFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit RecordCallerFactory(std::shared_ptr<const Authenticator> auth)
+      : auth_(std::move(auth)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    return new RecordCallerInterceptor(info, auth_.get());
+  }
+
+ private:
+  std::shared_ptr<const Authenticator> auth_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+Authenticator::NewRecordCallerInterceptorFactory() const {
+  return std::make_unique<RecordCallerFactory>(shared_from_this());
 }
 
 }  // namespace eventbus::auth

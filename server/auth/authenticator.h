@@ -1,9 +1,14 @@
 // Authentication and authorization of API calls (SPEC §10), in one place: a gRPC
 // AuthMetadataProcessor installed on the server's TLS credentials. For every call it reads the
 // method (":path"), applies the role table (method_roles.h), identifies the caller by bearer
-// token (`authorization: Bearer TOKEN`) or verified client certificate, and either fails the call
-// (UNAUTHENTICATED: no or unknown credential; PERMISSION_DENIED: a role too weak) or records the
-// caller in the call's AuthContext (caller.h), where the service reads it with CallerOf().
+// token (`authorization: Bearer TOKEN`) or verified client certificate, and fails the call
+// (UNAUTHENTICATED: no or unknown credential; PERMISSION_DENIED: a role too weak) or lets it
+// through. A server interceptor from the same object then records the caller in the call's
+// metadata (caller.h), where the service reads it with CallerOf(), and removes the token.
+//
+// Why two steps: only the processor can fail a call with a status of its choice, but in gRPC
+// 1.51 the AuthContext it is given is the connection's, shared by all calls on it, so it cannot
+// hold a per-call caller; the interceptor sees each call's own metadata.
 //
 // The credentials come from the tokens file (credentials.h), reloaded on Reload() (SIGHUP) and
 // when the file changes; without a tokens file every verified client certificate is an admin.
@@ -25,6 +30,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "grpcpp/security/auth_metadata_processor.h"
+#include "grpcpp/support/server_interceptor.h"
 #include "server/auth/caller.h"
 #include "server/auth/credentials.h"
 #include "server/base/mutex.h"
@@ -52,7 +58,8 @@ struct Decision {
 
 // Thread-safe. Process() runs on gRPC threads, concurrently with Reload() and the watch thread;
 // each call sees one whole credential set, old or new.
-class Authenticator final : public grpc::AuthMetadataProcessor {
+class Authenticator final : public grpc::AuthMetadataProcessor,
+                            public std::enable_shared_from_this<Authenticator> {
  public:
   // Loads the tokens file (INVALID_ARGUMENT naming the file, line and problem) and starts
   // watching it. INVALID_ARGUMENT also when there is neither a tokens file nor client
@@ -67,6 +74,15 @@ class Authenticator final : public grpc::AuthMetadataProcessor {
   // from reading the current credential set.
   Decision Authorize(absl::string_view path, const std::vector<absl::string_view>& authorization,
                      const std::vector<std::string>& cert_identities) const;
+
+  // The verified client certificate's identities on `context` (its CN, then its SANs); none
+  // without client certificates.
+  std::vector<std::string> CertIdentities(const grpc::AuthContext& context) const;
+
+  // The interceptor factory that records each authorized call's caller for CallerOf(); install it
+  // first among the server's interceptors. It keeps this Authenticator alive.
+  std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+  NewRecordCallerInterceptorFactory() const;
 
   // Reads the tokens file again: a good file replaces the set for the calls that start after it;
   // a bad one leaves the previous set in place. Either way it is logged (the error names the file

@@ -267,11 +267,13 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
   // Clients' own keepalive pings are welcome every 10 s, with or without calls (gRPC's default
   // answers a ping without calls more often than every 2 h with GOAWAY "too_many_pings").
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
-  if (server->metrics_ != nullptr) {
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
-    creators.push_back(server->metrics_->NewRpcInterceptorFactory());
-    builder.experimental().SetInterceptorCreators(std::move(creators));
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  // First: it records the caller and removes the token before anything else sees the call.
+  if (server->authenticator_ != nullptr) {
+    creators.push_back(server->authenticator_->NewRecordCallerInterceptorFactory());
   }
+  if (server->metrics_ != nullptr) creators.push_back(server->metrics_->NewRpcInterceptorFactory());
+  if (!creators.empty()) builder.experimental().SetInterceptorCreators(std::move(creators));
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr) {
