@@ -93,6 +93,8 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(std::string, auth_tokens_file, "",
           "Credentials with roles, one per line: NAME ROLE[,ROLE...] token:SECRET | sha256:HEX | "
           "cert:IDENTITY (needs --tls_cert); reloaded on SIGHUP and when it changes");
+ABSL_FLAG(int64_t, auth_tokens_poll_ms, 1000,
+          "How often --auth_tokens_file is checked for a change (0 = only on SIGHUP)");
 ABSL_FLAG(std::string, log_level, "info", "Lowest log level written: debug, info, warning, error");
 ABSL_FLAG(std::string, log_format, "logfmt",
           "Log line format: logfmt (key=value) or json (one object per line)");
@@ -279,6 +281,8 @@ eventbus::service::ServerConfig ConfigFromFlags(const eventbus::net::FdBudget& f
   config.tls_key = absl::GetFlag(FLAGS_tls_key);
   config.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   config.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  config.auth_reload_poll = absl::Milliseconds(
+      NonNegative("auth_tokens_poll_ms", absl::GetFlag(FLAGS_auth_tokens_poll_ms)));
   return config;
 }
 
