@@ -306,10 +306,13 @@ class RecordCallerInterceptor final : public grpc::experimental::Interceptor {
       }
     }
     std::vector<absl::string_view> views(authorization.begin(), authorization.end());
-    // The same decision the processor took, unless a reload came in between: then the caller
-    // stays unrecorded (no name, no roles), never a different one.
-    Decision decision = auth_->Authorize(
-        info_->method(), views, auth_->CertIdentities(*info_->server_context()->auth_context()));
+    std::vector<std::string> identities;
+    if (auth_->client_certificates()) {
+      identities = auth_->CertIdentities(*info_->server_context()->auth_context());
+    }
+    // The processor's decision again, on the credentials in use now: a reload in between can only
+    // leave the caller unrecorded (no name, no roles) or name the credential's new holder.
+    Decision decision = auth_->Authorize(info_->method(), views, identities);
     if (!decision.status.ok() || !decision.caller.has_value()) return;
     // The map holds references: the strings live in this interceptor, which lives as the call.
     name_ = decision.caller->name;

@@ -92,6 +92,8 @@ class Authenticator final : public grpc::AuthMetadataProcessor,
   // Stops watching the file (idempotent; the destructor calls it).
   void Stop();
 
+  // True when the TLS layer requires and verifies client certificates.
+  bool client_certificates() const { return options_.client_certificates; }
   // How many credentials the current set holds.
   size_t credential_count() const;
   // How many times a new set has been installed (the first load included).
