@@ -1,12 +1,13 @@
 #include "server/auth/credentials.h"
 
+#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/algorithm/container.h"
@@ -181,18 +182,43 @@ absl::StatusOr<CredentialSet> CredentialSet::Parse(absl::string_view path, absl:
 }
 
 absl::StatusOr<CredentialSet> CredentialSet::Load(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+  auto unreadable = [&path](absl::string_view what) {
     return absl::InvalidArgumentError(
-        absl::StrCat("auth tokens file \"", path, "\": cannot read: ", std::strerror(errno)));
+        absl::StrCat("auth tokens file \"", path, "\": ", what, ": ", std::strerror(errno)));
+  };
+  // Read with plain read(2) into one buffer of the file's size, so that no stream buffer or
+  // reallocation leaves a copy of the secrets behind; that buffer is wiped after parsing.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return unreadable("cannot read");
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    absl::Status status = unreadable("cannot read");
+    ::close(fd);
+    return status;
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) {
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
     return absl::InvalidArgumentError(
-        absl::StrCat("auth tokens file \"", path, "\": read error: ", std::strerror(errno)));
+        absl::StrCat("auth tokens file \"", path, "\": not a regular file"));
   }
-  return Parse(path, text.str());
+  std::string contents(static_cast<size_t>(st.st_size), '\0');
+  size_t filled = 0;
+  while (filled < contents.size()) {
+    ssize_t n = ::read(fd, contents.data() + filled, contents.size() - filled);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      absl::Status status = unreadable("read error");
+      ::close(fd);
+      OPENSSL_cleanse(contents.data(), contents.size());
+      return status;
+    }
+    if (n == 0) break;  // shorter than it was a moment ago: parse what is there
+    filled += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  absl::StatusOr<CredentialSet> set = Parse(path, absl::string_view(contents.data(), filled));
+  OPENSSL_cleanse(contents.data(), contents.size());
+  return set;
 }
 
 const CredentialSet::Entry* CredentialSet::FindToken(absl::string_view token) const {
