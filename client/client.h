@@ -27,16 +27,16 @@ struct ClientOptions {
   // the tls_* settings below is given; off (plaintext) by default.
   bool tls = false;
   // PEM CA certificates the server's certificate must chain to; "" = the system's roots.
-  std::string tls_ca_file;
+  std::string tls_ca_file = "";
   // PEM client certificate and its key, for servers that require one (mTLS): both or neither.
-  std::string tls_cert_file;
-  std::string tls_key_file;
+  std::string tls_cert_file = "";
+  std::string tls_key_file = "";
   // The name the server's certificate is verified against (and sent as SNI) instead of the host
   // of the address: for an address by IP, or through a tunnel.
-  std::string tls_server_name;
+  std::string tls_server_name = "";
   // Bearer token sent with every call as "authorization: Bearer TOKEN". Only over TLS: gRPC
   // itself refuses to send it on a plaintext channel, and Connect refuses the combination.
-  std::string token;
+  std::string token = "";
 
   bool UsesTls() const {
     return tls || !tls_ca_file.empty() || !tls_cert_file.empty() || !tls_key_file.empty() ||
