@@ -68,6 +68,7 @@ absl::StatusOr<std::shared_ptr<Authenticator>> Authenticator::Create(Authenticat
   std::shared_ptr<Authenticator> auth(new Authenticator(std::move(options)));
   if (auth->options_.tokens_file.empty()) {
     // Every verified client certificate is an admin (the CA is the authority).
+    EB_LOG(kInfo, "auth by client certificate only: every certificate the CA signed is an admin");
     eventbus::MutexLock lock(&auth->mu_);
     auth->set_ = std::make_shared<const CredentialSet>();
     auth->generation_ = 1;
