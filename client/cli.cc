@@ -1,9 +1,13 @@
 #include "client/cli.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
+#include <fstream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -25,12 +29,19 @@ namespace {
 namespace v1 = ::eventbus::v1;
 
 constexpr char kUsage[] =
-    "usage: eventbus [--server ADDR] [--timeout_ms MS] COMMAND ...\n"
+    "usage: eventbus [--server ADDR] [--timeout_ms MS] [TLS FLAGS] COMMAND ...\n"
     "       eventbus --version\n"
     "\n"
     "global flags:\n"
     "  --server ADDR      EventBus server (default: $EVENTBUS_SERVER or 127.0.0.1:50051)\n"
     "  --timeout_ms MS    deadline of the call (default 10000)\n"
+    "  --tls              connect over TLS, verifying the server with the system's CAs\n"
+    "  --tls_ca FILE      connect over TLS, verifying the server with the PEM CAs in FILE\n"
+    "  --tls_cert FILE    client certificate (PEM) for servers that require one, with\n"
+    "  --tls_key FILE     its private key (PEM)\n"
+    "  --tls_server_name NAME  verify the server's certificate for NAME (and send it as SNI)\n"
+    "  --token_file FILE  send the bearer token in FILE with every call (default: the\n"
+    "                     token in $EVENTBUS_TOKEN, if set); needs TLS\n"
     "\n"
     "commands:\n"
     "  subscribe EVENT SOCKET [--expire SECONDS] [--event_param KEY] [--output table|json]\n"
@@ -297,6 +308,27 @@ int RunHealth(const std::string& server, const ClientOptions& options,
   return *status == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
 }
 
+// The token in `path`: its contents without surrounding blanks and newlines. The error names
+// the file, never its contents.
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--token_file \"", path, "\": cannot read: ", std::strerror(errno)));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  std::string token(absl::StripAsciiWhitespace(text.str()));
+  if (token.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("--token_file \"", path, "\": empty"));
+  }
+  if (absl::StrContains(token, '\n') || absl::StrContains(token, ' ')) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--token_file \"", path, "\": holds more than one word (expected the token)"));
+  }
+  return token;
+}
+
 void WarnIfStale(bool stale, std::ostream& err) {
   if (stale) err << "warning: the server's store is unreachable; this list may be out of date\n";
 }
@@ -529,9 +561,10 @@ std::string FormatEventsTable(const v1::ListEventsResponse& response) {
 }
 
 int RunCli(const std::vector<std::string>& args, const std::string& default_server,
-           std::ostream& out, std::ostream& err) {
+           std::ostream& out, std::ostream& err, const std::string& env_token) {
   std::string server = default_server.empty() ? kDefaultServer : default_server;
   ClientOptions options;
+  std::string token_file;
   size_t i = 0;
   for (; i < args.size() && absl::StartsWith(args[i], "-"); ++i) {
     const std::string& arg = args[i];
@@ -546,7 +579,16 @@ int RunCli(const std::vector<std::string>& args, const std::string& default_serv
     size_t eq = arg.find('=');
     std::string name = arg.substr(0, eq);
     std::string value;
-    if (name != "--server" && name != "--timeout_ms") {
+    if (name == "--tls") {
+      if (eq != std::string::npos) {
+        return UsageError(absl::InvalidArgumentError("--tls takes no value"), err);
+      }
+      options.tls = true;
+      continue;
+    }
+    if (name != "--server" && name != "--timeout_ms" && name != "--tls_ca" &&
+        name != "--tls_cert" && name != "--tls_key" && name != "--tls_server_name" &&
+        name != "--token_file") {
       return UsageError(absl::InvalidArgumentError(absl::StrCat("unknown flag ", name)), err);
     }
     if (eq != std::string::npos) {
@@ -558,6 +600,16 @@ int RunCli(const std::vector<std::string>& args, const std::string& default_serv
     }
     if (name == "--server") {
       server = value;
+    } else if (name == "--tls_ca") {
+      options.tls_ca_file = value;
+    } else if (name == "--tls_cert") {
+      options.tls_cert_file = value;
+    } else if (name == "--tls_key") {
+      options.tls_key_file = value;
+    } else if (name == "--tls_server_name") {
+      options.tls_server_name = value;
+    } else if (name == "--token_file") {
+      token_file = value;
     } else {
       absl::StatusOr<uint32_t> ms = ParseUint32("eventbus", "--timeout_ms", value);
       if (!ms.ok()) return UsageError(ms.status(), err);
@@ -568,6 +620,22 @@ int RunCli(const std::vector<std::string>& args, const std::string& default_serv
     }
   }
   if (i == args.size()) return UsageError(absl::InvalidArgumentError("missing COMMAND"), err);
+  // The token comes from a file or the environment, never from an argument (which `ps` shows).
+  if (!token_file.empty()) {
+    absl::StatusOr<std::string> token = ReadTokenFile(token_file);
+    if (!token.ok()) {
+      err << "eventbus: " << token.status().message() << "\n";
+      return 2;
+    }
+    options.token = *std::move(token);
+  } else {
+    options.token = std::string(absl::StripAsciiWhitespace(env_token));
+  }
+  if (!options.token.empty() && !options.UsesTls()) {
+    err << "eventbus: a bearer token (" << (token_file.empty() ? "$EVENTBUS_TOKEN" : "--token_file")
+        << ") is sent only over TLS: add --tls or --tls_ca FILE\n";
+    return 2;
+  }
   const std::string& command = args[i];
   std::vector<std::string> rest(args.begin() + i + 1, args.end());
   if (command == "help") {

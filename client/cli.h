@@ -1,6 +1,7 @@
 // The `eventbus` command line: argument parsing (pure, testable without a server), output
 // formatting, and RunCli, which ties them to a Client. cli_main.cc only forwards argv.
-//   eventbus [--server ADDR] [--timeout_ms MS] COMMAND ...
+//   eventbus [--server ADDR] [--timeout_ms MS] [--tls] [--tls_ca FILE] [--tls_cert FILE
+//            --tls_key FILE] [--tls_server_name NAME] [--token_file FILE] COMMAND ...
 //   eventbus --version
 #ifndef EVENTBUS_CLIENT_CLI_H_
 #define EVENTBUS_CLIENT_CLI_H_
@@ -66,11 +67,12 @@ std::string FormatSubscriptionsTable(const eventbus::v1::ListSubscriptionsRespon
 std::string FormatEventsTable(const eventbus::v1::ListEventsResponse& response);
 
 // Runs the CLI on `args` (argv without the program name), writing results to `out` and errors
-// to `err`. `default_server` is used when --server is absent. Returns the exit code: 0 on
-// success, 1 when the call fails (one line naming the gRPC code), 2 on a usage error. `health`
-// exits 0 when SERVING, 1 for any other answer, 2 when there is none (the call fails).
+// to `err`. `default_server` is used when --server is absent, `env_token` (from $EVENTBUS_TOKEN)
+// when --token_file is. Returns the exit code: 0 on success, 1 when the call fails (one line
+// naming the gRPC code), 2 on a usage error or an unusable token or TLS setting. `health` exits
+// 0 when SERVING, 1 for any other answer, 2 when there is none (the call fails).
 int RunCli(const std::vector<std::string>& args, const std::string& default_server,
-           std::ostream& out, std::ostream& err);
+           std::ostream& out, std::ostream& err, const std::string& env_token = "");
 
 }  // namespace eventbus::client
 

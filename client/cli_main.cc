@@ -9,5 +9,7 @@
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   const char* server = std::getenv("EVENTBUS_SERVER");
-  return eventbus::client::RunCli(args, server == nullptr ? "" : server, std::cout, std::cerr);
+  const char* token = std::getenv("EVENTBUS_TOKEN");
+  return eventbus::client::RunCli(args, server == nullptr ? "" : server, std::cout, std::cerr,
+                                  token == nullptr ? "" : token);
 }

@@ -1,13 +1,20 @@
 #include "client/client.h"
 
+#include <cerrno>
+#include <cstring>
+#include <fstream>
 #include <future>
+#include <sstream>
 #include <utility>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
 
 namespace eventbus::client {
 namespace {
@@ -26,7 +33,67 @@ absl::StatusOr<Response> Call(v1::EventBusService::Stub* stub, Method method,
   return response;
 }
 
+// The contents of `path`, given as `setting`; INVALID_ARGUMENT naming both when unreadable.
+absl::StatusOr<std::string> ReadPemFile(absl::string_view setting, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(setting, " \"", path, "\": cannot read: ", std::strerror(errno)));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (!absl::StrContains(text.str(), "-----BEGIN ")) {
+    return absl::InvalidArgumentError(absl::StrCat(setting, " \"", path, "\": not a PEM file"));
+  }
+  return text.str();
+}
+
 }  // namespace
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address,
+                                                           const ClientOptions& options) {
+  if (address.empty()) return absl::InvalidArgumentError("connect: empty server address");
+  grpc::ChannelArguments args;
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (!options.UsesTls()) {
+    if (!options.token.empty()) {
+      return absl::InvalidArgumentError(
+          "connect: a bearer token is sent only over TLS (set tls, or a CA file)");
+    }
+    credentials = grpc::InsecureChannelCredentials();
+  } else {
+    if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+      return absl::InvalidArgumentError(
+          "connect: a client certificate needs both tls_cert and tls_key");
+    }
+    grpc::SslCredentialsOptions ssl;
+    if (!options.tls_ca_file.empty()) {
+      absl::StatusOr<std::string> ca = ReadPemFile("tls_ca", options.tls_ca_file);
+      if (!ca.ok()) return ca.status();
+      ssl.pem_root_certs = *std::move(ca);
+    }
+    if (!options.tls_cert_file.empty()) {
+      absl::StatusOr<std::string> cert = ReadPemFile("tls_cert", options.tls_cert_file);
+      if (!cert.ok()) return cert.status();
+      absl::StatusOr<std::string> key = ReadPemFile("tls_key", options.tls_key_file);
+      if (!key.ok()) return key.status();
+      ssl.pem_cert_chain = *std::move(cert);
+      ssl.pem_private_key = *std::move(key);
+    }
+    credentials = grpc::SslCredentials(ssl);
+    if (!options.token.empty()) {
+      // Call credentials: gRPC attaches them to every call and only on a secure channel.
+      credentials = grpc::CompositeChannelCredentials(credentials,
+                                                      grpc::AccessTokenCredentials(options.token));
+    }
+    if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
+  }
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(address, credentials, args);
+  if (channel == nullptr) {
+    return absl::InvalidArgumentError("connect \"" + address + "\": cannot create a channel");
+  }
+  return channel;
+}
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
@@ -45,12 +112,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
   if (options.deadline <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("connect: the call deadline must be positive");
   }
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
-  if (channel == nullptr) {
-    return absl::InvalidArgumentError("connect \"" + address + "\": cannot create a channel");
-  }
-  return std::unique_ptr<Client>(new Client(std::move(channel), options));
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = MakeChannel(address, options);
+  if (!channel.ok()) return channel.status();
+  return std::unique_ptr<Client>(new Client(*std::move(channel), options));
 }
 
 absl::StatusOr<v1::SubscribeResponse> Client::Subscribe(const v1::SubscribeRequest& request) {

@@ -22,7 +22,33 @@ namespace eventbus::client {
 struct ClientOptions {
   // Deadline of every call, from its start.
   absl::Duration deadline = absl::Seconds(10);
+
+  // TLS to the server (README, "API TLS and authentication"). On when `tls` is true or any of
+  // the tls_* settings below is given; off (plaintext) by default.
+  bool tls = false;
+  // PEM CA certificates the server's certificate must chain to; "" = the system's roots.
+  std::string tls_ca_file = "";
+  // PEM client certificate and its key, for servers that require one (mTLS): both or neither.
+  std::string tls_cert_file = "";
+  std::string tls_key_file = "";
+  // The name the server's certificate is verified against (and sent as SNI) instead of the host
+  // of the address: for an address by IP, or through a tunnel.
+  std::string tls_server_name = "";
+  // Bearer token sent with every call as "authorization: Bearer TOKEN". Only over TLS: gRPC
+  // itself refuses to send it on a plaintext channel, and Connect refuses the combination.
+  std::string token = "";
+
+  bool UsesTls() const {
+    return tls || !tls_ca_file.empty() || !tls_cert_file.empty() || !tls_key_file.empty() ||
+           !tls_server_name.empty();
+  }
 };
+
+// A channel to `address` with the TLS and token settings of `options` (its deadline aside).
+// INVALID_ARGUMENT naming the setting and file for an unreadable file, a certificate without
+// its key (or the reverse), or a token without TLS.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address,
+                                                           const ClientOptions& options);
 
 // Calls grpc.health.v1.Health/Check for `service` on `channel`, bounded by `deadline`. Returns
 // the status the server reports; NOT_FOUND when it has none for `service`, UNAVAILABLE /
@@ -36,7 +62,8 @@ class Client {
  public:
   // Creates a channel to `address` ("host:port", or any gRPC target such as "dns:///host:port").
   // The connection is made lazily by the first call, so an unreachable server shows up there as
-  // UNAVAILABLE. INVALID_ARGUMENT for an empty address or a non-positive deadline.
+  // UNAVAILABLE (a TLS handshake that fails, too). INVALID_ARGUMENT for an empty address, a
+  // non-positive deadline, or bad TLS or token settings (see MakeChannel).
   static absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& address,
                                                          ClientOptions options = {});
 

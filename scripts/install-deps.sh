@@ -8,7 +8,9 @@ PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git clang-format
   # libraries
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
-  libabsl-dev libsimdjson-dev libsqlite3-dev prometheus-cpp-dev libssl-dev
+  libabsl-dev libsimdjson-dev libsqlite3-dev prometheus-cpp-dev
+  # libcrypto: the API's TLS files checked at start-up, token hashes (server/auth)
+  libssl-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # real components used by the integration tests (prlimit: util-linux)

@@ -100,6 +100,17 @@ ABSL_FLAG(std::string, deny_targets, "",
           "Destination policy: entries (as --allow_targets) EventBus never connects to, added to "
           "the defaults (169.254.0.0/16, fe80::/10, fd00:ec2::254, its own ports on this host); "
           "\"nodefaults\" among them drops the defaults, \"none\" alone denies nothing");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the API's TLS (with --tls_key); \"\" = plaintext");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificates; set = every client must present a certificate signed by one "
+          "(mTLS); without --auth_tokens_file each such client is an admin");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "Credentials with roles, one per line: NAME ROLE[,ROLE...] token:SECRET | sha256:HEX | "
+          "cert:IDENTITY (needs --tls_cert); reloaded on SIGHUP and when it changes");
+ABSL_FLAG(int64_t, auth_tokens_poll_ms, 1000,
+          "How often --auth_tokens_file is checked for a change (0 = only on SIGHUP)");
 ABSL_FLAG(std::string, log_level, "info", "Lowest log level written: debug, info, warning, error");
 ABSL_FLAG(std::string, log_format, "logfmt",
           "Log line format: logfmt (key=value) or json (one object per line)");
@@ -289,6 +300,12 @@ eventbus::service::ServerConfig ConfigFromFlags(const eventbus::net::FdBudget& f
       absl::GetFlag(FLAGS_allow_targets), absl::GetFlag(FLAGS_deny_targets));
   if (!destinations.ok()) Fail(std::string(destinations.status().message()));
   config.destination_policy = *std::move(destinations);
+  config.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  config.tls_key = absl::GetFlag(FLAGS_tls_key);
+  config.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  config.auth_tokens_file = absl::GetFlag(FLAGS_auth_tokens_file);
+  config.auth_reload_poll = absl::Milliseconds(
+      NonNegative("auth_tokens_poll_ms", absl::GetFlag(FLAGS_auth_tokens_poll_ms)));
   return config;
 }
 
@@ -302,6 +319,8 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  // SIGHUP reloads the tokens file (--auth_tokens_file); it never stops the process.
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   // A subscriber that closes its end must cost an EPIPE, never the process.
   signal(SIGPIPE, SIG_IGN);
@@ -370,7 +389,13 @@ int main(int argc, char** argv) {
   }
 
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  for (;;) {
+    sigwait(&signals, &signal_number);
+    if (signal_number != SIGHUP) break;
+    // Reloading logs its own outcome; a bad file keeps the credentials in use.
+    EB_LOG(kInfo, "signal received", "signal=SIGHUP");
+    (void)(*server)->ReloadAuth();
+  }
   EB_LOG(kInfo, "signal received", "signal=", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
   (*server)->Shutdown(grace);
   return 0;

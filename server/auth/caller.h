@@ -1,8 +1,13 @@
 // Who made a gRPC call (SPEC §10), as the API's authentication recorded it. The layer between the
 // gRPC transport and the service: the authentication code in server/auth/ verifies a call's
-// credentials (bearer token, client certificate) and records the caller in the call's
-// grpc::AuthContext under the property names below; the service reads it with CallerOf() and
-// otherwise knows nothing of tokens or certificates.
+// credentials (bearer token, client certificate) and records the caller under the names below;
+// the service reads it with CallerOf() and otherwise knows nothing of tokens or certificates.
+//
+// Where it is recorded: in the call's client metadata, by the Authenticator's interceptor
+// (authenticator.h), which first drops any the client sent under those names. Not in the
+// AuthContext: gRPC 1.51 gives every call on a connection the connection's one AuthContext, so a
+// property added for one call would show up in all the others. CallerOf still accepts a caller
+// found as AuthContext properties when the metadata has none.
 #ifndef EVENTBUS_SERVER_AUTH_CALLER_H_
 #define EVENTBUS_SERVER_AUTH_CALLER_H_
 
@@ -23,7 +28,7 @@ enum Role : uint32_t {
 };
 inline constexpr uint32_t kAllRoles = kReader | kPublisher | kSubscriber | kAdmin;
 
-// AuthContext property names set by the authentication for an accepted call.
+// Names (metadata keys, or AuthContext properties) of the caller of an accepted call.
 inline constexpr char kCallerNameProperty[] = "eventbus.caller";
 // The roles as a decimal bit mask ("9" = reader + admin).
 inline constexpr char kCallerRolesProperty[] = "eventbus.roles";

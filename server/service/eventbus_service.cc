@@ -152,8 +152,7 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Subscribe(grpc::CallbackServerCon
   // Copied now: `done` may run after this method returned. Changes to the subscriptions are
   // logged at info with who asked (Raise is not: it is the hot path): the peer, and the caller's
   // name (a token's name, never the token).
-  std::string who = absl::StrCat("peer=", base::LogValue(context->peer()),
-                                 " caller=", base::LogValue(caller.name));
+  std::string who = CallerFields(*context, caller);
   // `done` may run inline or on a store thread; the response outlives it until Finish.
   manager_->Subscribe(
       ActorOf(caller), std::move(sub),
@@ -190,8 +189,7 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Unsubscribe(grpc::CallbackServerC
   }
   const auth::Caller caller = auth::CallerOf(*context, options_.auth_enabled);
   // For the log: who asked, and what it named (by id, or by event and socket).
-  std::string fields = absl::StrCat("peer=", base::LogValue(context->peer()),
-                                    " caller=", base::LogValue(caller.name));
+  std::string fields = CallerFields(*context, caller);
   if (!request->id().empty()) absl::StrAppend(&fields, " id=", base::LogValue(request->id()));
   if (!request->event().empty()) {
     absl::StrAppend(&fields, " event=", base::LogValue(request->event()));
@@ -351,6 +349,13 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::ListEvents(grpc::CallbackServerCo
   response->set_stale(manager_->stale());
   reactor->Finish(grpc::Status::OK);
   return reactor;
+}
+
+std::string EventBusServiceImpl::CallerFields(const grpc::CallbackServerContext& context,
+                                              const auth::Caller& caller) const {
+  std::string fields = absl::StrCat("peer=", base::LogValue(context.peer()));
+  if (options_.auth_enabled) absl::StrAppend(&fields, " caller=", base::LogValue(caller.name));
+  return fields;
 }
 
 void EventBusServiceImpl::FillSubscription(const registry::Subscription& sub, absl::Time now,

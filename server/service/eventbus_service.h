@@ -85,6 +85,10 @@ class EventBusServiceImpl final : public eventbus::v1::EventBusService::WithRawC
  private:
   void FillSubscription(const registry::Subscription& sub, absl::Time now,
                         eventbus::v1::Subscription* out) const;
+  // "peer=ADDRESS", and " caller=NAME" when calls are authenticated: who asked, for the logs of
+  // changes to subscriptions.
+  std::string CallerFields(const grpc::CallbackServerContext& context,
+                           const auth::Caller& caller) const;
   // OK once the store has loaded; UNAVAILABLE naming the store and its last error before.
   absl::Status Ready() const { return loader_ == nullptr ? absl::OkStatus() : loader_->Ready(); }
 

@@ -16,6 +16,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "server/auth/tls_files.h"
 #include "server/base/log.h"
 #include "server/base/mutex.h"
 #include "server/base/version.h"
@@ -126,6 +127,48 @@ std::string DialAddress(const std::string& listen, int port) {
   return absl::StrCat(host, ":", port);
 }
 
+// The server credentials of `config`: insecure without TLS; TLS (client certificates required
+// when tls_client_ca is set) with, when calls are authenticated, the Authenticator as their auth
+// metadata processor. INVALID_ARGUMENT naming the flag and file for a bad setting.
+absl::Status MakeCredentials(const ServerConfig& config,
+                             std::shared_ptr<grpc::ServerCredentials>* credentials,
+                             std::shared_ptr<auth::Authenticator>* authenticator) {
+  absl::StatusOr<auth::ServerTlsPem> pem =
+      auth::LoadServerTls({config.tls_cert, config.tls_key, config.tls_client_ca});
+  if (!pem.ok()) return pem.status();
+  if (config.tls_cert.empty()) {
+    if (!config.auth_tokens_file.empty()) {
+      // gRPC's insecure transport cannot run an auth metadata processor, and a token sent in the
+      // clear can be read by anyone on the path and replayed.
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--auth_tokens_file \"", config.auth_tokens_file,
+          "\" needs --tls_cert and --tls_key: bearer tokens over plaintext could be read on the "
+          "way and replayed"));
+    }
+    *credentials = grpc::InsecureServerCredentials();
+    return absl::OkStatus();
+  }
+  grpc::SslServerCredentialsOptions ssl(
+      pem->client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                             : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  ssl.pem_root_certs = pem->client_ca;
+  ssl.pem_key_cert_pairs.push_back({pem->private_key, pem->cert_chain});
+  std::shared_ptr<grpc::ServerCredentials> ssl_credentials = grpc::SslServerCredentials(ssl);
+  if (!config.auth_tokens_file.empty() || !config.tls_client_ca.empty()) {
+    auth::AuthenticatorOptions options;
+    options.tokens_file = config.auth_tokens_file;
+    options.client_certificates = !config.tls_client_ca.empty();
+    options.poll_interval = config.auth_reload_poll;
+    absl::StatusOr<std::shared_ptr<auth::Authenticator>> created =
+        auth::Authenticator::Create(std::move(options));
+    if (!created.ok()) return created.status();
+    *authenticator = *std::move(created);
+    ssl_credentials->SetAuthMetadataProcessor(*authenticator);
+  }
+  *credentials = std::move(ssl_credentials);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 EventBusServer::EventBusServer(const ServerConfig& config) : config_(config) {}
@@ -138,7 +181,14 @@ EventBusServer::~EventBusServer() {
 
 absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const ServerConfig& config) {
   if (absl::Status valid = ValidateConfig(config); !valid.ok()) return valid;
+  // TLS files and credentials first: a wrong file fails start-up before anything starts.
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  std::shared_ptr<auth::Authenticator> authenticator;
+  if (absl::Status made = MakeCredentials(config, &credentials, &authenticator); !made.ok()) {
+    return made;
+  }
   std::unique_ptr<EventBusServer> server = absl::WrapUnique(new EventBusServer(config));
+  server->authenticator_ = std::move(authenticator);
   base::RealClock* clock = base::RealClock::Get();
 
   net::PoolOptions pool_options = config.pool;
@@ -211,6 +261,7 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
   service_options.default_timeout = config.timeout;
   service_options.max_params_bytes = config.max_params_bytes;
   service_options.max_event_name_bytes = config.limits.max_event_name_bytes;
+  service_options.auth_enabled = server->authenticator_ != nullptr;
   server->service_ = std::make_unique<EventBusServiceImpl>(
       server->registry_.get(), server->manager_.get(), server->dispatcher_.get(),
       server->pool_.get(), clock, service_options, server->loader_.get());
@@ -235,8 +286,7 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   server->acceptor_ = builder.experimental().AddExternalConnectionAcceptor(
-      grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD,
-      grpc::InsecureServerCredentials());
+      grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD, credentials);
   // Connections that never finish the handshake, stay idle, or whose peer is gone are closed.
   builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
                              ChannelArgMs(config.client_handshake_timeout));
@@ -255,11 +305,13 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
   // Clients' own keepalive pings are welcome every 10 s, with or without calls (gRPC's default
   // answers a ping without calls more often than every 2 h with GOAWAY "too_many_pings").
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
-  if (server->metrics_ != nullptr) {
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
-    creators.push_back(server->metrics_->NewRpcInterceptorFactory());
-    builder.experimental().SetInterceptorCreators(std::move(creators));
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  // First: it records the caller and removes the token before anything else sees the call.
+  if (server->authenticator_ != nullptr) {
+    creators.push_back(server->authenticator_->NewRecordCallerInterceptorFactory());
   }
+  if (server->metrics_ != nullptr) creators.push_back(server->metrics_->NewRpcInterceptorFactory());
+  if (!creators.empty()) builder.experimental().SetInterceptorCreators(std::move(creators));
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr) {
@@ -297,8 +349,16 @@ absl::StatusOr<std::unique_ptr<EventBusServer>> EventBusServer::Start(const Serv
          " loops=", server->pool_->num_loops(), " sync_mode=", config.sync_mode ? "true" : "false",
          " timeout_ms=", config.timeout / absl::Milliseconds(1),
          " max_client_connections=", config.max_client_connections,
-         " metrics_listen=", base::LogValue(config.metrics_listen));
+         " metrics_listen=", base::LogValue(config.metrics_listen),
+         " tls=", config.tls_cert.empty() ? "off" : "on",
+         " client_certificates=", config.tls_client_ca.empty() ? "off" : "required",
+         " auth=", server->authenticator_ != nullptr ? "on" : "off");
   return server;
+}
+
+absl::Status EventBusServer::ReloadAuth() {
+  if (authenticator_ == nullptr) return absl::OkStatus();
+  return authenticator_->Reload("SIGHUP");
 }
 
 void EventBusServer::StoreThread() {
@@ -348,6 +408,7 @@ void EventBusServer::Shutdown(absl::Duration grace) {
     stopping_ = true;
   }
   if (store_thread_.joinable()) store_thread_.join();
+  if (authenticator_ != nullptr) authenticator_->Stop();
   absl::Time deadline = absl::Now() + grace;
   if (server_ != nullptr) {
     EB_LOG(kInfo, "shutting down", "grace_ms=", grace / absl::Milliseconds(1));

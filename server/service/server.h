@@ -34,6 +34,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
+#include "server/auth/authenticator.h"
 #include "server/base/clock.h"
 #include "server/base/mutex.h"
 #include "server/delivery/dispatcher.h"
@@ -105,6 +106,17 @@ struct ServerConfig {
   // on this host to the defaults and hands the policy to the pool (pool.destination_policy is
   // replaced) and to Subscribe.
   policy::PolicyConfig destination_policy;
+  // API TLS (SPEC §10): PEM files of the server's certificate chain and key; both "" = plaintext
+  // (the default, as OpenSIPS's clients expect). tls_client_ca: the CA client certificates must
+  // chain to; set = every client must present one (mTLS).
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+  // Bearer tokens and certificate identities with their roles (server/auth/credentials.h); needs
+  // TLS. With tls_client_ca and no tokens file, every verified client certificate is an admin.
+  std::string auth_tokens_file;
+  // How often the tokens file is checked for a change; zero = only on ReloadAuth().
+  absl::Duration auth_reload_poll = absl::Seconds(1);
 };
 
 // The running server. Thread-safe: Shutdown() and Wait() may be called from any thread.
@@ -139,6 +151,11 @@ class EventBusServer {
   // The port /metrics is served on; 0 when metrics are off.
   int metrics_port() const { return metrics_ != nullptr ? metrics_->port() : 0; }
 
+  // Reads the tokens file again (SIGHUP): see auth::Authenticator::Reload. OK when there is none.
+  absl::Status ReloadAuth();
+  // True when calls are authenticated (a tokens file or client certificates).
+  bool auth_enabled() const { return authenticator_ != nullptr; }
+
   // True once the store has loaded (the server is ready).
   bool store_loaded() const { return loader_->loaded(); }
 
@@ -156,6 +173,9 @@ class EventBusServer {
 
   const ServerConfig config_;
   int port_ = 0;
+  // Authenticates every call when TLS is on with a tokens file or client certificates; else null.
+  // Shared with the server's credentials, which hold it as their auth metadata processor.
+  std::shared_ptr<auth::Authenticator> authenticator_;
   std::string address_;
 
   // Declared in construction order; destroyed in reverse.

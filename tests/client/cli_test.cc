@@ -358,5 +358,28 @@ TEST(RunCliTest, HealthOfAnUnreachableServerExits2NamingTheCode) {
   EXPECT_EQ(out.str(), "");
 }
 
+TEST(RunCliTest, TokensTravelOnlyOverTlsAndComeFromAFileOrTheEnvironment) {
+  std::ostringstream out, err;
+  // From the environment, without TLS: refused before any connection.
+  EXPECT_EQ(RunCli({"events"}, "127.0.0.1:1", out, err, "env-token-0123456789"), 2);
+  EXPECT_THAT(err.str(), HasSubstr("a bearer token ($EVENTBUS_TOKEN) is sent only over TLS: add "
+                                   "--tls or --tls_ca FILE"));
+  EXPECT_THAT(err.str(), Not(HasSubstr("env-token")));
+  err.str("");
+  EXPECT_EQ(RunCli({"--tls", "--token_file=/nonexistent/token", "events"}, "127.0.0.1:1", out, err),
+            2);
+  EXPECT_THAT(err.str(), HasSubstr("--token_file \"/nonexistent/token\": cannot read"));
+  err.str("");
+  // No --token flag: a secret on the command line shows in `ps`.
+  EXPECT_EQ(RunCli({"--tls", "--token", "abc", "events"}, "127.0.0.1:1", out, err), 2);
+  EXPECT_THAT(err.str(), HasSubstr("unknown flag --token"));
+  err.str("");
+  EXPECT_EQ(RunCli({"--tls=yes", "events"}, "127.0.0.1:1", out, err), 2);
+  EXPECT_THAT(err.str(), HasSubstr("--tls takes no value"));
+  err.str("");
+  EXPECT_EQ(RunCli({"--tls_ca"}, "127.0.0.1:1", out, err), 2);
+  EXPECT_THAT(err.str(), HasSubstr("--tls_ca needs a value"));
+}
+
 }  // namespace
 }  // namespace eventbus::client

@@ -18,6 +18,7 @@ namespace {
 
 namespace v1 = ::eventbus::v1;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 class ClientTest : public ::testing::Test {
@@ -96,6 +97,34 @@ TEST(ClientConnectTest, RejectsEmptyAddressAndNonPositiveDeadline) {
   EXPECT_EQ(Client::Connect("").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Client::Connect("127.0.0.1:1", ClientOptions{absl::ZeroDuration()}).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ClientConnectTest, RefusesBadTlsAndTokenSettingsNamingThem) {
+  ClientOptions token_in_clear;
+  token_in_clear.token = "secret-token-0123456789";
+  absl::Status clear = Client::Connect("127.0.0.1:1", token_in_clear).status();
+  EXPECT_EQ(clear.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(clear.message(), HasSubstr("a bearer token is sent only over TLS"));
+  EXPECT_THAT(clear.message(), Not(HasSubstr("secret-token")));
+
+  ClientOptions missing_ca;
+  missing_ca.tls_ca_file = "/nonexistent/ca.crt";
+  EXPECT_EQ(Client::Connect("127.0.0.1:1", missing_ca).status(),
+            absl::InvalidArgumentError(
+                "tls_ca \"/nonexistent/ca.crt\": cannot read: No such file or directory"));
+
+  ClientOptions cert_only;
+  cert_only.tls = true;
+  cert_only.tls_cert_file = "/nonexistent/client.crt";
+  EXPECT_EQ(
+      Client::Connect("127.0.0.1:1", cert_only).status(),
+      absl::InvalidArgumentError("connect: a client certificate needs both tls_cert and tls_key"));
+
+  // TLS with the system's roots and a token: accepted (the connection is made by the first call).
+  ClientOptions system_roots;
+  system_roots.tls = true;
+  system_roots.token = "secret-token-0123456789";
+  EXPECT_TRUE(Client::Connect("127.0.0.1:1", system_roots).ok());
 }
 
 TEST(ClientConnectTest, UnreachableServerIsUnavailableWithinTheDeadline) {
