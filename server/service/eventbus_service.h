@@ -14,6 +14,7 @@
 #include "eventbus/v1/eventbus.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "server/base/clock.h"
+#include "server/auth/caller.h"
 #include "server/delivery/dispatcher.h"
 #include "server/net/writer_pool.h"
 #include "server/registry/registry.h"

@@ -70,26 +70,24 @@ TEST_F(TlsFilesTest, RefusesEachBadSettingNamingFlagFileAndProblem) {
   EXPECT_EQ(Error({"/nonexistent/server.crt", server_.key_path, ""}),
             "--tls_cert \"/nonexistent/server.crt\": cannot read: No such file or directory");
   EXPECT_EQ(Error({garbage_, server_.key_path, ""}),
-            absl::StrCat("--tls_cert \"", garbage_,
-                         "\": not a PEM certificate (no \"-----BEGIN CERTIFICATE-----\")"));
-  EXPECT_THAT(Error({broken_, server_.key_path, ""}),
-              HasSubstr(absl::StrCat("--tls_cert \"", broken_,
-                                     "\": a certificate in it does not "
-                                     "parse")));
+            absl::StrCat("--tls_cert \"", garbage_, "\": no PEM certificate in it"));
+  EXPECT_THAT(
+      Error({broken_, server_.key_path, ""}),
+      HasSubstr(absl::StrCat("--tls_cert \"", broken_, "\": certificate 1 is not valid PEM")));
   EXPECT_EQ(Error({server_.cert_path, "/nonexistent/server.key", ""}),
             "--tls_key \"/nonexistent/server.key\": cannot read: No such file or directory");
   EXPECT_THAT(
       Error({server_.cert_path, server_.cert_path, ""}),
-      HasSubstr(absl::StrCat("--tls_key \"", server_.cert_path, "\": not a PEM private key")));
-  EXPECT_EQ(
-      Error({server_.cert_path, other_.key_path, ""}),
-      absl::StrCat("--tls_key \"", other_.key_path,
-                   "\": does not match the certificate in --tls_cert \"", server_.cert_path, "\""));
+      HasSubstr(absl::StrCat("--tls_key \"", server_.cert_path, "\": no PEM private key in it")));
+  EXPECT_EQ(Error({server_.cert_path, other_.key_path, ""}),
+            absl::StrCat("--tls_key \"", other_.key_path,
+                         "\": the private key does not match the certificate in --tls_cert \"",
+                         server_.cert_path, "\""));
   EXPECT_EQ(Error({server_.cert_path, server_.key_path, "/nonexistent/ca.crt"}),
             "--tls_client_ca \"/nonexistent/ca.crt\": cannot read: No such file or directory");
-  EXPECT_THAT(
-      Error({server_.cert_path, server_.key_path, server_.key_path}),
-      HasSubstr(absl::StrCat("--tls_client_ca \"", server_.key_path, "\": not a PEM certificate")));
+  EXPECT_THAT(Error({server_.cert_path, server_.key_path, server_.key_path}),
+              HasSubstr(absl::StrCat("--tls_client_ca \"", server_.key_path,
+                                     "\": no PEM certificate in it")));
 }
 
 }  // namespace

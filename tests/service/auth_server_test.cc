@@ -472,7 +472,7 @@ TEST_F(AuthServerTest, StartRefusesTokensWithoutTlsAndBadAuthFiles) {
   refused = EventBusServer::Start(mismatched);
   EXPECT_THAT(refused.status().message(),
               HasSubstr(absl::StrCat("--tls_key \"", other->key_path,
-                                     "\": does not match the certificate")));
+                                     "\": the private key does not match the certificate")));
 }
 
 }  // namespace
