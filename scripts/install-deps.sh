@@ -9,6 +9,8 @@ PACKAGES=(
   # libraries
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev libsimdjson-dev libsqlite3-dev prometheus-cpp-dev
+  # OpenSSL for tls: subscriber targets (server/net/tls_transport.cc)
+  libssl-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # real components used by the integration tests (prlimit: util-linux)
