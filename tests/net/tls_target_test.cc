@@ -244,6 +244,55 @@ TEST_F(TlsTargetTest, ReplyWrittenByteByByteArrivesInManyTlsRecordsAndIsReassemb
   }
 }
 
+TEST_F(TlsTargetTest, PeerThatStopsReadingBlocksTlsWritesAndEverythingArrivesInOrderLater) {
+  PoolOptions options;
+  // One wakeup writes until the socket refuses (the default 1 MiB per wakeup never meets a full
+  // buffer: epoll reports writable only with room for more than that).
+  options.max_write_bytes_per_wakeup = 64 << 20;
+  StartPool(options);
+  JsonRpcPeer::Options peer_options;
+  peer_options.behavior.mode = PeerMode::kNoRead;
+  peer_options.receive_buffer_bytes = 4096;
+  auto peer = JsonRpcPeer::Start(peer_options);
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  TlsFront::Options front_options;
+  // Small, but not below the loopback MSS (a window under one segment stalls the sender).
+  front_options.receive_buffer_bytes = 64 << 10;
+  auto front = StartFront((*peer)->port(), front_options);
+  ASSERT_TRUE(front);
+  // Far more than the socket buffers hold: SSL_write meets SSL_ERROR_WANT_WRITE mid-record and
+  // must be retried with the same bytes while the queue behind it keeps growing.
+  constexpr int kMessages = 6000;
+  const std::string filler(2000, 'f');
+  std::string expected;
+  Outcomes outcomes;
+  std::vector<Request> batch;
+  for (int i = 0; i < kMessages; ++i) {
+    auto body = Body("E", absl::StrCat("[", i, ",\"", filler, "\"]"));
+    absl::StrAppend(&expected, "{", *body);
+    batch.push_back(MakeRequest(Target(front->port(), true), body, false, outcomes.Callback(i),
+                                absl::Seconds(30)));
+  }
+  pool_->Submit(std::move(batch));
+  const std::string key = absl::StrCat("tls:127.0.0.1:", front->port());
+  ASSERT_TRUE(testing::WaitFor(kWait, [&] {
+    auto stats = pool_->Stats(key);
+    return stats && stats->state == ConnState::kConnected && stats->queued_messages > 0 &&
+           stats->delivered > 0;
+  }));
+  // Stuck, not draining: the same backlog a little later.
+  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_GT(pool_->Stats(key)->queued_messages, 0u);
+  (*peer)->SetMode(PeerMode::kReplyResult);
+  ASSERT_TRUE(outcomes.WaitFor(kMessages, absl::Seconds(30)));
+  for (int i = 0; i < kMessages; ++i) {
+    ASSERT_EQ(outcomes.Get(i).code, DeliveryCode::kOk) << i << ": " << outcomes.Get(i).detail;
+  }
+  ASSERT_TRUE((*peer)->WaitForBytes(expected.size(), kWait));
+  EXPECT_TRUE((*peer)->Received() == expected) << "the bytes differ from the queued messages";
+  EXPECT_EQ(front->handshakes(), 1);
+}
+
 TEST_F(TlsTargetTest, CertificateFromAnotherCaFailsWithTlsFailedNamingTheVerifyError) {
   auto other = TestPki::Create("Some Other CA");
   ASSERT_TRUE(other.ok()) << other.status();

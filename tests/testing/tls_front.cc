@@ -130,6 +130,10 @@ void TlsFront::AcceptLoop(int listen_fd, int wake_fd) {
     if (fds[1].revents != 0) return;
     int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) continue;
+    if (options_.receive_buffer_bytes > 0) {
+      ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &options_.receive_buffer_bytes,
+                   sizeof(options_.receive_buffer_bytes));
+    }
     accepted_.fetch_add(1);
     MutexLock lock(&mu_);
     if (stopping_) {

@@ -53,6 +53,9 @@ class TlsFront {
     // 0: a free port; otherwise this one (to come back on the port after Stop()).
     uint16_t port = 0;
     TlsFrontMode mode = TlsFrontMode::kForward;
+    // SO_RCVBUF of accepted connections (0 = kernel default): with a peer that stops reading,
+    // a small value makes the TLS client's writes block soon.
+    int receive_buffer_bytes = 0;
   };
 
   // Loads the certificate and listens. INTERNAL/UNAVAILABLE naming what failed.
