@@ -706,6 +706,10 @@ void Connection::CloseSocket() {
     ctx_->loop->Cancel(connect_timer_);
     connect_timer_ = 0;
   }
+  if (resume_read_timer_ != 0) {
+    ctx_->loop->Cancel(resume_read_timer_);
+    resume_read_timer_ = 0;
+  }
   // Before the fd: a TLS transport may still write its close_notify on it.
   transport_.reset();
   handshaking_ = false;
@@ -901,6 +905,14 @@ bool Connection::ReadSome() {
     if (!ProcessFrames()) return false;
     // A short read drained the socket (and whatever TLS had decrypted).
     if (n < buf.size() && !transport_->HasBufferedInput()) return true;
+  }
+  if (transport_->HasBufferedInput() && resume_read_timer_ == 0) {
+    // TLS holds decrypted bytes the socket will not signal again (it may be empty by now): read
+    // them on the next iteration, after the other connections had their turn.
+    resume_read_timer_ = ctx_->loop->RunAfter(absl::ZeroDuration(), [this] {
+      resume_read_timer_ = 0;
+      if (state_ == ConnState::kConnected) OnIo(EPOLLIN);
+    });
   }
   return true;
 }

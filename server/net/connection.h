@@ -308,6 +308,8 @@ class Connection final : public IoHandler {
   EventLoop::TimerId deadline_timer_ = 0;
   absl::Time deadline_timer_at_ = absl::InfiniteFuture();
   EventLoop::TimerId idle_timer_ = 0;
+  // Reads on once more when TLS still held decrypted bytes at the end of ReadSome's rounds.
+  EventLoop::TimerId resume_read_timer_ = 0;
   absl::Time idle_since_;
 
   // Unwritten messages; queue_[i].seq == front_seq_ + i. The head may be partially written

@@ -293,6 +293,26 @@ TEST_F(TlsTargetTest, PeerThatStopsReadingBlocksTlsWritesAndEverythingArrivesInO
   EXPECT_EQ(front->handshakes(), 1);
 }
 
+TEST_F(TlsTargetTest, RepliesLargerThanOneWakeupsReadsArriveWhole) {
+  StartPool();
+  PeerBehavior behavior;
+  // 700 KB: about 45 TLS records, more than one wakeup reads (4 x 64 KiB).
+  behavior.result_json = absl::StrCat("\"", std::string(700000, 'r'), "\"");
+  auto behind = StartPeer(behavior);
+  auto front = StartFront(behind->port());
+  ASSERT_TRUE(behind && front);
+  Outcomes outcomes;
+  for (int i = 0; i < 4; ++i) {
+    SubmitOne(*pool_,
+              MakeRequest(Target(front->port(), true), Body("BIG"), true, outcomes.Callback(i)));
+  }
+  ASSERT_TRUE(outcomes.WaitFor(4));
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(outcomes.Get(i).code, DeliveryCode::kOk) << outcomes.Get(i).detail;
+    EXPECT_EQ(outcomes.Get(i).result, behavior.result_json);
+  }
+}
+
 TEST_F(TlsTargetTest, CertificateFromAnotherCaFailsWithTlsFailedNamingTheVerifyError) {
   auto other = TestPki::Create("Some Other CA");
   ASSERT_TRUE(other.ok()) << other.status();
