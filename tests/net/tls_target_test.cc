@@ -480,6 +480,22 @@ TEST_F(TlsTargetTest, PresentsTheClientCertificateToPeersThatRequireOne) {
   EXPECT_EQ(front->client_names(), std::vector<std::string>{"eventbus-client"});
 }
 
+TEST_F(TlsTargetTest, PeerRequiringAClientCertificateRefusesAPoolWithout) {
+  StartPool();
+  auto behind = StartPeer();
+  TlsFront::Options front_options;
+  front_options.client_ca_file = pki_->ca_cert_path();
+  auto front = StartFront(behind->port(), front_options);
+  ASSERT_TRUE(behind && front);
+  Outcome o = CallOnce(Target(front->port(), true));
+  // TLS 1.3: the client's side of the handshake is complete before the server checks; its
+  // refusal arrives as an alert on the first read.
+  EXPECT_EQ(o.code, DeliveryCode::kConnectionLost) << DeliveryCodeName(o.code);
+  EXPECT_EQ(o.detail, absl::StrCat("read from 127.0.0.1:", front->port(),
+                                   ": tlsv13 alert certificate required"));
+  EXPECT_EQ(behind->message_count(), 0u);
+}
+
 TEST_F(TlsTargetTest, UnusableTlsFilesFailPoolCreationNamingOptionFileAndProblem) {
   auto client = pki_->Issue("client", "eventbus-client", {}, CertUsage::kClient);
   ASSERT_TRUE(client.ok()) << client.status();
