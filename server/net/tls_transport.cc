@@ -11,8 +11,9 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <mutex>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -22,7 +23,7 @@
 namespace eventbus::net {
 namespace {
 
-// Plaintext taken per Write(): a few TLS records (16 KiB each) per SSL_write.
+// Plaintext taken per Write(): up to four full TLS records (16 KiB each).
 constexpr size_t kStageBytes = 64 << 10;
 
 // The reasons on this thread's OpenSSL error queue, oldest first, and clears it. OpenSSL keeps one
