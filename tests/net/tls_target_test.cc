@@ -331,6 +331,36 @@ TEST_F(TlsTargetTest, CertificateFromAnotherCaFailsWithTlsFailedNamingTheVerifyE
   EXPECT_EQ(front->handshakes(), 0);
 }
 
+TEST_F(TlsTargetTest, FailedHandshakesBackOffAndRetryLikeRefusedConnectsUntilTheDeadline) {
+  auto other = TestPki::Create("Some Other CA");
+  ASSERT_TRUE(other.ok()) << other.status();
+  PoolOptions options;
+  options.tls.ca_file = (*other)->ca_cert_path();
+  options.min_backoff = absl::Milliseconds(20);
+  options.max_backoff = absl::Milliseconds(40);
+  StartPool(options);
+  auto behind = StartPeer();
+  auto front = StartFront(behind->port());
+  ASSERT_TRUE(behind && front);
+  // Not fail-fast: the message waits through the retries and fails at its deadline.
+  Outcomes outcomes;
+  absl::Time start = absl::Now();
+  SubmitOne(*pool_, MakeRequest(Target(front->port(), true), Body("E"), false, outcomes.Callback(0),
+                                absl::Milliseconds(600)));
+  ASSERT_TRUE(outcomes.WaitFor(1));
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(500));
+  Outcome o = outcomes.Get(0);
+  EXPECT_EQ(o.code, DeliveryCode::kTlsFailed);
+  EXPECT_THAT(o.detail, HasSubstr("certificate verify failed"));
+  // Several attempts, each a full handshake the peer saw start.
+  EXPECT_GE(front->accepted(), 3);
+  auto stats = pool_->Stats(absl::StrCat("tls:127.0.0.1:", front->port()));
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_NE(stats->last_connect_failure, absl::InfinitePast());
+  EXPECT_EQ(stats->failed, 1u);
+  EXPECT_EQ(behind->message_count(), 0u);
+}
+
 TEST_F(TlsTargetTest, SystemStoreDoesNotTrustTheTestCa) {
   StartPool(PoolOptions(), /*trust_test_ca=*/false);
   auto behind = StartPeer();
