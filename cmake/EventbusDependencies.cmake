@@ -1,5 +1,7 @@
 # Finds every dependency from Debian 12's packages. Nothing is downloaded at build time.
 find_package(Threads REQUIRED)
+# libssl-dev: TLS to subscribers (server/net/tls_transport.cc) and the TLS test peers.
+find_package(OpenSSL REQUIRED)
 find_package(Protobuf REQUIRED)          # FindProtobuf module: Debian ships no CMake config
 find_package(gRPC CONFIG REQUIRED)       # gRPC::grpc++, gRPC::grpc++_reflection, gRPC::grpc_cpp_plugin
 find_package(absl CONFIG REQUIRED)

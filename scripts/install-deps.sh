@@ -9,7 +9,8 @@ PACKAGES=(
   # libraries
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev libsimdjson-dev libsqlite3-dev prometheus-cpp-dev
-  # libcrypto: the API's TLS files checked at start-up, token hashes (server/auth)
+  # OpenSSL: TLS files checked at start-up (server/tls), token hashes (server/auth), tls:
+  # subscriber targets (server/net/tls_transport.cc)
   libssl-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev

@@ -50,6 +50,13 @@ ABSL_FLAG(int32_t, loops, 0, "Event-loop threads of the writer pool (0 = number 
 ABSL_FLAG(int64_t, queue_max_messages, 10000, "Per-target queue bound, in messages");
 ABSL_FLAG(int64_t, queue_max_bytes, 16777216, "Per-target queue bound, in bytes");
 ABSL_FLAG(int64_t, connect_timeout_ms, 2000, "TCP connect timeout in ms");
+ABSL_FLAG(std::string, target_ca_file, "",
+          "PEM file of the CA certificates that verify tls: subscribers (default: the system "
+          "store)");
+ABSL_FLAG(std::string, target_cert, "",
+          "PEM client certificate (chain) presented to tls: subscribers that ask for one (mTLS); "
+          "with --target_key");
+ABSL_FLAG(std::string, target_key, "", "PEM private key of --target_cert");
 ABSL_FLAG(int64_t, resolve_timeout_ms, 2000,
           "DNS lookup timeout in ms (RESOLVE_FAILED when a target's name is not resolved in time)");
 ABSL_FLAG(int64_t, reconnect_min_backoff_ms, 50,
@@ -258,6 +265,9 @@ eventbus::service::ServerConfig ConfigFromFlags(const eventbus::net::FdBudget& f
       NonNegative("queue_max_bytes", absl::GetFlag(FLAGS_queue_max_bytes));
   config.pool.connect_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_connect_timeout_ms));
   config.pool.resolve_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_resolve_timeout_ms));
+  config.pool.tls.ca_file = absl::GetFlag(FLAGS_target_ca_file);
+  config.pool.tls.cert_file = absl::GetFlag(FLAGS_target_cert);
+  config.pool.tls.key_file = absl::GetFlag(FLAGS_target_key);
   config.pool.min_backoff = absl::Milliseconds(absl::GetFlag(FLAGS_reconnect_min_backoff_ms));
   config.pool.max_backoff = absl::Milliseconds(absl::GetFlag(FLAGS_reconnect_max_backoff_ms));
   config.pool.max_reply_bytes =

@@ -25,7 +25,7 @@ namespace eventbus::delivery {
 
 // One try to deliver to one TCP target.
 struct Attempt {
-  std::string member;  // "tcp:HOST:PORT[/METHOD]"
+  std::string member;  // "tcp:HOST:PORT[/METHOD]" or "tls:..."
   net::Outcome outcome;
   absl::Duration latency;
 };

@@ -17,6 +17,7 @@
 #include "server/base/log.h"
 #include "server/jsonrpc/encoder.h"
 #include "server/net/destination_check.h"
+#include "server/net/tcp_transport.h"
 
 namespace eventbus::net {
 namespace {
@@ -97,11 +98,12 @@ std::vector<TargetStats> StatsRegistry::All() const {
 // LoopContext
 
 LoopContext::LoopContext(EventLoop* loop, const PoolOptions* options, Resolver* resolver,
-                         StatsRegistry* stats, std::atomic<int64_t>* pending,
-                         std::atomic<size_t>* connection_count)
+                         const TlsClientContext* tls, StatsRegistry* stats,
+                         std::atomic<int64_t>* pending, std::atomic<size_t>* connection_count)
     : loop(loop),
       options(options),
       resolver(resolver),
+      tls(tls),
       stats(stats),
       pending(pending),
       connection_count(connection_count),
@@ -468,15 +470,24 @@ void Connection::Retire() {
 
 void Connection::OnIo(uint32_t events) {
   if (state_ == ConnState::kConnecting) {
-    OnConnectEvent();
+    if (handshaking_) {
+      ContinueHandshake();
+    } else {
+      OnConnectEvent();
+    }
   } else if (state_ == ConnState::kConnected) {
     bool alive = true;
-    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+    const bool readable = (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0;
+    const bool writable = (events & EPOLLOUT) != 0;
+    if (readable || (writable && read_waits_for_write_)) {
       alive = ReadSome();
       if (alive) alive = !DropStrandedReply();
       UpdateReplyBuffer();
     }
-    if (alive && (events & EPOLLOUT) && state_ == ConnState::kConnected) WriteSome();
+    if (alive && (writable || (readable && write_waits_for_read_)) &&
+        state_ == ConnState::kConnected) {
+      WriteSome();
+    }
   }
   MaybeIdle();
   PublishCounts();
@@ -555,9 +566,8 @@ void Connection::TryNextAddress() {
     }
     fd_ = std::move(fd);
     if (rc == 0) {
-      ctx_->loop->Add(fd_.get(), EPOLLIN, this);
-      registered_ = true;
-      OnConnected();
+      SetInterest(EPOLLIN);
+      OnSocketConnected();
       return;
     }
     SetState(ConnState::kConnecting);
@@ -576,7 +586,7 @@ void Connection::OnConnectEvent() {
   socklen_t len = sizeof(err);
   if (::getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
   if (err == 0) {
-    OnConnected();
+    OnSocketConnected();
     return;
   }
   last_error_code_ = DeliveryCode::kConnectFailed;
@@ -588,28 +598,92 @@ void Connection::OnConnectEvent() {
 void Connection::OnConnectTimeout() {
   connect_timer_ = 0;
   if (state_ != ConnState::kConnecting) return;
-  last_error_code_ = DeliveryCode::kConnectFailed;
-  last_error_ = absl::StrCat("connect to ", connecting_to_, ": timed out");
+  if (handshaking_) {
+    last_error_code_ = DeliveryCode::kTlsFailed;
+    last_error_ = absl::StrCat("tls handshake with ", connecting_to_, ": timed out after ",
+                               absl::FormatDuration(ctx_->options->connect_timeout));
+  } else {
+    last_error_code_ = DeliveryCode::kConnectFailed;
+    last_error_ = absl::StrCat("connect to ", connecting_to_, ": timed out");
+  }
   CloseSocket();
   TryNextAddress();
   MaybeIdle();
   PublishCounts();
 }
 
-void Connection::OnConnected() {
+void Connection::OnSocketConnected() {
   if (connect_timer_ != 0) {
     ctx_->loop->Cancel(connect_timer_);
     connect_timer_ = 0;
   }
+  if (!target_.tls) {
+    transport_ = std::make_unique<TcpTransport>(fd_.get());
+    OnConnected();
+    return;
+  }
+  transport_ = ctx_->tls->NewTransport(fd_.get(), target_);
+  handshaking_ = true;
+  // The handshake gets a connect timeout of its own: a peer that accepts but never answers (or
+  // does not speak TLS and waits for a request) must not hold the messages until their deadline.
+  connect_timer_ =
+      ctx_->loop->RunAfter(ctx_->options->connect_timeout, [this] { OnConnectTimeout(); });
+  ContinueHandshake();
+}
+
+void Connection::ContinueHandshake() {
+  switch (transport_->Handshake()) {
+    case IoStatus::kOk:
+      handshaking_ = false;
+      if (connect_timer_ != 0) {
+        ctx_->loop->Cancel(connect_timer_);
+        connect_timer_ = 0;
+      }
+      OnConnected();
+      return;
+    case IoStatus::kWantRead:
+      SetInterest(EPOLLIN);
+      return;
+    case IoStatus::kWantWrite:
+      SetInterest(EPOLLOUT);
+      return;
+    case IoStatus::kClosed:
+    case IoStatus::kError:
+      HandshakeFailed(transport_->error());
+      return;
+  }
+}
+
+void Connection::HandshakeFailed(absl::string_view why) {
+  last_error_code_ = DeliveryCode::kTlsFailed;
+  last_error_ = absl::StrCat("tls handshake with ", connecting_to_, ": ", why);
+  EB_LOG(kDebug, "tls handshake failed", "target=", key_, " error=", base::LogValue(last_error_));
+  CloseSocket();
+  // Like a refused connect: the next address, then backoff.
+  TryNextAddress();
+}
+
+void Connection::SetInterest(uint32_t events) {
+  if (registered_) {
+    ctx_->loop->Modify(fd_.get(), events, this);
+  } else {
+    ctx_->loop->Add(fd_.get(), events, this);
+    registered_ = true;
+  }
+  want_write_ = (events & EPOLLOUT) != 0;
+}
+
+void Connection::OnConnected() {
   SetState(ConnState::kConnected);
   if (ever_connected_) counters_->reconnects.fetch_add(1, std::memory_order_relaxed);
   ever_connected_ = true;
   consecutive_failures_ = 0;
   last_error_.clear();
   ResetFramer();
+  write_waits_for_read_ = false;
+  read_waits_for_write_ = false;
   // EPOLLIN stays armed even on notification-only connections, to notice a peer close.
-  want_write_ = true;  // forces the Modify below
-  SetWantWrite(false);
+  SetInterest(EPOLLIN);
   EB_LOG(kDebug, "connected", "target=", key_, " address=", connecting_to_);
   WriteSome();
 }
@@ -648,6 +722,15 @@ void Connection::CloseSocket() {
     ctx_->loop->Cancel(connect_timer_);
     connect_timer_ = 0;
   }
+  if (resume_read_timer_ != 0) {
+    ctx_->loop->Cancel(resume_read_timer_);
+    resume_read_timer_ = 0;
+  }
+  // Before the fd: a TLS transport may still write its close_notify on it.
+  transport_.reset();
+  handshaking_ = false;
+  write_waits_for_read_ = false;
+  read_waits_for_write_ = false;
   if (!fd_.valid()) return;
   // Deregister before close: the fd number may be reused at once by the next socket.
   if (registered_) ctx_->loop->Remove(fd_.get());
@@ -664,6 +747,10 @@ Outcome Connection::ConnectShareOutcome(const Message& message) const {
     outcome.code = DeliveryCode::kResolveFailed;
     outcome.detail = absl::StrCat("resolve \"", target_.host, "\": no answer within ", share,
                                   " (this member's share of the budget)");
+  } else if (handshaking_) {
+    outcome.code = DeliveryCode::kTlsFailed;
+    outcome.detail = absl::StrCat("tls handshake with ", connecting_to_, ": not finished within ",
+                                  share, " (this member's share of the budget)");
   } else {
     outcome.code = DeliveryCode::kConnectFailed;
     outcome.detail =
@@ -681,6 +768,9 @@ Outcome Connection::NotConnectedOutcome() const {
   } else if (state_ == ConnState::kResolving) {
     outcome.code = DeliveryCode::kResolveFailed;
     outcome.detail = absl::StrCat("resolve \"", target_.host, "\": timed out");
+  } else if (state_ == ConnState::kConnecting && handshaking_) {
+    outcome.code = DeliveryCode::kTlsFailed;
+    outcome.detail = absl::StrCat("tls handshake with ", connecting_to_, ": timed out");
   } else if (state_ == ConnState::kConnecting) {
     outcome.code = DeliveryCode::kConnectFailed;
     outcome.detail = absl::StrCat("connect to ", connecting_to_, ": timed out");
@@ -702,6 +792,15 @@ void Connection::SetWantWrite(bool want) {
 
 void Connection::WriteSome() {
   size_t budget = ctx_->options->max_write_bytes_per_wakeup;
+  write_waits_for_read_ = false;
+  // What a TLS transport took earlier goes first; it is already out of the queue.
+  if (transport_->HasBufferedOutput()) {
+    IoStatus status = transport_->FlushBuffered();
+    if (status != IoStatus::kOk) {
+      WriteBlocked(status);
+      return;
+    }
+  }
   iovec iov[kMaxIov];
   while (live_queued_ > 0 && budget > 0) {
     PopDeadFront();
@@ -728,26 +827,35 @@ void Connection::WriteSome() {
       if (m.body && skip < m.body->size()) add(m.body->data() + skip, m.body->size() - skip);
     }
     if (n_iov == 0) break;
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = n_iov;
-    // MSG_NOSIGNAL: a peer that went away is EPIPE here, never SIGPIPE.
-    ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        SetWantWrite(true);
-        return;
-      }
-      LoseConnection(absl::StrCat("write to ", connecting_to_, ": ", Errno(errno)));
+    // tcp: one sendmsg of these iovecs, no copy; tls: copied into TLS records.
+    size_t n = 0;
+    IoStatus status = transport_->Write(iov, n_iov, &n);
+    if (status != IoStatus::kOk) {
+      WriteBlocked(status);
       return;
     }
-    budget -= static_cast<size_t>(n);
-    Consume(static_cast<size_t>(n));
+    budget -= std::min(budget, n);
+    Consume(n);
   }
   // Budget spent with more to write: EPOLLOUT fires again on the next iteration, after the other
   // connections had their turn (as redis' writeToClient with NET_MAX_WRITES_PER_EVENT).
-  SetWantWrite(live_queued_ > 0);
+  SetWantWrite(live_queued_ > 0 || transport_->HasBufferedOutput());
+}
+
+void Connection::WriteBlocked(IoStatus status) {
+  switch (status) {
+    case IoStatus::kWantWrite:
+      SetWantWrite(true);
+      return;
+    case IoStatus::kWantRead:
+      // TLS: EPOLLIN (always armed) continues the write.
+      write_waits_for_read_ = true;
+      SetWantWrite(read_waits_for_write_);
+      return;
+    default:
+      LoseConnection(absl::StrCat("write to ", connecting_to_, ": ", transport_->error()));
+      return;
+  }
 }
 
 void Connection::Consume(size_t bytes) {
@@ -785,24 +893,42 @@ void Connection::Consume(size_t bytes) {
 
 bool Connection::ReadSome() {
   std::vector<char>& buf = ctx_->read_buffer;
-  for (int round = 0; round < kMaxReadsPerWakeup;) {
-    ssize_t n = ::recv(fd_.get(), buf.data(), buf.size(), 0);
-    if (n > 0) {
-      framer_.Append(absl::string_view(buf.data(), static_cast<size_t>(n)));
-      framer_appended_ += static_cast<size_t>(n);
-      if (!ProcessFrames()) return false;
-      if (static_cast<size_t>(n) < buf.size()) return true;
-      ++round;
-      continue;
+  if (read_waits_for_write_) {
+    read_waits_for_write_ = false;
+    SetWantWrite(live_queued_ > 0 || transport_->HasBufferedOutput());
+  }
+  for (int round = 0; round < kMaxReadsPerWakeup; ++round) {
+    size_t n = 0;
+    switch (transport_->Read(buf.data(), buf.size(), &n)) {
+      case IoStatus::kOk:
+        break;
+      case IoStatus::kWantRead:
+        return true;
+      case IoStatus::kWantWrite:
+        // TLS: the read needs to send first; EPOLLOUT continues it.
+        read_waits_for_write_ = true;
+        SetWantWrite(true);
+        return true;
+      case IoStatus::kClosed:
+        LoseConnection(absl::StrCat("connection to ", connecting_to_, " closed by peer"));
+        return false;
+      case IoStatus::kError:
+        LoseConnection(absl::StrCat("read from ", connecting_to_, ": ", transport_->error()));
+        return false;
     }
-    if (n == 0) {
-      LoseConnection(absl::StrCat("connection to ", connecting_to_, " closed by peer"));
-      return false;
-    }
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
-    LoseConnection(absl::StrCat("read from ", connecting_to_, ": ", Errno(errno)));
-    return false;
+    framer_.Append(absl::string_view(buf.data(), n));
+    framer_appended_ += n;
+    if (!ProcessFrames()) return false;
+    // A short read drained the socket (and whatever TLS had decrypted).
+    if (n < buf.size() && !transport_->HasBufferedInput()) return true;
+  }
+  if (transport_->HasBufferedInput() && resume_read_timer_ == 0) {
+    // TLS holds decrypted bytes the socket will not signal again (it may be empty by now): read
+    // them on the next iteration, after the other connections had their turn.
+    resume_read_timer_ = ctx_->loop->RunAfter(absl::ZeroDuration(), [this] {
+      resume_read_timer_ = 0;
+      if (state_ == ConnState::kConnected) OnIo(EPOLLIN);
+    });
   }
   return true;
 }

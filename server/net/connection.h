@@ -1,7 +1,8 @@
-// One persistent TCP connection to one target host:port (SPEC §3, §4), and the per-loop context
-// its loop shares among its connections. A Connection connects lazily, writes its queue with
-// coalesced sendmsg() calls, pipelines sync requests and matches their replies by id, enforces
-// per-message deadlines and the bounded queue, and reconnects with backoff. Internal to
+// One persistent connection to one target (SPEC §3, §4), and the per-loop context its loop shares
+// among its connections. A Connection resolves and connects lazily (with backoff), then runs the
+// JSON-RPC session over a Transport (net/transport.h: plain TCP, or TLS for tls: targets): it
+// writes its queue in coalesced writes (one sendmsg for tcp:), pipelines sync requests and matches
+// their replies by id, enforces per-message deadlines and the bounded queue. Internal to
 // server/net; WriterPool is the only user. The LoopContext also enforces the pool-wide cap on
 // target connections and the per-loop bound on buffered reply bytes.
 #ifndef EVENTBUS_SERVER_NET_CONNECTION_H_
@@ -26,6 +27,8 @@
 #include "server/net/event_loop.h"
 #include "server/net/outcome.h"
 #include "server/net/resolver.h"
+#include "server/net/tls_transport.h"
+#include "server/net/transport.h"
 #include "server/net/writer_pool.h"
 
 namespace eventbus::net {
@@ -67,12 +70,14 @@ class StatsRegistry {
 
 class Connection;
 
-// What the connections of one loop share: options, the resolver, the reply parser (one per loop
-// thread, so simdjson's buffers are allocated once) and the connection map. Created before the
+// What the connections of one loop share: options, the resolver, the pool's TLS client context,
+// the reply parser (one per loop thread, so simdjson's buffers are allocated once) and the
+// connection map. Created before the
 // loop thread starts; afterwards loop thread only (and main thread once the loop has stopped).
 struct LoopContext {
-  LoopContext(EventLoop* loop, const PoolOptions* options, Resolver* resolver, StatsRegistry* stats,
-              std::atomic<int64_t>* pending, std::atomic<size_t>* connection_count);
+  LoopContext(EventLoop* loop, const PoolOptions* options, Resolver* resolver,
+              const TlsClientContext* tls, StatsRegistry* stats, std::atomic<int64_t>* pending,
+              std::atomic<size_t>* connection_count);
   ~LoopContext();
 
   // One Submit() batch for this loop: enqueues every request and puts each touched connection on
@@ -105,6 +110,8 @@ struct LoopContext {
   EventLoop* const loop;
   const PoolOptions* const options;
   Resolver* const resolver;
+  // Makes the transports of tls: connections; owned by the pool.
+  const TlsClientContext* const tls;
   StatsRegistry* const stats;
   // Pool-wide count of messages submitted but not yet completed (for Drain).
   std::atomic<int64_t>* const pending;
@@ -218,6 +225,12 @@ class Connection final : public IoHandler {
   void TryNextAddress();
   void OnConnectEvent();
   void OnConnectTimeout();
+  // The socket is connected: puts the transport on it and starts its handshake (TLS).
+  void OnSocketConnected();
+  void ContinueHandshake();
+  // A failed TLS handshake counts as a failed attempt on this address, with kTlsFailed.
+  void HandshakeFailed(absl::string_view why);
+  // The transport is ready: the session starts writing.
   void OnConnected();
   void ConnectFailed();
   void OnRetryTimer();
@@ -226,9 +239,15 @@ class Connection final : public IoHandler {
   // The outcome of a message whose connect_deadline passed before the connection was made.
   Outcome ConnectShareOutcome(const Message& message) const;
 
+  // Registers the socket for `events` (or changes them).
+  void SetInterest(uint32_t events);
+
   // Connected.
   void SetWantWrite(bool want);
   void WriteSome();
+  // The transport could not take more (`status`): waits for the readiness it asked for, or
+  // loses the connection on kError.
+  void WriteBlocked(IoStatus status);
   void Consume(size_t bytes);
   bool ReadSome();
   bool ProcessFrames();
@@ -265,8 +284,15 @@ class Connection final : public IoHandler {
 
   ConnState state_ = ConnState::kIdle;
   base::UniqueFd fd_;
+  // Over fd_ once the socket is connected; reset before fd_ is closed.
+  std::unique_ptr<Transport> transport_;
+  // The socket is connected and the TLS handshake runs (state_ is still kConnecting).
+  bool handshaking_ = false;
   bool registered_ = false;
   bool want_write_ = false;
+  // TLS: a write waits for the socket to become readable, a read for it to become writable.
+  bool write_waits_for_read_ = false;
+  bool read_waits_for_write_ = false;
   bool ever_connected_ = false;
 
   std::vector<SocketAddress> addresses_;
@@ -282,6 +308,8 @@ class Connection final : public IoHandler {
   EventLoop::TimerId deadline_timer_ = 0;
   absl::Time deadline_timer_at_ = absl::InfiniteFuture();
   EventLoop::TimerId idle_timer_ = 0;
+  // Reads on once more when TLS still held decrypted bytes at the end of ReadSome's rounds.
+  EventLoop::TimerId resume_read_timer_ = 0;
   absl::Time idle_since_;
 
   // Unwritten messages; queue_[i].seq == front_seq_ + i. The head may be partially written

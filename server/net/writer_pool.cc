@@ -19,6 +19,7 @@
 #include "server/net/event_loop.h"
 #include "server/net/fd_budget.h"
 #include "server/net/resolver.h"
+#include "server/net/tls_transport.h"
 
 namespace eventbus::net {
 namespace {
@@ -87,6 +88,8 @@ struct WriterPool::Impl {
   std::atomic<int64_t> pending{0};
   std::atomic<size_t> connection_count{0};
   std::unique_ptr<Resolver> resolver;
+  // Shared by every loop's tls: connections; outlives the contexts (declared before them).
+  std::unique_ptr<TlsClientContext> tls;
   std::vector<std::unique_ptr<EventLoop>> loops;
   // Declared after `loops`: contexts (and their connections) go first.
   std::vector<std::unique_ptr<LoopContext>> contexts;
@@ -130,6 +133,10 @@ absl::StatusOr<std::unique_ptr<WriterPool>> WriterPool::Create(const PoolOptions
   resolver_options.max_threads = kMaxResolverThreads;
   resolver_options.lookup = options.resolve_lookup;
   s.resolver = std::make_unique<Resolver>(std::move(resolver_options));
+  // After the resolver: a failed Create still runs Shutdown(), which closes it.
+  absl::StatusOr<std::unique_ptr<TlsClientContext>> tls = TlsClientContext::Create(options.tls);
+  if (!tls.ok()) return tls.status();
+  s.tls = *std::move(tls);
   for (int i = 0; i < n; ++i) {
     absl::StatusOr<std::unique_ptr<EventLoop>> loop = EventLoop::Create();
     if (!loop.ok()) {
@@ -138,8 +145,8 @@ absl::StatusOr<std::unique_ptr<WriterPool>> WriterPool::Create(const PoolOptions
     }
     s.loops.push_back(*std::move(loop));
     s.contexts.push_back(std::make_unique<LoopContext>(s.loops.back().get(), &s.options,
-                                                       s.resolver.get(), &s.stats, &s.pending,
-                                                       &s.connection_count));
+                                                       s.resolver.get(), s.tls.get(), &s.stats,
+                                                       &s.pending, &s.connection_count));
   }
   for (int i = 0; i < n && n > 1; ++i) {
     Impl* impl = pool->impl_.get();

@@ -1,6 +1,7 @@
 // The writer pool (SPEC §4): N event loops, each on its own thread, each owning for their whole
 // life the connections to the targets that hash to it. One persistent TCP connection per target
-// host:port, shared by every subscription to it; requests are pipelined on it. Submit() is the one
+// host:port (one more, running TLS, for tls: targets), shared by every subscription to it;
+// requests are pipelined on it. Submit() is the one
 // way in: it groups a batch by owning loop and posts one closure per loop; Cancel() is the way
 // back out for requests their submitter abandoned.
 #ifndef EVENTBUS_SERVER_NET_WRITER_POOL_H_
@@ -26,6 +27,16 @@
 
 namespace eventbus::net {
 
+// TLS to tls: targets (SPEC §10): one client context per pool, built by WriterPool::Create.
+struct TargetTlsOptions {
+  // PEM file of the CA certificates that verify targets; empty: the system store.
+  std::string ca_file;
+  // PEM client certificate (chain) and its private key, presented to targets that ask for one
+  // (mTLS). Both or neither.
+  std::string cert_file;
+  std::string key_file;
+};
+
 struct PoolOptions {
   // Event-loop threads; 0 = number of cores.
   int num_loops = 0;
@@ -33,7 +44,8 @@ struct PoolOptions {
   // awaiting a reply count against max_queue_messages too).
   size_t max_queue_messages = 10000;
   size_t max_queue_bytes = 16 << 20;
-  // Non-blocking connect gives up after this long (CONNECT_FAILED).
+  // Non-blocking connect gives up after this long (CONNECT_FAILED); for tls: targets the TLS
+  // handshake that follows gets as long again (TLS_FAILED).
   absl::Duration connect_timeout = absl::Seconds(2);
   // A DNS lookup gives up after this long (RESOLVE_FAILED "resolve \"h\": timed out after N ms").
   absl::Duration resolve_timeout = absl::Seconds(2);
@@ -65,6 +77,8 @@ struct PoolOptions {
   const policy::DestinationPolicy* destination_policy = nullptr;
   // The resolver's blocking lookup (ResolverOptions::lookup). Null: getaddrinfo. A test seam.
   std::function<ResolveResult(const std::string& host)> resolve_lookup;
+  // Trust store and client certificate for tls: targets.
+  TargetTlsOptions tls;
 };
 
 // Lets a submitter abandon the requests it tagged with it (WriterPool::Cancel), e.g. a sync Raise
@@ -84,7 +98,7 @@ class CancelToken {
 
 // One message for one target.
 struct Request {
-  // Host and port name the connection; the method is not used here.
+  // Scheme (tcp:/tls:), host and port name the connection; the method is not used here.
   uri::TcpTarget target;
   // The shared body from jsonrpc::EncodeBody; the connection writes the "{" or "{\"id\":N,"
   // prefix itself.
@@ -133,7 +147,8 @@ struct TargetStats {
 // Thread-safe.
 class WriterPool {
  public:
-  // Starts the loop threads.
+  // Builds the TLS client context and starts the loop threads. INVALID_ARGUMENT when a TLS file
+  // cannot be used (the message names the option, the file and the problem).
   static absl::StatusOr<std::unique_ptr<WriterPool>> Create(const PoolOptions& options);
   // Shutdown() if not done yet.
   ~WriterPool();
@@ -143,9 +158,10 @@ class WriterPool {
   // `all_enqueued` runs once, on one of the loop threads. Never blocks on the network.
   void Submit(std::vector<Request> requests, absl::AnyInvocable<void()> all_enqueued = nullptr);
 
-  // Abandons every request tagged with `token` on the connections to `keys` ("host:port", as
-  // TcpTarget::Key()): one Post per loop touched. Requests submitted with `token` later fail at
-  // once. Their `done` runs (kTimeout, "abandoned ...") on the owning loops. Never blocks.
+  // Abandons every request tagged with `token` on the connections to `keys` ("host:port" or
+  // "tls:host:port", as TcpTarget::Key()): one Post per loop touched. Requests submitted with
+  // `token` later fail at once. Their `done` runs (kTimeout, "abandoned ...") on the owning loops.
+  // Never blocks.
   void Cancel(const std::shared_ptr<CancelToken>& token, const std::vector<std::string>& keys);
 
   // Checks `target` against PoolOptions::destination_policy as Subscribe does (SPEC §10): an IP
@@ -166,7 +182,7 @@ class WriterPool {
   // ("shutting down"). Idempotent.
   void Shutdown();
 
-  // The connection state and counters of target `key` ("host:port"), if it has a connection.
+  // The connection state and counters of target `key` (TcpTarget::Key()), if it has a connection.
   std::optional<TargetStats> Stats(const std::string& key) const;
   // All targets.
   std::vector<TargetStats> AllStats() const;

@@ -140,7 +140,7 @@ Fault NormaliseHost(absl::string_view text, std::string* host) {
   return {};
 }
 
-// Parses what follows "tcp:": HOST:PORT[/METHOD].
+// Parses what follows "tcp:" or "tls:": HOST:PORT[/METHOD].
 Fault ParseTcpBody(absl::string_view body, TcpTarget* target) {
   absl::string_view host_port = body;
   size_t slash = body.find('/');
@@ -192,14 +192,15 @@ Fault ParseTcpBody(absl::string_view body, TcpTarget* target) {
   return ParsePort(port_text, &target->port);
 }
 
-enum class Scheme { kTcp, kVirtual };
+enum class Scheme { kTcp, kTls, kVirtual };
 
 // Splits off and checks the scheme; *rest receives what follows the ':'.
 Fault ParseScheme(absl::string_view text, Scheme* scheme, absl::string_view* rest) {
   if (text.empty()) return "empty socket";
   size_t colon = text.find(':');
   if (colon == absl::string_view::npos) {
-    return "missing scheme (expected tcp:HOST:PORT[/METHOD] or virtual:POLICY SOCKET ...)";
+    return "missing scheme (expected tcp:HOST:PORT[/METHOD], tls:HOST:PORT[/METHOD] or "
+           "virtual:POLICY SOCKET ...)";
   }
   absl::string_view name = text.substr(0, colon);
   *rest = text.substr(colon + 1);
@@ -207,21 +208,26 @@ Fault ParseScheme(absl::string_view text, Scheme* scheme, absl::string_view* res
     *scheme = Scheme::kTcp;
     return {};
   }
+  if (name == "tls") {
+    *scheme = Scheme::kTls;
+    return {};
+  }
   if (name == "virtual") {
     *scheme = Scheme::kVirtual;
     return {};
   }
-  if (name == "tls") return "unsupported scheme \"tls\" (tls is not supported yet; use tcp)";
-  return absl::StrCat("unsupported scheme \"", name, "\" (expected tcp or virtual)");
+  return absl::StrCat("unsupported scheme \"", name, "\" (expected tcp, tls or virtual)");
 }
 
-// Parses a socket that must be tcp:. `nested_virtual_fault` is the fault for a virtual: socket.
+// Parses a socket that must be tcp: or tls:. `nested_virtual_fault` is the fault for a virtual:
+// socket.
 Fault ParseTcp(absl::string_view text, absl::string_view nested_virtual_fault, TcpTarget* target) {
   Scheme scheme;
   absl::string_view rest;
   Fault fault = ParseScheme(text, &scheme, &rest);
   if (!fault.empty()) return fault;
   if (scheme == Scheme::kVirtual) return std::string(nested_virtual_fault);
+  target->tls = scheme == Scheme::kTls;
   return ParseTcpBody(rest, target);
 }
 
@@ -245,17 +251,29 @@ absl::Status SocketError(absl::string_view text, absl::string_view fault) {
 
 }  // namespace
 
-std::string TcpTarget::Key() const {
+std::string TcpTarget::HostPort() const {
   if (IsIpv6Literal()) return absl::StrCat("[", host, "]:", port);
   return absl::StrCat(host, ":", port);
 }
 
+std::string TcpTarget::Key() const {
+  // tcp: keeps the bare "host:port" it always had (metrics and ListSubscriptions labels).
+  return tls ? absl::StrCat("tls:", HostPort()) : HostPort();
+}
+
 std::string TcpTarget::ToString() const {
-  if (method.empty()) return absl::StrCat("tcp:", Key());
-  return absl::StrCat("tcp:", Key(), "/", method);
+  absl::string_view scheme = tls ? "tls:" : "tcp:";
+  if (method.empty()) return absl::StrCat(scheme, HostPort());
+  return absl::StrCat(scheme, HostPort(), "/", method);
 }
 
 bool TcpTarget::IsIpv6Literal() const { return host.find(':') != std::string::npos; }
+
+bool TcpTarget::IsIpLiteral() const {
+  if (IsIpv6Literal()) return true;
+  in_addr addr;
+  return inet_pton(AF_INET, host.c_str(), &addr) == 1;
+}
 
 absl::string_view VirtualPolicyName(VirtualPolicy policy) {
   switch (policy) {
@@ -278,8 +296,9 @@ std::string SocketUri::ToString() const {
 
 absl::StatusOr<TcpTarget> ParseTcpSocket(absl::string_view text) {
   TcpTarget target;
-  Fault fault =
-      ParseTcp(text, "a virtual socket is not allowed here (expected tcp:HOST:PORT)", &target);
+  Fault fault = ParseTcp(
+      text, "a virtual socket is not allowed here (expected tcp:HOST:PORT or tls:HOST:PORT)",
+      &target);
   if (!fault.empty()) return SocketError(text, fault);
   return target;
 }
@@ -291,8 +310,9 @@ absl::StatusOr<SocketUri> ParseSocket(absl::string_view text) {
   if (!fault.empty()) return SocketError(text, fault);
 
   SocketUri uri;
-  if (scheme == Scheme::kTcp) {
+  if (scheme != Scheme::kVirtual) {
     TcpTarget target;
+    target.tls = scheme == Scheme::kTls;
     fault = ParseTcpBody(rest, &target);
     if (!fault.empty()) return SocketError(text, fault);
     uri.targets.push_back(std::move(target));

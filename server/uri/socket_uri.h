@@ -1,5 +1,6 @@
 // Parses and normalises subscriber sockets (SPEC §1):
 //   tcp:HOST:PORT[/METHOD]
+//   tls:HOST:PORT[/METHOD]             (the same JSON-RPC bytes, inside TLS)
 //   virtual:POLICY SOCKET SOCKET ...   (POLICY = PARALLEL | FAILOVER | ROUND-ROBIN)
 // Pure: no sockets, no DNS. The registry stores the parsed form; delivery reads its targets.
 #ifndef EVENTBUS_SERVER_URI_SOCKET_URI_H_
@@ -14,22 +15,29 @@
 
 namespace eventbus::uri {
 
-// One JSON-RPC server reached over TCP.
+// One JSON-RPC server reached over TCP (tcp:), or over TLS on TCP (tls:).
 struct TcpTarget {
   // DNS name (lower-cased), IPv4 literal, or IPv6 literal without brackets.
   std::string host;
   uint16_t port = 0;
   // Everything after the first '/', verbatim; empty means "no method" (the event name is used).
   std::string method;
+  // tls: the connection runs TLS (verified against the target CA, host name checked).
+  bool tls = false;
 
-  // "host:port", or "[v6]:port": names the one connection shared by every subscription to it.
+  // Names the one connection shared by every subscription to it: "host:port" (or "[v6]:port")
+  // for tcp:, "tls:host:port" for tls:, so that tcp: and tls: to one port never share it.
   std::string Key() const;
-  // The normalised socket: "tcp:" + Key() + ("/" + method when set).
+  // "host:port", or "[v6]:port", whatever the scheme.
+  std::string HostPort() const;
+  // The normalised socket: "tcp:" or "tls:", HostPort(), ("/" + method when set).
   std::string ToString() const;
   bool IsIpv6Literal() const;
+  // True when `host` is an IPv4 or IPv6 literal rather than a DNS name.
+  bool IsIpLiteral() const;
 
   friend bool operator==(const TcpTarget& a, const TcpTarget& b) {
-    return a.host == b.host && a.port == b.port && a.method == b.method;
+    return a.host == b.host && a.port == b.port && a.method == b.method && a.tls == b.tls;
   }
 };
 
@@ -38,15 +46,15 @@ enum class VirtualPolicy { kParallel, kFailover, kRoundRobin };
 // "PARALLEL", "FAILOVER", "ROUND-ROBIN".
 absl::string_view VirtualPolicyName(VirtualPolicy policy);
 
-// A parsed subscriber socket: either one TCP target or a virtual group of them.
+// A parsed subscriber socket: either one TCP (or TLS) target or a virtual group of them.
 struct SocketUri {
   bool is_virtual = false;
   // Meaningful only when is_virtual.
   VirtualPolicy policy = VirtualPolicy::kParallel;
-  // One element for tcp:, the members in order for virtual:.
+  // One element for tcp: and tls:, the members in order for virtual:.
   std::vector<TcpTarget> targets;
 
-  // The normalised text: "tcp:h:p[/m]" or "virtual:POLICY m1 m2" (single spaces).
+  // The normalised text: "tcp:h:p[/m]", "tls:h:p[/m]" or "virtual:POLICY m1 m2" (single spaces).
   std::string ToString() const;
 };
 
@@ -57,7 +65,7 @@ struct SocketUri {
 // virtual group may not list the same member twice (after normalisation).
 absl::StatusOr<SocketUri> ParseSocket(absl::string_view text);
 
-// Parses a single "tcp:..." socket (a virtual member, or a plain subscription).
+// Parses a single "tcp:..." or "tls:..." socket (a virtual member, or a plain subscription).
 absl::StatusOr<TcpTarget> ParseTcpSocket(absl::string_view text);
 
 }  // namespace eventbus::uri

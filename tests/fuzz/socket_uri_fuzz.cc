@@ -3,7 +3,7 @@
 //   the socket (`socket "<input>": ...`, the input perhaps shortened).
 // - Normalisation is a fixed point: a parsed socket prints (ToString) to text that parses again to
 //   the same socket and prints to the same text.
-// - ParseTcpSocket agrees with ParseSocket on every tcp: socket.
+// - ParseTcpSocket agrees with ParseSocket on every tcp: and tls: socket.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -41,7 +41,7 @@ void CheckSocket(absl::string_view input) {
   }
   FUZZ_CHECK(!parsed->targets.empty(), absl::StrCat("input ", Quote(input), ": no targets"));
   FUZZ_CHECK(parsed->is_virtual || parsed->targets.size() == 1,
-             absl::StrCat("input ", Quote(input), ": tcp socket with several targets"));
+             absl::StrCat("input ", Quote(input), ": tcp/tls socket with several targets"));
   for (const TcpTarget& target : parsed->targets) {
     FUZZ_CHECK(!target.host.empty() && target.port != 0,
                absl::StrCat("input ", Quote(input), ": empty host or port 0"));

@@ -326,6 +326,17 @@ TEST(EventbusdConfigTest, StartUpErrorsAreOneLineInTheLogFormat) {
   EXPECT_THAT(LastLineOfAFailedStart({"--log_format", "json", "--store=etcd://"}, {}, 2),
               HasSubstr("\"error\":\"INVALID_ARGUMENT: store \\\"etcd://\\\": "));
 
+  // TLS files for tls: subscribers are checked at start-up: exit 2 naming flag, file, problem.
+  const std::string missing = absl::StrCat(::testing::TempDir(), "/no-such-ca.pem");
+  EXPECT_THAT(LastLineOfAFailedStart(
+                  {"--store=memory", "--listen=127.0.0.1:0", "--target_ca_file=" + missing}, {}, 2),
+              HasSubstr(absl::StrCat(error_line, "\"INVALID_ARGUMENT: target_ca_file \\\"", missing,
+                                     "\\\": cannot open: No such file or directory\"")));
+  EXPECT_THAT(LastLineOfAFailedStart({"--store=memory", "--listen=127.0.0.1:0",
+                                      "--target_cert=" + std::string(EVENTBUSD_PATH)},
+                                     {}, 2),
+              HasSubstr("needs target_key as well"));
+
   // A port already taken.
   uint16_t port = 0;
   const int fd = testing::ListenTcp(0, &port);

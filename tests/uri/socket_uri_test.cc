@@ -30,6 +30,7 @@ TEST_P(ValidTcpSocketTest, ParsesAndNormalises) {
   EXPECT_EQ(uri->targets[0].host, c.host);
   EXPECT_EQ(uri->targets[0].port, c.port);
   EXPECT_EQ(uri->targets[0].method, c.method);
+  EXPECT_EQ(uri->targets[0].tls, c.normalised.rfind("tls:", 0) == 0);
   EXPECT_EQ(uri->ToString(), c.normalised);
 
   absl::StatusOr<TcpTarget> target = ParseTcpSocket(c.input);
@@ -72,7 +73,13 @@ INSTANTIATE_TEST_SUITE_P(
         ValidTcpCase{"tcp:beef.cafe:80", "beef.cafe", 80, "", "tcp:beef.cafe:80"},
         ValidTcpCase{"tcp:1e1:80", "1e1", 80, "", "tcp:1e1:80"},
         ValidTcpCase{"tcp:0x:80", "0x", 80, "", "tcp:0x:80"},
-        ValidTcpCase{"tcp:0.0.0.0:80", "0.0.0.0", 80, "", "tcp:0.0.0.0:80"}));
+        ValidTcpCase{"tcp:0.0.0.0:80", "0.0.0.0", 80, "", "tcp:0.0.0.0:80"},
+        // tls: takes the same HOST:PORT[/METHOD] as tcp:, normalised the same way.
+        ValidTcpCase{"tls:h:443", "h", 443, "", "tls:h:443"},
+        ValidTcpCase{"tls:Example.COM:0443/handle_cmd", "example.com", 443, "handle_cmd",
+                     "tls:example.com:443/handle_cmd"},
+        ValidTcpCase{"tls:[0:0::1]:8443/", "::1", 8443, "", "tls:[::1]:8443"},
+        ValidTcpCase{"tls:127.0.0.1:1", "127.0.0.1", 1, "", "tls:127.0.0.1:1"}));
 
 TEST(SocketUriTest, KeyNamesHostAndPortOnly) {
   absl::StatusOr<TcpTarget> target = ParseTcpSocket("tcp:Host.Example:99/method");
@@ -87,6 +94,32 @@ TEST(SocketUriTest, KeyBracketsIpv6Hosts) {
   EXPECT_EQ(target->host, "fe80::1");
   EXPECT_EQ(target->Key(), "[fe80::1]:99");
   EXPECT_TRUE(target->IsIpv6Literal());
+}
+
+TEST(SocketUriTest, TlsKeyDiffersFromTcpKeyOfTheSameHostAndPort) {
+  absl::StatusOr<TcpTarget> tcp = ParseTcpSocket("tcp:h:1/m");
+  absl::StatusOr<TcpTarget> tls = ParseTcpSocket("tls:h:1/m");
+  ASSERT_TRUE(tcp.ok() && tls.ok());
+  EXPECT_EQ(tcp->Key(), "h:1");
+  EXPECT_EQ(tls->Key(), "tls:h:1");
+  EXPECT_EQ(tls->HostPort(), "h:1");
+  EXPECT_FALSE(*tcp == *tls);
+  absl::StatusOr<TcpTarget> v6 = ParseTcpSocket("tls:[::1]:2");
+  ASSERT_TRUE(v6.ok());
+  EXPECT_EQ(v6->Key(), "tls:[::1]:2");
+}
+
+TEST(SocketUriTest, TellsIpLiteralsFromNames) {
+  for (absl::string_view literal : {"tls:127.0.0.1:1", "tls:[::1]:1", "tcp:0.0.0.0:1"}) {
+    absl::StatusOr<TcpTarget> target = ParseTcpSocket(literal);
+    ASSERT_TRUE(target.ok()) << literal;
+    EXPECT_TRUE(target->IsIpLiteral()) << literal;
+  }
+  for (absl::string_view name : {"tls:localhost:1", "tls:1e1:1", "tcp:a.b.c:1"}) {
+    absl::StatusOr<TcpTarget> target = ParseTcpSocket(name);
+    ASSERT_TRUE(target.ok()) << name;
+    EXPECT_FALSE(target->IsIpLiteral()) << name;
+  }
 }
 
 TEST(SocketUriTest, HostNamesCompareCaseInsensitively) {
@@ -151,6 +184,11 @@ INSTANTIATE_TEST_SUITE_P(
                                        VirtualPolicy::kRoundRobin,
                                        {"tcp:a:1", "tcp:b:2/x/y"},
                                        "virtual:ROUND-ROBIN tcp:a:1 tcp:b:2/x/y"},
+                      // tcp: and tls: to one host:port are two members (two connections).
+                      ValidVirtualCase{"virtual:FAILOVER tls:A:1 tcp:a:1",
+                                       VirtualPolicy::kFailover,
+                                       {"tls:a:1", "tcp:a:1"},
+                                       "virtual:FAILOVER tls:a:1 tcp:a:1"},
                       // One target with two methods is two members, not a duplicate.
                       ValidVirtualCase{"virtual:PARALLEL tcp:a:1/x tcp:a:1/y tcp:a:1",
                                        VirtualPolicy::kParallel,
@@ -187,19 +225,24 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         ErrorCase{"", "socket \"\": empty socket"},
         ErrorCase{"localhost",
-                  "socket \"localhost\": missing scheme (expected tcp:HOST:PORT[/METHOD] or "
-                  "virtual:POLICY SOCKET ...)"},
+                  "socket \"localhost\": missing scheme (expected tcp:HOST:PORT[/METHOD], "
+                  "tls:HOST:PORT[/METHOD] or virtual:POLICY SOCKET ...)"},
         ErrorCase{"udp:h:1",
-                  "socket \"udp:h:1\": unsupported scheme \"udp\" (expected tcp or "
+                  "socket \"udp:h:1\": unsupported scheme \"udp\" (expected tcp, tls or "
                   "virtual)"},
         ErrorCase{"TCP:h:1",
-                  "socket \"TCP:h:1\": unsupported scheme \"TCP\" (expected tcp or "
+                  "socket \"TCP:h:1\": unsupported scheme \"TCP\" (expected tcp, tls or "
                   "virtual)"},
-        ErrorCase{"tls:h:1",
-                  "socket \"tls:h:1\": unsupported scheme \"tls\" (tls is not "
-                  "supported yet; use tcp)"},
+        ErrorCase{"TLS:h:1",
+                  "socket \"TLS:h:1\": unsupported scheme \"TLS\" (expected tcp, tls or "
+                  "virtual)"},
+        ErrorCase{"tls:h:70000", "socket \"tls:h:70000\": port out of range (1-65535)"},
+        ErrorCase{"tls:h", "socket \"tls:h\": missing port"},
+        ErrorCase{"virtual:FAILOVER tls:a:1 tls:A:01",
+                  "socket \"virtual:FAILOVER tls:a:1 tls:A:01\": member 2 \"tls:A:01\": "
+                  "duplicate of member 1 (tls:a:1)"},
         ErrorCase{" tcp:h:1",
-                  "socket \" tcp:h:1\": unsupported scheme \" tcp\" (expected tcp or "
+                  "socket \" tcp:h:1\": unsupported scheme \" tcp\" (expected tcp, tls or "
                   "virtual)"},
         ErrorCase{"tcp:", "socket \"tcp:\": missing host"},
         ErrorCase{"tcp:/m", "socket \"tcp:/m\": missing host"},
@@ -341,10 +384,10 @@ INSTANTIATE_TEST_SUITE_P(
                   "\"ROUND_ROBIN\" (expected PARALLEL, FAILOVER or ROUND-ROBIN)"},
         ErrorCase{"VIRTUAL:PARALLEL tcp:a:1",
                   "socket \"VIRTUAL:PARALLEL tcp:a:1\": unsupported scheme \"VIRTUAL\" "
-                  "(expected tcp or virtual)"},
+                  "(expected tcp, tls or virtual)"},
         ErrorCase{"virtual:FAILOVER tcp:a:1 udp:b:2",
                   "socket \"virtual:FAILOVER tcp:a:1 udp:b:2\": member 2 \"udp:b:2\": "
-                  "unsupported scheme \"udp\" (expected tcp or virtual)"},
+                  "unsupported scheme \"udp\" (expected tcp, tls or virtual)"},
         ErrorCase{"virtual:PARALLEL tcp:a:70000 tcp:b:1",
                   "socket \"virtual:PARALLEL tcp:a:70000 tcp:b:1\": member 1 \"tcp:a:70000\": "
                   "port out of range (1-65535)"},
@@ -353,7 +396,7 @@ INSTANTIATE_TEST_SUITE_P(
                   "\"virtual:FAILOVER\": nested virtual sockets are not allowed"},
         ErrorCase{"virtual:PARALLEL tcp:a:1 tcp:b:2 b:3",
                   "socket \"virtual:PARALLEL tcp:a:1 tcp:b:2 b:3\": member 3 \"b:3\": "
-                  "unsupported scheme \"b\" (expected tcp or virtual)"},
+                  "unsupported scheme \"b\" (expected tcp, tls or virtual)"},
         ErrorCase{"virtual:PARALLEL tcp:::1:5",
                   "socket \"virtual:PARALLEL tcp:::1:5\": member 1 \"tcp:::1:5\": IPv6 host "
                   "must be bracketed (e.g. tcp:[::1]:8080)"}));
@@ -364,11 +407,11 @@ TEST(SocketUriTest, ParseTcpSocketRejectsVirtualSockets) {
   EXPECT_EQ(target.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(target.status().message(),
             "socket \"virtual:PARALLEL tcp:a:1\": a virtual socket is not allowed here "
-            "(expected tcp:HOST:PORT)");
+            "(expected tcp:HOST:PORT or tls:HOST:PORT)");
 }
 
 TEST(SocketUriTest, ParseTcpSocketReportsTheSameFaultsAsParseSocket) {
-  for (absl::string_view input : {"tcp:h:70000", "udp:h:1", "tcp::80", "tcp:::1:80"}) {
+  for (absl::string_view input : {"tcp:h:70000", "udp:h:1", "tcp::80", "tcp:::1:80", "tls::80"}) {
     absl::StatusOr<TcpTarget> target = ParseTcpSocket(input);
     absl::StatusOr<SocketUri> uri = ParseSocket(input);
     ASSERT_FALSE(target.ok()) << input;
