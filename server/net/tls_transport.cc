@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/tls/pem.h"
 
 namespace eventbus::net {
 namespace {
@@ -107,17 +108,6 @@ const BIO_METHOD* SocketBioMethod() {
   return method;
 }
 
-// Checks that `path` can be opened for reading; the error names the option and the file.
-absl::Status CheckReadable(absl::string_view option, const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "r");
-  if (f == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(option, " \"", path, "\": cannot open: ", strerror(errno)));
-  }
-  std::fclose(f);
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -144,41 +134,43 @@ absl::StatusOr<std::unique_ptr<TlsClientContext>> TlsClientContext::Create(
           absl::StrCat("TLS for targets: cannot use the system CA store: ", TakeOpensslErrors()));
     }
   } else {
-    if (absl::Status readable = CheckReadable("target_ca_file", options.ca_file); !readable.ok()) {
-      return readable;
+    // Read and checked first, so that a wrong file reads like every other TLS flag's error.
+    if (absl::StatusOr<std::string> ca =
+            tls::ReadCertificates({"--target_ca_file", options.ca_file});
+        !ca.ok()) {
+      return ca.status();
     }
     if (SSL_CTX_load_verify_locations(ctx, options.ca_file.c_str(), nullptr) != 1) {
       return absl::InvalidArgumentError(
-          absl::StrCat("target_ca_file \"", options.ca_file,
+          absl::StrCat("--target_ca_file \"", options.ca_file,
                        "\": cannot load CA certificates: ", TakeOpensslErrors()));
     }
   }
   if (options.cert_file.empty() != options.key_file.empty()) {
     return absl::InvalidArgumentError(
         options.cert_file.empty()
-            ? absl::StrCat("target_key \"", options.key_file, "\" needs target_cert as well")
-            : absl::StrCat("target_cert \"", options.cert_file, "\" needs target_key as well"));
+            ? absl::StrCat("--target_key \"", options.key_file, "\" needs --target_cert as well")
+            : absl::StrCat("--target_cert \"", options.cert_file, "\" needs --target_key as well"));
   }
   if (!options.cert_file.empty()) {
-    if (absl::Status readable = CheckReadable("target_cert", options.cert_file); !readable.ok()) {
-      return readable;
-    }
-    if (absl::Status readable = CheckReadable("target_key", options.key_file); !readable.ok()) {
-      return readable;
+    if (absl::StatusOr<tls::KeyPair> pair = tls::ReadKeyPair({"--target_cert", options.cert_file},
+                                                             {"--target_key", options.key_file});
+        !pair.ok()) {
+      return pair.status();
     }
     if (SSL_CTX_use_certificate_chain_file(ctx, options.cert_file.c_str()) != 1) {
       return absl::InvalidArgumentError(
-          absl::StrCat("target_cert \"", options.cert_file,
+          absl::StrCat("--target_cert \"", options.cert_file,
                        "\": cannot load the certificate: ", TakeOpensslErrors()));
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, options.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
       return absl::InvalidArgumentError(
-          absl::StrCat("target_key \"", options.key_file,
+          absl::StrCat("--target_key \"", options.key_file,
                        "\": cannot load the private key: ", TakeOpensslErrors()));
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
       return absl::InvalidArgumentError(
-          absl::StrCat("target_key \"", options.key_file, "\" does not match target_cert \"",
+          absl::StrCat("--target_key \"", options.key_file, "\" does not match target_cert \"",
                        options.cert_file, "\": ", TakeOpensslErrors()));
     }
   }

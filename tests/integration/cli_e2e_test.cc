@@ -330,12 +330,12 @@ TEST(EventbusdConfigTest, StartUpErrorsAreOneLineInTheLogFormat) {
   const std::string missing = absl::StrCat(::testing::TempDir(), "/no-such-ca.pem");
   EXPECT_THAT(LastLineOfAFailedStart(
                   {"--store=memory", "--listen=127.0.0.1:0", "--target_ca_file=" + missing}, {}, 2),
-              HasSubstr(absl::StrCat(error_line, "\"INVALID_ARGUMENT: target_ca_file \\\"", missing,
-                                     "\\\": cannot open: No such file or directory\"")));
+              HasSubstr(absl::StrCat(error_line, "\"INVALID_ARGUMENT: --target_ca_file \\\"",
+                                     missing, "\\\": cannot read: No such file or directory\"")));
   EXPECT_THAT(LastLineOfAFailedStart({"--store=memory", "--listen=127.0.0.1:0",
                                       "--target_cert=" + std::string(EVENTBUSD_PATH)},
                                      {}, 2),
-              HasSubstr("needs target_key as well"));
+              HasSubstr("needs --target_key as well"));
 
   // A port already taken.
   uint16_t port = 0;

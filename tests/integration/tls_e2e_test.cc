@@ -168,8 +168,8 @@ TEST_F(TlsE2eTest, MissingTargetCaFileRefusesToStart) {
   ASSERT_FALSE(server.ok());
   EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(server.status().message()),
-              HasSubstr(absl::StrCat("target_ca_file \"", pki_->dir(),
-                                     "/nope.pem\": cannot open: No such file or directory")));
+              HasSubstr(absl::StrCat("--target_ca_file \"", pki_->dir(),
+                                     "/nope.pem\": cannot read: No such file or directory")));
 }
 
 }  // namespace

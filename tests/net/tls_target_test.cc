@@ -538,18 +538,18 @@ TEST_F(TlsTargetTest, UnusableTlsFilesFailPoolCreationNamingOptionFileAndProblem
   const std::string missing = pki_->dir() + "/missing.pem";
   std::vector<Case> cases = {
       {{missing, "", ""},
-       absl::StrCat("target_ca_file \"", missing, "\": cannot open: No such file or directory")},
+       absl::StrCat("--target_ca_file \"", missing, "\": cannot read: No such file or directory")},
       {{client->key_path, "", ""},
-       absl::StrCat("target_ca_file \"", client->key_path, "\": cannot load CA certificates: ")},
+       absl::StrCat("--target_ca_file \"", client->key_path, "\": no PEM certificate in it")},
       {{"", client->cert_path, ""},
-       absl::StrCat("target_cert \"", client->cert_path, "\" needs target_key as well")},
+       absl::StrCat("--target_cert \"", client->cert_path, "\" needs --target_key as well")},
       {{"", "", client->key_path},
-       absl::StrCat("target_key \"", client->key_path, "\" needs target_cert as well")},
+       absl::StrCat("--target_key \"", client->key_path, "\" needs --target_cert as well")},
       {{"", client->cert_path, missing},
-       absl::StrCat("target_key \"", missing, "\": cannot open: No such file or directory")},
+       absl::StrCat("--target_key \"", missing, "\": cannot read: No such file or directory")},
       {{"", client->cert_path, server_cert_.key_path},
-       absl::StrCat("target_key \"", server_cert_.key_path,
-                    "\": cannot load the private key: key values mismatch")},
+       absl::StrCat("--target_key \"", server_cert_.key_path,
+                    "\": the private key does not match the certificate in --target_cert")},
   };
   for (const Case& c : cases) {
     PoolOptions options;
