@@ -194,6 +194,52 @@ TEST_F(DispatcherTest, SubscriptionEventParamOverridesServerDefault) {
   EXPECT_EQ(b->Received(), R"({"jsonrpc":"2.0","method":"E_TEST","params":[3,5]})");
 }
 
+// The body is encoded once per distinct (method, event_param): every combination, repeated and
+// interleaved on one connection, still gets its own exact bytes.
+TEST_F(DispatcherTest, EachMethodAndEventParamCombinationGetsItsOwnBody) {
+  DispatcherOptions options;
+  options.event_param = "ev";
+  MakeDispatcher(options);
+  auto a = StartPeer();
+  jsonrpc::Params params{jsonrpc::Params::Kind::kNamed, R"({"n":1})"};
+  Raise(
+      {Sub("s1", a->socket("m1")), Sub("s2", a->socket("m2"), ""), Sub("s3", a->socket("m1"), "k"),
+       Sub("s4", a->socket("m1")), Sub("s5", a->socket("m2"), ""), Sub("s6", a->socket("m2"), "k"),
+       Sub("s7", a->socket(), "")},
+      /*sync=*/false, params);
+  ASSERT_TRUE(a->WaitForMessages(7, kWait));
+  EXPECT_THAT(a->Messages(),
+              ElementsAre(R"({"jsonrpc":"2.0","method":"m1","params":{"ev":"E_TEST","n":1}})",
+                          R"({"jsonrpc":"2.0","method":"m2","params":{"n":1}})",
+                          R"({"jsonrpc":"2.0","method":"m1","params":{"k":"E_TEST","n":1}})",
+                          R"({"jsonrpc":"2.0","method":"m1","params":{"ev":"E_TEST","n":1}})",
+                          R"({"jsonrpc":"2.0","method":"m2","params":{"n":1}})",
+                          R"({"jsonrpc":"2.0","method":"m2","params":{"k":"E_TEST","n":1}})",
+                          R"({"jsonrpc":"2.0","method":"E_TEST","params":{"n":1}})"));
+}
+
+// Thousands of distinct methods on one target (the body cache is a hash map, not a list): each
+// subscription gets the body of its own method, in subscription order.
+TEST_F(DispatcherTest, ThousandsOfDistinctMethodsEachGetTheirOwnBody) {
+  constexpr int kSubs = 3000;
+  auto a = StartPeer();
+  std::vector<registry::SubscriptionPtr> subs;
+  for (int i = 0; i < kSubs; ++i) {
+    subs.push_back(Sub(absl::StrCat("s", i), a->socket(absl::StrCat("m", i % 1500))));
+  }
+  jsonrpc::Params params{jsonrpc::Params::Kind::kPositional, "[1]"};
+  auto reports = Raise(std::move(subs), /*sync=*/false, params);
+  ASSERT_THAT(reports, SizeIs(kSubs));
+  ASSERT_TRUE(a->WaitForMessages(kSubs, kWait));
+  std::vector<std::string> messages = a->Messages();
+  ASSERT_THAT(messages, SizeIs(kSubs));
+  for (int i = 0; i < kSubs; ++i) {
+    ASSERT_EQ(messages[i],
+              absl::StrCat(R"({"jsonrpc":"2.0","method":"m)", i % 1500, R"(","params":[1]})"))
+        << "subscription " << i;
+  }
+}
+
 TEST_F(DispatcherTest, ExpiredSubscriptionGetsNothing) {
   auto a = StartPeer();
   auto sub = std::const_pointer_cast<registry::Subscription>(Sub("s1", a->socket()));
