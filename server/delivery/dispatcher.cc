@@ -83,12 +83,16 @@ DeliveryReport ParallelReport(std::vector<Attempt> attempts, absl::Duration late
 // uncontended but for the callbacks of this one event.
 struct Dispatcher::RaiseState {
   std::mutex mu;  // guards reports, final, pending, answered, cancelled, keys
+  // The live subscriptions, one per slot: a report is named from its slot's subscription only when
+  // it is made (a QUEUED one that is only counted never copies its id and socket).
+  std::vector<registry::SubscriptionPtr> subs;
   std::vector<DeliveryReport> reports;
   std::vector<bool> final;
   size_t pending = 0;
   bool answered = false;
   bool cancelled = false;
   bool sync = false;
+  bool queued_reports = true;
   absl::Time start;
   Done done;
   // Sync only: tags every request of this Raise, and the targets ("host:port") they went to, so
@@ -122,18 +126,19 @@ struct Dispatcher::RaiseState {
   // connection's business (counted in its stats).
   void Complete(size_t i, DeliveryReport report) {
     Done to_run;
-    std::vector<DeliveryReport> out;
+    RaiseResult out;
     {
       std::lock_guard<std::mutex> lock(mu);
       if (answered || final[i]) return;
       final[i] = true;
-      // The slot already names its subscription; the callbacks only know the outcome.
-      report.subscription_id = std::move(reports[i].subscription_id);
-      report.socket = std::move(reports[i].socket);
+      // The callbacks only know the outcome; the slot names its subscription.
+      report.subscription_id = subs[i]->id;
+      report.socket = subs[i]->socket;
       reports[i] = std::move(report);
       if (!sync || --pending > 0) return;
       answered = true;
-      out = std::move(reports);
+      out.targets = reports.size();
+      out.reports = std::move(reports);
       to_run = std::move(done);
     }
     to_run(std::move(out));
@@ -146,20 +151,29 @@ struct Dispatcher::RaiseState {
     reports[i].attempts = attempts;
   }
 
-  // Async: answers with QUEUED for every slot that has no immediate failure.
+  // Async: answers with QUEUED for every slot that has no immediate failure (reported, or only
+  // counted when queued_reports is off).
   void AnswerQueued(absl::Time now) {
-    std::vector<DeliveryReport> out;
+    RaiseResult out;
     {
       std::lock_guard<std::mutex> lock(mu);
       if (answered) return;
       answered = true;
+      out.targets = reports.size();
       for (size_t i = 0; i < reports.size(); ++i) {
-        if (final[i]) continue;
+        if (final[i]) {
+          if (!queued_reports) out.reports.push_back(std::move(reports[i]));
+          continue;
+        }
+        ++out.queued;
+        if (!queued_reports) continue;
+        reports[i].subscription_id = subs[i]->id;
+        reports[i].socket = subs[i]->socket;
         reports[i].outcome = Outcome{};
         reports[i].outcome.code = DeliveryCode::kQueued;
         reports[i].latency = now - start;
       }
-      out = std::move(reports);
+      if (queued_reports) out.reports = std::move(reports);
     }
     done(std::move(out));
   }
@@ -198,12 +212,13 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
     scope = options_.observer->OnRaise(event, options.sync, live.size());
   }
   if (live.empty()) {
-    done({});
+    done(RaiseResult{});
     return RaiseHandle();
   }
 
   auto state = std::make_shared<RaiseState>();
   state->sync = options.sync;
+  state->queued_reports = options.queued_reports;
   state->observer = options_.observer;
   state->scope = scope;
   // Async answers once everything is queued: what was acknowledged is never abandoned.
@@ -217,20 +232,19 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
     state->reports.resize(live.size());
     state->final.assign(live.size(), false);
     state->pending = live.size();
-    for (size_t i = 0; i < live.size(); ++i) {
-      state->reports[i].subscription_id = live[i]->id;
-      state->reports[i].socket = live[i]->socket;
-    }
+    state->subs = std::move(live);
   }
+  // Set once above, never changed again: read without the lock.
+  const std::vector<registry::SubscriptionPtr>& subs = state->subs;
 
   const absl::Time deadline = now + options.timeout;
   BodyCache bodies(event, params);
   std::vector<net::Request> batch;
-  batch.reserve(live.size());
+  batch.reserve(subs.size());
   std::vector<std::shared_ptr<GroupRun>> groups;
 
-  for (size_t i = 0; i < live.size(); ++i) {
-    const registry::Subscription& sub = *live[i];
+  for (size_t i = 0; i < subs.size(); ++i) {
+    const registry::Subscription& sub = *subs[i];
     const std::string& event_param = sub.event_param ? *sub.event_param : options_.event_param;
     const std::vector<uri::TcpTarget>& members = sub.target.targets;
 
@@ -310,7 +324,7 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
     auto run = std::make_shared<GroupRun>();
     run->raise = state;
     run->slot = i;
-    run->sub = live[i];
+    run->sub = subs[i];
     run->deadline = deadline;
     for (const uri::TcpTarget& member : members) {
       run->bodies.push_back(bodies.Get(member.method, event_param));
@@ -332,7 +346,7 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
           rr_prune_at_ = std::max(kMinPruneAt, 2 * rr_next_.size());
         }
         Rotation& rotation = rr_next_[sub.id];
-        rotation.sub = live[i];
+        rotation.sub = subs[i];
         start = rotation.next++;
       }
       for (size_t k = 0; k < n; ++k) run->order.push_back((start + k) % n);

@@ -313,6 +313,8 @@ void TargetsPhase(int n, SinkProcess& sinks, client::Client& client,
   const absl::Duration answer = absl::Now() - burst_start;
   std::map<std::string, int> statuses;
   if (resp.ok()) {
+    // The compact answer counts the QUEUED ones and lists the rest.
+    if (resp->queued() > 0) statuses["QUEUED"] = static_cast<int>(resp->queued());
     for (const auto& d : resp->deliveries()) ++statuses[v1::DeliveryStatus_Name(d.status())];
   } else {
     statuses[std::string(resp.status().message())] = 1;
