@@ -1,6 +1,7 @@
 // Fan-out of one Raise (SPEC §5, §7): where bytes meet meaning. Takes the event's subscriber
 // snapshot, encodes the event once per distinct (method, event_param), applies virtual-group
-// policies, submits one batch to the writer pool, and collects one report per subscription.
+// policies, submits one batch to the writer pool, and collects one report per subscription (async:
+// QUEUED ones only counted, unless asked for).
 // Completion runs on a loop thread: no thread ever waits for a reply.
 #ifndef EVENTBUS_SERVER_DELIVERY_DISPATCHER_H_
 #define EVENTBUS_SERVER_DELIVERY_DISPATCHER_H_
@@ -92,8 +93,8 @@ class Dispatcher {
   ~Dispatcher();
 
   // Delivers `event` to every subscription in `subscribers` that is live now. `done` runs once,
-  // with the reports (RaiseResult): async, as soon as every
-  // delivery is queued (QUEUED or an immediate failure); sync, when every target has an outcome,
+  // with the answer (RaiseResult): async, as soon as every delivery is queued (QUEUED or an
+  // immediate failure); sync, when every target has an outcome,
   // at most `options.timeout` later (plus timer precision). Runs `done` inline when there is
   // nobody to deliver to.
   // Returns a handle for Cancel().
