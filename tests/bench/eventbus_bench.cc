@@ -56,6 +56,8 @@ ABSL_FLAG(int, window, 64, "Raise calls in flight at once in throughput phases")
 ABSL_FLAG(int, latency_calls, 2000, "Sequential sync Raises per latency phase");
 ABSL_FLAG(int, loops, 0, "In-process server: event loops (0 = cores)");
 ABSL_FLAG(bool, large, true, "Run the 1k/10k target and distinct-method phases");
+ABSL_FLAG(std::string, phases, "nobody,async,targets,methods,sync",
+          "Phases to run after the baseline (e.g. targets alone, to profile it)");
 ABSL_FLAG(int, method_raises, 20, "Sequential Raises per distinct-method phase");
 ABSL_FLAG(std::string, log_level, "warning",
           "In-process server: log level (info logs every Subscribe)");
@@ -476,8 +478,12 @@ int Main() {
       "(client and server in this process)\n",
       base_rate, base_ns, base_lat.p50_us);
 
+  const std::string phases = absl::StrCat(",", absl::GetFlag(FLAGS_phases), ",");
+  auto runs = [&phases](const char* name) {
+    return phases.find(absl::StrCat(",", name, ",")) != std::string::npos;
+  };
   // Raise calls/s with nobody to deliver to: the gRPC and registry path alone.
-  {
+  if (runs("nobody")) {
     WindowResult r = RunWindow(**client, Event("BENCH_NOBODY", false), window, phase);
     const double rate = r.calls / absl::ToDoubleSeconds(r.elapsed);
     const double ns = NsPer(r.cpu.process, r.calls);
@@ -488,6 +494,7 @@ int Main() {
   }
 
   for (int n : {1, 10, 100}) {
+    if (!runs("async")) break;
     std::vector<std::unique_ptr<Sink>> sinks;
     const std::string event = absl::StrCat("BENCH_ASYNC_", n);
     for (int i = 0; i < n; ++i) {
@@ -521,14 +528,17 @@ int Main() {
 
   if (sink_process != nullptr) {
     for (int n : {1000, 10000}) {
+      if (!runs("targets")) break;
       TargetsPhase(n, *sink_process, **client, server.get(), window, phase, base_ns);
     }
     for (int n : {1000, 10000}) {
+      if (!runs("methods")) break;
       DistinctMethodsPhase(n, **client, absl::GetFlag(FLAGS_method_raises), base_lat.p50_us);
     }
   }
 
   for (int n : {1, 10, 100}) {
+    if (!runs("sync")) break;
     std::vector<std::unique_ptr<Sink>> sinks;
     const std::string event = absl::StrCat("BENCH_SYNC_", n);
     for (int i = 0; i < n; ++i) {
