@@ -49,8 +49,10 @@ constexpr char kUsage[] =
     "      \"virtual:POLICY SOCKET SOCKET ...\";\n"
     "      --expire 0 never expires; without it the server default applies\n"
     "  unsubscribe ID | unsubscribe EVENT SOCKET\n"
-    "  raise [--sync|--async] [--timeout MS] [--output table|json] EVENT [ARGS...]\n"
-    "  raise [--sync|--async] [--timeout MS] [--output table|json] EVENT --json TEXT\n"
+    "  raise [--sync|--async] [--timeout MS] [--all] [--output table|json] EVENT [ARGS...]\n"
+    "  raise [--sync|--async] [--timeout MS] [--all] [--output table|json] EVENT --json TEXT\n"
+    "      async: lists only the deliveries that are not QUEUED, then the counts;\n"
+    "      --all lists every delivery (sync answers always do)\n"
     "      ARGS: name=value (string), name:=json (typed, sent exactly as typed: 3, true, null,\n"
     "      [1,2], {\"a\":1}, 12345678901234567890),\n"
     "      or plain values (positional params, JSON when valid, else strings); use -- before\n"
@@ -351,7 +353,7 @@ absl::StatusOr<google::protobuf::Value> ParseJsonValue(absl::string_view text) {
 
 absl::StatusOr<RaiseCommand> ParseRaiseCommand(const std::vector<std::string>& args) {
   absl::StatusOr<SplitResult> split =
-      SplitArgs("raise", args, {"timeout", "output", "json"}, {"sync", "async"});
+      SplitArgs("raise", args, {"timeout", "output", "json"}, {"sync", "async", "all"});
   if (!split.ok()) return split.status();
   RaiseCommand command;
   v1::RaiseRequest& request = command.request;
@@ -359,6 +361,8 @@ absl::StatusOr<RaiseCommand> ParseRaiseCommand(const std::vector<std::string>& a
   for (const auto& [name, value] : split->options) {
     if (name == "sync" || name == "async") {
       request.set_sync(name == "sync");
+    } else if (name == "all") {
+      request.set_all_deliveries(true);
     } else if (name == "timeout") {
       absl::StatusOr<uint32_t> ms = ParseUint32("raise", "--timeout", value);
       if (!ms.ok()) return ms.status();
@@ -499,7 +503,7 @@ std::string StateName(v1::ConnectionState state) {
 }
 
 std::string FormatRaiseTable(const v1::RaiseResponse& response) {
-  if (response.deliveries().empty()) return "no subscribers\n";
+  if (response.subscribers() == 0 && response.deliveries().empty()) return "no subscribers\n";
   std::vector<std::vector<std::string>> rows;
   for (const v1::Delivery& d : response.deliveries()) {
     rows.push_back(
@@ -509,7 +513,15 @@ std::string FormatRaiseTable(const v1::RaiseResponse& response) {
                       FormatLatency(a.latency()), OutcomeText(a)});
     }
   }
-  return RenderTable(rows);
+  std::string out = RenderTable(rows);
+  // A compact async answer leaves its QUEUED deliveries out: the counts say what they were.
+  if (static_cast<uint32_t>(response.deliveries_size()) < response.subscribers()) {
+    absl::StrAppend(
+        &out, response.subscribers(),
+        response.subscribers() == 1 ? " subscriber: " : " subscribers: ", response.queued(),
+        " QUEUED, ", response.ok(), " OK, ", response.failed(), " failed\n");
+  }
+  return out;
 }
 
 std::string FormatSubscription(const v1::Subscription& sub, bool created) {

@@ -29,7 +29,7 @@ struct RaiseCommand {
   OutputFormat output = OutputFormat::kTable;
 };
 
-// Parses `raise [--sync|--async] [--timeout MS] [--output table|json] EVENT [ARGS...]` and
+// Parses `raise [--sync|--async] [--timeout MS] [--all] [--output table|json] EVENT [ARGS...]` and
 // `raise [options] EVENT --json TEXT` (args after "raise"). Options may appear anywhere; "--" ends
 // them. ARGS:
 //   name=value    named, string value
@@ -57,7 +57,9 @@ std::string StatusName(eventbus::v1::DeliveryStatus status);
 std::string StateName(eventbus::v1::ConnectionState state);
 
 // One line per delivery: socket, status, latency in ms, then the result, `error CODE: MESSAGE`
-// or the detail; a virtual group's attempts follow it, indented. "no subscribers" when empty.
+// or the detail; a virtual group's attempts follow it, indented. When the answer left deliveries
+// out (async without --all: the QUEUED ones), a last line counts them:
+// "N subscribers: Q QUEUED, K OK, F failed". "no subscribers" when there were none.
 std::string FormatRaiseTable(const eventbus::v1::RaiseResponse& response);
 // The fields of one subscription, one per line.
 std::string FormatSubscription(const eventbus::v1::Subscription& sub, bool created);

@@ -67,7 +67,9 @@ func run(server, socket, event string) error {
 	for _, sync := range []bool{false, true} {
 		ctx, cancel := call()
 		answer, err := bus.Raise(ctx, &pb.RaiseRequest{
-			Event: event, Params: params, Sync: proto.Bool(sync), TimeoutMs: proto.Uint32(5000)})
+			Event: event, Params: params, Sync: proto.Bool(sync), TimeoutMs: proto.Uint32(5000),
+			// Every delivery, QUEUED ones too, so the async answer shows its one target.
+			AllDeliveries: true})
 		cancel()
 		if err != nil {
 			return fmt.Errorf("raise: %w", err)

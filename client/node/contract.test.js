@@ -61,8 +61,10 @@ test.after(async () => {
 
 async function expectParams(raiseOptions, params) {
   const answer = await bus.raise(EVENT, {sync: false, ...raiseOptions});
+  // The compact async answer: counted, not listed.
   assert.strictEqual(answer.subscribers, 1);
-  assert.strictEqual(answer.deliveries[0].status, 'DELIVERY_STATUS_QUEUED');
+  assert.strictEqual(answer.queued, 1);
+  assert.strictEqual((answer.deliveries || []).length, 0);
   assert.strictEqual(await next(), `{"jsonrpc":"2.0","method":"${EVENT}","params":${params}}`);
 }
 

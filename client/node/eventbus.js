@@ -111,9 +111,10 @@ class EventBus {
   }
 
   // Raises `event` with at most one of params (object or [name, value] pairs), positional (an
-  // array of google.protobuf.Value objects) or json (text). Resolves to the RaiseResponse.
-  raise(event, {params, positional, json, sync, timeoutMs} = {}) {
-    const request = {event, sync, timeoutMs};
+  // array of google.protobuf.Value objects) or json (text). Resolves to the RaiseResponse: an
+  // async one lists only the deliveries that are not QUEUED (see its counts) unless allDeliveries.
+  raise(event, {params, positional, json, sync, timeoutMs, allDeliveries} = {}) {
+    const request = {event, sync, timeoutMs, allDeliveries};
     if (params !== undefined) request.named = namedParams(params);
     if (positional !== undefined) request.positional = {values: positional};
     if (json !== undefined) request.json = json;

@@ -28,7 +28,8 @@ async function main([server, socket, event = 'E_NODE', ...rest]) {
     console.log(`subscribed ${sub.id} ${sub.event} ${sub.socket} created=${created}`);
 
     for (const sync of [false, true]) {
-      const answer = await bus.raise(event, {params, sync, timeoutMs: 5000});
+      // Every delivery, QUEUED ones too, so the async answer shows its one target.
+      const answer = await bus.raise(event, {params, sync, timeoutMs: 5000, allDeliveries: true});
       console.log(`raise ${sync ? 'sync' : 'async'}: subscribers=${answer.subscribers}`);
       for (const d of answer.deliveries) console.log(`  ${formatDelivery(d)}`);
     }

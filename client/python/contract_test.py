@@ -44,8 +44,10 @@ class ContractTest(unittest.TestCase):
     def received(self, **raise_args):
         """Raises EVENT async and returns the one notification the subscriber gets, as bytes."""
         answer = self.bus.raise_event(EVENT, sync=False, **raise_args)
+        # The compact async answer: counted, not listed.
         self.assertEqual(answer.subscribers, 1)
-        self.assertEqual(answer.deliveries[0].status, pb.DELIVERY_STATUS_QUEUED)
+        self.assertEqual(answer.queued, 1)
+        self.assertEqual(len(answer.deliveries), 0)
         cls = type(self)
         if cls.conn is None:
             cls.listener.settimeout(10)

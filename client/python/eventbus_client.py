@@ -90,10 +90,12 @@ class EventBus:
         return self._stub.Unsubscribe(request, timeout=self._timeout).removed
 
     def raise_event(self, event, params=None, positional=None, json_params=None, sync=None,
-                    timeout_ms=None):
+                    timeout_ms=None, all_deliveries=False):
         """Raises `event` with at most one of: params (dict or pairs), positional (a list sent as
-        google.protobuf.Value doubles), json_params (JSON text). Returns the RaiseResponse."""
-        request = pb.RaiseRequest(event=event)
+        google.protobuf.Value doubles), json_params (JSON text). Returns the RaiseResponse: an
+        async one lists only the deliveries that are not QUEUED (see its counts) unless
+        all_deliveries."""
+        request = pb.RaiseRequest(event=event, all_deliveries=all_deliveries)
         if params is not None:
             request.named.CopyFrom(
                 params if isinstance(params, pb.NamedParams) else named_params(params))

@@ -37,7 +37,9 @@ def main(argv):
                                                       str(reply.created).lower()))
 
             for sync in (False, True):
-                answer = bus.raise_event(event, params, sync=sync, timeout_ms=5000)
+                # Every delivery, QUEUED ones too, so the async answer shows its one target.
+                answer = bus.raise_event(event, params, sync=sync, timeout_ms=5000,
+                                         all_deliveries=True)
                 print("raise %s: subscribers=%d" % ("sync" if sync else "async",
                                                     answer.subscribers))
                 for delivery in answer.deliveries:

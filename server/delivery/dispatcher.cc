@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "server/base/log.h"
 
 namespace eventbus::delivery {
@@ -14,32 +15,36 @@ using net::DeliveryCode;
 using net::Outcome;
 
 // The bodies of one event, encoded once per distinct (method, event_param) and shared by every
-// target that uses that combination. Raise-local; a Raise rarely has more than two.
+// target that uses that combination. Raise-local. Keys are views of strings that outlive the cache
+// (the subscriptions of the Raise's snapshot and the dispatcher's options). A hash map, not a
+// list: a Raise to 10k subscriptions with distinct methods would otherwise compare 50M keys.
 class BodyCache {
  public:
   BodyCache(const std::string& event, const jsonrpc::Params& params)
       : event_(event), params_(params) {}
 
-  std::shared_ptr<const std::string> Get(const std::string& method,
-                                         const std::string& event_param) {
-    for (const Entry& e : entries_) {
-      if (e.method == method && e.event_param == event_param) return e.body;
+  std::shared_ptr<const std::string> Get(absl::string_view method, absl::string_view event_param) {
+    // Most Raises have one combination: skip the hash for a repeat of the last one.
+    if (last_ != nullptr && last_->first.first == method && last_->first.second == event_param) {
+      return last_->second;
     }
-    auto body = std::make_shared<const std::string>(
-        jsonrpc::EncodeBody(event_, params_, {method, event_param}));
-    entries_.push_back({method, event_param, body});
-    return body;
+    auto [it, inserted] = bodies_.try_emplace(Key(method, event_param));
+    if (inserted) {
+      it->second = std::make_shared<const std::string>(
+          jsonrpc::EncodeBody(event_, params_, {method, event_param}));
+    }
+    last_ = &*it;
+    return it->second;
   }
 
  private:
-  struct Entry {
-    std::string method;
-    std::string event_param;
-    std::shared_ptr<const std::string> body;
-  };
+  using Key = std::pair<absl::string_view, absl::string_view>;
+  using Map = absl::flat_hash_map<Key, std::shared_ptr<const std::string>>;
   const std::string& event_;
   const jsonrpc::Params& params_;
-  std::vector<Entry> entries_;
+  Map bodies_;
+  // The entry of the last Get; set after every insertion (which may move entries).
+  Map::value_type* last_ = nullptr;
 };
 
 // An attempt succeeded: sync, a result reply; async, completely written.
@@ -78,12 +83,16 @@ DeliveryReport ParallelReport(std::vector<Attempt> attempts, absl::Duration late
 // uncontended but for the callbacks of this one event.
 struct Dispatcher::RaiseState {
   std::mutex mu;  // guards reports, final, pending, answered, cancelled, keys
+  // The live subscriptions, one per slot: a report is named from its slot's subscription only when
+  // it is made (a QUEUED one that is only counted never copies its id and socket).
+  std::vector<registry::SubscriptionPtr> subs;
   std::vector<DeliveryReport> reports;
   std::vector<bool> final;
   size_t pending = 0;
   bool answered = false;
   bool cancelled = false;
   bool sync = false;
+  bool queued_reports = true;
   absl::Time start;
   Done done;
   // Sync only: tags every request of this Raise, and the targets ("host:port") they went to, so
@@ -117,18 +126,19 @@ struct Dispatcher::RaiseState {
   // connection's business (counted in its stats).
   void Complete(size_t i, DeliveryReport report) {
     Done to_run;
-    std::vector<DeliveryReport> out;
+    RaiseResult out;
     {
       std::lock_guard<std::mutex> lock(mu);
       if (answered || final[i]) return;
       final[i] = true;
-      // The slot already names its subscription; the callbacks only know the outcome.
-      report.subscription_id = std::move(reports[i].subscription_id);
-      report.socket = std::move(reports[i].socket);
+      // The callbacks only know the outcome; the slot names its subscription.
+      report.subscription_id = subs[i]->id;
+      report.socket = subs[i]->socket;
       reports[i] = std::move(report);
       if (!sync || --pending > 0) return;
       answered = true;
-      out = std::move(reports);
+      out.targets = reports.size();
+      out.reports = std::move(reports);
       to_run = std::move(done);
     }
     to_run(std::move(out));
@@ -141,20 +151,29 @@ struct Dispatcher::RaiseState {
     reports[i].attempts = attempts;
   }
 
-  // Async: answers with QUEUED for every slot that has no immediate failure.
+  // Async: answers with QUEUED for every slot that has no immediate failure (reported, or only
+  // counted when queued_reports is off).
   void AnswerQueued(absl::Time now) {
-    std::vector<DeliveryReport> out;
+    RaiseResult out;
     {
       std::lock_guard<std::mutex> lock(mu);
       if (answered) return;
       answered = true;
+      out.targets = reports.size();
       for (size_t i = 0; i < reports.size(); ++i) {
-        if (final[i]) continue;
+        if (final[i]) {
+          if (!queued_reports) out.reports.push_back(std::move(reports[i]));
+          continue;
+        }
+        ++out.queued;
+        if (!queued_reports) continue;
+        reports[i].subscription_id = subs[i]->id;
+        reports[i].socket = subs[i]->socket;
         reports[i].outcome = Outcome{};
         reports[i].outcome.code = DeliveryCode::kQueued;
         reports[i].latency = now - start;
       }
-      out = std::move(reports);
+      if (queued_reports) out.reports = std::move(reports);
     }
     done(std::move(out));
   }
@@ -193,12 +212,13 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
     scope = options_.observer->OnRaise(event, options.sync, live.size());
   }
   if (live.empty()) {
-    done({});
+    done(RaiseResult{});
     return RaiseHandle();
   }
 
   auto state = std::make_shared<RaiseState>();
   state->sync = options.sync;
+  state->queued_reports = options.queued_reports;
   state->observer = options_.observer;
   state->scope = scope;
   // Async answers once everything is queued: what was acknowledged is never abandoned.
@@ -212,20 +232,19 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
     state->reports.resize(live.size());
     state->final.assign(live.size(), false);
     state->pending = live.size();
-    for (size_t i = 0; i < live.size(); ++i) {
-      state->reports[i].subscription_id = live[i]->id;
-      state->reports[i].socket = live[i]->socket;
-    }
+    state->subs = std::move(live);
   }
+  // Set once above, never changed again: read without the lock.
+  const std::vector<registry::SubscriptionPtr>& subs = state->subs;
 
   const absl::Time deadline = now + options.timeout;
   BodyCache bodies(event, params);
   std::vector<net::Request> batch;
-  batch.reserve(live.size());
+  batch.reserve(subs.size());
   std::vector<std::shared_ptr<GroupRun>> groups;
 
-  for (size_t i = 0; i < live.size(); ++i) {
-    const registry::Subscription& sub = *live[i];
+  for (size_t i = 0; i < subs.size(); ++i) {
+    const registry::Subscription& sub = *subs[i];
     const std::string& event_param = sub.event_param ? *sub.event_param : options_.event_param;
     const std::vector<uri::TcpTarget>& members = sub.target.targets;
 
@@ -305,7 +324,7 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
     auto run = std::make_shared<GroupRun>();
     run->raise = state;
     run->slot = i;
-    run->sub = live[i];
+    run->sub = subs[i];
     run->deadline = deadline;
     for (const uri::TcpTarget& member : members) {
       run->bodies.push_back(bodies.Get(member.method, event_param));
@@ -327,7 +346,7 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
           rr_prune_at_ = std::max(kMinPruneAt, 2 * rr_next_.size());
         }
         Rotation& rotation = rr_next_[sub.id];
-        rotation.sub = live[i];
+        rotation.sub = subs[i];
         start = rotation.next++;
       }
       for (size_t k = 0; k < n; ++k) run->order.push_back((start + k) % n);

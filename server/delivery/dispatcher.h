@@ -1,6 +1,7 @@
 // Fan-out of one Raise (SPEC §5, §7): where bytes meet meaning. Takes the event's subscriber
 // snapshot, encodes the event once per distinct (method, event_param), applies virtual-group
-// policies, submits one batch to the writer pool, and collects one report per subscription.
+// policies, submits one batch to the writer pool, and collects one report per subscription (async:
+// QUEUED ones only counted, unless asked for).
 // Completion runs on a loop thread: no thread ever waits for a reply.
 #ifndef EVENTBUS_SERVER_DELIVERY_DISPATCHER_H_
 #define EVENTBUS_SERVER_DELIVERY_DISPATCHER_H_
@@ -44,6 +45,20 @@ struct DeliveryReport {
 struct RaiseOptions {
   bool sync = false;
   absl::Duration timeout = absl::Milliseconds(1000);
+  // Async: a QUEUED report for every subscription with no news by the answer. False: those are
+  // only counted (RaiseResult::queued), so a Raise to 10k targets does not build 10k reports.
+  bool queued_reports = true;
+};
+
+// The answer of one Raise.
+struct RaiseResult {
+  // Live subscriptions the event was delivered to.
+  size_t targets = 0;
+  // Async: subscriptions answered QUEUED, whether their reports are in `reports` or not.
+  size_t queued = 0;
+  // One per delivered subscription, in `subscribers` order; async with queued_reports false,
+  // only those that are not QUEUED.
+  std::vector<DeliveryReport> reports;
 };
 
 struct DispatcherOptions {
@@ -62,7 +77,7 @@ class Dispatcher {
   struct RaiseState;
 
  public:
-  using Done = absl::AnyInvocable<void(std::vector<DeliveryReport>)>;
+  using Done = absl::AnyInvocable<void(RaiseResult)>;
 
   // Names one Raise in progress, for Cancel(). Copyable; holds nothing alive. Empty for a Raise
   // that cannot be cancelled (async, or nobody to deliver to).
@@ -78,8 +93,8 @@ class Dispatcher {
   ~Dispatcher();
 
   // Delivers `event` to every subscription in `subscribers` that is live now. `done` runs once,
-  // with one report per delivered subscription in `subscribers` order: async, as soon as every
-  // delivery is queued (QUEUED or an immediate failure); sync, when every target has an outcome,
+  // with the answer (RaiseResult): async, as soon as every delivery is queued (QUEUED or an
+  // immediate failure); sync, when every target has an outcome,
   // at most `options.timeout` later (plus timer precision). Runs `done` inline when there is
   // nobody to deliver to.
   // Returns a handle for Cancel().

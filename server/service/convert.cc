@@ -313,6 +313,23 @@ void ReportToProto(const delivery::DeliveryReport& report, v1::Delivery* out) {
   }
 }
 
+void RaiseResultToProto(const delivery::RaiseResult& result, v1::RaiseResponse* out) {
+  uint32_t ok = 0, failed = 0;
+  out->mutable_deliveries()->Reserve(static_cast<int>(result.reports.size()));
+  for (const delivery::DeliveryReport& report : result.reports) {
+    if (report.outcome.code == net::DeliveryCode::kOk) {
+      ++ok;
+    } else if (report.outcome.code != net::DeliveryCode::kQueued) {
+      ++failed;
+    }
+    ReportToProto(report, out->add_deliveries());
+  }
+  out->set_subscribers(static_cast<uint32_t>(result.targets));
+  out->set_queued(static_cast<uint32_t>(result.queued));
+  out->set_ok(ok);
+  out->set_failed(failed);
+}
+
 void SubscriptionToProto(const registry::Subscription& sub, absl::Time now, StatsLookup stats,
                          v1::Subscription* out) {
   out->set_id(sub.id);

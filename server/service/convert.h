@@ -49,6 +49,9 @@ eventbus::v1::ConnectionState ConnectionStateFromConnState(net::ConnState state)
 // Fills `out` from one delivery report (attempts only for virtual groups; RpcError only for
 // RPC_ERROR).
 void ReportToProto(const delivery::DeliveryReport& report, eventbus::v1::Delivery* out);
+// Fills the whole answer of a Raise: its deliveries (every report in `result`) and the counts
+// (subscribers, queued, ok, failed; always set).
+void RaiseResultToProto(const delivery::RaiseResult& result, eventbus::v1::RaiseResponse* out);
 
 // Looks up the connection of a target key ("host:port"); nullopt when there is none yet.
 using StatsLookup = absl::FunctionRef<std::optional<net::TargetStats>(const std::string& key)>;

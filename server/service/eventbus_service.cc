@@ -221,6 +221,7 @@ absl::StatusOr<delivery::RaiseOptions> EventBusServiceImpl::ResolveRaiseOptions(
     const v1::RaiseRequest& request, absl::Time deadline, absl::Time now) const {
   delivery::RaiseOptions options;
   options.sync = request.has_sync() ? request.sync() : options_.default_sync;
+  options.queued_reports = request.all_deliveries();
   options.timeout = options_.default_timeout;
   if (request.has_timeout_ms()) {
     options.timeout = absl::Milliseconds(request.timeout_ms());
@@ -278,17 +279,12 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Raise(grpc::CallbackServerContext
   // OnDone, which gRPC calls only after this method has returned it and Finish has been called.
   reactor->SetHandle(dispatcher_->Raise(
       request->event(), *params, *options, registry_->Subscribers(request->event()),
-      [reactor](std::vector<delivery::DeliveryReport> reports) {
+      [reactor](delivery::RaiseResult result) {
         if (reactor->cancelled()) {
           reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "raise: cancelled"));
           return;
         }
-        v1::RaiseResponse& response = reactor->response();
-        response.set_subscribers(static_cast<uint32_t>(reports.size()));
-        response.mutable_deliveries()->Reserve(static_cast<int>(reports.size()));
-        for (const delivery::DeliveryReport& report : reports) {
-          ReportToProto(report, response.add_deliveries());
-        }
+        RaiseResultToProto(result, &reactor->response());
         reactor->FinishWithResponse();
       }));
   return reactor;

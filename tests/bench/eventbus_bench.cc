@@ -4,19 +4,33 @@
 //   eventbus_bench                      # starts an in-process server (memory store)
 //   eventbus_bench --server=HOST:PORT   # or measures a running eventbusd
 //
-// Figures: async events/s delivered with 1, 10 and 100 subscribers and Raise calls/s; sync Raise
-// calls/s and p50/p99 latency with 1, 10 and 100 targets answering at once, next to the plain
-// JSON-RPC round trip of the same sink measured in the same run.
+// Figures, each beside its ratio to a baseline measured in the same run: a trivial unary gRPC call
+// (a second in-process server whose ListEvents answers at once) for Raise calls/s and CPU per
+// call; async events/s delivered and CPU per delivered message with 1, 10, 100, 1k and 10k
+// targets (the 1k and 10k sinks run in a child process, and their first Raise is a cold burst to
+// new connections); the time of one Raise to 1k and 10k subscriptions with distinct methods on
+// one target; sync Raise calls/s and p50/p99 latency with 1, 10 and 100 targets, next to the plain
+// JSON-RPC round trip of the same sink.
+//
+// CPU is the benchmark process's (getrusage): the server and the benchmark's own gRPC client;
+// the sinks of the 1k/10k phases are in the child and not counted. "loops" is the share of the
+// writer pool's threads (eb-loop-N).
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <fstream>
+#include <functional>
+#include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,18 +38,29 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/client.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "server/base/log.h"
 #include "server/base/mutex.h"
 #include "server/service/server.h"
 #include "tests/bench/sink.h"
+#include "tests/bench/sink_process.h"
 
 ABSL_FLAG(std::string, server, "", "Address of a running eventbusd; empty starts one in-process");
 ABSL_FLAG(double, seconds, 3, "How long each throughput phase runs");
 ABSL_FLAG(int, window, 64, "Raise calls in flight at once in throughput phases");
 ABSL_FLAG(int, latency_calls, 2000, "Sequential sync Raises per latency phase");
 ABSL_FLAG(int, loops, 0, "In-process server: event loops (0 = cores)");
+ABSL_FLAG(bool, large, true, "Run the 1k/10k target and distinct-method phases");
+ABSL_FLAG(std::string, phases, "nobody,async,targets,methods,sync",
+          "Phases to run after the baseline (e.g. targets alone, to profile it)");
+ABSL_FLAG(int, method_raises, 20, "Sequential Raises per distinct-method phase");
+ABSL_FLAG(std::string, log_level, "warning",
+          "In-process server: log level (info logs every Subscribe)");
 
 namespace eventbus::bench {
 namespace {
@@ -56,47 +81,88 @@ Percentiles Summarize(std::vector<double> us) {
   return {at(0.50), at(0.99)};
 }
 
-// Keeps `window` Raise calls in flight until `duration` has passed; returns completed calls.
+// CPU time of the whole process, and of the writer pool's threads (named eb-loop-N).
+struct Cpu {
+  absl::Duration process;
+  absl::Duration loops;
+};
+
+Cpu CpuNow() {
+  Cpu cpu;
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  cpu.process = absl::DurationFromTimeval(ru.ru_utime) + absl::DurationFromTimeval(ru.ru_stime);
+  const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  DIR* dir = ::opendir("/proc/self/task");
+  if (dir == nullptr) return cpu;
+  while (dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream f(absl::StrCat("/proc/self/task/", e->d_name, "/stat"));
+    std::string line;
+    if (!std::getline(f, line)) continue;
+    const size_t open = line.find('('), close = line.rfind(')');
+    if (open == std::string::npos || close == std::string::npos) continue;
+    if (line.compare(open + 1, 8, "eb-loop-") != 0) continue;
+    // After "comm)": state is field 3; utime and stime are fields 14 and 15.
+    std::istringstream rest(line.substr(close + 2));
+    std::string field;
+    uint64_t utime = 0, stime = 0;
+    for (int k = 3; k <= 15 && rest >> field; ++k) {
+      if (k == 14) utime = std::stoull(field);
+      if (k == 15) stime = std::stoull(field);
+    }
+    cpu.loops += absl::Seconds((utime + stime) / tick);
+  }
+  ::closedir(dir);
+  return cpu;
+}
+
+Cpu operator-(const Cpu& a, const Cpu& b) { return {a.process - b.process, a.loops - b.loops}; }
+Cpu operator+(const Cpu& a, const Cpu& b) { return {a.process + b.process, a.loops + b.loops}; }
+
+// Nanoseconds of `cpu` per `n` things.
+double NsPer(absl::Duration cpu, uint64_t n) {
+  return n == 0 ? 0 : absl::ToDoubleNanoseconds(cpu) / static_cast<double>(n);
+}
+
+// Issues one unary call with `ctx`; `done` runs with its status.
+using Caller = std::function<void(grpc::ClientContext* ctx, std::function<void(grpc::Status)>)>;
+
+// Keeps `window` calls in flight until `duration` has passed; returns completed calls.
 struct WindowResult {
   uint64_t calls = 0;
   uint64_t failed = 0;
   absl::Duration elapsed;
+  Cpu cpu;
 };
 
-WindowResult RunWindow(client::Client& client, const RaiseRequest& request, int window,
-                       absl::Duration duration) {
+WindowResult RunCalls(const Caller& caller, int window, absl::Duration duration) {
   struct Driver {
-    client::Client* client;
-    const RaiseRequest* request;
+    const Caller* caller;
     absl::Time end;
     eventbus::Mutex mu;
     int in_flight ABSL_GUARDED_BY(mu) = 0;
     std::atomic<uint64_t> calls{0}, failed{0};
 
     void Issue() {
-      struct Call {
-        grpc::ClientContext ctx;
-        RaiseResponse resp;
-      };
-      auto* call = new Call;
-      call->ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-      client->stub()->async()->Raise(&call->ctx, request, &call->resp,
-                                     [this, call](grpc::Status s) {
-                                       if (!s.ok()) failed.fetch_add(1);
-                                       calls.fetch_add(1);
-                                       delete call;
-                                       if (absl::Now() < end) {
-                                         Issue();
-                                         return;
-                                       }
-                                       eventbus::MutexLock lock(&mu);
-                                       --in_flight;
-                                     });
+      auto* ctx = new grpc::ClientContext;
+      ctx->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+      (*caller)(ctx, [this, ctx](grpc::Status s) {
+        if (!s.ok()) failed.fetch_add(1);
+        calls.fetch_add(1);
+        delete ctx;
+        if (absl::Now() < end) {
+          Issue();
+          return;
+        }
+        eventbus::MutexLock lock(&mu);
+        --in_flight;
+      });
     }
   };
   Driver d;
-  d.client = &client;
-  d.request = &request;
+  d.caller = &caller;
+  const Cpu cpu0 = CpuNow();
   absl::Time start = absl::Now();
   d.end = start + duration;
   {
@@ -109,8 +175,38 @@ WindowResult RunWindow(client::Client& client, const RaiseRequest& request, int 
     auto drained = [&d]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d.mu) { return d.in_flight == 0; };
     d.mu.Await(drained);
   }
-  return {d.calls.load(), d.failed.load(), absl::Now() - start};
+  return {d.calls.load(), d.failed.load(), absl::Now() - start, CpuNow() - cpu0};
 }
+
+// Raise calls through the generated async stub; each call keeps its own response.
+Caller RaiseCaller(client::Client& client, const RaiseRequest& request) {
+  return [stub = client.stub(), &request](grpc::ClientContext* ctx,
+                                          std::function<void(grpc::Status)> done) {
+    auto* resp = new RaiseResponse;
+    stub->async()->Raise(ctx, &request, resp, [resp, done = std::move(done)](grpc::Status s) {
+      delete resp;
+      done(std::move(s));
+    });
+  };
+}
+
+WindowResult RunWindow(client::Client& client, const RaiseRequest& request, int window,
+                       absl::Duration duration) {
+  return RunCalls(RaiseCaller(client, request), window, duration);
+}
+
+// The baseline: a gRPC server in the same process whose ListEvents answers an empty response at
+// once, and nothing else. What a unary call costs with no work behind it.
+class TrivialService final : public v1::EventBusService::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* ListEvents(grpc::CallbackServerContext* ctx,
+                                       const v1::ListEventsRequest*,
+                                       v1::ListEventsResponse*) override {
+    auto* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+};
 
 // Plain JSON-RPC round trips to a sink over one TCP connection, one at a time.
 Percentiles PlainRoundTrip(uint16_t port, int calls) {
@@ -174,10 +270,154 @@ RaiseRequest Event(const std::string& name, bool sync) {
   return req;
 }
 
+// Sequential calls: p50 of their latency in microseconds.
+template <typename Call>
+Percentiles Sequential(int calls, Call call) {
+  std::vector<double> us;
+  for (int i = 0; i < calls; ++i) {
+    absl::Time t0 = absl::Now();
+    call();
+    us.push_back(absl::ToDoubleMicroseconds(absl::Now() - t0));
+  }
+  return Summarize(std::move(us));
+}
+
+// Sums the delivered, expired and failed counters of every target the pool knows.
+struct PoolTotals {
+  uint64_t delivered = 0, expired = 0, failed = 0;
+};
+PoolTotals Totals(service::EventBusServer* server) {
+  PoolTotals t;
+  if (server == nullptr) return t;
+  for (const net::TargetStats& s : server->pool()->AllStats()) {
+    t.delivered += s.delivered;
+    t.expired += s.expired;
+    t.failed += s.failed;
+  }
+  return t;
+}
+
+// Async fan-out to `n` targets whose sinks run in the child: first one Raise to the new targets
+// (a cold burst: every connection is opened by it), then `window` Raises in flight for `phase`.
+void TargetsPhase(int n, SinkProcess& sinks, client::Client& client,
+                  service::EventBusServer* server, int window, absl::Duration phase,
+                  double base_ns_per_call) {
+  const std::string event = absl::StrCat("BENCH_TARGETS_", n);
+  std::vector<uint16_t> ports = sinks.Open(n);
+  for (uint16_t port : ports) Subscribe(client, event, absl::StrCat("tcp:127.0.0.1:", port));
+  const uint64_t got0 = sinks.Messages();
+  const PoolTotals t0 = Totals(server);
+  RaiseRequest req = Event(event, false);
+
+  // The burst, at the server's default timeout.
+  const absl::Time burst_start = absl::Now();
+  auto resp = client.Raise(req);
+  const absl::Duration answer = absl::Now() - burst_start;
+  std::map<std::string, int> statuses;
+  if (resp.ok()) {
+    // The compact answer counts the QUEUED ones and lists the rest.
+    if (resp->queued() > 0) statuses["QUEUED"] = static_cast<int>(resp->queued());
+    for (const auto& d : resp->deliveries()) ++statuses[v1::DeliveryStatus_Name(d.status())];
+  } else {
+    statuses[std::string(resp.status().message())] = 1;
+  }
+  // Settled when every target has an outcome (delivered, expired or failed), or after 10 s.
+  PoolTotals t;
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < give_up) {
+    PoolTotals now = Totals(server);
+    t = {now.delivered - t0.delivered, now.expired - t0.expired, now.failed - t0.failed};
+    if (server == nullptr || t.delivered + t.expired + t.failed >= static_cast<uint64_t>(n)) break;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  const absl::Duration settled = absl::Now() - burst_start;
+  std::string answered;
+  for (const auto& [name, count] : statuses) {
+    absl::StrAppend(&answered, answered.empty() ? "" : ", ", count, " ",
+                    absl::StripPrefix(name, "DELIVERY_STATUS_"));
+  }
+  std::printf(
+      "burst, %5d new targets: answered in %.1f ms (%s); settled in %.0f ms: %llu delivered, "
+      "%llu expired, %llu failed\n",
+      n, absl::ToDoubleMilliseconds(answer), answered.c_str(), absl::ToDoubleMilliseconds(settled),
+      static_cast<unsigned long long>(t.delivered), static_cast<unsigned long long>(t.expired),
+      static_cast<unsigned long long>(t.failed));
+
+  // Throughput on the connections the burst opened.
+  const uint64_t got1 = sinks.Messages();
+  const PoolTotals t1 = Totals(server);
+  WindowResult r = RunWindow(client, req, window, phase);
+  const uint64_t expected = r.calls * n;
+  const absl::Time wait_start = absl::Now();
+  const Cpu cpu0 = CpuNow();
+  uint64_t got = 0;
+  while (absl::Now() < wait_start + absl::Seconds(30)) {
+    got = sinks.Messages() - got1;
+    PoolTotals now = Totals(server);
+    const uint64_t lost = now.expired - t1.expired + now.failed - t1.failed;
+    if (got + lost >= expected) break;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  const absl::Duration all = r.elapsed + (absl::Now() - wait_start);
+  const Cpu cpu = r.cpu + (CpuNow() - cpu0);
+  const PoolTotals t2 = Totals(server);
+  const double ns = NsPer(cpu.process, got);
+  std::printf(
+      "async, %5d targets:   %7.0f Raise calls/s  %10.0f events/s delivered  CPU/msg %6.0f ns "
+      "(loops %4.0f ns) = %.3fx a trivial call  (%llu/%llu received, %llu expired, %llu "
+      "failed%s)\n",
+      n, r.calls / absl::ToDoubleSeconds(r.elapsed), got / absl::ToDoubleSeconds(all), ns,
+      NsPer(cpu.loops, got), ns / base_ns_per_call, static_cast<unsigned long long>(got),
+      static_cast<unsigned long long>(expected),
+      static_cast<unsigned long long>(t2.expired - t1.expired),
+      static_cast<unsigned long long>(t2.failed - t1.failed),
+      r.failed ? ", some calls failed" : "");
+  (void)got0;
+  v1::UnsubscribeRequest unsub;
+  for (uint16_t port : ports) {
+    unsub.set_event(event);
+    unsub.set_socket(absl::StrCat("tcp:127.0.0.1:", port));
+    (void)client.Unsubscribe(unsub);
+  }
+  sinks.CloseAll();
+}
+
+// `n` subscriptions with distinct methods on one event, all to one sink: sequential async Raises.
+void DistinctMethodsPhase(int n, client::Client& client, int raises, double base_p50_us) {
+  Sink sink(/*reply=*/false);
+  const std::string event = absl::StrCat("BENCH_METHODS_", n);
+  for (int i = 0; i < n; ++i) Subscribe(client, event, absl::StrCat(sink.socket(), "/m", i));
+  RaiseRequest req = Event(event, false);
+  req.set_timeout_ms(30000);
+  int not_ok = 0;
+  Percentiles lat = Sequential(raises, [&] { not_ok += !client.Raise(req).ok(); });
+  const uint64_t expected = static_cast<uint64_t>(raises) * n;
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (sink.messages() < expected && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  std::printf(
+      "raise, %5d distinct methods on one target: p50 %8.2f ms per Raise = %7.1fx a trivial "
+      "call  (%llu/%llu received%s)\n",
+      n, lat.p50_us / 1000, lat.p50_us / base_p50_us,
+      static_cast<unsigned long long>(sink.messages()), static_cast<unsigned long long>(expected),
+      not_ok ? ", some calls failed" : "");
+}
+
 int Main() {
+  // Forked before any thread exists.
+  std::unique_ptr<SinkProcess> sink_process;
+  if (absl::GetFlag(FLAGS_large)) sink_process = std::make_unique<SinkProcess>();
   std::unique_ptr<service::EventBusServer> server;
   std::string address = absl::GetFlag(FLAGS_server);
   if (address.empty()) {
+    base::LogLevel level;
+    if (!base::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+      std::fprintf(stderr, "--log_level: \"%s\" is not debug, info, warning or error\n",
+                   absl::GetFlag(FLAGS_log_level).c_str());
+      return 1;
+    }
+    base::SetLogLevel(level);
     service::ServerConfig config;
     config.listen = "127.0.0.1:0";
     config.store = "memory";
@@ -206,14 +446,55 @@ int Main() {
               address.c_str(), server ? "in-process" : "external",
               std::thread::hardware_concurrency(), window, absl::ToDoubleSeconds(phase));
 
+  // The baseline: a trivial unary call to a do-nothing server in this process.
+  TrivialService trivial_service;
+  int trivial_port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &trivial_port);
+  builder.RegisterService(&trivial_service);
+  std::unique_ptr<grpc::Server> trivial_server = builder.BuildAndStart();
+  auto trivial = client::Client::Connect(absl::StrCat("127.0.0.1:", trivial_port), options);
+  if (trivial_server == nullptr || !trivial.ok()) {
+    std::fprintf(stderr, "trivial baseline server did not start\n");
+    return 1;
+  }
+  v1::ListEventsRequest list_events;
+  Caller trivial_call = [stub = (*trivial)->stub(), &list_events](
+                            grpc::ClientContext* ctx, std::function<void(grpc::Status)> done) {
+    auto* resp = new v1::ListEventsResponse;
+    stub->async()->ListEvents(ctx, &list_events, resp,
+                              [resp, done = std::move(done)](grpc::Status s) {
+                                delete resp;
+                                done(std::move(s));
+                              });
+  };
+  WindowResult base = RunCalls(trivial_call, window, phase);
+  const double base_rate = base.calls / absl::ToDoubleSeconds(base.elapsed);
+  const double base_ns = NsPer(base.cpu.process, base.calls);
+  Percentiles base_lat = Sequential(absl::GetFlag(FLAGS_latency_calls),
+                                    [&] { (void)(*trivial)->ListEvents(list_events); });
+  std::printf(
+      "baseline, trivial unary: %9.0f calls/s  CPU/call %6.0f ns  sequential p50 %5.0f us  "
+      "(client and server in this process)\n",
+      base_rate, base_ns, base_lat.p50_us);
+
+  const std::string phases = absl::StrCat(",", absl::GetFlag(FLAGS_phases), ",");
+  auto runs = [&phases](const char* name) {
+    return phases.find(absl::StrCat(",", name, ",")) != std::string::npos;
+  };
   // Raise calls/s with nobody to deliver to: the gRPC and registry path alone.
-  {
+  if (runs("nobody")) {
     WindowResult r = RunWindow(**client, Event("BENCH_NOBODY", false), window, phase);
-    std::printf("raise, 0 subscribers:   %9.0f Raise calls/s\n",
-                r.calls / absl::ToDoubleSeconds(r.elapsed));
+    const double rate = r.calls / absl::ToDoubleSeconds(r.elapsed);
+    const double ns = NsPer(r.cpu.process, r.calls);
+    std::printf(
+        "raise, 0 subscribers:   %9.0f Raise calls/s = %.2fx baseline  CPU/call %6.0f ns = %.2fx "
+        "baseline\n",
+        rate, rate / base_rate, ns, ns / base_ns);
   }
 
   for (int n : {1, 10, 100}) {
+    if (!runs("async")) break;
     std::vector<std::unique_ptr<Sink>> sinks;
     const std::string event = absl::StrCat("BENCH_ASYNC_", n);
     for (int i = 0; i < n; ++i) {
@@ -224,6 +505,7 @@ int Main() {
     // Deliveries count when the sinks have them, so wait (bounded) for the tail to arrive.
     const uint64_t expected = r.calls * n;
     const absl::Time wait_start = absl::Now();
+    const Cpu cpu0 = CpuNow();
     const absl::Time give_up = wait_start + absl::Seconds(30);
     uint64_t got = 0;
     while (absl::Now() < give_up) {
@@ -233,15 +515,30 @@ int Main() {
       absl::SleepFor(absl::Milliseconds(5));
     }
     const absl::Duration all = r.elapsed + (absl::Now() - wait_start);
+    const Cpu cpu = r.cpu + (CpuNow() - cpu0);
+    // Here the sinks' threads are in this process too: their CPU is in the figure.
+    const double ns = NsPer(cpu.process, got);
     std::printf(
-        "async, %3d subscribers: %9.0f Raise calls/s  %10.0f events/s delivered  (%llu/%llu "
-        "received%s)\n",
-        n, r.calls / absl::ToDoubleSeconds(r.elapsed), got / absl::ToDoubleSeconds(all),
-        static_cast<unsigned long long>(got), static_cast<unsigned long long>(expected),
-        r.failed ? ", some calls failed" : "");
+        "async, %3d subscribers: %9.0f Raise calls/s  %10.0f events/s delivered  CPU/msg %6.0f ns "
+        "(loops %4.0f ns) = %.3fx a trivial call  (%llu/%llu received%s)\n",
+        n, r.calls / absl::ToDoubleSeconds(r.elapsed), got / absl::ToDoubleSeconds(all), ns,
+        NsPer(cpu.loops, got), ns / base_ns, static_cast<unsigned long long>(got),
+        static_cast<unsigned long long>(expected), r.failed ? ", some calls failed" : "");
+  }
+
+  if (sink_process != nullptr) {
+    for (int n : {1000, 10000}) {
+      if (!runs("targets")) break;
+      TargetsPhase(n, *sink_process, **client, server.get(), window, phase, base_ns);
+    }
+    for (int n : {1000, 10000}) {
+      if (!runs("methods")) break;
+      DistinctMethodsPhase(n, **client, absl::GetFlag(FLAGS_method_raises), base_lat.p50_us);
+    }
   }
 
   for (int n : {1, 10, 100}) {
+    if (!runs("sync")) break;
     std::vector<std::unique_ptr<Sink>> sinks;
     const std::string event = absl::StrCat("BENCH_SYNC_", n);
     for (int i = 0; i < n; ++i) {
@@ -272,6 +569,7 @@ int Main() {
         n, r.calls / absl::ToDoubleSeconds(r.elapsed), lat.p50_us, lat.p99_us, plain.p50_us,
         plain.p99_us, not_ok ? "  (some deliveries not OK)" : "");
   }
+  trivial_server->Shutdown();
   if (server) server->Shutdown(absl::Seconds(2));
   return 0;
 }

@@ -2,6 +2,7 @@
 // statuses in sync and async mode, and the virtual-group policies of SPEC §7.
 #include "server/delivery/dispatcher.h"
 
+#include <algorithm>
 #include <future>
 #include <map>
 #include <memory>
@@ -130,26 +131,37 @@ class DispatcherTest : public ::testing::Test {
         std::make_unique<Dispatcher>(pool_.get(), base::RealClock::Get(), std::move(options));
   }
 
-  // Raises and waits for the reports.
-  std::vector<DeliveryReport> Raise(std::vector<registry::SubscriptionPtr> subs, bool sync,
-                                    jsonrpc::Params params = {},
-                                    absl::Duration timeout = absl::Milliseconds(1000)) {
+  // Raises and waits for the answer.
+  RaiseResult RaiseFor(std::vector<registry::SubscriptionPtr> subs, const RaiseOptions& options,
+                       jsonrpc::Params params = {}) {
     auto list = std::make_shared<const registry::SubscriberList>(std::move(subs));
     // std::promise, not absl::Notification: ThreadSanitizer sees its synchronisation (Debian's
     // abseil is not annotated), so a TSan run checks the dispatcher's hand-off for real.
-    auto promise = std::make_shared<std::promise<std::vector<DeliveryReport>>>();
-    std::future<std::vector<DeliveryReport>> reports = promise->get_future();
-    RaiseOptions options;
-    options.sync = sync;
-    options.timeout = timeout;
-    dispatcher_->Raise("E_TEST", params, options, list, [promise](std::vector<DeliveryReport> r) {
-      promise->set_value(std::move(r));
-    });
-    if (reports.wait_for(absl::ToChronoSeconds(kWait)) != std::future_status::ready) {
+    auto promise = std::make_shared<std::promise<RaiseResult>>();
+    std::future<RaiseResult> result = promise->get_future();
+    dispatcher_->Raise("E_TEST", params, options, list,
+                       [promise](RaiseResult r) { promise->set_value(std::move(r)); });
+    if (result.wait_for(absl::ToChronoSeconds(kWait)) != std::future_status::ready) {
       ADD_FAILURE() << "Raise did not complete";
       return {};
     }
-    return reports.get();
+    return result.get();
+  }
+
+  // Raises and waits for the reports (every one, QUEUED included).
+  std::vector<DeliveryReport> Raise(std::vector<registry::SubscriptionPtr> subs, bool sync,
+                                    jsonrpc::Params params = {},
+                                    absl::Duration timeout = absl::Milliseconds(1000)) {
+    RaiseOptions options;
+    options.sync = sync;
+    options.timeout = timeout;
+    RaiseResult result = RaiseFor(std::move(subs), options, std::move(params));
+    const size_t queued = std::count_if(result.reports.begin(), result.reports.end(), [](auto& r) {
+      return r.outcome.code == DeliveryCode::kQueued;
+    });
+    EXPECT_EQ(result.targets, result.reports.size());
+    EXPECT_EQ(result.queued, queued);
+    return std::move(result.reports);
   }
 
   static std::vector<DeliveryCode> Codes(const std::vector<DeliveryReport>& reports) {
@@ -192,6 +204,106 @@ TEST_F(DispatcherTest, SubscriptionEventParamOverridesServerDefault) {
   ASSERT_TRUE(b->WaitForMessages(1, kWait));
   EXPECT_EQ(a->Received(), R"({"jsonrpc":"2.0","method":"E_TEST","params":["E_TEST",3,5]})");
   EXPECT_EQ(b->Received(), R"({"jsonrpc":"2.0","method":"E_TEST","params":[3,5]})");
+}
+
+// The body is encoded once per distinct (method, event_param): every combination, repeated and
+// interleaved on one connection, still gets its own exact bytes.
+TEST_F(DispatcherTest, EachMethodAndEventParamCombinationGetsItsOwnBody) {
+  DispatcherOptions options;
+  options.event_param = "ev";
+  MakeDispatcher(options);
+  auto a = StartPeer();
+  jsonrpc::Params params{jsonrpc::Params::Kind::kNamed, R"({"n":1})"};
+  Raise(
+      {Sub("s1", a->socket("m1")), Sub("s2", a->socket("m2"), ""), Sub("s3", a->socket("m1"), "k"),
+       Sub("s4", a->socket("m1")), Sub("s5", a->socket("m2"), ""), Sub("s6", a->socket("m2"), "k"),
+       Sub("s7", a->socket(), "")},
+      /*sync=*/false, params);
+  ASSERT_TRUE(a->WaitForMessages(7, kWait));
+  EXPECT_THAT(a->Messages(),
+              ElementsAre(R"({"jsonrpc":"2.0","method":"m1","params":{"ev":"E_TEST","n":1}})",
+                          R"({"jsonrpc":"2.0","method":"m2","params":{"n":1}})",
+                          R"({"jsonrpc":"2.0","method":"m1","params":{"k":"E_TEST","n":1}})",
+                          R"({"jsonrpc":"2.0","method":"m1","params":{"ev":"E_TEST","n":1}})",
+                          R"({"jsonrpc":"2.0","method":"m2","params":{"n":1}})",
+                          R"({"jsonrpc":"2.0","method":"m2","params":{"k":"E_TEST","n":1}})",
+                          R"({"jsonrpc":"2.0","method":"E_TEST","params":{"n":1}})"));
+}
+
+// Thousands of distinct methods on one target (the body cache is a hash map, not a list): each
+// subscription gets the body of its own method, in subscription order.
+TEST_F(DispatcherTest, ThousandsOfDistinctMethodsEachGetTheirOwnBody) {
+  constexpr int kSubs = 3000;
+  auto a = StartPeer();
+  std::vector<registry::SubscriptionPtr> subs;
+  for (int i = 0; i < kSubs; ++i) {
+    subs.push_back(Sub(absl::StrCat("s", i), a->socket(absl::StrCat("m", i % 1500))));
+  }
+  jsonrpc::Params params{jsonrpc::Params::Kind::kPositional, "[1]"};
+  auto reports = Raise(std::move(subs), /*sync=*/false, params);
+  ASSERT_THAT(reports, SizeIs(kSubs));
+  ASSERT_TRUE(a->WaitForMessages(kSubs, kWait));
+  std::vector<std::string> messages = a->Messages();
+  ASSERT_THAT(messages, SizeIs(kSubs));
+  for (int i = 0; i < kSubs; ++i) {
+    ASSERT_EQ(messages[i],
+              absl::StrCat(R"({"jsonrpc":"2.0","method":"m)", i % 1500, R"(","params":[1]})"))
+        << "subscription " << i;
+  }
+}
+
+// Async without queued reports: the QUEUED deliveries are only counted; what failed at once is
+// still reported, named, in subscription order.
+TEST_F(DispatcherTest, AsyncWithoutQueuedReportsCountsQueuedAndListsOnlyFailures) {
+  auto a = StartPeer(), b = StartPeer();
+  RaiseOptions options;
+  options.queued_reports = false;
+  // The immediate failure: a queue of one message, refusing the second one (QUEUE_FULL).
+  net::PoolOptions pool_options;
+  pool_options.num_loops = 2;
+  pool_options.max_queue_messages = 1;
+  pool_->Shutdown();
+  auto pool = net::WriterPool::Create(pool_options);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  pool_ = std::move(*pool);
+  MakeDispatcher(DispatcherOptions{});
+  // Two subscriptions to `b` (one queue of one message: the second is refused), one to `a`.
+  RaiseResult result = RaiseFor(
+      {Sub("s1", a->socket()), Sub("s2", b->socket()), Sub("s3", b->socket("m"))}, options);
+  EXPECT_EQ(result.targets, 3u);
+  EXPECT_EQ(result.queued, 2u);
+  ASSERT_THAT(result.reports, SizeIs(1));
+  EXPECT_EQ(result.reports[0].subscription_id, "s3");
+  EXPECT_EQ(result.reports[0].socket, b->socket("m"));
+  EXPECT_EQ(result.reports[0].outcome.code, DeliveryCode::kQueueFull);
+  ASSERT_TRUE(a->WaitForMessages(1, kWait));
+  ASSERT_TRUE(b->WaitForMessages(1, kWait));
+}
+
+TEST_F(DispatcherTest, AsyncWithoutQueuedReportsToHealthyTargetsListsNothing) {
+  auto a = StartPeer();
+  std::vector<registry::SubscriptionPtr> subs;
+  for (int i = 0; i < 100; ++i) subs.push_back(Sub(absl::StrCat("s", i), a->socket()));
+  RaiseOptions options;
+  options.queued_reports = false;
+  RaiseResult result = RaiseFor(std::move(subs), options);
+  EXPECT_EQ(result.targets, 100u);
+  EXPECT_EQ(result.queued, 100u);
+  EXPECT_THAT(result.reports, SizeIs(0));
+  ASSERT_TRUE(a->WaitForMessages(100, kWait));
+}
+
+// Sync answers report every target whatever queued_reports says.
+TEST_F(DispatcherTest, SyncReportsEveryTargetEvenWithoutQueuedReports) {
+  auto ok = StartPeer(PeerMode::kReplyResult), err = StartPeer(PeerMode::kReplyError);
+  RaiseOptions options;
+  options.sync = true;
+  options.queued_reports = false;
+  RaiseResult result = RaiseFor({Sub("s1", ok->socket()), Sub("s2", err->socket())}, options);
+  EXPECT_EQ(result.targets, 2u);
+  EXPECT_EQ(result.queued, 0u);
+  EXPECT_THAT(Codes(result.reports), ElementsAre(DeliveryCode::kOk, DeliveryCode::kRpcError));
+  EXPECT_EQ(result.reports[1].subscription_id, "s2");
 }
 
 TEST_F(DispatcherTest, ExpiredSubscriptionGetsNothing) {
@@ -395,9 +507,9 @@ TEST_F(DispatcherTest, CancelAbandonsASyncRaiseOnItsTargetsAndAnswersPromptly) {
   RaiseOptions options;
   options.sync = true;
   options.timeout = absl::Hours(1);
-  Dispatcher::RaiseHandle handle = dispatcher_->Raise(
-      "E_TEST", {}, options, list,
-      [promise](std::vector<DeliveryReport> r) { promise->set_value(std::move(r)); });
+  Dispatcher::RaiseHandle handle =
+      dispatcher_->Raise("E_TEST", {}, options, list,
+                         [promise](RaiseResult r) { promise->set_value(std::move(r.reports)); });
   const std::string key = uri::ParseTcpSocket(silent->socket())->Key();
   absl::Time deadline = absl::Now() + kWait;
   while (absl::Now() < deadline) {

@@ -508,6 +508,8 @@ void LedgerRun::RaiseLoop(int thread, bool sync) {
     request.set_json(absl::StrCat(R"({"seq":)", seq, R"(,"mode":")", sync ? "sync" : "async",
                                   R"(","pad":")", std::string(pad_size(rng), 'x'), R"("})"));
     request.set_sync(sync);
+    // Every delivery is accounted per target: QUEUED ones listed too.
+    request.set_all_deliveries(true);
     request.set_timeout_ms(sync ? kSyncTimeoutMs : kAsyncTimeoutMs);
     absl::StatusOr<v1::RaiseResponse> response = client_->Raise(request);
     if (!response.ok()) {

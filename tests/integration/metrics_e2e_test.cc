@@ -258,7 +258,12 @@ TEST_F(MetricsE2eTest, CountersAddUpAfterAMixedRunAndPromtoolAcceptsTheScrape) {
     request.set_timeout_ms(300);
     absl::StatusOr<v1::RaiseResponse> response = client_->Raise(request);
     ASSERT_TRUE(response.ok()) << response.status();
-    async_deliveries += response->deliveries_size();
+    // The counts of the compact answer: QUEUED only counted, everything else listed.
+    EXPECT_EQ(response->queued() + response->ok() + response->failed(), response->subscribers());
+    EXPECT_EQ(response->ok() + response->failed(),
+              static_cast<uint32_t>(response->deliveries_size()));
+    answered_async["QUEUED"] += response->queued();
+    async_deliveries += response->subscribers();
     for (const v1::Delivery& d : response->deliveries()) ++answered_async[StatusLabel(d.status())];
   }
   for (int i = 0; i < kSync; ++i) {

@@ -72,7 +72,7 @@ run_block() {
       1) grep -q '"status": "SERVING"' <<<"$out" || fail "health is not SERVING" ;;
       2) grep -q '"created": true' <<<"$out" || fail "Subscribe did not create"
          id=$("$PY" -c 'import json,sys; print(json.load(sys.stdin)["subscription"]["id"])' <<<"$out") ;;
-      3) grep -q '"subscribers": 1' <<<"$out" && grep -q 'DELIVERY_STATUS_QUEUED' <<<"$out" ||
+      3) grep -q '"subscribers": 1' <<<"$out" && grep -q '"queued": 1' <<<"$out" ||
            fail "the async Raise was not QUEUED for its one subscriber"
          got=$(peer_line "$peer_out" 1)
          [ "$got" = "$want_async" ] || fail "the subscriber got $got, want $want_async" ;;

@@ -155,7 +155,7 @@ TEST_F(StartupTest, ServesOnceEtcdComesUpWithoutARestart) {
   ASSERT_TRUE(subscribed.ok()) << subscribed.status() << "\n" << Log();
   absl::StatusOr<v1::RaiseResponse> raised = client_->Raise(raise);
   ASSERT_TRUE(raised.ok()) << raised.status();
-  ASSERT_EQ(raised->deliveries_size(), 1);
+  ASSERT_EQ(raised->subscribers(), 1u);
   ASSERT_TRUE((*peer)->WaitForMessages(1, absl::Seconds(10))) << Log();
   EXPECT_EQ((*peer)->Received(),
             R"({"jsonrpc":"2.0","method":"E_STARTUP","params":{"ip":"192.168.2.11"}})");

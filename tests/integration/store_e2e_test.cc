@@ -148,9 +148,12 @@ v1::SubscribeRequest SubscribeRequest(const std::string& event, const std::strin
   return request;
 }
 
+// An async Raise of `event` whose answer lists every delivery (QUEUED ones too), so the tests can
+// see which subscriptions it reached.
 v1::RaiseRequest RaiseRequest(const std::string& event) {
   v1::RaiseRequest request;
   request.set_event(event);
+  request.set_all_deliveries(true);
   return request;
 }
 

@@ -474,6 +474,44 @@ registry::Subscription MakeSubscription() {
 
 std::optional<net::TargetStats> NoStats(const std::string&) { return std::nullopt; }
 
+TEST(RaiseResultToProtoTest, CountsQueuedOkAndFailedAndListsTheReportsGiven) {
+  delivery::RaiseResult result;
+  result.targets = 5;
+  result.queued = 3;
+  result.reports.resize(2);
+  result.reports[0].subscription_id = "a";
+  result.reports[0].outcome.code = net::DeliveryCode::kOk;
+  result.reports[1].subscription_id = "b";
+  result.reports[1].outcome.code = net::DeliveryCode::kQueueFull;
+  v1::RaiseResponse r;
+  RaiseResultToProto(result, &r);
+  EXPECT_EQ(r.subscribers(), 5u);
+  EXPECT_EQ(r.queued(), 3u);
+  EXPECT_EQ(r.ok(), 1u);
+  EXPECT_EQ(r.failed(), 1u);
+  ASSERT_EQ(r.deliveries_size(), 2);
+  EXPECT_EQ(r.deliveries(1).subscription_id(), "b");
+  EXPECT_EQ(r.deliveries(1).status(), v1::DELIVERY_STATUS_QUEUE_FULL);
+}
+
+TEST(RaiseResultToProtoTest, ListedQueuedReportsAreCountedOnceAndZeroCountsArePresent) {
+  delivery::RaiseResult result;
+  result.targets = 1;
+  result.queued = 1;
+  result.reports.resize(1);
+  result.reports[0].outcome.code = net::DeliveryCode::kQueued;
+  v1::RaiseResponse r;
+  RaiseResultToProto(result, &r);
+  EXPECT_EQ(r.queued(), 1u);
+  EXPECT_TRUE(r.has_ok() && r.has_failed());
+  EXPECT_EQ(r.ok() + r.failed(), 0u);
+  EXPECT_EQ(r.deliveries_size(), 1);
+
+  v1::RaiseResponse none;
+  RaiseResultToProto(delivery::RaiseResult{}, &none);
+  EXPECT_TRUE(none.has_subscribers() && none.has_queued() && none.has_ok() && none.has_failed());
+}
+
 TEST(SubscriptionToProtoTest, NeverExpiringHasNoExpiryOrTtl) {
   registry::Subscription sub = MakeSubscription();
   v1::Subscription out;

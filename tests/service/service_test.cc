@@ -291,7 +291,7 @@ TEST_F(ServiceTest, RaiseWithNoSubscribersHasZeroDeliveries) {
   EXPECT_EQ(response.deliveries_size(), 0);
   ASSERT_TRUE(response.has_subscribers());
   EXPECT_EQ(response.subscribers(), 0u);
-  EXPECT_EQ(Json(response), R"({"subscribers":0})");
+  EXPECT_EQ(Json(response), R"({"subscribers":0,"queued":0,"ok":0,"failed":0})");
 }
 
 // Scripts read the JSON form (grpcurl, the CLI's --output json): a refresh's created=false, an
@@ -316,8 +316,9 @@ TEST_F(ServiceTest, FalseAndZeroAnswersAppearInJson) {
   v1::RaiseResponse response;
   ASSERT_TRUE(Raise(raise, &response).ok());
   EXPECT_EQ(response.subscribers(), 1u);
-  EXPECT_EQ(response.deliveries_size(), 1);
-  EXPECT_THAT(Json(response), HasSubstr(R"("subscribers":1)"));
+  // Async: the one QUEUED delivery is counted, not listed; the zero counts show too.
+  EXPECT_EQ(response.deliveries_size(), 0);
+  EXPECT_EQ(Json(response), R"({"subscribers":1,"queued":1,"ok":0,"failed":0})");
 }
 
 TEST_F(ServiceTest, RaiseRejectsBadEventName) {
@@ -580,11 +581,51 @@ TEST_F(ServiceTest, AsyncRaiseReportsQueued) {
   v1::RaiseRequest request;
   request.set_event("E");
   request.set_sync(false);
+  request.set_all_deliveries(true);
   v1::RaiseResponse response;
   ASSERT_TRUE(Raise(request, &response).ok());
   ASSERT_EQ(response.deliveries_size(), 1);
   EXPECT_EQ(response.deliveries(0).subscription_id(), sub.subscription().id());
   EXPECT_EQ(response.deliveries(0).status(), v1::DELIVERY_STATUS_QUEUED);
+  EXPECT_EQ(response.subscribers(), 1u);
+  EXPECT_EQ(response.queued(), 1u);
+}
+
+// Without all_deliveries an async answer lists only what is not QUEUED, and counts everything.
+TEST_F(ServiceTest, AsyncRaiseCountsQueuedAndListsOnlyTheRest) {
+  for (int i = 0; i < 3; ++i) {
+    v1::SubscribeResponse sub;
+    ASSERT_TRUE(
+        Subscribe("E", absl::StrCat("tcp:127.0.0.1:", testing::ClosedPort(), "/m", i), &sub).ok());
+  }
+  v1::RaiseRequest request;
+  request.set_event("E");
+  request.set_sync(false);
+  v1::RaiseResponse response;
+  ASSERT_TRUE(Raise(request, &response).ok());
+  EXPECT_EQ(response.deliveries_size(), 0);
+  EXPECT_EQ(response.subscribers(), 3u);
+  EXPECT_EQ(response.queued(), 3u);
+  EXPECT_TRUE(response.has_ok() && response.has_failed());
+  EXPECT_EQ(response.ok() + response.failed(), 0u);
+}
+
+// Sync answers list every target and count them; all_deliveries changes nothing there.
+TEST_F(ServiceTest, SyncRaiseListsEveryTargetAndCountsThem) {
+  v1::SubscribeResponse sub;
+  ASSERT_TRUE(Subscribe("E", absl::StrCat("tcp:127.0.0.1:", testing::ClosedPort()), &sub).ok());
+  v1::RaiseRequest request;
+  request.set_event("E");
+  request.set_sync(true);
+  request.set_timeout_ms(200);
+  v1::RaiseResponse response;
+  ASSERT_TRUE(Raise(request, &response).ok());
+  ASSERT_EQ(response.deliveries_size(), 1);
+  EXPECT_EQ(response.deliveries(0).status(), v1::DELIVERY_STATUS_CONNECT_FAILED);
+  EXPECT_EQ(response.subscribers(), 1u);
+  EXPECT_EQ(response.queued(), 0u);
+  EXPECT_EQ(response.ok(), 0u);
+  EXPECT_EQ(response.failed(), 1u);
 }
 
 TEST_F(ServiceTest, SyncRaiseToRefusingTargetReportsConnectFailed) {
@@ -671,8 +712,8 @@ TEST_F(ServiceTest, AsyncFailoverEventsAllReachSecondaryBehindBlackholedPrimary)
     request.set_sync(false);  // default timeout: 1000 ms to be written
     v1::RaiseResponse response;
     ASSERT_TRUE(Raise(request, &response).ok());
-    ASSERT_EQ(response.deliveries_size(), 1);
-    ASSERT_EQ(response.deliveries(0).status(), v1::DELIVERY_STATUS_QUEUED);
+    ASSERT_EQ(response.deliveries_size(), 0);
+    ASSERT_EQ(response.queued(), 1u);
   }
   EXPECT_TRUE((*peer)->WaitForMessages(kEvents, absl::Seconds(5)))
       << (*peer)->message_count() << " of " << kEvents << " events reached the secondary";
