@@ -204,6 +204,8 @@ class Registry::Edit {
 
   // Rebuilds the lists of the events touched. Call once, after the last change.
   void Finish() {
+    // (shard, name) of the events to enter into the shards' `names`, entered in name order below.
+    std::vector<std::pair<size_t, absl::string_view>> names;
     for (auto& [event, change] : changes_) {
       NameKey event_key(event);
       EventShard& shard = Mutable(index_->events, events_, ShardOf(event_key.hash));
@@ -218,10 +220,21 @@ class Registry::Edit {
       if (list->empty()) continue;
       auto by_socket = Rebuilt(old.by_socket.get(), change, SocketOrder);
       NameKey key(list->front()->event);
-      shard.names.insert(key.name);
+      names.emplace_back(ShardOf(key.hash), key.name);
       shard.lists.emplace(key, EventLists{std::move(list), std::move(by_socket)});
     }
     changes_.clear();
+    // In order, each insert lands next to the one before (the hint): a bulk load (start-up, a
+    // resync) of a million events costs a sort instead of a million searches of the tree, each of
+    // which reads names from cold subscriptions.
+    std::sort(names.begin(), names.end());
+    for (size_t i = 0; i < names.size();) {
+      auto& set = Mutable(index_->events, events_, names[i].first).names;
+      auto hint = set.end();
+      for (size_t shard = names[i].first; i < names.size() && names[i].first == shard; ++i) {
+        hint = std::next(set.insert(hint, names[i].second));
+      }
+    }
   }
 
  private:
