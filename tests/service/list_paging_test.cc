@@ -146,6 +146,36 @@ TEST_F(ListPagingTest, AClientThatSendsNoPageSizeGetsTheFirstThousandAndAToken) 
   EXPECT_TRUE(all.next_page_token().empty());
 }
 
+// A page of page_size subscriptions with long sockets could outgrow gRPC's 4 MiB: it stops near
+// 2 MiB instead, with a token, and the next pages carry the rest.
+TEST_F(ListPagingTest, APageStopsNearTwoMebibytesWhateverItsPageSize) {
+  constexpr int kSubs = 2500;
+  const std::string method(1000, 'm');  // sockets of about 1 KB, near --max_socket_bytes
+  for (int i = 0; i < kSubs; ++i) {
+    v1::SubscribeRequest request;
+    request.set_event("E_LONG");
+    request.set_socket(absl::StrCat("tcp:127.0.0.1:", 1 + i % 9, "/", method, i));
+    request.set_expire_seconds(0);
+    v1::SubscribeResponse response;
+    grpc::Status status = stub_->Subscribe(Context().get(), request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  v1::ListSubscriptionsRequest request;
+  request.set_page_size(10000);
+  v1::ListSubscriptionsResponse first;
+  ASSERT_TRUE(List(request, &first).ok());
+  EXPECT_LT(first.subscriptions_size(), kSubs);
+  EXPECT_GT(first.ByteSizeLong(), size_t{3} << 19);  // 1.5 MiB
+  EXPECT_LT(first.ByteSizeLong(), size_t{5} << 19);  // 2.5 MiB
+  EXPECT_FALSE(first.next_page_token().empty());
+  std::vector<int> sizes;
+  std::vector<std::string> keys = AllPages("", 10000, &sizes);
+  EXPECT_EQ(keys.size(), static_cast<size_t>(kSubs));
+  EXPECT_TRUE(std::is_sorted(keys.begin(), keys.end()));
+  EXPECT_EQ(std::adjacent_find(keys.begin(), keys.end()), keys.end());
+  EXPECT_EQ(sizes.size(), 2u);
+}
+
 TEST_F(ListPagingTest, SubscriptionsThatStayAreNeitherRepeatedNorSkippedWhileOthersComeAndGo) {
   std::set<std::string> stayers;
   for (int i = 0; i < 60; ++i) stayers.insert(Subscribe(absl::StrCat("E", i % 4), 3000 + i));
