@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
@@ -57,8 +58,10 @@ constexpr char kUsage[] =
     "      [1,2], {\"a\":1}, 12345678901234567890),\n"
     "      or plain values (positional params, JSON when valid, else strings); use -- before\n"
     "      positional values that start with --\n"
-    "  list [EVENT] [--output table|json]\n"
-    "  events [--output table|json]\n"
+    "  list [EVENT] [--output table|json] [--page_size N]\n"
+    "  events [--output table|json] [--page_size N]\n"
+    "      both page through everything, printing each page as it arrives; --page_size\n"
+    "      asks for N per call (default: the server's, 1000)\n"
     "  health [SERVICE]\n"
     "      grpc.health.v1 Check; prints SERVING, NOT_SERVING, SERVICE_UNKNOWN, ...; exits 0 when\n"
     "      SERVING, 1 when not, 2 when the server cannot be reached. SERVICE: \"\" (default: the\n"
@@ -228,9 +231,12 @@ std::string TargetsText(const v1::Subscription& sub) {
   return absl::StrJoin(parts, ", ");
 }
 
-// Pads every column but the last to its widest cell; two spaces between columns.
-std::string RenderTable(const std::vector<std::vector<std::string>>& rows) {
-  std::vector<size_t> widths;
+// Pads every column but the last to its widest cell, and at least to `*widths` (updated to the
+// widths used, so later pages of one table line up); two spaces between columns.
+std::string RenderTable(const std::vector<std::vector<std::string>>& rows,
+                        std::vector<size_t>* carried) {
+  std::vector<size_t> own;
+  std::vector<size_t>& widths = carried != nullptr ? *carried : own;
   for (const auto& row : rows) {
     for (size_t c = 0; c + 1 < row.size(); ++c) {
       if (widths.size() <= c) widths.resize(c + 1, 0);
@@ -249,6 +255,10 @@ std::string RenderTable(const std::vector<std::vector<std::string>>& rows) {
     absl::StrAppend(&out, line, "\n");
   }
   return out;
+}
+
+std::string RenderTable(const std::vector<std::vector<std::string>>& rows) {
+  return RenderTable(rows, nullptr);
 }
 
 std::string ToJson(const google::protobuf::Message& message) {
@@ -330,6 +340,96 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
         absl::StrCat("--token_file \"", path, "\": holds more than one word (expected the token)"));
   }
   return token;
+}
+
+// Prints a List answer that comes in pages, each page as it arrives: as a table (a header, then
+// rows whose columns widen as later pages need, never narrow) or as JSON, byte for byte what
+// ToJson prints for all the pages merged into one answer.
+class PagePrinter {
+ public:
+  // `field`: the answer's repeated field ("subscriptions", "events"); `none`: the table's text
+  // when there is no entry at all.
+  PagePrinter(std::ostream& out, OutputFormat format, absl::string_view field,
+              absl::string_view none)
+      : out_(out), format_(format), field_(field), none_(none) {}
+
+  // Prints one page's entries: `header` and `rows` for the table, `items` for JSON.
+  void Page(const std::vector<std::string>& header, std::vector<std::vector<std::string>> rows,
+            const std::vector<const google::protobuf::Message*>& items) {
+    if (format_ == OutputFormat::kJson) {
+      for (const google::protobuf::Message* item : items) {
+        out_ << (entries_++ == 0 ? absl::StrCat("{\n \"", field_, "\": [\n") : ",\n");
+        // The item nested two levels deep: each of its lines indented by two more spaces.
+        std::string json = ToJson(*item);
+        json.pop_back();  // its newline
+        out_ << "  " << absl::StrReplaceAll(json, {{"\n", "\n  "}});
+      }
+      return;
+    }
+    if (rows.empty()) return;
+    entries_ += rows.size();
+    if (header != header_) {
+      header_ = header;
+      rows.insert(rows.begin(), header);
+    }
+    out_ << RenderTable(rows, &widths_);
+    out_.flush();
+  }
+
+  // Ends the output: JSON's closing brackets (and "stale" when set), or the table's `none` text.
+  void Finish(bool stale) {
+    if (format_ == OutputFormat::kTable) {
+      if (entries_ == 0) out_ << none_;
+      return;
+    }
+    out_ << (entries_ == 0 ? "{" : "\n ]")
+         << (stale ? absl::StrCat(entries_ == 0 ? "" : ",", "\n \"stale\": true") : "") << "\n}\n";
+  }
+
+ private:
+  std::ostream& out_;
+  const OutputFormat format_;
+  const std::string field_;
+  const std::string none_;
+  size_t entries_ = 0;
+  std::vector<std::string> header_;
+  std::vector<size_t> widths_;
+};
+
+// The header and rows of a table of subscriptions, with an OWNER column when `owners`.
+std::vector<std::string> SubscriptionsHeader(bool owners) {
+  std::vector<std::string> header = {"ID", "EVENT", "SOCKET"};
+  if (owners) header.push_back("OWNER");
+  header.insert(header.end(), {"EXPIRES", "TTL", "TARGETS"});
+  return header;
+}
+
+std::vector<std::vector<std::string>> SubscriptionRows(
+    const google::protobuf::RepeatedPtrField<v1::Subscription>& subs, bool owners) {
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Subscription& sub : subs) {
+    std::vector<std::string> row = {sub.id(), sub.event(), sub.socket()};
+    if (owners) row.push_back(sub.owner().empty() ? "-" : sub.owner());
+    row.insert(row.end(), {sub.has_expire_time() ? FormatTime(sub.expire_time()) : "never",
+                           sub.has_ttl() ? FormatTtl(sub.ttl()) : "-", TargetsText(sub)});
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+bool AnyOwner(const v1::ListSubscriptionsResponse& response) {
+  for (const v1::Subscription& sub : response.subscriptions()) {
+    if (!sub.owner().empty()) return true;
+  }
+  return false;
+}
+
+std::vector<std::vector<std::string>> EventRows(const v1::ListEventsResponse& response) {
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::EventInfo& e : response.events()) {
+    rows.push_back({e.event(), absl::StrCat(e.subscribers())});
+  }
+  return rows;
 }
 
 void WarnIfStale(bool stale, std::ostream& err) {
@@ -549,16 +649,9 @@ std::string FormatSubscriptionsTable(const v1::ListSubscriptionsResponse& respon
   if (response.subscriptions().empty()) return "no subscriptions\n";
   // An OWNER column only when some subscription has one (authentication on): without
   // authentication the table stays as it always was.
-  bool owners = false;
-  for (const v1::Subscription& sub : response.subscriptions()) owners |= !sub.owner().empty();
-  std::vector<std::vector<std::string>> rows = {{"ID", "EVENT", "SOCKET"}};
-  if (owners) rows[0].push_back("OWNER");
-  rows[0].insert(rows[0].end(), {"EXPIRES", "TTL", "TARGETS"});
-  for (const v1::Subscription& sub : response.subscriptions()) {
-    std::vector<std::string> row = {sub.id(), sub.event(), sub.socket()};
-    if (owners) row.push_back(sub.owner().empty() ? "-" : sub.owner());
-    row.insert(row.end(), {sub.has_expire_time() ? FormatTime(sub.expire_time()) : "never",
-                           sub.has_ttl() ? FormatTtl(sub.ttl()) : "-", TargetsText(sub)});
+  bool owners = AnyOwner(response);
+  std::vector<std::vector<std::string>> rows = {SubscriptionsHeader(owners)};
+  for (auto& row : SubscriptionRows(response.subscriptions(), owners)) {
     rows.push_back(std::move(row));
   }
   return RenderTable(rows);
@@ -567,9 +660,7 @@ std::string FormatSubscriptionsTable(const v1::ListSubscriptionsResponse& respon
 std::string FormatEventsTable(const v1::ListEventsResponse& response) {
   if (response.events().empty()) return "no events\n";
   std::vector<std::vector<std::string>> rows = {{"EVENT", "SUBSCRIBERS"}};
-  for (const v1::EventInfo& e : response.events()) {
-    rows.push_back({e.event(), absl::StrCat(e.subscribers())});
-  }
+  for (auto& row : EventRows(response)) rows.push_back(std::move(row));
   return RenderTable(rows);
 }
 
@@ -667,6 +758,7 @@ int RunCli(const std::vector<std::string>& args, const std::string& default_serv
   absl::StatusOr<v1::UnsubscribeRequest> unsubscribe;
   absl::StatusOr<RaiseCommand> raise;
   v1::ListSubscriptionsRequest list;
+  v1::ListEventsRequest events;
   OutputFormat output = OutputFormat::kTable;
   absl::Status parsed;
   if (command == "subscribe") {
@@ -681,11 +773,23 @@ int RunCli(const std::vector<std::string>& args, const std::string& default_serv
     parsed = raise.status();
     if (raise.ok()) output = raise->output;
   } else {
-    absl::StatusOr<SplitResult> split = SplitArgs(command, rest, {"output"}, {});
+    absl::StatusOr<SplitResult> split = SplitArgs(command, rest, {"output", "page_size"}, {});
     parsed = split.status();
     if (split.ok()) {
-      for (const auto& option : split->options) {
-        absl::StatusOr<OutputFormat> format = ParseOutput(command, option.second);
+      for (const auto& [name, value] : split->options) {
+        if (name == "page_size") {
+          absl::StatusOr<uint32_t> size = ParseUint32(command, "--page_size", value);
+          if (!size.ok()) return UsageError(size.status(), err);
+          if (*size == 0 || *size > 10000) {
+            return UsageError(absl::InvalidArgumentError(absl::StrCat(
+                                  command, ": --page_size ", *size, " is outside 1..10000")),
+                              err);
+          }
+          list.set_page_size(static_cast<int32_t>(*size));
+          events.set_page_size(static_cast<int32_t>(*size));
+          continue;
+        }
+        absl::StatusOr<OutputFormat> format = ParseOutput(command, value);
         if (!format.ok()) return UsageError(format.status(), err);
         output = *format;
       }
@@ -718,16 +822,36 @@ int RunCli(const std::vector<std::string>& args, const std::string& default_serv
     if (!response.ok()) return CallError(command, response.status(), err);
     out << (output == OutputFormat::kJson ? ToJson(*response) : FormatRaiseTable(*response));
   } else if (command == "list") {
-    absl::StatusOr<v1::ListSubscriptionsResponse> response = (*client)->ListSubscriptions(list);
-    if (!response.ok()) return CallError(command, response.status(), err);
-    out << (output == OutputFormat::kJson ? ToJson(*response)
-                                          : FormatSubscriptionsTable(*response));
-    WarnIfStale(response->stale(), err);
+    // Page by page, each printed as it arrives: memory holds one page, whatever the server holds.
+    PagePrinter printer(out, output, "subscriptions", "no subscriptions\n");
+    bool stale = false, owners = false;
+    absl::Status listed =
+        (*client)->ListAllSubscriptions(list, [&](const v1::ListSubscriptionsResponse& page) {
+          stale |= page.stale();
+          // The OWNER column appears (with a new header) from the first page that has an owner.
+          owners |= AnyOwner(page);
+          std::vector<const google::protobuf::Message*> items;
+          for (const auto& item : page.subscriptions()) items.push_back(&item);
+          printer.Page(SubscriptionsHeader(owners), SubscriptionRows(page.subscriptions(), owners),
+                       items);
+          return absl::OkStatus();
+        });
+    if (!listed.ok()) return CallError(command, listed, err);
+    printer.Finish(stale);
+    WarnIfStale(stale, err);
   } else {
-    absl::StatusOr<v1::ListEventsResponse> response = (*client)->ListEvents();
-    if (!response.ok()) return CallError(command, response.status(), err);
-    out << (output == OutputFormat::kJson ? ToJson(*response) : FormatEventsTable(*response));
-    WarnIfStale(response->stale(), err);
+    PagePrinter printer(out, output, "events", "no events\n");
+    bool stale = false;
+    absl::Status listed = (*client)->ListAllEvents(events, [&](const v1::ListEventsResponse& page) {
+      stale |= page.stale();
+      std::vector<const google::protobuf::Message*> items;
+      for (const auto& item : page.events()) items.push_back(&item);
+      printer.Page({"EVENT", "SUBSCRIBERS"}, EventRows(page), items);
+      return absl::OkStatus();
+    });
+    if (!listed.ok()) return CallError(command, listed, err);
+    printer.Finish(stale);
+    WarnIfStale(stale, err);
   }
   return 0;
 }

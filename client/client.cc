@@ -143,6 +143,43 @@ absl::StatusOr<v1::ListEventsResponse> Client::ListEvents(const v1::ListEventsRe
                                       options_.deadline);
 }
 
+namespace {
+
+// Calls `list` with `request` and each next_page_token in turn, handing every answer to `page`.
+template <typename Request, typename Response, typename List>
+absl::Status PageThrough(Request request, List list,
+                         absl::FunctionRef<absl::Status(const Response&)> page) {
+  request.clear_page_token();
+  for (;;) {
+    absl::StatusOr<Response> response = list(request);
+    if (!response.ok()) return response.status();
+    if (absl::Status handled = page(*response); !handled.ok()) return handled;
+    if (response->next_page_token().empty()) return absl::OkStatus();
+    if (response->next_page_token() == request.page_token()) {
+      // The server keeps the order; a token that does not move on would loop for ever.
+      return absl::InternalError("list: the server answered the same page token twice");
+    }
+    request.set_page_token(response->next_page_token());
+  }
+}
+
+}  // namespace
+
+absl::Status Client::ListAllSubscriptions(
+    const v1::ListSubscriptionsRequest& request,
+    absl::FunctionRef<absl::Status(const v1::ListSubscriptionsResponse&)> page) {
+  return PageThrough<v1::ListSubscriptionsRequest, v1::ListSubscriptionsResponse>(
+      request, [this](const v1::ListSubscriptionsRequest& r) { return ListSubscriptions(r); },
+      page);
+}
+
+absl::Status Client::ListAllEvents(
+    const v1::ListEventsRequest& request,
+    absl::FunctionRef<absl::Status(const v1::ListEventsResponse&)> page) {
+  return PageThrough<v1::ListEventsRequest, v1::ListEventsResponse>(
+      request, [this](const v1::ListEventsRequest& r) { return ListEvents(r); }, page);
+}
+
 absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> CheckHealth(
     const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
     absl::Duration deadline) {

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -78,6 +79,19 @@ class Client {
       const eventbus::v1::ListSubscriptionsRequest& request);
   absl::StatusOr<eventbus::v1::ListEventsResponse> ListEvents(
       const eventbus::v1::ListEventsRequest& request = {});
+
+  // Pages through every subscription `request` asks for (its page_token is ignored; its
+  // page_size, 0 = the server's default, sizes the pages): calls ListSubscriptions page after page,
+  // each call with its own deadline, and hands each answer to `page` as it arrives, so memory
+  // holds one page at a time. Stops after the last page, at the first failed call (its error is
+  // returned), or at the first non-OK status `page` returns (returned as is).
+  absl::Status ListAllSubscriptions(
+      const eventbus::v1::ListSubscriptionsRequest& request,
+      absl::FunctionRef<absl::Status(const eventbus::v1::ListSubscriptionsResponse&)> page);
+  // ListAllSubscriptions for ListEvents.
+  absl::Status ListAllEvents(
+      const eventbus::v1::ListEventsRequest& request,
+      absl::FunctionRef<absl::Status(const eventbus::v1::ListEventsResponse&)> page);
 
   // Calls grpc.health.v1.Health/Check for `service` ("" = the server as a whole,
   // "eventbus.v1.EventBusService" = ready to serve calls). Returns the status the server reports;

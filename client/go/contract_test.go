@@ -135,6 +135,50 @@ func number(v float64) *structpb.Value { return structpb.NewNumberValue(v) }
 func TestContract(t *testing.T) {
 	bus, sub := setUp(t)
 
+	t.Run("SubscriptionPagesHoldEachOnceInSocketOrder", func(t *testing.T) {
+		event := contractEvent + "_PAGES"
+		sockets := []string{"tcp:127.0.0.1:3", "tcp:127.0.0.1:1", "tcp:127.0.0.1:2"}
+		for _, s := range sockets {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_, err := bus.Subscribe(ctx, &pb.SubscribeRequest{
+				Event: event, Socket: s, ExpireSeconds: proto.Uint32(120)})
+			cancel()
+			if err != nil {
+				t.Fatalf("subscribe %s: %v", s, err)
+			}
+			defer func(s string) {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				bus.Unsubscribe(ctx, &pb.UnsubscribeRequest{Event: event, Socket: s})
+			}(s)
+		}
+		var got []string
+		pages := 0
+		err := ListAllSubscriptions(bus, 10*time.Second,
+			&pb.ListSubscriptionsRequest{Event: event, PageSize: 1},
+			func(page *pb.ListSubscriptionsResponse) error {
+				pages++
+				for _, s := range page.GetSubscriptions() {
+					got = append(got, s.GetSocket())
+				}
+				return nil
+			})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "tcp:127.0.0.1:1 tcp:127.0.0.1:2 tcp:127.0.0.1:3"
+		if pages != 3 || strings.Join(got, " ") != want {
+			t.Fatalf("%d pages of %v, want 3 pages of %s", pages, got, want)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err = bus.ListSubscriptions(ctx, &pb.ListSubscriptionsRequest{Event: event, PageSize: -1})
+		if status.Code(err) != codes.InvalidArgument ||
+			!strings.Contains(status.Convert(err).Message(), "page_size: -1 is negative") {
+			t.Fatalf("page_size -1: %v, want INVALID_ARGUMENT naming page_size", err)
+		}
+	})
+
 	t.Run("IntegersArriveExactlyAsJSONText", func(t *testing.T) {
 		expectParams(t, bus, sub, []*pb.Param{
 			Uint64Param("a", 1<<53+1), Uint64Param("b", 12345678901234567890),

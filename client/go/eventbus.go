@@ -31,6 +31,30 @@ func Dial(addr string, timeout time.Duration) (*grpc.ClientConn, pb.EventBusServ
 	return conn, pb.NewEventBusServiceClient(conn), nil
 }
 
+// ListAllSubscriptions calls ListSubscriptions page after page (req's PageToken is ignored; its
+// PageSize sizes the pages, 0 = the server's default), each call with its own timeout, and hands
+// each page to page as it arrives. It stops after the last page (an empty NextPageToken), or at
+// the first error of a call or of page.
+func ListAllSubscriptions(bus pb.EventBusServiceClient, timeout time.Duration,
+	req *pb.ListSubscriptionsRequest, page func(*pb.ListSubscriptionsResponse) error) error {
+	next := &pb.ListSubscriptionsRequest{Event: req.GetEvent(), PageSize: req.GetPageSize()}
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		resp, err := bus.ListSubscriptions(ctx, next)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if err := page(resp); err != nil {
+			return err
+		}
+		if resp.GetNextPageToken() == "" {
+			return nil
+		}
+		next.PageToken = resp.GetNextPageToken()
+	}
+}
+
 // JSONParam returns a param sent as JSON text, token for token: integers of any size exactly,
 // object keys in the given order.
 func JSONParam(name, text string) *pb.Param {

@@ -84,18 +84,22 @@ func run(server, socket, event string) error {
 		}
 	}
 
-	ctx, cancel = call()
-	listed, err := bus.ListSubscriptions(ctx, &pb.ListSubscriptionsRequest{Event: event})
-	cancel()
+	// Page by page (the server answers at most PageSize per call; 0: its default).
+	var subscriptions []*pb.Subscription
+	stale := ""
+	err = ListAllSubscriptions(bus, 10*time.Second, &pb.ListSubscriptionsRequest{Event: event, PageSize: 100},
+		func(page *pb.ListSubscriptionsResponse) error {
+			subscriptions = append(subscriptions, page.GetSubscriptions()...)
+			if page.GetStale() {
+				stale = " (stale)"
+			}
+			return nil
+		})
 	if err != nil {
 		return fmt.Errorf("list: %w", err)
 	}
-	stale := ""
-	if listed.GetStale() {
-		stale = " (stale)"
-	}
-	fmt.Printf("list %s: %d subscription(s)%s\n", event, len(listed.GetSubscriptions()), stale)
-	for _, l := range listed.GetSubscriptions() {
+	fmt.Printf("list %s: %d subscription(s)%s\n", event, len(subscriptions), stale)
+	for _, l := range subscriptions {
 		var targets []string
 		for _, t := range l.GetTargets() {
 			targets = append(targets, fmt.Sprintf("%s %s delivered=%d failed=%d", t.GetAddress(),

@@ -155,3 +155,23 @@ test('an unset Value is INVALID_ARGUMENT naming the param', async () => {
   await assert.rejects(bus.call('Raise', {event: EVENT, named: {params: [{name: 'count'}]}}),
                        (err) => err.details.includes('param "count": no value'));
 });
+
+test('subscription pages hold each subscription once, in socket order', async () => {
+  const event = `${EVENT}_PAGES`;
+  const sockets = [3, 1, 2].map((port) => `tcp:127.0.0.1:${port}`);
+  for (const socket of sockets) await bus.subscribe(event, socket, {expireSeconds: 120});
+  try {
+    const pages = [];
+    for await (const page of bus.subscriptionPages(event, {pageSize: 1})) pages.push(page);
+    assert.deepStrictEqual(pages.map((p) => p.subscriptions.length), [1, 1, 1]);
+    // An empty string is left out of the message (undefined) on the last page.
+    assert.ok(pages.slice(0, -1).every((p) => p.nextPageToken));
+    assert.ok(!pages[pages.length - 1].nextPageToken);
+    assert.deepStrictEqual(pages.map((p) => p.subscriptions[0].socket), [...sockets].sort());
+    await assert.rejects(bus.listSubscriptions(event, {pageSize: -1}),
+                         (err) => err.code === grpc.status.INVALID_ARGUMENT &&
+                             err.details.includes('page_size: -1 is negative'));
+  } finally {
+    for (const socket of sockets) await bus.unsubscribe({event, socket});
+  }
+});

@@ -121,14 +121,36 @@ class EventBus {
     return this.call('Raise', request, timeoutMs || 0);
   }
 
-  // Resolves to the ListSubscriptionsResponse ({subscriptions, stale}).
-  listSubscriptions(event = '') {
-    return this.call('ListSubscriptions', {event});
+  // Resolves to one page, a ListSubscriptionsResponse ({subscriptions, stale, nextPageToken}:
+  // empty on the last page). pageSize 0: the server's default (1000).
+  listSubscriptions(event = '', {pageSize = 0, pageToken = ''} = {}) {
+    return this.call('ListSubscriptions', {event, pageSize, pageToken});
   }
 
-  // Resolves to the ListEventsResponse ({events: [{event, subscribers}], stale}).
-  listEvents() {
-    return this.call('ListEvents', {});
+  // Yields every page of ListSubscriptions, one call (and one deadline) per page.
+  async* subscriptionPages(event = '', {pageSize = 0} = {}) {
+    let pageToken = '';
+    do {
+      const page = await this.listSubscriptions(event, {pageSize, pageToken});
+      yield page;
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+  }
+
+  // Resolves to one page, a ListEventsResponse ({events: [{event, subscribers}], stale,
+  // nextPageToken}).
+  listEvents({pageSize = 0, pageToken = ''} = {}) {
+    return this.call('ListEvents', {pageSize, pageToken});
+  }
+
+  // Yields every page of ListEvents.
+  async* eventPages({pageSize = 0} = {}) {
+    let pageToken = '';
+    do {
+      const page = await this.listEvents({pageSize, pageToken});
+      yield page;
+      pageToken = page.nextPageToken;
+    } while (pageToken);
   }
 }
 

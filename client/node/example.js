@@ -34,10 +34,16 @@ async function main([server, socket, event = 'E_NODE', ...rest]) {
       for (const d of answer.deliveries) console.log(`  ${formatDelivery(d)}`);
     }
 
-    const listed = await bus.listSubscriptions(event);
-    console.log(`list ${event}: ${listed.subscriptions.length} subscription(s)` +
-                (listed.stale ? ' (stale)' : ''));
-    for (const s of listed.subscriptions) {
+    // Page by page (the server answers at most pageSize per call; 0: its default).
+    const subscriptions = [];
+    let stale = false;
+    for await (const page of bus.subscriptionPages(event, {pageSize: 100})) {
+      subscriptions.push(...page.subscriptions);
+      stale = stale || page.stale;
+    }
+    console.log(`list ${event}: ${subscriptions.length} subscription(s)` +
+                (stale ? ' (stale)' : ''));
+    for (const s of subscriptions) {
       const targets = s.targets.map((t) => `${t.address} ${stateName(t.state)} ` +
                                            `delivered=${t.delivered || 0} failed=${t.failed || 0}`);
       console.log(`  ${s.id}  ${s.event}  ${s.socket}  ttl=${Math.floor(durationMs(s.ttl) / 1e3)}s` +

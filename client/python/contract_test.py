@@ -74,6 +74,25 @@ class ContractTest(unittest.TestCase):
         self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn(fragment, caught.exception.details())
 
+    def test_subscription_pages_hold_each_subscription_once_in_socket_order(self):
+        event = EVENT + "_PAGES"
+        sockets = ["tcp:127.0.0.1:%d" % port for port in (3, 1, 2)]
+        for s in sockets:
+            self.bus.subscribe(event, s, expire_seconds=120)
+        try:
+            pages = list(self.bus.subscription_pages(event, page_size=1))
+            self.assertEqual([len(p.subscriptions) for p in pages], [1, 1, 1])
+            self.assertTrue(all(p.next_page_token for p in pages[:-1]))
+            self.assertEqual(pages[-1].next_page_token, "")
+            self.assertEqual([p.subscriptions[0].socket for p in pages], sorted(sockets))
+            with self.assertRaises(grpc.RpcError) as caught:
+                self.bus.list_subscriptions(event, page_size=-1)
+            self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn("page_size: -1 is negative", caught.exception.details())
+        finally:
+            for s in sockets:
+                self.bus.unsubscribe(event=event, socket=s)
+
     def test_python_ints_and_json_text_arrive_exactly(self):
         self.expect_params(
             '{"a":9007199254740993,"b":12345678901234567890,"c":-9223372036854775808,'

@@ -110,14 +110,39 @@ class EventBus:
         deadline = self._timeout + (timeout_ms or 0) / 1000.0
         return self._stub.Raise(request, timeout=deadline)
 
-    def list_subscriptions(self, event=""):
-        """Returns the ListSubscriptionsResponse (.subscriptions, .stale)."""
+    def list_subscriptions(self, event="", page_size=0, page_token=""):
+        """Returns one page, a ListSubscriptionsResponse (.subscriptions, .stale,
+        .next_page_token: empty on the last page). page_size 0: the server's default (1000)."""
         return self._stub.ListSubscriptions(
-            pb.ListSubscriptionsRequest(event=event), timeout=self._timeout)
+            pb.ListSubscriptionsRequest(event=event, page_size=page_size, page_token=page_token),
+            timeout=self._timeout)
 
-    def list_events(self):
-        """Returns the ListEventsResponse (.events with .event and .subscribers, .stale)."""
-        return self._stub.ListEvents(pb.ListEventsRequest(), timeout=self._timeout)
+    def subscription_pages(self, event="", page_size=0):
+        """Yields every page of ListSubscriptions, one call (and one deadline) per page."""
+        token = ""
+        while True:
+            page = self.list_subscriptions(event, page_size, token)
+            yield page
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def list_events(self, page_size=0, page_token=""):
+        """Returns one page, a ListEventsResponse (.events with .event and .subscribers, .stale,
+        .next_page_token)."""
+        return self._stub.ListEvents(
+            pb.ListEventsRequest(page_size=page_size, page_token=page_token),
+            timeout=self._timeout)
+
+    def event_pages(self, page_size=0):
+        """Yields every page of ListEvents."""
+        token = ""
+        while True:
+            page = self.list_events(page_size, token)
+            yield page
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
 
 
 def format_delivery(delivery):

@@ -45,10 +45,14 @@ def main(argv):
                 for delivery in answer.deliveries:
                     print("  " + format_delivery(delivery))
 
-            listed = bus.list_subscriptions(event)
-            print("list %s: %d subscription(s)%s" % (event, len(listed.subscriptions),
-                                                     " (stale)" if listed.stale else ""))
-            for s in listed.subscriptions:
+            # Page by page (the server answers at most page_size per call; 0: its default).
+            subscriptions, stale = [], False
+            for page in bus.subscription_pages(event, page_size=100):
+                subscriptions.extend(page.subscriptions)
+                stale = stale or page.stale
+            print("list %s: %d subscription(s)%s" % (event, len(subscriptions),
+                                                     " (stale)" if stale else ""))
+            for s in subscriptions:
                 targets = ", ".join("%s %s delivered=%d failed=%d" % (
                     t.address, STATE_NAMES[t.state], t.delivered, t.failed) for t in s.targets)
                 print("  %s  %s  %s  ttl=%ds  [%s]" % (s.id, s.event, s.socket, s.ttl.seconds,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <utility>
 
 #include "absl/container/btree_set.h"
@@ -67,10 +68,20 @@ struct KeyShard {
   absl::flat_hash_map<SocketKey, SubscriptionPtr, StoredHash> subs;
 };
 
-// Event -> its subscribers, ordered by create_time then id. Never holds an empty list; the key
-// points into the list's first subscription.
+// The subscribers of one event, in the two orders its readers want. Never empty.
+struct EventLists {
+  // By create_time, then id: what Raise fans out to.
+  std::shared_ptr<const SubscriberList> list;
+  // By socket (unique within an event): what the List* pages read.
+  std::shared_ptr<const SubscriberList> by_socket;
+};
+
+// Event -> its subscribers. The map's key and the name in `names` point into the first
+// subscription of the event's `list`.
 struct EventShard {
-  absl::flat_hash_map<NameKey, std::shared_ptr<const SubscriberList>, StoredHash> lists;
+  absl::flat_hash_map<NameKey, EventLists, StoredHash> lists;
+  // The events of `lists` in name order: pages merge the shards' orders instead of sorting.
+  absl::btree_set<absl::string_view> names;
 };
 
 template <typename Shard>
@@ -87,8 +98,7 @@ bool ListOrder(const SubscriptionPtr& a, const SubscriptionPtr& b) {
   return a->id < b->id;
 }
 
-bool EventSocketOrder(const SubscriptionPtr& a, const SubscriptionPtr& b) {
-  if (a->event != b->event) return a->event < b->event;
+bool SocketOrder(const SubscriptionPtr& a, const SubscriptionPtr& b) {
   return a->socket < b->socket;
 }
 
@@ -122,10 +132,16 @@ struct Registry::Index {
   }
 
   const std::shared_ptr<const SubscriberList>& Subscribers(absl::string_view event) const {
+    const EventLists* lists = Lists(event);
+    return lists == nullptr ? EmptyList() : lists->list;
+  }
+
+  // The lists of `event`; null when it has no subscribers.
+  const EventLists* Lists(absl::string_view event) const {
     NameKey key(event);
     const auto& lists = events[ShardOf(key.hash)]->lists;
     auto it = lists.find(key);
-    return it == lists.end() ? EmptyList() : it->second;
+    return it == lists.end() ? nullptr : &it->second;
   }
 
   Shards<IdShard> ids;
@@ -188,38 +204,65 @@ class Registry::Edit {
 
   // Rebuilds the lists of the events touched. Call once, after the last change.
   void Finish() {
+    // (shard, name) of the events to enter into the shards' `names`, entered in name order below.
+    std::vector<std::pair<size_t, absl::string_view>> names;
     for (auto& [event, change] : changes_) {
       NameKey event_key(event);
       EventShard& shard = Mutable(index_->events, events_, ShardOf(event_key.hash));
-      std::shared_ptr<const SubscriberList> old;
+      EventLists old;
       auto it = shard.lists.find(event_key);
       if (it != shard.lists.end()) {
-        old = it->second;  // keeps the key text alive across the erase
+        old = it->second;  // keeps the key texts (here and in `names`) alive across the erases
         shard.lists.erase(it);
+        shard.names.erase(absl::string_view(event));
       }
-      auto list = std::make_shared<SubscriberList>();
-      if (old != nullptr) {
-        list->reserve(old->size() + change.added.size());
-        if (change.removed.empty()) {
-          list->assign(old->begin(), old->end());
-        } else {
-          for (const SubscriptionPtr& sub : *old) {
-            if (!change.removed.contains(sub->id)) list->push_back(sub);
-          }
-        }
-      }
-      size_t kept = list->size();
-      std::sort(change.added.begin(), change.added.end(), ListOrder);
-      list->insert(list->end(), change.added.begin(), change.added.end());
-      std::inplace_merge(list->begin(), list->begin() + kept, list->end(), ListOrder);
+      auto list = Rebuilt(old.list.get(), change, ListOrder);
       if (list->empty()) continue;
+      auto by_socket = Rebuilt(old.by_socket.get(), change, SocketOrder);
       NameKey key(list->front()->event);
-      shard.lists.emplace(key, std::shared_ptr<const SubscriberList>(std::move(list)));
+      names.emplace_back(ShardOf(key.hash), key.name);
+      shard.lists.emplace(key, EventLists{std::move(list), std::move(by_socket)});
     }
     changes_.clear();
+    // In order, each insert lands next to the one before (the hint): a bulk load (start-up, a
+    // resync) of a million events costs a sort instead of a million searches of the tree, each of
+    // which reads names from cold subscriptions.
+    std::sort(names.begin(), names.end());
+    for (size_t i = 0; i < names.size();) {
+      auto& set = Mutable(index_->events, events_, names[i].first).names;
+      auto hint = set.end();
+      for (size_t shard = names[i].first; i < names.size() && names[i].first == shard; ++i) {
+        hint = std::next(set.insert(hint, names[i].second));
+      }
+    }
   }
 
  private:
+  struct EventChange;
+
+  // Returns `old` (null: empty) without the removed subscriptions and with the added ones, in
+  // `order`: a merge, so the cost grows with the event's subscribers, not with their log.
+  template <typename Order>
+  static std::shared_ptr<const SubscriberList> Rebuilt(const SubscriberList* old,
+                                                       EventChange& change, Order order) {
+    auto list = std::make_shared<SubscriberList>();
+    if (old != nullptr) {
+      list->reserve(old->size() + change.added.size());
+      if (change.removed.empty()) {
+        list->assign(old->begin(), old->end());
+      } else {
+        for (const SubscriptionPtr& sub : *old) {
+          if (!change.removed.contains(sub->id)) list->push_back(sub);
+        }
+      }
+    }
+    size_t kept = list->size();
+    std::sort(change.added.begin(), change.added.end(), order);
+    list->insert(list->end(), change.added.begin(), change.added.end());
+    std::inplace_merge(list->begin(), list->begin() + kept, list->end(), order);
+    return list;
+  }
+
   struct EventChange {
     absl::flat_hash_set<std::string> removed;
     std::vector<SubscriptionPtr> added;
@@ -268,48 +311,139 @@ SubscriptionPtr Registry::FindByKey(absl::string_view event, absl::string_view s
   return Snapshot()->FindByKey(SocketKey(event, socket));
 }
 
+// Walks the events of every shard of one Index in name order: a k-way merge of the shards'
+// `names`, so a page costs O(kShards log) to start and O(log kShards) per event, whatever the
+// registry holds. The index must outlive the walk.
+class Registry::EventWalk {
+ public:
+  // Starts at the first event after `after` (nullopt: at the first event).
+  EventWalk(const Index& index, std::optional<absl::string_view> after) : index_(index) {
+    heads_.reserve(kShards);
+    for (size_t i = 0; i < kShards; ++i) {
+      const auto& names = index.events[i]->names;
+      auto it = after.has_value() ? names.upper_bound(*after) : names.begin();
+      if (it != names.end()) heads_.push_back({it, i});
+    }
+    std::make_heap(heads_.begin(), heads_.end(), Later);
+  }
+
+  // The next event's lists, its name in `*name`; null after the last.
+  const EventLists* Next(absl::string_view* name) {
+    if (heads_.empty()) return nullptr;
+    std::pop_heap(heads_.begin(), heads_.end(), Later);
+    Head& head = heads_.back();
+    *name = *head.it;
+    const auto& names = index_.events[head.shard]->names;
+    if (++head.it == names.end()) {
+      heads_.pop_back();
+    } else {
+      std::push_heap(heads_.begin(), heads_.end(), Later);
+    }
+    return index_.Lists(*name);
+  }
+
+ private:
+  struct Head {
+    absl::btree_set<absl::string_view>::const_iterator it;
+    size_t shard;
+  };
+  // The heap's order: the smallest name on top.
+  static bool Later(const Head& a, const Head& b) { return *a.it > *b.it; }
+
+  const Index& index_;
+  std::vector<Head> heads_;
+};
+
 std::vector<SubscriptionPtr> Registry::List(absl::string_view event) const {
+  PageRequest all;
+  all.limit = std::numeric_limits<size_t>::max();
+  return ListPage(event, all).subscriptions;
+}
+
+SubscriptionPage Registry::ListPage(absl::string_view event, const PageRequest& request) const {
   std::shared_ptr<const Index> index = Snapshot();
-  std::vector<SubscriptionPtr> out;
+  SubscriptionPage page;
+  // Appends the subscriptions of one event's `by_socket` list after `after_socket` (nullopt: all
+  // of them). Returns false once the page is full and one more that matches was seen.
+  auto take = [&](const SubscriberList& by_socket, std::optional<absl::string_view> after_socket) {
+    auto it = by_socket.begin();
+    if (after_socket.has_value()) {
+      it = std::upper_bound(by_socket.begin(), by_socket.end(), *after_socket,
+                            [](absl::string_view socket, const SubscriptionPtr& sub) {
+                              return socket < sub->socket;
+                            });
+    }
+    for (; it != by_socket.end(); ++it) {
+      if (request.filter && !request.filter(**it)) continue;
+      if (page.subscriptions.size() >= request.limit) {
+        page.more = true;
+        return false;
+      }
+      page.subscriptions.push_back(*it);
+    }
+    return true;
+  };
+  const std::optional<PageKey>& after = request.after;
   if (!event.empty()) {
-    const SubscriberList& list = *index->Subscribers(event);
-    out.assign(list.begin(), list.end());
-  } else {
-    out.reserve(index->size);
-    for (const auto& shard : index->events) {
-      for (const auto& [name, list] : shard->lists)
-        out.insert(out.end(), list->begin(), list->end());
+    const EventLists* lists = index->Lists(event);
+    if (lists == nullptr) return page;
+    if (!after.has_value() || after->event < event) {
+      take(*lists->by_socket, std::nullopt);
+    } else if (after->event == event) {
+      take(*lists->by_socket, after->socket);
+    }
+    return page;
+  }
+  // The event of `after` itself is resumed after its socket; the walk starts behind it.
+  if (after.has_value()) {
+    if (const EventLists* lists = index->Lists(after->event)) {
+      if (!take(*lists->by_socket, after->socket)) return page;
     }
   }
-  std::sort(out.begin(), out.end(), EventSocketOrder);
-  return out;
+  EventWalk walk(*index,
+                 after.has_value() ? std::optional<absl::string_view>(after->event) : std::nullopt);
+  absl::string_view name;
+  while (const EventLists* lists = walk.Next(&name)) {
+    if (!take(*lists->by_socket, std::nullopt)) break;
+  }
+  return page;
+}
+
+EventPage Registry::EventsPage(const PageRequest& request) const {
+  std::shared_ptr<const Index> index = Snapshot();
+  EventPage page;
+  EventWalk walk(*index, request.after.has_value()
+                             ? std::optional<absl::string_view>(request.after->event)
+                             : std::nullopt);
+  absl::string_view name;
+  while (const EventLists* lists = walk.Next(&name)) {
+    size_t count = lists->list->size();
+    if (request.filter) {
+      count = std::count_if(lists->list->begin(), lists->list->end(),
+                            [&](const SubscriptionPtr& sub) { return request.filter(*sub); });
+      if (count == 0) continue;
+    }
+    if (page.events.size() >= request.limit) {
+      page.more = true;
+      break;
+    }
+    page.events.push_back({std::string(name), count});
+  }
+  return page;
 }
 
 std::vector<EventCount> Registry::Events() const {
-  std::shared_ptr<const Index> index = Snapshot();
-  std::vector<EventCount> out;
-  for (const auto& shard : index->events) {
-    for (const auto& [key, list] : shard->lists)
-      out.push_back({std::string(key.name), list->size()});
-  }
-  std::sort(out.begin(), out.end(),
-            [](const EventCount& a, const EventCount& b) { return a.event < b.event; });
-  return out;
+  PageRequest all;
+  all.limit = std::numeric_limits<size_t>::max();
+  return EventsPage(all).events;
 }
 
 std::vector<EventCount> Registry::EventsOwnedBy(absl::string_view owner) const {
-  std::shared_ptr<const Index> index = Snapshot();
-  std::vector<EventCount> out;
-  for (const auto& shard : index->events) {
-    for (const auto& [key, list] : shard->lists) {
-      size_t owned = 0;
-      for (const SubscriptionPtr& sub : *list) owned += sub->owner == owner ? 1 : 0;
-      if (owned > 0) out.push_back({std::string(key.name), owned});
-    }
-  }
-  std::sort(out.begin(), out.end(),
-            [](const EventCount& a, const EventCount& b) { return a.event < b.event; });
-  return out;
+  PageRequest all;
+  all.limit = std::numeric_limits<size_t>::max();
+  std::string name(owner);
+  all.filter = [&name](const Subscription& sub) { return sub.owner == name; };
+  return EventsPage(all).events;
 }
 
 size_t Registry::size() const { return Snapshot()->size; }

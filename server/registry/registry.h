@@ -1,11 +1,14 @@
 // The in-memory index of live subscriptions: by id, by (event, socket), and per event as an
 // immutable list. Raise reads a copy-on-write snapshot (a shared_ptr copy), so it never waits on
-// Subscribe; writers build a new list and publish it. Fed by store/SubscriptionManager.
+// Subscribe; writers build a new list and publish it. Fed by store/SubscriptionManager. The
+// service's List* calls read it page by page, in (event, socket) order, from one snapshot each.
 #ifndef EVENTBUS_SERVER_REGISTRY_REGISTRY_H_
 #define EVENTBUS_SERVER_REGISTRY_REGISTRY_H_
 
 #include <cstddef>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,6 +27,39 @@ struct EventCount {
   size_t subscribers = 0;
 };
 
+// A position in the listing order: an event and, for subscriptions, a socket. Pages start strictly
+// after the key of the last entry the previous page returned, so entries added or removed between
+// two pages move no other entry across the boundary.
+struct PageKey {
+  std::string event;
+  // Empty for a page of events.
+  std::string socket;
+};
+
+// What one page of ListPage or EventsPage holds.
+struct PageRequest {
+  // Start strictly after this key; nullopt: from the first entry.
+  std::optional<PageKey> after;
+  // At most this many entries (0 returns none, and says whether there are any).
+  size_t limit = 1000;
+  // Only subscriptions for which it returns true (EventsPage: counts only those, and leaves out
+  // events with none); empty: every subscription.
+  std::function<bool(const Subscription&)> filter;
+};
+
+struct SubscriptionPage {
+  // In (event, socket) order.
+  std::vector<SubscriptionPtr> subscriptions;
+  // True when entries that match come after the last one here.
+  bool more = false;
+};
+
+struct EventPage {
+  // In name order.
+  std::vector<EventCount> events;
+  bool more = false;
+};
+
 // Thread-safe.
 class Registry {
  public:
@@ -37,6 +73,12 @@ class Registry {
   SubscriptionPtr FindByKey(absl::string_view event, absl::string_view socket) const;
   // Sorted by event, then socket. `event` empty: all.
   std::vector<SubscriptionPtr> List(absl::string_view event = {}) const;
+  // One page of List(event): the subscriptions after `request.after` that pass its filter, at
+  // most `request.limit`. Costs O(log n + what it returns + what the filter skips), read from one
+  // snapshot: it never copies or sorts the registry.
+  SubscriptionPage ListPage(absl::string_view event, const PageRequest& request) const;
+  // One page of Events() (or, with a filter, of the events of the subscriptions that pass it).
+  EventPage EventsPage(const PageRequest& request) const;
   // Events with at least one subscription, sorted by name.
   std::vector<EventCount> Events() const;
   // Events with at least one subscription owned by `owner`, sorted by name, counting only those.
@@ -59,6 +101,7 @@ class Registry {
  private:
   struct Index;
   class Edit;
+  class EventWalk;
 
   std::shared_ptr<const Index> Snapshot() const;
   // Swaps `next` in; the previous index is released after mu_ is unlocked.

@@ -18,6 +18,7 @@
 #include "server/auth/caller.h"
 #include "server/base/log.h"
 #include "server/service/convert.h"
+#include "server/service/page_token.h"
 
 namespace eventbus::service {
 namespace {
@@ -47,6 +48,35 @@ registry::Actor ActorOf(const auth::Caller& caller) {
 // and a caller without a name owns nothing.
 bool SeesAll(const auth::Caller& caller) {
   return caller.Has(auth::kReader) || caller.Has(auth::kAdmin);
+}
+
+// Where a page of subscriptions stops, whatever its page_size: half of gRPC's default 4 MiB
+// limit on a message a client receives.
+constexpr size_t kMaxPageBytes = size_t{2} << 20;
+
+// The page `page_size` and `page_token` ask for, of `kind` and the event filter `event`.
+// INVALID_ARGUMENT naming the field for a negative size, a token that does not parse, or one
+// issued for another filter.
+absl::StatusOr<registry::PageRequest> PageRequestOf(int32_t page_size,
+                                                    const std::string& page_token, PageKind kind,
+                                                    const std::string& event) {
+  absl::StatusOr<size_t> limit = ResolvePageSize(page_size);
+  if (!limit.ok()) return limit.status();
+  registry::PageRequest page;
+  page.limit = *limit;
+  if (page_token.empty()) return page;
+  absl::StatusOr<PageToken> token = DecodePageToken(page_token, kind);
+  if (!token.ok()) return token.status();
+  if (token->filter_event != event) {
+    auto filter = [](const std::string& e) {
+      return e.empty() ? std::string("every event") : absl::StrCat("event \"", e, "\"");
+    };
+    return absl::InvalidArgumentError(absl::StrCat(
+        "page_token: issued for ", filter(token->filter_event), ", but this request asks for ",
+        filter(event), "; ask for the next page with the same event as the first"));
+  }
+  page.after = std::move(token->last);
+  return page;
 }
 
 // Protobuf message nesting a Raise request may have. protobuf's default (100) stops at about 33
@@ -306,16 +336,49 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::ListSubscriptions(
       return reactor;
     }
   }
-  const auth::Caller caller = auth::CallerOf(*context, options_.auth_enabled);
-  const bool sees_all = SeesAll(caller);
-  absl::Time now = clock_->Now();
-  std::vector<registry::SubscriptionPtr> subs = registry_->List(request->event());
-  response->mutable_subscriptions()->Reserve(static_cast<int>(subs.size()));
-  for (const registry::SubscriptionPtr& sub : subs) {
-    if (!sees_all && (caller.anonymous() || sub->owner != caller.name)) continue;
-    FillSubscription(*sub, now, response->add_subscriptions());
+  absl::StatusOr<registry::PageRequest> page = PageRequestOf(
+      request->page_size(), request->page_token(), PageKind::kSubscriptions, request->event());
+  if (!page.ok()) {
+    reactor->Finish(ToGrpcStatus(page.status()));
+    return reactor;
   }
+  const auth::Caller caller = auth::CallerOf(*context, options_.auth_enabled);
   response->set_stale(manager_->stale());
+  // Filter, then page: a caller that sees only its own subscriptions gets pages of those.
+  if (!SeesAll(caller)) {
+    if (caller.anonymous()) {
+      reactor->Finish(grpc::Status::OK);
+      return reactor;
+    }
+    page->filter = [name = caller.name](const registry::Subscription& sub) {
+      return sub.owner == name;
+    };
+  }
+  registry::SubscriptionPage subs = registry_->ListPage(request->event(), *page);
+  absl::Time now = clock_->Now();
+  response->mutable_subscriptions()->Reserve(static_cast<int>(subs.subscriptions.size()));
+  size_t bytes = 0;
+  bool more = subs.more;
+  const registry::Subscription* last = nullptr;
+  for (const registry::SubscriptionPtr& sub : subs.subscriptions) {
+    // A page ends early rather than outgrow what clients accept (gRPC's 4 MiB by default): with
+    // long sockets and many targets, page_size subscriptions could be several times that.
+    if (bytes >= kMaxPageBytes) {
+      more = true;
+      break;
+    }
+    v1::Subscription* out = response->add_subscriptions();
+    FillSubscription(*sub, now, out);
+    bytes += out->ByteSizeLong() + 8;  // with the field's tag and length
+    last = sub.get();
+  }
+  if (more && last != nullptr) {
+    PageToken token;
+    token.kind = PageKind::kSubscriptions;
+    token.filter_event = request->event();
+    token.last = {last->event, last->socket};
+    response->set_next_page_token(EncodePageToken(token));
+  }
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -328,21 +391,39 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::ListEvents(grpc::CallbackServerCo
     reactor->Finish(ToGrpcStatus(ready));
     return reactor;
   }
+  absl::StatusOr<registry::PageRequest> page =
+      PageRequestOf(request->page_size(), request->page_token(), PageKind::kEvents, "");
+  if (!page.ok()) {
+    reactor->Finish(ToGrpcStatus(page.status()));
+    return reactor;
+  }
   const auth::Caller caller = auth::CallerOf(*context, options_.auth_enabled);
+  response->set_stale(manager_->stale());
   // A caller that sees only its own subscriptions counts only those, and sees no event it has none
   // of.
-  std::vector<registry::EventCount> events;
-  if (SeesAll(caller)) {
-    events = registry_->Events();
-  } else if (!caller.anonymous()) {
-    events = registry_->EventsOwnedBy(caller.name);
+  if (!SeesAll(caller)) {
+    if (caller.anonymous()) {
+      reactor->Finish(grpc::Status::OK);
+      return reactor;
+    }
+    page->filter = [name = caller.name](const registry::Subscription& sub) {
+      return sub.owner == name;
+    };
   }
-  for (const registry::EventCount& event : events) {
+  registry::EventPage events = registry_->EventsPage(*page);
+  response->mutable_events()->Reserve(static_cast<int>(events.events.size()));
+  for (const registry::EventCount& event : events.events) {
     v1::EventInfo* info = response->add_events();
     info->set_event(event.event);
     info->set_subscribers(static_cast<uint32_t>(event.subscribers));
   }
-  response->set_stale(manager_->stale());
+  // Events are at most a few hundred bytes each: a page of kMaxPageSize stays far below 4 MiB.
+  if (events.more && !events.events.empty()) {
+    PageToken token;
+    token.kind = PageKind::kEvents;
+    token.last.event = events.events.back().event;
+    response->set_next_page_token(EncodePageToken(token));
+  }
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/cli.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 #include "server/service/server.h"
 #include "tests/testing/ports.h"
@@ -177,6 +178,103 @@ TEST_F(ClientTest, CliSubscribeListRaiseEventsUnsubscribe) {
   EXPECT_EQ(out_.str(), "removed 1\n");
   ASSERT_EQ(Cli({"unsubscribe", "E_PIKE_BLOCKED", socket}), 0) << err_.str();
   EXPECT_EQ(out_.str(), "removed 0\n");
+}
+
+TEST_F(ClientTest, ListAllPagesThroughEverySubscriptionAndEvent) {
+  std::vector<std::string> expected;
+  for (int i = 0; i < 10; ++i) {
+    v1::SubscribeRequest subscribe;
+    subscribe.set_event(absl::StrCat("E", i % 3));
+    subscribe.set_socket(absl::StrCat("tcp:127.0.0.1:", 9000 + i));
+    ASSERT_TRUE(client_->Subscribe(subscribe).ok());
+    expected.push_back(absl::StrCat(subscribe.event(), " ", subscribe.socket()));
+  }
+  std::sort(expected.begin(), expected.end());
+  v1::ListSubscriptionsRequest request;
+  request.set_page_size(3);
+  request.set_page_token("ignored: paging starts at the first page");
+  std::vector<std::string> got;
+  int pages = 0;
+  absl::Status status =
+      client_->ListAllSubscriptions(request, [&](const v1::ListSubscriptionsResponse& page) {
+        ++pages;
+        for (const v1::Subscription& sub : page.subscriptions()) {
+          got.push_back(absl::StrCat(sub.event(), " ", sub.socket()));
+        }
+        return absl::OkStatus();
+      });
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(pages, 4);
+  EXPECT_EQ(got, expected);
+
+  // The callback's error stops the paging and is returned.
+  pages = 0;
+  status = client_->ListAllSubscriptions(request, [&](const v1::ListSubscriptionsResponse&) {
+    ++pages;
+    return absl::CancelledError("enough");
+  });
+  EXPECT_EQ(status, absl::CancelledError("enough"));
+  EXPECT_EQ(pages, 1);
+
+  v1::ListEventsRequest events;
+  events.set_page_size(2);
+  std::vector<std::string> names;
+  status = client_->ListAllEvents(events, [&](const v1::ListEventsResponse& page) {
+    for (const v1::EventInfo& info : page.events()) {
+      names.push_back(absl::StrCat(info.event(), "=", info.subscribers()));
+    }
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_THAT(names, ::testing::ElementsAre("E0=4", "E1=3", "E2=3"));
+
+  // A bad page size is the server's INVALID_ARGUMENT.
+  request.set_page_size(-1);
+  status = client_->ListAllSubscriptions(
+      request, [](const v1::ListSubscriptionsResponse&) { return absl::OkStatus(); });
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The CLI prints page by page what it used to print from one answer: the same table (when no
+// later page needs wider columns) and the same JSON, byte for byte.
+TEST_F(ClientTest, CliListAndEventsPageThroughEverythingPrintingWhatOneAnswerWould) {
+  for (int i = 0; i < 7; ++i) {
+    v1::SubscribeRequest subscribe;
+    subscribe.set_event(absl::StrCat("E_PAGED", i % 2));
+    subscribe.set_socket(absl::StrCat("tcp:127.0.0.1:", 9100 + i));
+    subscribe.set_expire_seconds(0);  // no TTL that moves between the calls
+    ASSERT_TRUE(client_->Subscribe(subscribe).ok());
+  }
+  v1::ListSubscriptionsRequest all_request;
+  all_request.set_page_size(100);
+  auto all = client_->ListSubscriptions(all_request);
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->subscriptions_size(), 7);
+  ASSERT_TRUE(all->next_page_token().empty());
+  auto events = client_->ListEvents();
+  ASSERT_TRUE(events.ok()) << events.status();
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  std::string all_json, events_json;
+  ASSERT_TRUE(google::protobuf::util::MessageToJsonString(*all, &all_json, options).ok());
+  ASSERT_TRUE(google::protobuf::util::MessageToJsonString(*events, &events_json, options).ok());
+
+  for (const char* page_size : {"1", "2", "7", "10000"}) {
+    ASSERT_EQ(Cli({"list", "--page_size", page_size}), 0) << err_.str();
+    EXPECT_EQ(out_.str(), FormatSubscriptionsTable(*all)) << page_size;
+    ASSERT_EQ(Cli({"list", "--output", "json", "--page_size", page_size}), 0) << err_.str();
+    EXPECT_EQ(out_.str(), all_json) << page_size;
+    ASSERT_EQ(Cli({"events", "--page_size", page_size}), 0) << err_.str();
+    EXPECT_EQ(out_.str(), FormatEventsTable(*events)) << page_size;
+    ASSERT_EQ(Cli({"events", "--output=json", "--page_size", page_size}), 0) << err_.str();
+    EXPECT_EQ(out_.str(), events_json) << page_size;
+  }
+  ASSERT_EQ(Cli({"list", "E_NONE", "--output", "json"}), 0) << err_.str();
+  EXPECT_EQ(out_.str(), "{\n}\n");
+  ASSERT_EQ(Cli({"list", "E_NONE"}), 0) << err_.str();
+  EXPECT_EQ(out_.str(), "no subscriptions\n");
+  EXPECT_EQ(Cli({"list", "--page_size", "0"}), 2);
+  EXPECT_THAT(err_.str(), HasSubstr("list: --page_size 0 is outside 1..10000"));
 }
 
 TEST_F(ClientTest, CliServerErrorIsOneLineWithTheCodeNameAndExitsOne) {

@@ -80,7 +80,8 @@ run_block() {
            fail "the sync Raise did not answer OK with the subscriber's result"
          got=$(peer_line "$peer_out" 2)
          [ "$got" = "$want_sync" ] || fail "the subscriber got $got, want $want_sync" ;;
-      5) grep -q "\"id\": \"$id\"" <<<"$out" || fail "ListSubscriptions does not show $id" ;;
+      5) grep -q "\"id\": \"$id\"" <<<"$out" || fail "ListSubscriptions does not show $id"
+         ! grep -q "nextPageToken" <<<"$out" || fail "ListSubscriptions' only page has a nextPageToken" ;;
       6) grep -q '"event": "E_PIKE_BLOCKED"' <<<"$out" && grep -q '"subscribers": 1' <<<"$out" ||
            fail "ListEvents does not show E_PIKE_BLOCKED with 1 subscriber" ;;
       7) grep -q '"removed": 1' <<<"$out" || fail "Unsubscribe by id did not remove it" ;;

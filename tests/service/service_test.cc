@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -1186,6 +1187,51 @@ TEST_F(OwnershipServiceTest, ASubscriberSeesOnlyItsOwnAReaderOrAdminSeesEverythi
   // sees nothing rather than everything.
   EXPECT_THAT(Listed(Context()), IsEmpty());
   EXPECT_THAT(Events(Context()), IsEmpty());
+}
+
+TEST_F(OwnershipServiceTest, ASubscribersPagesHoldOnlyItsOwnSubscriptions) {
+  v1::SubscribeResponse response;
+  std::vector<std::string> alices;
+  for (int i = 0; i < 12; ++i) {
+    const TestCaller& who = i % 3 == 0 ? kAlice : kBob;
+    const std::string event = absl::StrCat("E", i % 2);
+    const std::string socket = absl::StrCat("tcp:127.0.0.1:", 100 + i);
+    ASSERT_TRUE(Subscribe(who, event, socket, 60, &response).ok());
+    if (&who == &kAlice) alices.push_back(absl::StrCat(event, " ", socket, "@alice"));
+  }
+  std::sort(alices.begin(), alices.end());
+  // Filter, then page: pages of 2 of alice's 4, the last with no token (bob's follow, unseen).
+  std::vector<std::string> paged;
+  v1::ListSubscriptionsRequest request;
+  request.set_page_size(2);
+  int pages = 0;
+  for (; pages < 10; ++pages) {
+    v1::ListSubscriptionsResponse page;
+    ASSERT_TRUE(Stub()->ListSubscriptions(As(kAlice).get(), request, &page).ok());
+    EXPECT_EQ(page.subscriptions_size(), 2);
+    for (const v1::Subscription& sub : page.subscriptions()) {
+      paged.push_back(absl::StrCat(sub.event(), " ", sub.socket(), "@", sub.owner()));
+    }
+    if (page.next_page_token().empty()) break;
+    request.set_page_token(page.next_page_token());
+  }
+  EXPECT_EQ(pages + 1, 2);
+  EXPECT_EQ(paged, alices);
+  // Her events, a page at a time, count only hers.
+  v1::ListEventsRequest events;
+  events.set_page_size(1);
+  v1::ListEventsResponse first;
+  ASSERT_TRUE(Stub()->ListEvents(As(kAlice).get(), events, &first).ok());
+  ASSERT_EQ(first.events_size(), 1);
+  EXPECT_EQ(first.events(0).event(), "E0");
+  EXPECT_EQ(first.events(0).subscribers(), 2u);
+  events.set_page_token(first.next_page_token());
+  v1::ListEventsResponse second;
+  ASSERT_TRUE(Stub()->ListEvents(As(kAlice).get(), events, &second).ok());
+  ASSERT_EQ(second.events_size(), 1);
+  EXPECT_EQ(second.events(0).event(), "E1");
+  EXPECT_EQ(second.events(0).subscribers(), 2u);
+  EXPECT_TRUE(second.next_page_token().empty());
 }
 
 TEST_F(OwnershipServiceTest, WithAuthenticationOffEveryCallerIsTheAnonymousAdmin) {
