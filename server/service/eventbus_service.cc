@@ -44,10 +44,16 @@ registry::Actor ActorOf(const auth::Caller& caller) {
   return registry::Actor{caller.name, caller.Has(auth::kAdmin)};
 }
 
-// True when `caller` may see every subscription (reader or admin). Anyone else sees only its own,
-// and a caller without a name owns nothing.
-bool SeesAll(const auth::Caller& caller) {
-  return caller.Has(auth::kReader) || caller.Has(auth::kAdmin);
+// Limits `page` to what `caller` may see: everything for a reader or an admin; anyone else sees
+// only its own subscriptions (filtered first, then paged). False when it may see nothing (a
+// caller without a name owns nothing).
+bool LimitToVisible(const auth::Caller& caller, registry::PageRequest* page) {
+  if (caller.Has(auth::kReader) || caller.Has(auth::kAdmin)) return true;
+  if (caller.anonymous()) return false;
+  page->filter = [name = caller.name](const registry::Subscription& sub) {
+    return sub.owner == name;
+  };
+  return true;
 }
 
 // Where a page of subscriptions stops, whatever its page_size: half of gRPC's default 4 MiB
@@ -344,15 +350,9 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::ListSubscriptions(
   }
   const auth::Caller caller = auth::CallerOf(*context, options_.auth_enabled);
   response->set_stale(manager_->stale());
-  // Filter, then page: a caller that sees only its own subscriptions gets pages of those.
-  if (!SeesAll(caller)) {
-    if (caller.anonymous()) {
-      reactor->Finish(grpc::Status::OK);
-      return reactor;
-    }
-    page->filter = [name = caller.name](const registry::Subscription& sub) {
-      return sub.owner == name;
-    };
+  if (!LimitToVisible(caller, &*page)) {
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
   }
   registry::SubscriptionPage subs = registry_->ListPage(request->event(), *page);
   absl::Time now = clock_->Now();
@@ -401,14 +401,9 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::ListEvents(grpc::CallbackServerCo
   response->set_stale(manager_->stale());
   // A caller that sees only its own subscriptions counts only those, and sees no event it has none
   // of.
-  if (!SeesAll(caller)) {
-    if (caller.anonymous()) {
-      reactor->Finish(grpc::Status::OK);
-      return reactor;
-    }
-    page->filter = [name = caller.name](const registry::Subscription& sub) {
-      return sub.owner == name;
-    };
+  if (!LimitToVisible(caller, &*page)) {
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
   }
   registry::EventPage events = registry_->EventsPage(*page);
   response->mutable_events()->Reserve(static_cast<int>(events.events.size()));
