@@ -14,16 +14,16 @@ namespace eventbus::net {
 
 // Mirrors eventbus.v1.DeliveryStatus (without UNSPECIFIED).
 enum class DeliveryCode {
-  kQueued,          // async: accepted into the queue (set by delivery/, never by a Connection)
-  kOk,              // sync: result reply; async: completely written to the socket
-  kRpcError,        // sync: error reply
-  kTimeout,         // deadline passed while connected (not written / no reply)
-  kConnectFailed,   // deadline passed, or no retry before it, while the target could not be
-                    // connected
-  kResolveFailed,   // as above, but the host name did not resolve
-  kConnectionLost,  // the connection closed while the request was outstanding
-  kBadReply,        // the reply was not valid JSON-RPC
-  kQueueFull,       // rejected at once: the target's queue was full
+  kQueued,             // async: accepted into the queue (set by delivery/, never by a Connection)
+  kOk,                 // sync: result reply; async: completely written to the socket
+  kRpcError,           // sync: error reply
+  kTimeout,            // deadline passed while connected (not written / no reply)
+  kConnectFailed,      // deadline passed, or no retry before it, while the target could not be
+                       // connected
+  kResolveFailed,      // as above, but the host name did not resolve
+  kConnectionLost,     // the connection closed while the request was outstanding
+  kBadReply,           // the reply was not valid JSON-RPC
+  kQueueFull,          // rejected at once: the target's queue was full
   kDestinationDenied,  // the destination policy refused every address the target resolved to
   kTlsFailed,          // tls: targets: the TLS handshake failed (verification error in detail)
 };
