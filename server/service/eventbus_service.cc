@@ -401,7 +401,8 @@ class RaiseStreamReactor final
         writing_ = true;
         write = &front.bytes;
       }
-      if (!ending && !reading_ && !reads_done_ && async_unqueued_ == 0 &&
+      if (!ending && !reading_ && !reads_done_ &&
+          async_unqueued_ < EventBusServiceImpl::kStreamMaxUnqueuedEvents &&
           sync_in_flight_ < EventBusServiceImpl::kStreamMaxSyncEvents &&
           unwritten_ < EventBusServiceImpl::kStreamMaxUnwritten) {
         reading_ = true;

@@ -59,12 +59,16 @@ struct ServiceOptions {
 // others of its message are still raised.
 //
 // RaiseStream (eventbus.proto) validates and raises each event exactly as Raise does
-// (PrepareRaise, StartRaise). It reads the next message only when (a) every async event read so
-// far is queued (the dispatcher answered it), (b) fewer than kStreamMaxSyncEvents sync events
-// await their outcome, and (c) fewer than kStreamMaxUnwritten answered messages wait to be
-// written. So a stream holds at most kStreamMaxSyncEvents + kStreamMaxUnwritten messages of at
-// most kStreamMaxEventsPerMessage events, and a sender that outpaces the targets' queues, or
-// never reads its answers, is held back by gRPC's flow control. Events go to the dispatcher in
+// (PrepareRaise, StartRaise). It reads the next message only when (a) fewer than
+// kStreamMaxUnqueuedEvents async events read so far are not yet queued at their targets (the
+// dispatcher has not answered them), (b) fewer than kStreamMaxSyncEvents sync events await their
+// outcome, and (c) fewer than kStreamMaxUnwritten answered messages wait to be written. So a
+// stream holds a bounded number of messages (each of at most kStreamMaxEventsPerMessage events),
+// and a sender that outpaces the writer loops, or never reads its answers, is held back by gRPC's
+// flow control; a target whose queue is full answers QUEUE_FULL. (a) reads ahead rather than
+// waiting for each message to be queued before the next: waiting costs a round trip between the
+// gRPC thread and the loops per message, which measured 6.6x the CPU per event with one event
+// per message (eventbus_bench, README "Benchmarks"). Events go to the dispatcher in
 // stream order, and the writer pool queues each target's messages in submission order, so each
 // target receives a stream's events in order. A caller that cancels, disconnects or passes its
 // deadline ends the stream: its sync events are abandoned (Dispatcher::Cancel), and the stream
@@ -89,6 +93,7 @@ struct PreparedRaise {
 class EventBusServiceImpl final : public EventBusServiceBase {
  public:
   // RaiseStream's bounds (see above).
+  static constexpr size_t kStreamMaxUnqueuedEvents = 512;
   static constexpr size_t kStreamMaxSyncEvents = 64;
   static constexpr size_t kStreamMaxUnwritten = 16;
   static constexpr size_t kStreamMaxEventsPerMessage = 10000;
