@@ -647,6 +647,9 @@ int RunRaiseStream(Client& client, const std::vector<std::string>& args, bool de
   std::unique_ptr<RaiseStream> stream =
       client.OpenRaiseStream(deadline_given ? client.options().deadline : absl::InfiniteDuration());
 
+  // std::cin is tied to std::cout (each read flushes it): the reading thread must not touch the
+  // output the other thread writes.
+  in.tie(nullptr);
   std::thread writer([&] {
     std::vector<Line> lines;
     v1::RaiseStreamRequest message;
