@@ -307,7 +307,7 @@ class RaiseStreamReactor final
     }
     // Sync events still waiting are abandoned; they answer soon, and then the stream finishes.
     for (const auto& handle : handles) service_->dispatcher()->Cancel(handle);
-    Act();
+    Act(/*on_cancel_done=*/true);
   }
 
   void OnDone() override { delete this; }
@@ -386,12 +386,14 @@ class RaiseStreamReactor final
   }
 
   // Starts whatever the state now allows: the next write, the next read, or the finish.
-  void Act() {
+  // `on_cancel_done`: called at the end of OnCancel.
+  void Act(bool on_cancel_done = false) {
     bool read = false;
     grpc::ByteBuffer* write = nullptr;
     std::optional<grpc::Status> finish;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      if (on_cancel_done) on_cancel_done_ = true;
       if (finished_) return;
       const bool ending = cancelled_ || write_failed_;
       if (!ending && !writing_ && !answers_.empty() && answers_.front()->left == 0) {
@@ -411,7 +413,12 @@ class RaiseStreamReactor final
       // A read still outstanding when the call ends fails by itself; a message being raised
       // (reading_ with in_flight_ > 0) or a write in progress must finish first.
       const bool all_answered = in_flight_ == 0 && !writing_;
-      if (all_answered && (ending || (reads_done_ && !reading_ && answers_.empty()))) {
+      // A cancelled stream finishes only once OnCancel has had its last look at the state
+      // (gRPC runs OnDone after OnCancel returns, but through reference counts inside
+      // libgrpc++, which ThreadSanitizer cannot see): so the finish is decided after it.
+      const bool cancel_settled = !cancelled_ || on_cancel_done_;
+      if (all_answered && cancel_settled &&
+          (ending || (reads_done_ && !reading_ && answers_.empty()))) {
         finished_ = true;
         if (cancelled_) {
           finish = grpc::Status(grpc::StatusCode::CANCELLED, "raise_stream: cancelled");
@@ -443,6 +450,7 @@ class RaiseStreamReactor final
   bool writing_ = false;
   bool write_failed_ = false;
   bool cancelled_ = false;
+  bool on_cancel_done_ = false;  // OnCancel has made its last Act
   bool finished_ = false;
   std::optional<grpc::Status> finish_status_;  // the status to end with once all is answered
 };
