@@ -4,10 +4,14 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <fstream>
+#include <iostream>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <sstream>
+#include <thread>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -58,6 +62,13 @@ constexpr char kUsage[] =
     "      [1,2], {\"a\":1}, 12345678901234567890),\n"
     "      or plain values (positional params, JSON when valid, else strings); use -- before\n"
     "      positional values that start with --\n"
+    "  raise-stream [--sync|--async] [--timeout MS] [--all] [--batch N] [--output table|json]\n"
+    "      raises one event per line of standard input, a JSON object such as\n"
+    "      {\"event\":\"E\",\"params\":{\"ip\":\"10.0.0.1\"},\"sync\":true,\"timeout_ms\":500}\n"
+    "      (params: an object or an array, sent as typed; sync, timeout_ms and all override the\n"
+    "      flags), over one RaiseStream call in messages of up to N events (default 64);\n"
+    "      prints one line per input line, in order (a bad line: its error); exits 1 when any\n"
+    "      line failed. The stream has no deadline unless --timeout_ms is given\n"
     "  list [EVENT] [--output table|json] [--page_size N]\n"
     "  events [--output table|json] [--page_size N]\n"
     "      both page through everything, printing each page as it arrives; --page_size\n"
@@ -436,6 +447,320 @@ void WarnIfStale(bool stale, std::ostream& err) {
   if (stale) err << "warning: the server's store is unreachable; this list may be out of date\n";
 }
 
+// The end of the JSON value that starts at `pos` of `text` (valid JSON): one past its last byte.
+size_t SkipJsonValue(absl::string_view text, size_t pos) {
+  if (pos >= text.size()) return pos;
+  const char first = text[pos];
+  if (first == '"' || first == '{' || first == '[') {
+    int depth = 0;
+    bool in_string = false;
+    for (size_t i = pos; i < text.size(); ++i) {
+      const char c = text[i];
+      if (in_string) {
+        if (c == '\\') {
+          ++i;
+        } else if (c == '"') {
+          in_string = false;
+          if (depth == 0) return i + 1;  // a string value
+        }
+        continue;
+      }
+      if (c == '"') {
+        in_string = true;
+      } else if (c == '{' || c == '[') {
+        ++depth;
+      } else if ((c == '}' || c == ']') && --depth == 0) {
+        return i + 1;
+      }
+    }
+    return text.size();
+  }
+  size_t end = pos;
+  while (end < text.size() && !absl::StrContains(",}] \t\r\n", text[end])) ++end;
+  return end;
+}
+
+// The raw text of member `key` of the JSON object `text` (valid JSON), top level only.
+std::optional<absl::string_view> RawMember(absl::string_view text, absl::string_view key) {
+  size_t i = text.find('{');
+  if (i == absl::string_view::npos) return std::nullopt;
+  ++i;
+  auto skip_blanks = [&] {
+    while (i < text.size() && absl::ascii_isspace(static_cast<unsigned char>(text[i]))) ++i;
+  };
+  for (;;) {
+    skip_blanks();
+    if (i >= text.size() || text[i] != '"') return std::nullopt;
+    const size_t key_end = SkipJsonValue(text, i);
+    absl::StatusOr<google::protobuf::Value> name = ParseJsonValue(text.substr(i, key_end - i));
+    i = key_end;
+    skip_blanks();
+    ++i;  // ':'
+    skip_blanks();
+    const size_t value_end = SkipJsonValue(text, i);
+    if (name.ok() && name->string_value() == key) return text.substr(i, value_end - i);
+    i = value_end;
+    skip_blanks();
+    if (i >= text.size() || text[i] != ',') return std::nullopt;
+    ++i;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<v1::RaiseRequest> ParseStreamLine(absl::string_view line,
+                                                 const v1::RaiseRequest& defaults) {
+  absl::StatusOr<google::protobuf::Value> parsed = ParseJsonValue(line);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid JSON: ", parsed.status().message()));
+  }
+  if (!parsed->has_struct_value()) {
+    return absl::InvalidArgumentError(
+        "expected a JSON object such as {\"event\":\"E\",\"params\":{\"ip\":\"10.0.0.1\"}}");
+  }
+  v1::RaiseRequest request = defaults;
+  bool has_event = false;
+  for (const auto& [key, value] : parsed->struct_value().fields()) {
+    if (key == "event") {
+      if (!value.has_string_value()) return absl::InvalidArgumentError("\"event\": not a string");
+      request.set_event(value.string_value());
+      has_event = true;
+    } else if (key == "params") {
+      if (!value.has_struct_value() && !value.has_list_value()) {
+        return absl::InvalidArgumentError("\"params\": not a JSON object or array");
+      }
+      // Sent as JSON text, as `raise --json` sends it: numbers of any size and keys in their
+      // given order reach the subscribers exactly as typed.
+      std::optional<absl::string_view> raw = RawMember(line, "params");
+      if (!raw.has_value()) return absl::InvalidArgumentError("\"params\": cannot be read");
+      request.set_json(std::string(*raw));
+    } else if (key == "sync" || key == "all") {
+      if (!value.has_bool_value()) {
+        return absl::InvalidArgumentError(absl::StrCat("\"", key, "\": not true or false"));
+      }
+      if (key == "sync") {
+        request.set_sync(value.bool_value());
+      } else {
+        request.set_all_deliveries(value.bool_value());
+      }
+    } else if (key == "timeout_ms") {
+      const double ms = value.number_value();
+      if (!value.has_number_value() || ms < 1 || ms > 4294967295.0 ||
+          ms != static_cast<double>(static_cast<uint64_t>(ms))) {
+        return absl::InvalidArgumentError(
+            "\"timeout_ms\": expected an integer from 1 to 4294967295");
+      }
+      request.set_timeout_ms(static_cast<uint32_t>(ms));
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown key \"", key, "\" (expected event, params, sync, timeout_ms, all)"));
+    }
+  }
+  if (!has_event) return absl::InvalidArgumentError("missing \"event\"");
+  return request;
+}
+
+std::string FormatStreamResult(size_t line, const v1::RaiseStreamResult& result) {
+  if (result.has_error()) {
+    absl::string_view message = result.error().message();
+    // "event [K]: " names the event's place in its message; the line number says it here.
+    if (absl::StartsWith(message, "event [")) {
+      size_t colon = message.find("]: ");
+      if (colon != absl::string_view::npos) message.remove_prefix(colon + 3);
+    }
+    return absl::StrCat(
+        "line ", line, ": error ",
+        absl::StatusCodeToString(static_cast<absl::StatusCode>(result.error().code())), ": ",
+        message, "\n");
+  }
+  const v1::RaiseResponse& r = result.response();
+  if (r.subscribers() == 0) return absl::StrCat("line ", line, ": no subscribers\n");
+  std::string text =
+      absl::StrCat("line ", line, ": ", r.subscribers(),
+                   r.subscribers() == 1 ? " subscriber: " : " subscribers: ", r.queued(),
+                   " QUEUED, ", r.ok(), " OK, ", r.failed(), " failed");
+  for (const v1::Delivery& d : r.deliveries()) {
+    if (d.status() == v1::DELIVERY_STATUS_OK || d.status() == v1::DELIVERY_STATUS_QUEUED) continue;
+    absl::StrAppend(&text, "; first failure: ", d.socket(), " ", StatusName(d.status()), " ",
+                    OutcomeText(d));
+    break;
+  }
+  absl::StrAppend(&text, "\n");
+  return text;
+}
+
+namespace {
+
+// `raise-stream`: reads one JSON event per line from `in`, sends them in messages of up to
+// `batch` events (fewer when the input pauses), prints one line per input line in order.
+int RunRaiseStream(Client& client, const std::vector<std::string>& args, bool deadline_given,
+                   std::istream& in, std::ostream& out, std::ostream& err) {
+  absl::StatusOr<SplitResult> split =
+      SplitArgs("raise-stream", args, {"timeout", "output", "batch"}, {"sync", "async", "all"});
+  if (!split.ok()) return UsageError(split.status(), err);
+  v1::RaiseRequest defaults;
+  OutputFormat output = OutputFormat::kTable;
+  uint32_t batch_size = 64;
+  for (const auto& [name, value] : split->options) {
+    if (name == "sync" || name == "async") {
+      defaults.set_sync(name == "sync");
+    } else if (name == "all") {
+      defaults.set_all_deliveries(true);
+    } else if (name == "timeout") {
+      absl::StatusOr<uint32_t> ms = ParseUint32("raise-stream", "--timeout", value);
+      if (!ms.ok()) return UsageError(ms.status(), err);
+      if (*ms == 0) {
+        return UsageError(
+            absl::InvalidArgumentError("raise-stream: --timeout must be at least 1 ms"), err);
+      }
+      defaults.set_timeout_ms(*ms);
+    } else if (name == "output") {
+      absl::StatusOr<OutputFormat> format = ParseOutput("raise-stream", value);
+      if (!format.ok()) return UsageError(format.status(), err);
+      output = *format;
+    } else if (name == "batch") {
+      absl::StatusOr<uint32_t> n = ParseUint32("raise-stream", "--batch", value);
+      if (!n.ok()) return UsageError(n.status(), err);
+      if (*n == 0 || *n > 10000) {
+        return UsageError(absl::InvalidArgumentError(
+                              absl::StrCat("raise-stream: --batch ", *n, " is outside 1..10000")),
+                          err);
+      }
+      batch_size = *n;
+    }
+  }
+  if (!split->positional.empty()) {
+    return UsageError(absl::InvalidArgumentError(absl::StrCat(
+                          "raise-stream: unexpected argument ", Quote(split->positional[0]),
+                          " (events come from standard input, one JSON object per line)")),
+                      err);
+  }
+
+  // What the reader must print for one message: each input line in order, either an error found
+  // here or the next result of the message's answer.
+  struct Line {
+    size_t number;
+    std::optional<absl::Status> error;
+  };
+  std::mutex mu;
+  std::deque<std::vector<Line>> sent;  // guarded by mu
+  std::unique_ptr<RaiseStream> stream =
+      client.OpenRaiseStream(deadline_given ? client.options().deadline : absl::InfiniteDuration());
+
+  // std::cin is tied to std::cout (each read flushes it): the reading thread must not touch the
+  // output the other thread writes.
+  in.tie(nullptr);
+  std::thread writer([&] {
+    std::vector<Line> lines;
+    v1::RaiseStreamRequest message;
+    auto flush = [&]() -> bool {
+      if (lines.empty()) return true;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        sent.push_back(std::move(lines));
+      }
+      lines.clear();
+      const bool ok = stream->Write(message);
+      message.Clear();
+      return ok;
+    };
+    std::string text;
+    size_t number = 0;
+    while (std::getline(in, text)) {
+      ++number;
+      if (absl::StripAsciiWhitespace(text).empty()) continue;
+      absl::StatusOr<v1::RaiseRequest> request = ParseStreamLine(text, defaults);
+      if (request.ok()) {
+        *message.add_events() = *std::move(request);
+        lines.push_back({number, std::nullopt});
+      } else {
+        lines.push_back({number, request.status()});
+      }
+      // A full message goes at once, and so does a partial one when no more input is ready
+      // (an interactive or slow producer sees its answers without waiting for a full batch).
+      if (static_cast<uint32_t>(message.events_size()) >= batch_size ||
+          in.rdbuf()->in_avail() <= 0) {
+        if (!flush()) return;
+      }
+    }
+    if (flush()) stream->WritesDone();
+  });
+
+  size_t failed_lines = 0;
+  auto print = [&](size_t number, const v1::RaiseStreamResult& result) {
+    if (result.has_error()) ++failed_lines;
+    if (output == OutputFormat::kTable) {
+      out << FormatStreamResult(number, result);
+      return;
+    }
+    google::protobuf::util::JsonPrintOptions options;
+    std::string json;
+    if (result.has_error()) {
+      json = absl::StrCat(
+          "{\"line\":", number, ",\"error\":{\"code\":\"",
+          absl::StatusCodeToString(static_cast<absl::StatusCode>(result.error().code())),
+          "\",\"message\":");
+      std::string message;
+      google::protobuf::Value text;
+      text.set_string_value(result.error().message());
+      (void)google::protobuf::util::MessageToJsonString(text, &message, options);
+      absl::StrAppend(&json, message, "}}");
+    } else {
+      std::string response;
+      (void)google::protobuf::util::MessageToJsonString(result.response(), &response, options);
+      json = absl::StrCat("{\"line\":", number, ",\"response\":", response, "}");
+    }
+    out << json << "\n";
+  };
+  v1::RaiseStreamResponse response;
+  size_t answered = 0;
+  bool broken = false;
+  while (stream->Read(&response)) {
+    std::vector<Line> lines;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (sent.empty()) {
+        broken = true;
+        break;
+      }
+      lines = std::move(sent.front());
+      sent.pop_front();
+    }
+    int next = 0;
+    for (const Line& line : lines) {
+      v1::RaiseStreamResult result;
+      if (line.error.has_value()) {
+        result.mutable_error()->set_code(static_cast<int32_t>(line.error->code()));
+        result.mutable_error()->set_message(std::string(line.error->message()));
+      } else if (next < response.results_size()) {
+        result = response.results(next++);
+      } else {
+        broken = true;
+        break;
+      }
+      print(line.number, result);
+      ++answered;
+    }
+    out.flush();
+  }
+  if (broken) stream->Cancel();
+  writer.join();
+  absl::Status status = stream->Finish();
+  if (broken && status.ok()) {
+    status = absl::InternalError("the server's answers do not match the messages sent");
+  }
+  if (!status.ok()) {
+    size_t unanswered = 0;
+    for (const auto& lines : sent) unanswered += lines.size();
+    CallError("raise-stream", status, err);
+    if (unanswered > 0) {
+      err << "eventbus: raise-stream: " << unanswered << " line(s) sent were not answered\n";
+    }
+    return 1;
+  }
+  return failed_lines == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 absl::StatusOr<google::protobuf::Value> ParseJsonValue(absl::string_view text) {
@@ -665,9 +990,10 @@ std::string FormatEventsTable(const v1::ListEventsResponse& response) {
 }
 
 int RunCli(const std::vector<std::string>& args, const std::string& default_server,
-           std::ostream& out, std::ostream& err, const std::string& env_token) {
+           std::ostream& out, std::ostream& err, const std::string& env_token, std::istream* in) {
   std::string server = default_server.empty() ? kDefaultServer : default_server;
   ClientOptions options;
+  bool deadline_given = false;
   std::string token_file;
   size_t i = 0;
   for (; i < args.size() && absl::StartsWith(args[i], "-"); ++i) {
@@ -721,6 +1047,7 @@ int RunCli(const std::vector<std::string>& args, const std::string& default_serv
         return UsageError(absl::InvalidArgumentError("--timeout_ms must be at least 1"), err);
       }
       options.deadline = absl::Milliseconds(*ms);
+      deadline_given = true;
     }
   }
   if (i == args.size()) return UsageError(absl::InvalidArgumentError("missing COMMAND"), err);
@@ -747,6 +1074,12 @@ int RunCli(const std::vector<std::string>& args, const std::string& default_serv
     return 0;
   }
   if (command == "health") return RunHealth(server, options, rest, out, err);
+  if (command == "raise-stream") {
+    // Connecting is lazy: nothing touches the network before the arguments are checked.
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Connect(server, options);
+    if (!client.ok()) return CallError(command, client.status(), err);
+    return RunRaiseStream(**client, rest, deadline_given, in != nullptr ? *in : std::cin, out, err);
+  }
   if (command != "subscribe" && command != "unsubscribe" && command != "raise" &&
       command != "list" && command != "events") {
     return UsageError(absl::InvalidArgumentError(absl::StrCat("unknown command ", Quote(command))),

@@ -6,6 +6,8 @@
 #ifndef EVENTBUS_CLIENT_CLI_H_
 #define EVENTBUS_CLIENT_CLI_H_
 
+#include <cstddef>
+#include <istream>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -42,6 +44,18 @@ absl::StatusOr<RaiseCommand> ParseRaiseCommand(const std::vector<std::string>& a
 // ParseRaiseCommand without the output format.
 absl::StatusOr<eventbus::v1::RaiseRequest> ParseRaiseArgs(const std::vector<std::string>& args);
 
+// Parses one input line of `raise-stream`: a JSON object with "event" (required), "params" (an
+// object or an array, sent as JSON text exactly as typed), "sync", "timeout_ms" and "all"
+// (all_deliveries); fields it does not set come from `defaults` (the command's flags).
+// INVALID_ARGUMENT naming the problem (invalid JSON, not an object, a key of the wrong type, an
+// unknown key, no event).
+absl::StatusOr<eventbus::v1::RaiseRequest> ParseStreamLine(
+    absl::string_view line, const eventbus::v1::RaiseRequest& defaults);
+// The line `raise-stream` prints for input line `line`: "line N: S subscribers: Q QUEUED, K OK,
+// F failed" (with the first failed delivery, if any), "line N: no subscribers", or
+// "line N: error CODE: MESSAGE".
+std::string FormatStreamResult(size_t line, const eventbus::v1::RaiseStreamResult& result);
+
 struct SubscribeCommand {
   eventbus::v1::SubscribeRequest request;
   OutputFormat output = OutputFormat::kTable;
@@ -73,8 +87,10 @@ std::string FormatEventsTable(const eventbus::v1::ListEventsResponse& response);
 // when --token_file is. Returns the exit code: 0 on success, 1 when the call fails (one line
 // naming the gRPC code), 2 on a usage error or an unusable token or TLS setting. `health` exits
 // 0 when SERVING, 1 for any other answer, 2 when there is none (the call fails).
+// `raise-stream` reads its events from `in` (null: std::cin).
 int RunCli(const std::vector<std::string>& args, const std::string& default_server,
-           std::ostream& out, std::ostream& err, const std::string& env_token = "");
+           std::ostream& out, std::ostream& err, const std::string& env_token = "",
+           std::istream* in = nullptr);
 
 }  // namespace eventbus::client
 

@@ -143,6 +143,35 @@ absl::StatusOr<v1::ListEventsResponse> Client::ListEvents(const v1::ListEventsRe
                                       options_.deadline);
 }
 
+std::unique_ptr<RaiseStream> Client::OpenRaiseStream(absl::Duration deadline) {
+  std::unique_ptr<RaiseStream> stream(new RaiseStream);
+  if (deadline != absl::InfiniteDuration()) {
+    stream->context_.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  }
+  stream->stream_ = stub_->RaiseStream(&stream->context_);
+  return stream;
+}
+
+RaiseStream::~RaiseStream() {
+  if (!finished_ && stream_ != nullptr) {
+    context_.TryCancel();
+    (void)stream_->Finish();
+  }
+}
+
+bool RaiseStream::Write(const v1::RaiseStreamRequest& message) { return stream_->Write(message); }
+
+bool RaiseStream::WritesDone() { return stream_->WritesDone(); }
+
+bool RaiseStream::Read(v1::RaiseStreamResponse* response) { return stream_->Read(response); }
+
+absl::Status RaiseStream::Finish() {
+  finished_ = true;
+  return FromGrpcStatus(stream_->Finish());
+}
+
+void RaiseStream::Cancel() { context_.TryCancel(); }
+
 namespace {
 
 // Calls `list` with `request` and each next_page_token in turn, handing every answer to `page`.

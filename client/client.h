@@ -16,7 +16,9 @@
 #include "eventbus/v1/eventbus.pb.h"
 #include "grpc/health/v1/health.pb.h"
 #include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
 #include "grpcpp/support/status.h"
+#include "grpcpp/support/sync_stream.h"
 
 namespace eventbus::client {
 
@@ -58,6 +60,42 @@ absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> CheckHealth
     const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
     absl::Duration deadline);
 
+// One RaiseStream call (eventbus.proto): Write sends a message of one or more events, Read
+// returns the answers, one per message and in the order they were written. One thread may Write
+// (then WritesDone) while another Reads; each method from one thread at a time. The server reads
+// a message only once it can take it (README, "RaiseStream"), so Write blocks when the stream is
+// ahead of the server: a writer that never lets a reader drain the answers stalls, by design.
+class RaiseStream {
+ public:
+  // Cancels the call if it is still open (Finish was not called).
+  ~RaiseStream();
+  RaiseStream(const RaiseStream&) = delete;
+  RaiseStream& operator=(const RaiseStream&) = delete;
+
+  // Sends one message. False when the stream is broken: Finish then says why.
+  bool Write(const eventbus::v1::RaiseStreamRequest& message);
+  // Tells the server that no more messages follow; it answers what it has, then ends the call.
+  bool WritesDone();
+  // The next answer, in order. False when there is none left: Finish then gives the outcome.
+  bool Read(eventbus::v1::RaiseStreamResponse* response);
+  // Waits for the call's status once every answer has been read (or the call failed): OK, or the
+  // server's error (same code and message), or DEADLINE_EXCEEDED / UNAVAILABLE / CANCELLED.
+  absl::Status Finish();
+  // Abandons the call from any thread: pending Writes and Reads fail, the server drops the
+  // stream's sync events still waiting.
+  void Cancel();
+
+ private:
+  friend class Client;
+  RaiseStream() = default;
+
+  grpc::ClientContext context_;
+  std::unique_ptr<
+      grpc::ClientReaderWriter<eventbus::v1::RaiseStreamRequest, eventbus::v1::RaiseStreamResponse>>
+      stream_;
+  bool finished_ = false;
+};
+
 // Thread-safe: calls may be issued from any number of threads at once.
 class Client {
  public:
@@ -79,6 +117,11 @@ class Client {
       const eventbus::v1::ListSubscriptionsRequest& request);
   absl::StatusOr<eventbus::v1::ListEventsResponse> ListEvents(
       const eventbus::v1::ListEventsRequest& request = {});
+
+  // Opens a RaiseStream call whose deadline is `deadline` from now (the whole stream's: it ends
+  // the call, DEADLINE_EXCEEDED); InfiniteDuration for none. Never fails itself: a server that
+  // cannot be reached shows up in the first Write or Read failing, then in Finish.
+  std::unique_ptr<RaiseStream> OpenRaiseStream(absl::Duration deadline);
 
   // Pages through every subscription `request` asks for (its page_token is ignored; its
   // page_size, 0 = the server's default, sizes the pages): calls ListSubscriptions page after page,

@@ -13,6 +13,7 @@ struct MethodEntry {
 
 constexpr MethodEntry kMethods[] = {
     {"/eventbus.v1.EventBusService/Raise", kPublisher | kAdmin},
+    {"/eventbus.v1.EventBusService/RaiseStream", kPublisher | kAdmin},
     {"/eventbus.v1.EventBusService/Subscribe", kSubscriber | kAdmin},
     {"/eventbus.v1.EventBusService/Unsubscribe", kSubscriber | kAdmin},
     {"/eventbus.v1.EventBusService/ListSubscriptions", kReader | kSubscriber | kAdmin},

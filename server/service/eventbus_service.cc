@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -11,8 +12,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/wire_format_lite.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/slice.h"
 #include "server/auth/caller.h"
@@ -90,20 +93,26 @@ absl::StatusOr<registry::PageRequest> PageRequestOf(int32_t page_size,
 // speak; each params level costs two or three message levels.
 constexpr int kRaiseRecursionLimit = 400;
 
-// Parses a Raise request from its wire bytes. INVALID_ARGUMENT naming what may be wrong when
-// protobuf refuses it.
-absl::Status ParseRaiseRequest(const grpc::ByteBuffer& bytes, v1::RaiseRequest* request) {
-  grpc::ByteBuffer copy(bytes);  // shares the slices; the reader needs a mutable buffer
-  grpc::ProtoBufferReader reader(&copy);
-  google::protobuf::io::CodedInputStream input(&reader);
-  input.SetRecursionLimit(kRaiseRecursionLimit);
-  if (!request->ParseFromCodedStream(&input) || !input.ConsumedEntireMessage()) {
+// Parses a Raise request from `input` (`size` bytes). INVALID_ARGUMENT naming `what` and what may
+// be wrong when protobuf refuses it.
+absl::Status ParseRaiseRequest(google::protobuf::io::CodedInputStream* input, size_t size,
+                               absl::string_view what, v1::RaiseRequest* request) {
+  input->SetRecursionLimit(kRaiseRecursionLimit);
+  if (!request->ParseFromCodedStream(input) || !input->ConsumedEntireMessage()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "raise: the request is not a valid eventbus.v1.RaiseRequest (", bytes.Length(),
+        what, " is not a valid eventbus.v1.RaiseRequest (", size,
         " bytes): a string in it is not valid UTF-8, or its params are nested deeper than ",
         "protobuf can parse"));
   }
   return absl::OkStatus();
+}
+
+// Parses a Raise request from its wire bytes.
+absl::Status ParseRaiseRequest(const grpc::ByteBuffer& bytes, v1::RaiseRequest* request) {
+  grpc::ByteBuffer copy(bytes);  // shares the slices; the reader needs a mutable buffer
+  grpc::ProtoBufferReader reader(&copy);
+  google::protobuf::io::CodedInputStream input(&reader);
+  return ParseRaiseRequest(&input, bytes.Length(), "raise: the request", request);
 }
 
 // The reactor of one Raise, which owns its request and response. A sync Raise whose caller goes
@@ -154,6 +163,296 @@ class RaiseReactor final : public grpc::ServerUnaryReactor {
   std::mutex mu_;
   delivery::Dispatcher::RaiseHandle handle_;  // guarded by mu_
   bool cancelled_ = false;                    // guarded by mu_
+};
+
+// Splits the wire bytes of a RaiseStreamRequest into the bytes of its events (field 1), without
+// parsing them: each is parsed on its own, so one that protobuf refuses spoils only itself.
+// Unknown fields are skipped. INVALID_ARGUMENT when the message itself is malformed or carries
+// more than `max_events` events.
+absl::Status SplitStreamRequest(const grpc::Slice& bytes, size_t message, size_t max_events,
+                                std::vector<absl::string_view>* events) {
+  using google::protobuf::internal::WireFormatLite;
+  const char* data = reinterpret_cast<const char*>(bytes.begin());
+  const int size = static_cast<int>(bytes.size());
+  google::protobuf::io::CodedInputStream input(reinterpret_cast<const uint8_t*>(data), size);
+  auto malformed = [&] {
+    return absl::InvalidArgumentError(
+        absl::StrCat("raise_stream: message ", message, " (", size,
+                     " bytes) is not a valid eventbus.v1.RaiseStreamRequest"));
+  };
+  for (;;) {
+    const uint32_t tag = input.ReadTag();
+    if (tag == 0) {
+      if (input.CurrentPosition() != size) return malformed();
+      return absl::OkStatus();
+    }
+    if (tag != WireFormatLite::MakeTag(v1::RaiseStreamRequest::kEventsFieldNumber,
+                                       WireFormatLite::WIRETYPE_LENGTH_DELIMITED)) {
+      if (!WireFormatLite::SkipField(&input, tag)) return malformed();
+      continue;
+    }
+    uint32_t length = 0;
+    if (!input.ReadVarint32(&length)) return malformed();
+    const int at = input.CurrentPosition();
+    if (length > static_cast<uint32_t>(size - at)) return malformed();
+    if (events->size() == max_events) {
+      return absl::InvalidArgumentError(absl::StrCat("raise_stream: message ", message,
+                                                     " has more than ", max_events,
+                                                     " events; send them in several messages"));
+    }
+    events->emplace_back(data + at, length);
+    if (!input.Skip(static_cast<int>(length))) return malformed();
+  }
+}
+
+// The reactor of one RaiseStream. Reads a message, raises its events in order, and answers the
+// message once every event has its result; answers are written in message order. See
+// EventBusServiceImpl for the flow control. State changes happen under mu_; the gRPC operations
+// they decide on (StartRead, StartWrite, Finish) are started after it is released, by Act().
+//
+// Lifetime: gRPC deletes the reactor (OnDone) only after Finish, and Finish is called only once
+// no dispatcher callback of this stream is outstanding (in_flight_ == 0), so the callbacks may use
+// `this`.
+class RaiseStreamReactor final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  RaiseStreamReactor(EventBusServiceImpl* service, absl::Time deadline)
+      : service_(service), deadline_(deadline) {
+    if (absl::Status ready = service_->Ready(); !ready.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      reads_done_ = true;
+      finish_status_ = ToGrpcStatus(ready);
+    }
+    Act();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // The caller half-closed (or the call ended): answer what was read, then finish.
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        reading_ = false;
+        reads_done_ = true;
+      }
+      Act();
+      return;
+    }
+    ++messages_;
+    grpc::Slice bytes;
+    std::vector<absl::string_view> events;
+    absl::Status split;
+    if (grpc::Status dumped = read_.DumpToSingleSlice(&bytes); !dumped.ok()) {
+      split = absl::InternalError(absl::StrCat("raise_stream: message ", messages_,
+                                               " could not be read: ", dumped.error_message()));
+    } else {
+      split = SplitStreamRequest(bytes, messages_, EventBusServiceImpl::kStreamMaxEventsPerMessage,
+                                 &events);
+    }
+    read_.Clear();
+    if (!split.ok()) {
+      // The message as a whole is unusable: answer what came before it, then end the stream.
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        reading_ = false;
+        reads_done_ = true;
+        finish_status_ = ToGrpcStatus(split);
+      }
+      Act();
+      return;
+    }
+    auto answer = std::make_unique<Answer>();
+    Answer* a = answer.get();
+    a->left = events.size();
+    a->kinds.resize(events.size(), Kind::kRefused);
+    for (size_t i = 0; i < events.size(); ++i) a->response.add_results();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      answers_.push_back(std::move(answer));
+      if (events.empty()) ++unwritten_;
+      // Counted before the first is raised: the stream cannot finish while this loop runs.
+      in_flight_ += events.size();
+    }
+    for (size_t i = 0; i < events.size(); ++i) RaiseOne(a, i, events[i]);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      reading_ = false;
+    }
+    Act();
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+      if (ok) {
+        answers_.pop_front();
+        --unwritten_;
+      } else {
+        // The caller is gone; nothing more can be written.
+        write_failed_ = true;
+      }
+    }
+    Act();
+  }
+
+  // Any thread, at most once: the caller cancelled, disconnected, or passed its deadline.
+  void OnCancel() override {
+    std::vector<delivery::Dispatcher::RaiseHandle> handles;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled_ = true;
+      for (const auto& answer : answers_) {
+        handles.insert(handles.end(), answer->handles.begin(), answer->handles.end());
+      }
+    }
+    // Sync events still waiting are abandoned; they answer soon, and then the stream finishes.
+    for (const auto& handle : handles) service_->dispatcher()->Cancel(handle);
+    Act(/*on_cancel_done=*/true);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  enum class Kind : uint8_t { kRefused, kAsync, kSync };
+
+  // The answer to one message, complete when `left` reaches 0.
+  struct Answer {
+    v1::RaiseStreamResponse response;  // one result per event, filled by whoever answers it
+    std::vector<Kind> kinds;
+    size_t left = 0;  // guarded by mu_
+    // Sync events' handles, for OnCancel. Guarded by mu_.
+    std::vector<delivery::Dispatcher::RaiseHandle> handles;
+    grpc::ByteBuffer bytes;  // the serialized response while it is written
+  };
+
+  // Parses, validates and raises event `i` of answer `a`; its result arrives in Done.
+  void RaiseOne(Answer* a, size_t i, absl::string_view bytes) {
+    v1::RaiseStreamResult* result = a->response.mutable_results(static_cast<int>(i));
+    auto refuse = [&](const absl::Status& status) {
+      v1::StreamError* error = result->mutable_error();
+      error->set_code(static_cast<int32_t>(status.code()));
+      error->set_message(absl::StrCat("event [", i, "]: ", status.message()));
+      Done(a, i);
+    };
+    v1::RaiseRequest request;
+    google::protobuf::io::CodedInputStream input(reinterpret_cast<const uint8_t*>(bytes.data()),
+                                                 static_cast<int>(bytes.size()));
+    absl::Status parsed = ParseRaiseRequest(&input, bytes.size(), "the event", &request);
+    if (!parsed.ok()) return refuse(parsed);
+    absl::StatusOr<PreparedRaise> prepared = service_->PrepareRaise(request, deadline_);
+    if (!prepared.ok()) return refuse(prepared.status());
+    const bool sync = prepared->options.sync;
+    bool cancelled;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled = cancelled_;
+      if (!cancelled) {
+        a->kinds[i] = sync ? Kind::kSync : Kind::kAsync;
+        ++(sync ? sync_in_flight_ : async_unqueued_);
+      }
+    }
+    if (cancelled) {
+      return refuse(absl::CancelledError("raise_stream: cancelled before it was raised"));
+    }
+    delivery::Dispatcher::RaiseHandle handle =
+        service_->StartRaise(request, *prepared, [this, a, i](delivery::RaiseResult raised) {
+          RaiseResultToProto(raised,
+                             a->response.mutable_results(static_cast<int>(i))->mutable_response());
+          Done(a, i);
+        });
+    if (!sync) return;
+    bool cancel_now = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // Kept while the answer is (it outlives the event's result); Cancel of an answered Raise
+      // is a no-op.
+      a->handles.push_back(handle);
+      cancel_now = cancelled_;
+    }
+    // OnCancel came while this event was being raised, and did not see its handle.
+    if (cancel_now) service_->dispatcher()->Cancel(handle);
+  }
+
+  // Event `i` of `a` has its result.
+  void Done(Answer* a, size_t i) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --in_flight_;
+      if (--a->left == 0) ++unwritten_;
+      if (a->kinds[i] == Kind::kSync) --sync_in_flight_;
+      if (a->kinds[i] == Kind::kAsync) --async_unqueued_;
+    }
+    Act();
+  }
+
+  // Starts whatever the state now allows: the next write, the next read, or the finish.
+  // `on_cancel_done`: called at the end of OnCancel.
+  void Act(bool on_cancel_done = false) {
+    bool read = false;
+    grpc::ByteBuffer* write = nullptr;
+    std::optional<grpc::Status> finish;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (on_cancel_done) on_cancel_done_ = true;
+      if (finished_) return;
+      const bool ending = cancelled_ || write_failed_;
+      if (!ending && !writing_ && !answers_.empty() && answers_.front()->left == 0) {
+        Answer& front = *answers_.front();
+        grpc::Slice slice(front.response.SerializeAsString());
+        front.bytes = grpc::ByteBuffer(&slice, 1);
+        writing_ = true;
+        write = &front.bytes;
+      }
+      if (!ending && !reading_ && !reads_done_ &&
+          async_unqueued_ < EventBusServiceImpl::kStreamMaxUnqueuedEvents &&
+          sync_in_flight_ < EventBusServiceImpl::kStreamMaxSyncEvents &&
+          unwritten_ < EventBusServiceImpl::kStreamMaxUnwritten) {
+        reading_ = true;
+        read = true;
+      }
+      // A read still outstanding when the call ends fails by itself; a message being raised
+      // (reading_ with in_flight_ > 0) or a write in progress must finish first.
+      const bool all_answered = in_flight_ == 0 && !writing_;
+      // A cancelled stream finishes only once OnCancel has had its last look at the state
+      // (gRPC runs OnDone after OnCancel returns, but through reference counts inside
+      // libgrpc++, which ThreadSanitizer cannot see): so the finish is decided after it.
+      const bool cancel_settled = !cancelled_ || on_cancel_done_;
+      if (all_answered && cancel_settled &&
+          (ending || (reads_done_ && !reading_ && answers_.empty()))) {
+        finished_ = true;
+        if (cancelled_) {
+          finish = grpc::Status(grpc::StatusCode::CANCELLED, "raise_stream: cancelled");
+        } else {
+          finish = finish_status_.value_or(grpc::Status::OK);
+        }
+      }
+    }
+    if (write != nullptr) StartWrite(write);
+    if (read) StartRead(&read_);
+    if (finish.has_value()) Finish(*std::move(finish));
+  }
+
+  EventBusServiceImpl* const service_;
+  const absl::Time deadline_;
+  grpc::ByteBuffer read_;  // the message being read; the reading thread's
+  size_t messages_ = 0;    // messages read so far; the reading thread's
+
+  std::mutex mu_;
+  // Messages read and not yet completely written, in order. Guarded by mu_ (the Answers' own
+  // results are written by whoever answers each event, and read once `left` is 0).
+  std::deque<std::unique_ptr<Answer>> answers_;
+  size_t in_flight_ = 0;       // events raised (or being raised) without a result yet
+  size_t sync_in_flight_ = 0;  // of those, sync ones
+  size_t async_unqueued_ = 0;  // of those, async ones (not all queued yet)
+  size_t unwritten_ = 0;       // answers complete and not yet completely written
+  bool reading_ = false;       // a read outstanding, or its message being raised
+  bool reads_done_ = false;    // no further read: half-closed, failed, or a bad message
+  bool writing_ = false;
+  bool write_failed_ = false;
+  bool cancelled_ = false;
+  bool on_cancel_done_ = false;  // OnCancel has made its last Act
+  bool finished_ = false;
+  std::optional<grpc::Status> finish_status_;  // the status to end with once all is answered
 };
 
 }  // namespace
@@ -280,6 +579,29 @@ absl::StatusOr<delivery::RaiseOptions> EventBusServiceImpl::ResolveRaiseOptions(
   return options;
 }
 
+absl::StatusOr<PreparedRaise> EventBusServiceImpl::PrepareRaise(const v1::RaiseRequest& request,
+                                                                absl::Time deadline) const {
+  absl::Status valid = registry::ValidateEventName(request.event(), options_.max_event_name_bytes);
+  if (!valid.ok()) return valid;
+  PreparedRaise prepared;
+  absl::StatusOr<jsonrpc::Params> params = ParamsFromRequest(request, options_.max_params_bytes);
+  if (!params.ok()) return params.status();
+  prepared.params = *std::move(params);
+  // The caller's deadline is wall-clock time, whatever clock_ is.
+  absl::StatusOr<delivery::RaiseOptions> options =
+      ResolveRaiseOptions(request, deadline, absl::Now());
+  if (!options.ok()) return options.status();
+  prepared.options = *options;
+  return prepared;
+}
+
+delivery::Dispatcher::RaiseHandle EventBusServiceImpl::StartRaise(const v1::RaiseRequest& request,
+                                                                  const PreparedRaise& prepared,
+                                                                  delivery::Dispatcher::Done done) {
+  return dispatcher_->Raise(request.event(), prepared.params, prepared.options,
+                            registry_->Subscribers(request.event()), std::move(done));
+}
+
 grpc::ServerUnaryReactor* EventBusServiceImpl::Raise(grpc::CallbackServerContext* context,
                                                      const grpc::ByteBuffer* request_bytes,
                                                      grpc::ByteBuffer* response_bytes) {
@@ -293,29 +615,15 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Raise(grpc::CallbackServerContext
     reactor->Finish(ToGrpcStatus(parsed));
     return reactor;
   }
-  const v1::RaiseRequest* request = &reactor->request();
-  absl::Status valid = registry::ValidateEventName(request->event(), options_.max_event_name_bytes);
-  if (!valid.ok()) {
-    reactor->Finish(ToGrpcStatus(valid));
-    return reactor;
-  }
-  absl::StatusOr<jsonrpc::Params> params = ParamsFromRequest(*request, options_.max_params_bytes);
-  if (!params.ok()) {
-    reactor->Finish(ToGrpcStatus(params.status()));
-    return reactor;
-  }
-  // The caller's deadline is wall-clock time, whatever clock_ is.
-  absl::StatusOr<delivery::RaiseOptions> options =
-      ResolveRaiseOptions(*request, DeadlineOf(*context), absl::Now());
-  if (!options.ok()) {
-    reactor->Finish(ToGrpcStatus(options.status()));
+  absl::StatusOr<PreparedRaise> prepared = PrepareRaise(reactor->request(), DeadlineOf(*context));
+  if (!prepared.ok()) {
+    reactor->Finish(ToGrpcStatus(prepared.status()));
     return reactor;
   }
   // `done` runs inline (nobody to deliver to) or on an event-loop thread. The reactor lives until
   // OnDone, which gRPC calls only after this method has returned it and Finish has been called.
-  reactor->SetHandle(dispatcher_->Raise(
-      request->event(), *params, *options, registry_->Subscribers(request->event()),
-      [reactor](delivery::RaiseResult result) {
+  reactor->SetHandle(
+      StartRaise(reactor->request(), *prepared, [reactor](delivery::RaiseResult result) {
         if (reactor->cancelled()) {
           reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "raise: cancelled"));
           return;
@@ -324,6 +632,11 @@ grpc::ServerUnaryReactor* EventBusServiceImpl::Raise(grpc::CallbackServerContext
         reactor->FinishWithResponse();
       }));
   return reactor;
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* EventBusServiceImpl::RaiseStream(
+    grpc::CallbackServerContext* context) {
+  return new RaiseStreamReactor(this, DeadlineOf(*context));
 }
 
 grpc::ServerUnaryReactor* EventBusServiceImpl::ListSubscriptions(

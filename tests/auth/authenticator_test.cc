@@ -72,6 +72,7 @@ class AuthenticatorTest : public ::testing::Test {
 
 TEST(MethodRulesTest, EveryMethodHasItsRolesAndHealthAndReflectionAreOpen) {
   EXPECT_EQ(RuleFor("/eventbus.v1.EventBusService/Raise").roles, kPublisher | kAdmin);
+  EXPECT_EQ(RuleFor("/eventbus.v1.EventBusService/RaiseStream").roles, kPublisher | kAdmin);
   EXPECT_EQ(RuleFor("/eventbus.v1.EventBusService/Subscribe").roles, kSubscriber | kAdmin);
   EXPECT_EQ(RuleFor("/eventbus.v1.EventBusService/Unsubscribe").roles, kSubscriber | kAdmin);
   EXPECT_EQ(RuleFor("/eventbus.v1.EventBusService/ListSubscriptions").roles,

@@ -49,6 +49,7 @@
 #include "server/service/server.h"
 #include "tests/bench/sink.h"
 #include "tests/bench/sink_process.h"
+#include "tests/bench/stream_phase.h"
 
 ABSL_FLAG(std::string, server, "", "Address of a running eventbusd; empty starts one in-process");
 ABSL_FLAG(double, seconds, 3, "How long each throughput phase runs");
@@ -56,9 +57,10 @@ ABSL_FLAG(int, window, 64, "Raise calls in flight at once in throughput phases")
 ABSL_FLAG(int, latency_calls, 2000, "Sequential sync Raises per latency phase");
 ABSL_FLAG(int, loops, 0, "In-process server: event loops (0 = cores)");
 ABSL_FLAG(bool, large, true, "Run the 1k/10k target and distinct-method phases");
-ABSL_FLAG(std::string, phases, "nobody,async,targets,methods,sync",
+ABSL_FLAG(std::string, phases, "nobody,async,targets,methods,sync,stream",
           "Phases to run after the baseline (e.g. targets alone, to profile it)");
 ABSL_FLAG(int, method_raises, 20, "Sequential Raises per distinct-method phase");
+ABSL_FLAG(int, stream_batch, 64, "RaiseStream phase: events per message in its batched runs");
 ABSL_FLAG(std::string, log_level, "warning",
           "In-process server: log level (info logs every Subscribe)");
 
@@ -568,6 +570,9 @@ int Main() {
         "round trip p50 %5.0f us  p99 %5.0f us%s\n",
         n, r.calls / absl::ToDoubleSeconds(r.elapsed), lat.p50_us, lat.p99_us, plain.p50_us,
         plain.p99_us, not_ok ? "  (some deliveries not OK)" : "");
+  }
+  if (runs("stream")) {
+    RunStreamPhase(**client, StreamPhaseOptions{phase, absl::GetFlag(FLAGS_stream_batch)});
   }
   trivial_server->Shutdown();
   if (server) server->Shutdown(absl::Seconds(2));

@@ -330,6 +330,73 @@ TEST(RunCliTest, UsageErrorsExitTwoWithoutContactingAServer) {
   EXPECT_EQ(RunCli({"--timeout_ms", "abc", "events"}, "127.0.0.1:1", out4, err4), 2);
 }
 
+TEST(StreamLineTest, ParsesEveryFieldAndKeepsParamsAsTyped) {
+  v1::RaiseRequest defaults;
+  defaults.set_sync(false);
+  defaults.set_timeout_ms(700);
+  absl::StatusOr<v1::RaiseRequest> request = ParseStreamLine(
+      R"( {"params": {"z": 12345678901234567890, "a": [1, "x"]}, "event": "E", "all": true} )",
+      defaults);
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->event(), "E");
+  EXPECT_EQ(request->json(), R"({"z": 12345678901234567890, "a": [1, "x"]})");
+  EXPECT_FALSE(request->sync());
+  EXPECT_EQ(request->timeout_ms(), 700u);
+  EXPECT_TRUE(request->all_deliveries());
+
+  request =
+      ParseStreamLine(R"({"event":"E","params":["}{",2],"sync":true,"timeout_ms":500})", defaults);
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->json(), R"(["}{",2])");
+  EXPECT_TRUE(request->sync());
+  EXPECT_EQ(request->timeout_ms(), 500u);
+}
+
+TEST(StreamLineTest, RefusesWhatItCannotRaiseSayingWhy) {
+  const v1::RaiseRequest none;
+  EXPECT_THAT(ParseStreamLine("{", none).status().message(), HasSubstr("invalid JSON"));
+  EXPECT_THAT(ParseStreamLine("[1]", none).status().message(), HasSubstr("expected a JSON object"));
+  EXPECT_EQ(ParseStreamLine(R"({"params":{}})", none).status().message(), "missing \"event\"");
+  EXPECT_EQ(ParseStreamLine(R"({"event":"E","params":3})", none).status().message(),
+            "\"params\": not a JSON object or array");
+  EXPECT_EQ(ParseStreamLine(R"({"event":"E","sync":"yes"})", none).status().message(),
+            "\"sync\": not true or false");
+  EXPECT_EQ(ParseStreamLine(R"({"event":"E","timeout_ms":0.5})", none).status().message(),
+            "\"timeout_ms\": expected an integer from 1 to 4294967295");
+  EXPECT_THAT(ParseStreamLine(R"({"event":"E","x":1})", none).status().message(),
+              HasSubstr("unknown key \"x\""));
+}
+
+TEST(StreamLineTest, FormatsOneLinePerResult) {
+  v1::RaiseStreamResult result;
+  result.mutable_error()->set_code(3);
+  result.mutable_error()->set_message("event [2]: bad");
+  EXPECT_EQ(FormatStreamResult(9, result), "line 9: error INVALID_ARGUMENT: bad\n");
+  result.mutable_response()->set_subscribers(0);
+  EXPECT_EQ(FormatStreamResult(1, result), "line 1: no subscribers\n");
+  v1::RaiseResponse* r = result.mutable_response();
+  r->set_subscribers(2);
+  r->set_queued(1);
+  r->set_failed(1);
+  v1::Delivery* d = r->add_deliveries();
+  d->set_socket("tcp:h:1");
+  d->set_status(v1::DELIVERY_STATUS_QUEUE_FULL);
+  d->set_detail("queue full");
+  EXPECT_EQ(FormatStreamResult(2, result),
+            "line 2: 2 subscribers: 1 QUEUED, 0 OK, 1 failed; first failure: tcp:h:1 QUEUE_FULL "
+            "queue full\n");
+}
+
+TEST(RunCliTest, RaiseStreamUsageErrorsExitTwo) {
+  std::ostringstream out, err;
+  std::istringstream in("");
+  EXPECT_EQ(RunCli({"raise-stream", "E"}, "127.0.0.1:1", out, err, "", &in), 2);
+  EXPECT_THAT(err.str(), HasSubstr("raise-stream: unexpected argument \"E\""));
+  std::ostringstream out2, err2;
+  EXPECT_EQ(RunCli({"raise-stream", "--batch", "0"}, "127.0.0.1:1", out2, err2, "", &in), 2);
+  EXPECT_THAT(err2.str(), HasSubstr("--batch 0 is outside 1..10000"));
+}
+
 TEST(RunCliTest, HelpExitsZero) {
   std::ostringstream out, err;
   EXPECT_EQ(RunCli({"--help"}, "", out, err), 0);

@@ -70,11 +70,18 @@ class CliE2eTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  // Runs the CLI against the server; returns its exit code and output.
-  std::pair<int, std::string> Cli(std::vector<std::string> args) {
+  // Runs the CLI against the server; returns its exit code and output. With `stdin_path`, the
+  // CLI reads that file as its standard input (through /bin/sh for the redirection).
+  std::pair<int, std::string> Cli(std::vector<std::string> args, std::string stdin_path = "") {
     ProcessOptions options;
     options.argv = {EVENTBUS_CLI_PATH, absl::StrCat("--server=", address_)};
     options.argv.insert(options.argv.end(), args.begin(), args.end());
+    if (!stdin_path.empty()) {
+      // exec "$0" "$@" < FILE: the arguments are passed as they are, never parsed by the shell.
+      options.argv.insert(
+          options.argv.begin(),
+          {"/bin/sh", "-c", absl::StrCat("exec \"$0\" \"$@\" < '", stdin_path, "'")});
+    }
     options.log_path = (dir_ / absl::StrCat("cli-", ++cli_runs_, ".log")).string();
     auto cli = Process::Start(options);
     if (!cli.ok()) return {-1, std::string(cli.status().message())};
@@ -197,6 +204,76 @@ TEST_F(CliE2eTest, TypedParamsReachThePeerExactlyAsTypedBigIntegersAndKeyOrderIn
   EXPECT_EQ((*peer)->Received(),
             R"({"jsonrpc":"2.0","method":"E_EXACT","params":{"id":12345678901234567890,)"
             R"("big":9007199254740993,"obj":{"z":1,"a":[true,null]},"ok":true}})");
+}
+
+// `raise-stream`: one JSON event per line of standard input, batched, answered one line per
+// input line in order; bad lines are named by number and do not stop the rest; every event
+// reaches the peer in input order, byte for byte.
+TEST_F(CliE2eTest, RaiseStreamRaisesEachLineInOrderAndNamesBadLines) {
+  auto peer = testing::JsonRpcPeer::Start();
+  ASSERT_TRUE(peer.ok());
+  ASSERT_EQ(Cli({"subscribe", "E_STREAM", (*peer)->socket()}).first, 0);
+  std::vector<std::string> lines = {
+      R"({"event":"E_STREAM","params":{"id":12345678901234567890,"obj":{"z": 1, "a": [true]}}})",
+      "not json",
+      R"({"event":"E_STREAM","params":[1,"two"],"sync":true,"timeout_ms":5000})",
+      R"({"event":"bad name!"})",
+      "",
+      R"({"event":"E_STREAM","color":"red"})",
+  };
+  std::vector<std::string> expected_bytes = {
+      R"({"jsonrpc":"2.0","method":"E_STREAM","params":{"id":12345678901234567890,)"
+      R"("obj":{"z":1,"a":[true]}}})",
+      R"({"jsonrpc":"2.0","method":"E_STREAM","params":[1,"two"]})",
+  };
+  constexpr int kMore = 200;
+  for (int i = 0; i < kMore; ++i) {
+    lines.push_back(absl::StrCat(R"({"event":"E_STREAM","params":{"n":)", i, "}}"));
+    expected_bytes.push_back(
+        absl::StrCat(R"({"jsonrpc":"2.0","method":"E_STREAM","params":{"n":)", i, "}}"));
+  }
+  const std::filesystem::path input = dir_ / "events.jsonl";
+  {
+    std::ofstream file(input);
+    for (const std::string& line : lines) file << line << "\n";
+  }
+  // Through a shell, for the redirection of standard input.
+  auto [code, out] = Cli({"raise-stream", "--batch", "16", "--async"}, input.string());
+  EXPECT_EQ(code, 1) << out;  // some lines failed
+  std::vector<std::string> got = absl::StrSplit(out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(got.size(), lines.size() - 1) << out;  // the blank line gets no answer
+  EXPECT_EQ(got[0], "line 1: 1 subscriber: 1 QUEUED, 0 OK, 0 failed");
+  EXPECT_THAT(got[1], ::testing::StartsWith("line 2: error INVALID_ARGUMENT: invalid JSON"));
+  EXPECT_EQ(got[2], "line 3: 1 subscriber: 0 QUEUED, 1 OK, 0 failed");
+  EXPECT_THAT(got[3], ::testing::StartsWith("line 4: error INVALID_ARGUMENT: "));
+  EXPECT_THAT(got[3], HasSubstr("bad name!"));
+  EXPECT_EQ(got[4],
+            "line 6: error INVALID_ARGUMENT: unknown key \"color\" (expected event, params, sync, "
+            "timeout_ms, all)");
+  for (int i = 0; i < kMore; ++i) {
+    EXPECT_EQ(got[5 + i], absl::StrCat("line ", 7 + i, ": 1 subscriber: 1 QUEUED, 0 OK, 0 failed"));
+  }
+  ASSERT_TRUE((*peer)->WaitForMessages(expected_bytes.size(), absl::Seconds(10)));
+  std::vector<std::string> received = (*peer)->Messages();
+  // The sync one carries an id: compare without it.
+  ASSERT_EQ(received.size(), expected_bytes.size());
+  ASSERT_THAT(received[1], ::testing::StartsWith(R"({"id":)"));
+  received[1] = absl::StrCat("{", received[1].substr(received[1].find(',') + 1));
+  EXPECT_EQ(received, expected_bytes);
+
+  // JSON output: one object per line.
+  {
+    std::ofstream file(input);
+    file << R"({"event":"E_STREAM"})"
+         << "\n"
+         << "[]\n";
+  }
+  std::tie(code, out) = Cli({"raise-stream", "--output", "json"}, input.string());
+  EXPECT_EQ(code, 1) << out;
+  got = absl::StrSplit(out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(got.size(), 2u) << out;
+  EXPECT_EQ(got[0], R"({"line":1,"response":{"subscribers":1,"queued":1,"ok":0,"failed":0}})");
+  EXPECT_THAT(got[1], ::testing::StartsWith(R"({"line":2,"error":{"code":"INVALID_ARGUMENT",)"));
 }
 
 TEST_F(CliE2eTest, SyncRaisePrintsOneLinePerTargetWithStatus) {

@@ -132,6 +132,15 @@ class AuthServerTest : public ::testing::Test {
       request.set_event("E_AUTH");
       request.set_json("{}");
       status = client.Raise(request).status();
+    } else if (method == "RaiseStream") {
+      auto stream = client.OpenRaiseStream(absl::Seconds(10));
+      v1::RaiseStreamRequest message;
+      message.add_events()->set_event("E_AUTH");
+      if (stream->Write(message)) stream->WritesDone();
+      v1::RaiseStreamResponse response;
+      while (stream->Read(&response)) {
+      }
+      status = stream->Finish();
     } else if (method == "Subscribe") {
       v1::SubscribeRequest request;
       request.set_event("E_AUTH");
@@ -240,18 +249,18 @@ TEST_F(AuthServerTest, TokensGetTheirRolesMethodsAndNothingElse) {
   constexpr Code kUnauth = Code::kUnauthenticated;
   struct Row {
     std::string token;
-    // Raise, Subscribe, Unsubscribe, ListSubscriptions, ListEvents
+    // Raise, Subscribe, Unsubscribe, ListSubscriptions, ListEvents, RaiseStream
     std::vector<Code> expected;
   };
-  const std::vector<std::string> methods = {"Raise", "Subscribe", "Unsubscribe",
-                                            "ListSubscriptions", "ListEvents"};
+  const std::vector<std::string> methods = {
+      "Raise", "Subscribe", "Unsubscribe", "ListSubscriptions", "ListEvents", "RaiseStream"};
   const std::vector<Row> rows = {
-      {"", {kUnauth, kUnauth, kUnauth, kUnauth, kUnauth}},
-      {"wrong-token-not-in-the-file", {kUnauth, kUnauth, kUnauth, kUnauth, kUnauth}},
-      {kReaderToken, {kDenied, kDenied, kDenied, kOk, kOk}},
-      {kPublisherToken, {kOk, kDenied, kDenied, kDenied, kDenied}},
-      {kSubscriberToken, {kDenied, kOk, kOk, kOk, kOk}},
-      {kAdminToken, {kOk, kOk, kOk, kOk, kOk}},
+      {"", {kUnauth, kUnauth, kUnauth, kUnauth, kUnauth, kUnauth}},
+      {"wrong-token-not-in-the-file", {kUnauth, kUnauth, kUnauth, kUnauth, kUnauth, kUnauth}},
+      {kReaderToken, {kDenied, kDenied, kDenied, kOk, kOk, kDenied}},
+      {kPublisherToken, {kOk, kDenied, kDenied, kDenied, kDenied, kOk}},
+      {kSubscriberToken, {kDenied, kOk, kOk, kOk, kOk, kDenied}},
+      {kAdminToken, {kOk, kOk, kOk, kOk, kOk, kOk}},
   };
   for (const Row& row : rows) {
     std::unique_ptr<Client> client = Dial(Tls(row.token));
