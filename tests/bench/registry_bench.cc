@@ -1,0 +1,147 @@
+// registry_bench: prints what one registry write costs as the registry grows (a program, never a
+// test; it uses only registry::Registry's public API, so it measures any version of it).
+//
+//   registry_bench                         # 10k, 100k and 1M subscriptions
+//   registry_bench --sizes=10000,100000    # other sizes
+//
+// For each size and layout ("spread": 10 subscriptions per event; "one event": all of them in one
+// event) it loads the registry with ReplaceAll, then times Upsert of a new subscription, Upsert of
+// an existing one (a refresh: same id, new expiry), and Remove, each as the mean of as many calls
+// as fit in a short budget. Last, it times iterating a 10k-subscriber list the way Raise does
+// (`for (const SubscriptionPtr& sub : *list)` checking LiveAt) against a plain std::vector of the
+// same pointers, in the same run.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "server/registry/registry.h"
+
+namespace eventbus::registry {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+const absl::Time kT0 = absl::FromUnixSeconds(1700000000);
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+SubscriptionPtr MakeSub(size_t i, size_t events, absl::Duration expire) {
+  auto sub = std::make_shared<Subscription>();
+  char id[17];
+  std::snprintf(id, sizeof id, "%016zx", i * 0x9E3779B97F4A7C15ull);
+  sub->id = id;
+  sub->event = absl::StrCat("bench.event.", i % events);
+  sub->socket = absl::StrCat("tcp:10.", (i >> 16) & 255, ".", (i >> 8) & 255, ".", i & 255, ":",
+                             1000 + i % 50000);
+  sub->create_time = kT0 + absl::Microseconds(i);
+  sub->expire_time = kT0 + absl::Hours(1) + expire + absl::Microseconds(i);
+  return sub;
+}
+
+// Times `op(k)` for k = 0, 1, ... until `budget` seconds or `max_ops` calls; µs per call.
+template <typename Op>
+double MicrosPerOp(double budget, size_t max_ops, size_t* ops, Op op) {
+  Clock::time_point start = Clock::now();
+  size_t k = 0;
+  while (k < max_ops && (k < 3 || SecondsSince(start) < budget)) op(k++);
+  *ops = k;
+  return SecondsSince(start) * 1e6 / k;
+}
+
+void Measure(size_t n, bool one_event) {
+  const size_t events = one_event ? 1 : std::max<size_t>(1, n / 10);
+  std::vector<SubscriptionPtr> subs;
+  subs.reserve(n);
+  for (size_t i = 0; i < n; ++i) subs.push_back(MakeSub(i, events, absl::ZeroDuration()));
+  Registry registry;
+  Clock::time_point start = Clock::now();
+  registry.ReplaceAll(subs);
+  double load = SecondsSince(start);
+
+  // New subscriptions land in existing events (spread) or the one event.
+  size_t creates = 0, refreshes = 0, removes = 0;
+  double create_us = MicrosPerOp(0.5, 2000, &creates, [&](size_t k) {
+    registry.Upsert(MakeSub(n + k, events, absl::ZeroDuration()));
+  });
+  double refresh_us = MicrosPerOp(0.5, 2000, &refreshes, [&](size_t k) {
+    // Every 7919th subscription: spread over the registry, never the same twice in a row.
+    registry.Upsert(MakeSub((k * 7919) % n, events, absl::Minutes(5)));
+  });
+  double remove_us = MicrosPerOp(0.5, 2000, &removes,
+                                 [&](size_t k) { registry.Remove(subs[(k * 7919) % n]->id); });
+  std::printf(
+      "%9zu subs %-9s  load %7.3f s | Upsert new %9.1f us (%zu) | refresh %9.1f us (%zu)"
+      " | Remove %9.1f us (%zu)\n",
+      n, one_event ? "one event" : "spread", load, create_us, creates, refresh_us, refreshes,
+      remove_us, removes);
+  std::fflush(stdout);
+}
+
+void MeasureIteration() {
+  constexpr size_t kN = 10000;
+  std::vector<SubscriptionPtr> subs;
+  for (size_t i = 0; i < kN; ++i) subs.push_back(MakeSub(i, 1, absl::ZeroDuration()));
+  Registry registry;
+  registry.ReplaceAll(subs);
+  // The registry's list and a plain vector of the same pointers, in the same order.
+  std::shared_ptr<const SubscriberList> list = registry.Subscribers("bench.event.0");
+  std::vector<SubscriptionPtr> vector(subs);
+  const absl::Time now = kT0 + absl::Minutes(1);
+  constexpr int kPasses = 2000;
+  size_t live = 0;
+  Clock::time_point start = Clock::now();
+  for (int pass = 0; pass < kPasses; ++pass) {
+    for (const SubscriptionPtr& sub : *list) live += sub->LiveAt(now);
+  }
+  double list_ns = SecondsSince(start) * 1e9 / (double(kPasses) * kN);
+  start = Clock::now();
+  for (int pass = 0; pass < kPasses; ++pass) {
+    for (const SubscriptionPtr& sub : vector) live += sub->LiveAt(now);
+  }
+  double vector_ns = SecondsSince(start) * 1e9 / (double(kPasses) * kN);
+  std::printf(
+      "Raise iteration over %zu subscribers: registry list %.2f ns/entry, std::vector "
+      "%.2f ns/entry (x%.2f)   [live %zu]\n",
+      list->size(), list_ns, vector_ns, list_ns / vector_ns, live);
+}
+
+}  // namespace
+}  // namespace eventbus::registry
+
+int main(int argc, char** argv) {
+  std::vector<size_t> sizes = {10000, 100000, 1000000};
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (absl::ConsumePrefix(&arg, "--sizes=")) {
+      sizes.clear();
+      for (absl::string_view part : absl::StrSplit(arg, ',')) {
+        size_t n;
+        if (!absl::SimpleAtoi(part, &n) || n == 0) {
+          std::fprintf(stderr, "registry_bench: --sizes: \"%s\" is not a positive count\n",
+                       std::string(part).c_str());
+          return 2;
+        }
+        sizes.push_back(n);
+      }
+    } else {
+      std::fprintf(stderr, "registry_bench: unknown argument \"%s\" (try --sizes=10000,100000)\n",
+                   argv[i]);
+      return 2;
+    }
+  }
+  for (size_t n : sizes) {
+    eventbus::registry::Measure(n, /*one_event=*/false);
+    eventbus::registry::Measure(n, /*one_event=*/true);
+  }
+  eventbus::registry::MeasureIteration();
+  return 0;
+}
