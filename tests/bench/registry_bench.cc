@@ -7,11 +7,14 @@
 // For each size and layout ("spread": 10 subscriptions per event; "one event": all of them in one
 // event) it loads the registry with ReplaceAll, then times Upsert of a new subscription, Upsert of
 // an existing one (a refresh: same id, new expiry), and Remove, each as the mean of as many calls
-// as fit in a short budget, in this thread's CPU time and in wall time. Last, it times iterating a
+// as fit in a short budget, in this thread's CPU time and in wall time, and the resident memory
+// the loaded index adds beside the subscriptions. Last, it times iterating a
 // 10k-subscriber list the way Raise does
 // (`for (const SubscriptionPtr& sub : *list)` checking LiveAt) against a plain std::vector of the
 // same pointers, in the same run.
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -58,6 +61,16 @@ double ThreadCpuSeconds() {
   return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+// Resident memory now, in MiB (/proc/self/statm).
+double RssMiB() {
+  FILE* f = std::fopen("/proc/self/statm", "r");
+  if (f == nullptr) return 0;
+  long pages = 0, resident = 0;
+  if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+  std::fclose(f);
+  return resident * (sysconf(_SC_PAGESIZE) / 1048576.0);
+}
+
 struct Cost {
   double wall_us = 0;
   double cpu_us = 0;
@@ -83,12 +96,15 @@ void Measure(size_t n, bool one_event) {
   std::vector<SubscriptionPtr> subs;
   subs.reserve(n);
   for (size_t i = 0; i < n; ++i) subs.push_back(MakeSub(i, events, absl::ZeroDuration()));
+  const double rss_before = RssMiB();
   Registry registry;
   Clock::time_point start = Clock::now();
   double cpu_start = ThreadCpuSeconds();
   registry.ReplaceAll(subs);
   double load_cpu = ThreadCpuSeconds() - cpu_start;
   double load = SecondsSince(start);
+  // What the index takes beside the subscriptions themselves (the allocator may keep some).
+  const double index_mib = RssMiB() - rss_before;
 
   // New subscriptions land in existing events (spread) or the one event.
   Cost create = PerOp(
@@ -101,8 +117,8 @@ void Measure(size_t n, bool one_event) {
   auto print = [](const char* what, const Cost& cost) {
     std::printf(" | %s %8.1f us cpu %8.1f wall (%zu)", what, cost.cpu_us, cost.wall_us, cost.ops);
   };
-  std::printf("%8zu subs %-9s load %6.2f s cpu %6.2f wall", n, one_event ? "one event" : "spread",
-              load_cpu, load);
+  std::printf("%8zu subs %-9s load %6.2f s cpu %6.2f wall, index %6.1f MiB", n,
+              one_event ? "one event" : "spread", load_cpu, load, index_mib);
   print("Upsert new", create);
   print("refresh", refresh);
   print("Remove", remove);
@@ -163,8 +179,21 @@ int main(int argc, char** argv) {
     }
   }
   for (size_t n : sizes) {
-    eventbus::registry::Measure(n, /*one_event=*/false);
-    eventbus::registry::Measure(n, /*one_event=*/true);
+    for (bool one_event : {false, true}) {
+      // Each in a child of its own: memory freed by one measurement must not flatter the next.
+      std::fflush(stdout);
+      pid_t child = fork();
+      if (child == 0) {
+        eventbus::registry::Measure(n, one_event);
+        std::fflush(stdout);
+        _exit(0);
+      }
+      int status = 0;
+      if (child < 0 || waitpid(child, &status, 0) != child) {
+        std::perror("registry_bench: fork");
+        return 1;
+      }
+    }
   }
   eventbus::registry::MeasureIteration();
   return 0;
