@@ -268,29 +268,6 @@ SubscriberList::const_iterator SubscriberList::begin() const {
   return it;
 }
 
-void SubscriberList::const_iterator::DescendLeftmost(int level) {
-  const Node* node = Children(path_[level])[index_[level]].get();
-  for (int h = level - 1; h > 0; --h) {
-    path_[h] = node;
-    index_[h] = 0;
-    node = Children(node)[0].get();
-  }
-  path_[0] = node;
-  item_ = LeafItems(node);
-  leaf_end_ = item_ + node->count;
-}
-
-void SubscriberList::const_iterator::NextLeaf() {
-  for (int h = 1; h <= height_; ++h) {
-    if (index_[h] + 1 < path_[h]->count) {
-      ++index_[h];
-      DescendLeftmost(h);
-      return;
-    }
-  }
-  item_ = leaf_end_ = nullptr;
-}
-
 const SubscriptionPtr& SubscriberList::at(size_t pos) const {
   assert(pos < size());
   const Node* node = root_.get();

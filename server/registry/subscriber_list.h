@@ -183,6 +183,29 @@ class SubscriberList {
   list_internal::NodeRef root_;
 };
 
+inline void SubscriberList::const_iterator::DescendLeftmost(int level) {
+  const list_internal::Node* node = list_internal::Children(path_[level])[index_[level]].get();
+  for (int h = level - 1; h > 0; --h) {
+    path_[h] = node;
+    index_[h] = 0;
+    node = list_internal::Children(node)[0].get();
+  }
+  path_[0] = node;
+  item_ = list_internal::LeafItems(node);
+  leaf_end_ = item_ + node->count;
+}
+
+inline void SubscriberList::const_iterator::NextLeaf() {
+  for (int h = 1; h <= height_; ++h) {
+    if (index_[h] + 1 < path_[h]->count) {
+      ++index_[h];
+      DescendLeftmost(h);
+      return;
+    }
+  }
+  item_ = leaf_end_ = nullptr;
+}
+
 template <typename Before>
 size_t SubscriberList::PartitionPoint(Before before) const {
   using list_internal::Node;

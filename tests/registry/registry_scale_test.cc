@@ -26,11 +26,12 @@ namespace {
 
 const absl::Time kT0 = absl::FromUnixSeconds(1700000000);
 
-// Under ThreadSanitizer (about 10x slower) the large registries are 5x smaller.
-#if defined(__SANITIZE_THREAD__)
+// Under the sanitizers (ThreadSanitizer is about 10x slower, AddressSanitizer with its malloc a
+// few times) the large registries are 5x smaller.
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
 constexpr size_t kScaleDivisor = 5;
 #elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
 constexpr size_t kScaleDivisor = 5;
 #else
 constexpr size_t kScaleDivisor = 1;
