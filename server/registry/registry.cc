@@ -5,10 +5,8 @@
 #include <cassert>
 #include <cstdint>
 #include <limits>
-#include <type_traits>
 #include <utility>
 
-#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
 
