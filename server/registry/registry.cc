@@ -2,26 +2,31 @@
 
 #include <algorithm>
 #include <array>
+#include <cassert>
 #include <cstdint>
 #include <limits>
 #include <utility>
 
-#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
 
 namespace eventbus::registry {
 namespace {
 
-// The index is split into kShards immutable parts per map: a write copies the few parts it
-// touches (about 1/kShards of the subscriptions) instead of the whole index.
-constexpr int kShardBits = 7;
-constexpr size_t kShards = size_t{1} << kShardBits;
+// Each map is split into 65536 immutable shards, the leaves of a persistent trie of 16-way nodes
+// (four levels) indexed by the top 16 bits of the key's hash. A write copies the path to each
+// shard it touches: four nodes of 16 pointers and the shard, about n / 65536 entries (15 at a
+// million subscriptions). Each pointer copied is a reference count touched, most of them on cold
+// cache lines: what a write costs at a million is mostly that count.
+constexpr int kTrieBits = 4;
+constexpr int kTrieLevels = 4;
+constexpr size_t kTrieFanout = size_t{1} << kTrieBits;
 static_assert(sizeof(size_t) == 8, "shard selection takes the top bits of a 64-bit hash");
 
-// Keys carry their hash, so copying a shard moves its entries without hashing them again. The
-// shard comes from the top bits of the hash; the map inside a shard uses the low ones.
-size_t ShardOf(size_t hash) { return hash >> (64 - kShardBits); }
+// The slot of level `level` (0: the root) on the way to the shard of `hash`.
+size_t Digit(size_t hash, int level) {
+  return (hash >> (64 - (level + 1) * kTrieBits)) & (kTrieFanout - 1);
+}
 
 struct StoredHash {
   template <typename K>
@@ -34,6 +39,7 @@ struct StoredHash {
 struct NameKey {
   explicit NameKey(absl::string_view name)
       : hash(absl::Hash<absl::string_view>{}(name)), name(name) {}
+  NameKey(absl::string_view name, size_t hash) : hash(hash), name(name) {}
   friend bool operator==(const NameKey& a, const NameKey& b) {
     return a.hash == b.hash && a.name == b.name;
   }
@@ -47,6 +53,8 @@ struct SocketKey {
       : hash(absl::Hash<std::pair<absl::string_view, absl::string_view>>{}({event, socket})),
         event(event),
         socket(socket) {}
+  SocketKey(absl::string_view event, absl::string_view socket, size_t hash)
+      : hash(hash), event(event), socket(socket) {}
   friend bool operator==(const SocketKey& a, const SocketKey& b) {
     return a.hash == b.hash && a.event == b.event && a.socket == b.socket;
   }
@@ -55,13 +63,11 @@ struct SocketKey {
   absl::string_view socket;
 };
 
-// Every string_view in a key below points into the Subscription held by the same entry (or, for
-// events, by the entry's list), so an entry never outlives the text of its key.
+// Every string_view in a key below points into the Subscription held by the same entry, so an
+// entry never outlives the text of its key.
 
-// Subscriptions by id, and the (expire_time, id) order of those that expire.
 struct IdShard {
   absl::flat_hash_map<NameKey, SubscriptionPtr, StoredHash> subs;
-  absl::btree_set<std::pair<absl::Time, absl::string_view>> expiries;
 };
 
 struct KeyShard {
@@ -72,34 +78,58 @@ struct KeyShard {
 struct EventLists {
   // By create_time, then id: what Raise fans out to.
   std::shared_ptr<const SubscriberList> list;
-  // By socket (unique within an event): what the List* pages read.
+  // By socket (unique within an event): what the List* pages read. The same object as `list`
+  // while the event has one subscriber.
   std::shared_ptr<const SubscriberList> by_socket;
+  // One of the event's subscriptions, the same one Index::names holds: the map's key points into
+  // its event name.
+  SubscriptionPtr rep;
 };
 
-// Event -> its subscribers. The map's key and the name in `names` point into the first
-// subscription of the event's `list`.
 struct EventShard {
   absl::flat_hash_map<NameKey, EventLists, StoredHash> lists;
-  // The events of `lists` in name order: pages merge the shards' orders instead of sorting.
-  absl::btree_set<absl::string_view> names;
+};
+
+// A node of a shard trie: its slots hold nodes of the next level, or shards at the last.
+struct TrieNode {
+  std::array<std::shared_ptr<const void>, kTrieFanout> slots;
 };
 
 template <typename Shard>
-using Shards = std::array<std::shared_ptr<const Shard>, kShards>;
+struct Shards {
+  Shards() {
+    // One shared empty shard under one shared chain of nodes; the first write to a shard copies
+    // its path.
+    std::shared_ptr<const void> below = std::make_shared<const Shard>();
+    for (int level = kTrieLevels - 1; level >= 0; --level) {
+      auto node = std::make_shared<TrieNode>();
+      node->slots.fill(below);
+      below = node;
+    }
+    root = std::static_pointer_cast<const TrieNode>(below);
+  }
 
-template <typename Shard>
-void FillEmpty(Shards<Shard>& shards) {
-  // One shared empty part; the first write to a shard copies it.
-  shards.fill(std::make_shared<const Shard>());
+  const Shard& For(size_t hash) const {
+    const TrieNode* node = root.get();
+    for (int level = 0; level + 1 < kTrieLevels; ++level) {
+      node = static_cast<const TrieNode*>(node->slots[Digit(hash, level)].get());
+    }
+    return *static_cast<const Shard*>(node->slots[Digit(hash, kTrieLevels - 1)].get());
+  }
+
+  std::shared_ptr<const TrieNode> root;
+};
+
+// The orders of the lists: each is a strict order in which no two subscriptions of one list tie.
+bool ListBefore(const Subscription& a, const Subscription& b) {
+  if (a.create_time != b.create_time) return a.create_time < b.create_time;
+  return a.id < b.id;
 }
-
-bool ListOrder(const SubscriptionPtr& a, const SubscriptionPtr& b) {
-  if (a->create_time != b->create_time) return a->create_time < b->create_time;
-  return a->id < b->id;
-}
-
-bool SocketOrder(const SubscriptionPtr& a, const SubscriptionPtr& b) {
-  return a->socket < b->socket;
+bool SocketBefore(const Subscription& a, const Subscription& b) { return a.socket < b.socket; }
+bool EventBefore(const Subscription& a, const Subscription& b) { return a.event < b.event; }
+bool ExpiryBefore(const Subscription& a, const Subscription& b) {
+  if (a.expire_time != b.expire_time) return a.expire_time < b.expire_time;
+  return a.id < b.id;
 }
 
 const std::shared_ptr<const SubscriberList>& EmptyList() {
@@ -108,25 +138,93 @@ const std::shared_ptr<const SubscriberList>& EmptyList() {
   return *empty;
 }
 
+// With this many changes or more per entry of a list, rebuilding it whole (a merge, O(n)) is
+// cheaper than path-copying each change (a few hundred pointers each).
+constexpr size_t kRebuildFactor = 256;
+
+// `old` without `removed` (entries of it; repeats allowed) and with `added` (none in it; repeats
+// allowed), in the order `before`.
+template <typename Before>
+SubscriberList Applied(const SubscriberList& old, std::vector<const Subscription*> removed,
+                       std::vector<SubscriptionPtr> added, Before before) {
+  if (removed.empty() && added.empty()) return old;
+  auto less = [&](const auto& a, const auto& b) { return before(*a, *b); };
+  auto same = [](const auto& a, const auto& b) { return &*a == &*b; };
+  // Repeats of one object sort next to each other (no two objects of one list share a key).
+  std::sort(added.begin(), added.end(), less);
+  added.erase(std::unique(added.begin(), added.end(), same), added.end());
+  if (old.empty()) return SubscriberList(added);
+  if ((removed.size() + added.size()) * kRebuildFactor >= old.size()) {
+    absl::flat_hash_set<const Subscription*> gone(removed.begin(), removed.end());
+    std::vector<SubscriptionPtr> merged;
+    merged.reserve(old.size() + added.size());
+    auto next = added.begin();
+    for (const SubscriptionPtr& sub : old) {
+      if (!gone.empty() && gone.contains(sub.get())) continue;
+      while (next != added.end() && before(**next, *sub)) merged.push_back(std::move(*next++));
+      merged.push_back(sub);
+    }
+    for (; next != added.end(); ++next) merged.push_back(std::move(*next));
+    list_internal::copied_entries += merged.size();
+    return SubscriberList(merged);
+  }
+  std::sort(removed.begin(), removed.end(), less);
+  removed.erase(std::unique(removed.begin(), removed.end(), same), removed.end());
+  auto position = [&](const SubscriberList& list, const Subscription& sub) {
+    return list.PartitionPoint([&](const Subscription& s) { return before(s, sub); });
+  };
+  SubscriberList list = old;
+  // A removed entry and an added one with the same key (a refresh, in an order its change does
+  // not move it in) take one path copy: the new one replaces the old in place.
+  std::vector<const Subscription*> only_removed;
+  std::vector<SubscriptionPtr> only_added;
+  size_t r = 0;
+  for (SubscriptionPtr& sub : added) {
+    while (r < removed.size() && before(*removed[r], *sub)) only_removed.push_back(removed[r++]);
+    if (r < removed.size() && !before(*sub, *removed[r])) {
+      size_t pos = position(list, *removed[r++]);
+      assert(pos < list.size() && list.at(pos).get() == removed[r - 1]);
+      list = list.Replaced(pos, std::move(sub));
+    } else {
+      only_added.push_back(std::move(sub));
+    }
+  }
+  while (r < removed.size()) only_removed.push_back(removed[r++]);
+  for (const Subscription* sub : only_removed) {
+    size_t pos = position(list, *sub);
+    assert(pos < list.size() && list.at(pos).get() == sub);
+    list = list.Erased(pos);
+  }
+  for (SubscriptionPtr& sub : only_added) {
+    size_t pos = position(list, *sub);
+    list = list.Inserted(pos, std::move(sub));
+  }
+  return list;
+}
+
 }  // namespace
+
+uint64_t CopiedEntriesForTesting() { return list_internal::copied_entries; }
 
 // One immutable version of the whole index (once published).
 struct Registry::Index {
-  Index() {
-    FillEmpty(ids);
-    FillEmpty(keys);
-    FillEmpty(events);
+  // The subscription with `id` (not counted: for comparing identities only).
+  const Subscription* FindRaw(absl::string_view id) const {
+    NameKey key(id);
+    const auto& subs = ids.For(key.hash).subs;
+    auto it = subs.find(key);
+    return it == subs.end() ? nullptr : it->second.get();
   }
 
   SubscriptionPtr FindById(absl::string_view id) const {
     NameKey key(id);
-    const auto& subs = ids[ShardOf(key.hash)]->subs;
+    const auto& subs = ids.For(key.hash).subs;
     auto it = subs.find(key);
     return it == subs.end() ? nullptr : it->second;
   }
 
   SubscriptionPtr FindByKey(const SocketKey& key) const {
-    const auto& subs = keys[ShardOf(key.hash)]->subs;
+    const auto& subs = keys.For(key.hash).subs;
     auto it = subs.find(key);
     return it == subs.end() ? nullptr : it->second;
   }
@@ -139,7 +237,7 @@ struct Registry::Index {
   // The lists of `event`; null when it has no subscribers.
   const EventLists* Lists(absl::string_view event) const {
     NameKey key(event);
-    const auto& lists = events[ShardOf(key.hash)]->lists;
+    const auto& lists = events.For(key.hash).lists;
     auto it = lists.find(key);
     return it == lists.end() ? nullptr : &it->second;
   }
@@ -147,27 +245,80 @@ struct Registry::Index {
   Shards<IdShard> ids;
   Shards<KeyShard> keys;
   Shards<EventShard> events;
+  // One subscription per event (its EventLists::rep), by event name: the order of the pages.
+  SubscriberList names;
+  // The subscriptions that expire, by (expire_time, id).
+  SubscriberList expiries;
   size_t size = 0;
 };
 
-// Changes an unpublished Index in place: copies each shard on its first change, and rebuilds
-// each touched event's list once, in Finish().
+// Changes an unpublished Index in place: copies each shard (and its group) on its first change,
+// and changes each touched list once, in Finish(), by what the edit did to it overall.
 class Registry::Edit {
  public:
-  explicit Edit(Index* index) : index_(index) {}
+  // `index` is a copy of `base` (null: of an empty index), which must outlive the edit. `bulk`:
+  // for an edit that touches most shards (a load).
+  Edit(Index* index, const Index* base, bool bulk = false) : index_(index), base_(base) {
+    if (bulk) {
+      constexpr size_t kShards = size_t{1} << (kTrieLevels * kTrieBits);
+      ids_.direct.resize(kShards);
+      keys_.direct.resize(kShards);
+      events_.direct.resize(kShards);
+    }
+  }
   Edit(const Edit&) = delete;
   Edit& operator=(const Edit&) = delete;
 
   // Inserts `sub`; nothing with its id or its (event, socket) may be present.
   void Insert(SubscriptionPtr sub) {
     NameKey id(sub->id);
-    IdShard& ids = Mutable(index_->ids, ids_, ShardOf(id.hash));
-    ids.subs.emplace(id, sub);
-    if (sub->Expires()) ids.expiries.emplace(sub->expire_time, absl::string_view(sub->id));
+    Mutable(index_->ids, ids_, id.hash).subs.emplace(id, sub);
     SocketKey key(sub->event, sub->socket);
-    Mutable(index_->keys, keys_, ShardOf(key.hash)).subs.emplace(key, sub);
+    Mutable(index_->keys, keys_, key.hash).subs.emplace(key, sub);
     ++index_->size;
-    changes_[sub->event].added.push_back(std::move(sub));
+    if (sub->Expires()) expiry_added_.push_back(sub);
+    Touch(sub).added.push_back(std::move(sub));
+  }
+
+  // Fills the (empty) index with `subs`, as if each were upserted in turn: of two with the same
+  // id or the same (event, socket), the later wins. Each map is filled shard by shard at its
+  // final size, so a shard's table stays in cache while it fills.
+  void Load(std::vector<SubscriptionPtr> subs) {
+    subs.erase(std::remove(subs.begin(), subs.end(), nullptr), subs.end());
+    const size_t n = subs.size();
+    // Each subscription is read once here (they are cold: a load is mostly cache misses); the
+    // passes below read these.
+    std::vector<NameKey> ids;
+    std::vector<SocketKey> keys;
+    std::vector<bool> expires(n);
+    ids.reserve(n);
+    keys.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      const Subscription& sub = *subs[i];
+      ids.emplace_back(sub.id);
+      keys.emplace_back(sub.event, sub.socket);
+      expires[i] = sub.Expires();
+    }
+    // Read backwards, the first of a key in a map is its latest: a later one shares the key of
+    // every one that fails to go in, which therefore loses (in both maps).
+    std::vector<bool> lost(n);
+    Fill(index_->ids, ids_, ids, subs, lost);
+    Fill(index_->keys, keys_, keys, subs, lost);
+    for (size_t i = 0; i < n; ++i) {
+      if (lost[i]) {
+        // It may have gone into the other map, where no later one shares its key.
+        auto& by_id = Mutable(index_->ids, ids_, ids[i].hash).subs;
+        auto id_it = by_id.find(ids[i]);
+        if (id_it != by_id.end() && id_it->second == subs[i]) by_id.erase(id_it);
+        auto& by_key = Mutable(index_->keys, keys_, keys[i].hash).subs;
+        auto key_it = by_key.find(keys[i]);
+        if (key_it != by_key.end() && key_it->second == subs[i]) by_key.erase(key_it);
+        continue;
+      }
+      ++index_->size;
+      if (expires[i]) expiry_added_.push_back(subs[i]);
+      Touch(subs[i], keys[i].event).added.push_back(subs[i]);
+    }
   }
 
   // Inserts `sub` in place of the subscription with its id or its (event, socket), if any.
@@ -183,107 +334,200 @@ class Registry::Edit {
   SubscriptionPtr Remove(absl::string_view id) {
     SubscriptionPtr sub = index_->FindById(id);
     if (sub == nullptr) return nullptr;
+    removed_any_ = true;
     // `sub` keeps the key texts alive while the entries pointing into it are erased.
     NameKey id_key(sub->id);
-    IdShard& ids = Mutable(index_->ids, ids_, ShardOf(id_key.hash));
-    ids.subs.erase(id_key);
-    if (sub->Expires()) ids.expiries.erase({sub->expire_time, absl::string_view(sub->id)});
+    Mutable(index_->ids, ids_, id_key.hash).subs.erase(id_key);
     SocketKey key(sub->event, sub->socket);
-    KeyShard& keys = Mutable(index_->keys, keys_, ShardOf(key.hash));
+    KeyShard& keys = Mutable(index_->keys, keys_, key.hash);
     auto it = keys.subs.find(key);
     if (it != keys.subs.end() && it->second == sub) keys.subs.erase(it);
     --index_->size;
-    EventChange& change = changes_[sub->event];
-    change.added.erase(
-        std::remove_if(change.added.begin(), change.added.end(),
-                       [&](const SubscriptionPtr& added) { return added->id == sub->id; }),
-        change.added.end());
-    change.removed.insert(sub->id);
+    if (sub->Expires()) expiry_removed_.push_back(sub.get());
+    Touch(sub).removed.push_back(sub);
     return sub;
   }
 
-  // Rebuilds the lists of the events touched. Call once, after the last change.
+  // Changes the lists of the events touched, the names and the expiries. Call once, after the
+  // last change.
   void Finish() {
-    // (shard, name) of the events to enter into the shards' `names`, entered in name order below.
-    std::vector<std::pair<size_t, absl::string_view>> names;
+    std::vector<const Subscription*> names_removed;
+    std::vector<SubscriptionPtr> names_added;
     for (auto& [event, change] : changes_) {
+      std::vector<const Subscription*> removed = FinalRemoved(change.removed);
+      std::vector<SubscriptionPtr> added = FinalAdded(std::move(change.added));
+      if (removed.empty() && added.empty()) continue;
       NameKey event_key(event);
-      EventShard& shard = Mutable(index_->events, events_, ShardOf(event_key.hash));
+      EventShard& shard = Mutable(index_->events, events_, event_key.hash);
       EventLists old;
       auto it = shard.lists.find(event_key);
       if (it != shard.lists.end()) {
-        old = it->second;  // keeps the key texts (here and in `names`) alive across the erases
+        old = std::move(it->second);  // keeps the key's text alive across the erase
         shard.lists.erase(it);
-        shard.names.erase(absl::string_view(event));
       }
-      auto list = Rebuilt(old.list.get(), change, ListOrder);
-      if (list->empty()) continue;
-      auto by_socket = Rebuilt(old.by_socket.get(), change, SocketOrder);
-      NameKey key(list->front()->event);
-      names.emplace_back(ShardOf(key.hash), key.name);
-      shard.lists.emplace(key, EventLists{std::move(list), std::move(by_socket)});
+      static const SubscriberList kEmpty;
+      SubscriberList list = Applied(old.list ? *old.list : kEmpty, removed, added, ListBefore);
+      if (list.empty()) {
+        if (old.rep) names_removed.push_back(old.rep.get());
+        continue;
+      }
+      EventLists lists;
+      lists.list = std::make_shared<const SubscriberList>(std::move(list));
+      if (lists.list->size() == 1) {
+        lists.by_socket = lists.list;
+      } else {
+        lists.by_socket = std::make_shared<const SubscriberList>(Applied(
+            old.by_socket ? *old.by_socket : kEmpty, removed, std::move(added), SocketBefore));
+      }
+      // The representative stays while it is one of the event's subscriptions.
+      if (old.rep && index_->FindRaw(old.rep->id) == old.rep.get()) {
+        lists.rep = std::move(old.rep);
+      } else {
+        if (old.rep) names_removed.push_back(old.rep.get());
+        lists.rep = lists.by_socket->front();
+        names_added.push_back(lists.rep);
+      }
+      NameKey key(lists.rep->event);
+      shard.lists.emplace(key, std::move(lists));
+      // `old` (and the text of the erased key) is released here, after the emplace.
     }
+    index_->names = Applied(index_->names, names_removed, std::move(names_added), EventBefore);
+    index_->expiries = Applied(index_->expiries, FinalRemoved(expiry_removed_),
+                               FinalAdded(std::move(expiry_added_)), ExpiryBefore);
+    // Last: until here, changes_ keeps alive what the edit removed after adding it.
     changes_.clear();
-    // In order, each insert lands next to the one before (the hint): a bulk load (start-up, a
-    // resync) of a million events costs a sort instead of a million searches of the tree, each of
-    // which reads names from cold subscriptions.
-    std::sort(names.begin(), names.end());
-    for (size_t i = 0; i < names.size();) {
-      auto& set = Mutable(index_->events, events_, names[i].first).names;
-      auto hint = set.end();
-      for (size_t shard = names[i].first; i < names.size() && names[i].first == shard; ++i) {
-        hint = std::next(set.insert(hint, names[i].second));
-      }
-    }
   }
 
  private:
-  struct EventChange;
-
-  // Returns `old` (null: empty) without the removed subscriptions and with the added ones, in
-  // `order`: a merge, so the cost grows with the event's subscribers, not with their log.
-  template <typename Order>
-  static std::shared_ptr<const SubscriberList> Rebuilt(const SubscriberList* old,
-                                                       EventChange& change, Order order) {
-    auto list = std::make_shared<SubscriberList>();
-    if (old != nullptr) {
-      list->reserve(old->size() + change.added.size());
-      if (change.removed.empty()) {
-        list->assign(old->begin(), old->end());
-      } else {
-        for (const SubscriptionPtr& sub : *old) {
-          if (!change.removed.contains(sub->id)) list->push_back(sub);
-        }
-      }
-    }
-    size_t kept = list->size();
-    std::sort(change.added.begin(), change.added.end(), order);
-    list->insert(list->end(), change.added.begin(), change.added.end());
-    std::inplace_merge(list->begin(), list->begin() + kept, list->end(), order);
-    return list;
-  }
-
   struct EventChange {
-    absl::flat_hash_set<std::string> removed;
+    // Keeps the text of the changes_ key alive.
+    SubscriptionPtr keeper;
+    // Every subscription of the event removed or added by this edit (an object may be in both, or
+    // twice); Finish sorts out what changed overall.
+    std::vector<SubscriptionPtr> removed;
     std::vector<SubscriptionPtr> added;
   };
 
-  // Returns shard `i`, copied first unless this edit already did.
-  template <typename Shard>
-  Shard& Mutable(Shards<Shard>& published, std::array<std::shared_ptr<Shard>, kShards>& copies,
-                 size_t i) {
-    if (copies[i] == nullptr) {
-      copies[i] = std::make_shared<Shard>(*published[i]);
-      published[i] = copies[i];
+  // The change of `sub`'s event (`event`: its name, when the caller has it at hand).
+  EventChange& Touch(const SubscriptionPtr& sub, absl::string_view event = {}) {
+    if (event.data() == nullptr) event = sub->event;
+    auto it = changes_.find(event);
+    if (it == changes_.end()) {
+      it = changes_.emplace(event, EventChange{}).first;
+      it->second.keeper = sub;
     }
-    return *copies[i];
+    return it->second;
   }
 
+  // Of the subscriptions the edit removed, those that were in the base and are not in the result.
+  template <typename T>
+  std::vector<const Subscription*> FinalRemoved(const std::vector<T>& removed) const {
+    std::vector<const Subscription*> out;
+    if (base_ == nullptr) return out;
+    for (const T& item : removed) {
+      const Subscription* sub = &*item;
+      if (base_->FindRaw(sub->id) == sub && index_->FindRaw(sub->id) != sub) out.push_back(sub);
+    }
+    return out;
+  }
+
+  // Of the subscriptions the edit added, those that are in the result and were not in the base.
+  std::vector<SubscriptionPtr> FinalAdded(std::vector<SubscriptionPtr> added) const {
+    // Only inserts into an empty index (a bulk load): every one is final.
+    if (base_ == nullptr && !removed_any_) return added;
+    std::vector<SubscriptionPtr> out;
+    out.reserve(added.size());
+    for (SubscriptionPtr& sub : added) {
+      if (index_->FindRaw(sub->id) != sub.get()) continue;
+      if (base_ != nullptr && base_->FindRaw(sub->id) == sub.get()) continue;
+      out.push_back(std::move(sub));
+    }
+    return out;
+  }
+
+  // The copies this edit made of one map's trie nodes (by level and prefix) and shards (by
+  // index): changed in place until the index is published.
+  template <typename Shard>
+  struct Copies {
+    absl::flat_hash_map<size_t, TrieNode*> nodes;
+    absl::flat_hash_map<size_t, Shard*> shards;
+    // A bulk edit's shards, by index: a load touches every shard, many times each.
+    std::vector<Shard*> direct;
+  };
+
+  // Returns the shard for `hash`, copied first (with its path) unless this edit already did.
+  template <typename Shard>
+  Shard& Mutable(Shards<Shard>& published, Copies<Shard>& copies, size_t hash) {
+    const size_t index = hash >> (64 - kTrieLevels * kTrieBits);
+    if (!copies.direct.empty() && copies.direct[index] != nullptr) return *copies.direct[index];
+    auto [shard, new_shard] = copies.shards.try_emplace(index);
+    if (!new_shard) return *shard->second;
+    TrieNode* node = nullptr;
+    for (int level = 0; level < kTrieLevels; ++level) {
+      // Level and prefix: the prefix of level L has L * kTrieBits bits.
+      const size_t prefix = level == 0 ? 0 : hash >> (64 - level * kTrieBits);
+      auto [copy, fresh] = copies.nodes.try_emplace((size_t{1} << 60) * level + prefix);
+      if (fresh) {
+        if (level == 0) {
+          auto root = std::make_shared<TrieNode>(*published.root);
+          copy->second = root.get();
+          published.root = std::move(root);
+        } else {
+          std::shared_ptr<const void>& slot = node->slots[Digit(hash, level - 1)];
+          auto next = std::make_shared<TrieNode>(*static_cast<const TrieNode*>(slot.get()));
+          copy->second = next.get();
+          slot = std::move(next);
+        }
+        list_internal::copied_entries += kTrieFanout;
+      }
+      node = copy->second;
+    }
+    std::shared_ptr<const void>& slot = node->slots[Digit(hash, kTrieLevels - 1)];
+    auto next = std::make_shared<Shard>(*static_cast<const Shard*>(slot.get()));
+    shard->second = next.get();
+    slot = std::move(next);
+    list_internal::copied_entries += CountOf(*shard->second);
+    if (!copies.direct.empty()) copies.direct[index] = shard->second;
+    return *shard->second;
+  }
+  // Puts subs[i] into the map of `shards` under keys[i], latest first, shard by shard; marks
+  // `lost` those whose key is taken already.
+  template <typename Shard, typename Key>
+  void Fill(Shards<Shard>& shards, Copies<Shard>& copies, const std::vector<Key>& keys,
+            const std::vector<SubscriptionPtr>& subs, std::vector<bool>& lost) {
+    const size_t n = keys.size();
+    auto shard_of = [](size_t hash) { return hash >> (64 - kTrieLevels * kTrieBits); };
+    // A counting sort of the positions by shard, each shard's latest first.
+    std::vector<uint32_t> start((size_t{1} << (kTrieLevels * kTrieBits)) + 1);
+    for (const Key& key : keys) ++start[shard_of(key.hash) + 1];
+    for (size_t s = 1; s < start.size(); ++s) start[s] += start[s - 1];
+    std::vector<uint32_t> order(n);
+    std::vector<uint32_t> next(start.begin(), start.end() - 1);
+    for (size_t i = n; i-- > 0;) order[next[shard_of(keys[i].hash)]++] = static_cast<uint32_t>(i);
+    for (size_t s = 0; s + 1 < start.size(); ++s) {
+      if (start[s] == start[s + 1]) continue;
+      auto& map = Mutable(shards, copies, keys[order[start[s]]].hash).subs;
+      map.reserve(map.size() + (start[s + 1] - start[s]));
+      for (uint32_t j = start[s]; j < start[s + 1]; ++j) {
+        const uint32_t i = order[j];
+        if (!map.try_emplace(keys[i], subs[i]).second) lost[i] = true;
+      }
+    }
+  }
+
+  static size_t CountOf(const IdShard& shard) { return shard.subs.size(); }
+  static size_t CountOf(const KeyShard& shard) { return shard.subs.size(); }
+  static size_t CountOf(const EventShard& shard) { return shard.lists.size(); }
+
   Index* index_;
-  std::array<std::shared_ptr<IdShard>, kShards> ids_;
-  std::array<std::shared_ptr<KeyShard>, kShards> keys_;
-  std::array<std::shared_ptr<EventShard>, kShards> events_;
-  absl::flat_hash_map<std::string, EventChange> changes_;
+  const Index* base_;
+  bool removed_any_ = false;
+  Copies<IdShard> ids_;
+  Copies<KeyShard> keys_;
+  Copies<EventShard> events_;
+  absl::flat_hash_map<absl::string_view, EventChange> changes_;
+  std::vector<const Subscription*> expiry_removed_;
+  std::vector<SubscriptionPtr> expiry_added_;
 };
 
 Registry::Registry() : index_(std::make_shared<const Index>()) {}
@@ -311,47 +555,28 @@ SubscriptionPtr Registry::FindByKey(absl::string_view event, absl::string_view s
   return Snapshot()->FindByKey(SocketKey(event, socket));
 }
 
-// Walks the events of every shard of one Index in name order: a k-way merge of the shards'
-// `names`, so a page costs O(kShards log) to start and O(log kShards) per event, whatever the
-// registry holds. The index must outlive the walk.
+// Walks the events of one Index in name order, along its `names`: a page costs O(log n) to
+// start and O(1) per event, whatever the registry holds. The index must outlive the walk.
 class Registry::EventWalk {
  public:
   // Starts at the first event after `after` (nullopt: at the first event).
-  EventWalk(const Index& index, std::optional<absl::string_view> after) : index_(index) {
-    heads_.reserve(kShards);
-    for (size_t i = 0; i < kShards; ++i) {
-      const auto& names = index.events[i]->names;
-      auto it = after.has_value() ? names.upper_bound(*after) : names.begin();
-      if (it != names.end()) heads_.push_back({it, i});
-    }
-    std::make_heap(heads_.begin(), heads_.end(), Later);
-  }
+  EventWalk(const Index& index, std::optional<absl::string_view> after)
+      : index_(index),
+        it_(after.has_value()
+                ? index.names.Seek([&](const Subscription& sub) { return sub.event <= *after; })
+                : index.names.begin()) {}
 
   // The next event's lists, its name in `*name`; null after the last.
   const EventLists* Next(absl::string_view* name) {
-    if (heads_.empty()) return nullptr;
-    std::pop_heap(heads_.begin(), heads_.end(), Later);
-    Head& head = heads_.back();
-    *name = *head.it;
-    const auto& names = index_.events[head.shard]->names;
-    if (++head.it == names.end()) {
-      heads_.pop_back();
-    } else {
-      std::push_heap(heads_.begin(), heads_.end(), Later);
-    }
+    if (it_ == index_.names.end()) return nullptr;
+    *name = (*it_)->event;
+    ++it_;
     return index_.Lists(*name);
   }
 
  private:
-  struct Head {
-    absl::btree_set<absl::string_view>::const_iterator it;
-    size_t shard;
-  };
-  // The heap's order: the smallest name on top.
-  static bool Later(const Head& a, const Head& b) { return *a.it > *b.it; }
-
   const Index& index_;
-  std::vector<Head> heads_;
+  SubscriberList::const_iterator it_;
 };
 
 std::vector<SubscriptionPtr> Registry::List(absl::string_view event) const {
@@ -366,13 +591,10 @@ SubscriptionPage Registry::ListPage(absl::string_view event, const PageRequest& 
   // Appends the subscriptions of one event's `by_socket` list after `after_socket` (nullopt: all
   // of them). Returns false once the page is full and one more that matches was seen.
   auto take = [&](const SubscriberList& by_socket, std::optional<absl::string_view> after_socket) {
-    auto it = by_socket.begin();
-    if (after_socket.has_value()) {
-      it = std::upper_bound(by_socket.begin(), by_socket.end(), *after_socket,
-                            [](absl::string_view socket, const SubscriptionPtr& sub) {
-                              return socket < sub->socket;
-                            });
-    }
+    auto it =
+        after_socket.has_value()
+            ? by_socket.Seek([&](const Subscription& sub) { return sub.socket <= *after_socket; })
+            : by_socket.begin();
     for (; it != by_socket.end(); ++it) {
       if (request.filter && !request.filter(**it)) continue;
       if (page.subscriptions.size() >= request.limit) {
@@ -454,10 +676,23 @@ size_t Registry::CountForEvent(absl::string_view event) const {
 
 void Registry::Upsert(SubscriptionPtr sub) {
   if (sub == nullptr) return;
+  std::vector<Change> changes(1);
+  changes[0].upsert = std::move(sub);
+  Apply(std::move(changes));
+}
+
+void Registry::Apply(std::vector<Change> changes) {
   eventbus::MutexLock write_lock(&write_mu_);
-  auto next = std::make_shared<Index>(*Snapshot());
-  Edit edit(next.get());
-  edit.Replace(std::move(sub));
+  std::shared_ptr<const Index> current = Snapshot();
+  auto next = std::make_shared<Index>(*current);
+  Edit edit(next.get(), current.get());
+  for (Change& change : changes) {
+    if (change.upsert != nullptr) {
+      edit.Replace(std::move(change.upsert));
+    } else {
+      edit.Remove(change.remove_id);
+    }
+  }
   edit.Finish();
   Publish(std::move(next));
 }
@@ -465,10 +700,9 @@ void Registry::Upsert(SubscriptionPtr sub) {
 SubscriptionPtr Registry::Remove(absl::string_view id) {
   eventbus::MutexLock write_lock(&write_mu_);
   std::shared_ptr<const Index> current = Snapshot();
-  if (current->FindById(id) == nullptr) return nullptr;
+  if (current->FindRaw(id) == nullptr) return nullptr;
   auto next = std::make_shared<Index>(*current);
-  current.reset();
-  Edit edit(next.get());
+  Edit edit(next.get(), current.get());
   SubscriptionPtr removed = edit.Remove(id);
   edit.Finish();
   Publish(std::move(next));
@@ -478,45 +712,35 @@ SubscriptionPtr Registry::Remove(absl::string_view id) {
 void Registry::ReplaceAll(std::vector<SubscriptionPtr> subs) {
   eventbus::MutexLock write_lock(&write_mu_);
   auto next = std::make_shared<Index>();
-  Edit edit(next.get());
-  for (SubscriptionPtr& sub : subs) {
-    if (sub == nullptr) continue;
-    // Duplicates: the later one wins, as with Upsert.
-    edit.Replace(std::move(sub));
+  {
+    Edit edit(next.get(), nullptr, /*bulk=*/subs.size() > 4096);
+    edit.Load(std::move(subs));
+    edit.Finish();
   }
-  edit.Finish();
   Publish(std::move(next));
 }
 
 absl::Time Registry::NextExpiry() const {
   std::shared_ptr<const Index> index = Snapshot();
-  absl::Time next = absl::InfiniteFuture();
-  for (const auto& shard : index->ids) {
-    if (!shard->expiries.empty()) next = std::min(next, shard->expiries.begin()->first);
-  }
-  return next;
+  return index->expiries.empty() ? absl::InfiniteFuture() : index->expiries.front()->expire_time;
 }
 
 std::vector<SubscriptionPtr> Registry::RemoveExpired(absl::Time now) {
   eventbus::MutexLock write_lock(&write_mu_);
   std::shared_ptr<const Index> current = Snapshot();
+  // In (expire_time, id) order already.
   std::vector<SubscriptionPtr> expired;
-  for (const auto& shard : current->ids) {
-    for (const auto& [expire_time, id] : shard->expiries) {
-      if (expire_time > now) break;
-      expired.push_back(shard->subs.at(NameKey(id)));
-    }
+  for (const SubscriptionPtr& sub : current->expiries) {
+    if (sub->expire_time > now) break;
+    expired.push_back(sub);
   }
   if (expired.empty()) return expired;
-  std::sort(expired.begin(), expired.end(), [](const SubscriptionPtr& a, const SubscriptionPtr& b) {
-    if (a->expire_time != b->expire_time) return a->expire_time < b->expire_time;
-    return a->id < b->id;
-  });
   auto next = std::make_shared<Index>(*current);
-  current.reset();
-  Edit edit(next.get());
-  for (const SubscriptionPtr& sub : expired) edit.Remove(sub->id);
-  edit.Finish();
+  {
+    Edit edit(next.get(), current.get());
+    for (const SubscriptionPtr& sub : expired) edit.Remove(sub->id);
+    edit.Finish();
+  }
   Publish(std::move(next));
   return expired;
 }

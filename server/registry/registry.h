@@ -1,11 +1,16 @@
-// The in-memory index of live subscriptions: by id, by (event, socket), and per event as an
-// immutable list. Raise reads a copy-on-write snapshot (a shared_ptr copy), so it never waits on
-// Subscribe; writers build a new list and publish it. Fed by store/SubscriptionManager. The
-// service's List* calls read it page by page, in (event, socket) order, from one snapshot each.
+// The in-memory index of live subscriptions: by id, by (event, socket), and per event as two
+// immutable SubscriberLists (create order for Raise, socket order for the List* pages). Raise
+// reads a snapshot (a shared_ptr copy) and never waits on a write. Every part is persistent: a
+// write copies only the few shards and list nodes on its path (a two-level shard table and
+// path-copied B+trees, subscriber_list.h), so its cost does not grow with the registry or the
+// event. Fed by store/SubscriptionManager, loads and watch batches as one write each (Apply,
+// ReplaceAll). The service's List* calls read it page by page, in (event, socket) order, from one
+// snapshot each.
 #ifndef EVENTBUS_SERVER_REGISTRY_REGISTRY_H_
 #define EVENTBUS_SERVER_REGISTRY_REGISTRY_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -86,11 +91,23 @@ class Registry {
   size_t size() const;
   size_t CountForEvent(absl::string_view event) const;
 
+  // One change of a batch (Apply).
+  struct Change {
+    // Set: insert it, or replace the subscription with its id or its (event, socket), as Upsert.
+    SubscriptionPtr upsert;
+    // When `upsert` is null: remove the subscription with this id (if any), as Remove.
+    std::string remove_id;
+  };
+
   // Inserts `sub`, or replaces the subscription with the same id or the same (event, socket).
   void Upsert(SubscriptionPtr sub);
+  // Applies `changes` in order and publishes the result once: readers see all of them or none.
+  // Costs what the changes touch (each event's lists rebuilt at most once), not one index copy
+  // per change.
+  void Apply(std::vector<Change> changes);
   // Removes by id. Returns the removed subscription, or null when there was none.
   SubscriptionPtr Remove(absl::string_view id);
-  // Replaces everything (store load or resync).
+  // Replaces everything (store load or resync): builds the index bottom-up, O(n log n).
   void ReplaceAll(std::vector<SubscriptionPtr> subs);
 
   // The earliest expire_time of all subscriptions (InfiniteFuture when none expires).
@@ -111,9 +128,13 @@ class Registry {
   eventbus::Mutex write_mu_;
   mutable eventbus::Mutex mu_;
   // Readers copy this pointer under mu_; writers copy the index, change it, and swap it in. The
-  // index is sharded into immutable parts, so a write copies only the parts it touches.
+  // index is made of immutable parts, so a write copies only the parts it touches.
   std::shared_ptr<const Index> index_ ABSL_GUARDED_BY(mu_);
 };
+
+// Pointers copied so far by this thread's registry writes (list nodes, shard maps, the index's
+// top tables): what a write costs, counted rather than timed, for tests and the benchmark.
+uint64_t CopiedEntriesForTesting();
 
 }  // namespace eventbus::registry
 

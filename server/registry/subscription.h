@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "server/registry/subscriber_list.h"
 #include "server/uri/socket_uri.h"
 
 namespace eventbus::registry {
@@ -38,8 +39,6 @@ struct Subscription {
 };
 
 using SubscriptionPtr = std::shared_ptr<const Subscription>;
-// An immutable list; Raise holds one while it fans out.
-using SubscriberList = std::vector<SubscriptionPtr>;
 
 // Who asks to change subscriptions, as the service established it from the authenticated caller
 // (SPEC §10). The layers below the service know callers only as this plain value.

@@ -541,6 +541,9 @@ void EtcdStore::Impl::ApplyWatchResponse(const etcdserverpb::WatchResponse& resp
     applied_revision_ = std::max(applied_revision_, *revision);
     return;
   }
+  // Delivered as one batch (the registry applies it as one write), in etcd's order.
+  std::vector<Listener::Change> changes;
+  changes.reserve(response.events_size());
   for (const mvccpb::Event& event : response.events()) {
     const mvccpb::KeyValue& kv = event.kv();
     const int64_t event_revision = kv.mod_revision();
@@ -563,7 +566,7 @@ void EtcdStore::Impl::ApplyWatchResponse(const etcdserverpb::WatchResponse& resp
     }
     if (!deliver) continue;
     if (event.type() == mvccpb::Event::DELETE) {
-      listener_->OnRemove(id);
+      changes.push_back({nullptr, std::move(id)});
       continue;
     }
     absl::StatusOr<registry::SubscriptionPtr> sub = DecodeSubscriptionJson(kv.value());
@@ -573,8 +576,9 @@ void EtcdStore::Impl::ApplyWatchResponse(const etcdserverpb::WatchResponse& resp
              " error=", base::LogValue(sub.ok() ? "id differs from key" : sub.status().message()));
       continue;
     }
-    listener_->OnUpsert(*std::move(sub));
+    changes.push_back({*std::move(sub), ""});
   }
+  if (!changes.empty()) listener_->OnChanges(std::move(changes));
 }
 
 void EtcdStore::Impl::RecordAck(const std::string& id, int64_t revision) {

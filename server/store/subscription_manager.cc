@@ -1,5 +1,6 @@
 #include "server/store/subscription_manager.h"
 
+#include <algorithm>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -445,6 +446,18 @@ void SubscriptionManager::OnUpsert(SubscriptionPtr sub) {
 }
 
 void SubscriptionManager::OnRemove(const std::string& id) { registry_->Remove(id); }
+
+void SubscriptionManager::OnChanges(std::vector<Change> changes) {
+  std::vector<registry::Registry::Change> batch;
+  batch.reserve(changes.size());
+  absl::Time earliest = absl::InfiniteFuture();
+  for (Change& change : changes) {
+    if (change.upsert != nullptr) earliest = std::min(earliest, change.upsert->expire_time);
+    batch.push_back({std::move(change.upsert), std::move(change.remove_id)});
+  }
+  registry_->Apply(std::move(batch));
+  WakeExpiry(earliest);
+}
 
 void SubscriptionManager::OnHealth(bool healthy) {
   bool was = store_healthy_.exchange(healthy);

@@ -111,6 +111,8 @@ class SubscriptionManager : public SubscriptionStore::Listener {
   void OnReload(std::vector<registry::SubscriptionPtr> all) override;
   void OnUpsert(registry::SubscriptionPtr sub) override;
   void OnRemove(const std::string& id) override;
+  // One registry write for the whole batch.
+  void OnChanges(std::vector<Change> changes) override;
   void OnHealth(bool healthy) override;
 
  private:

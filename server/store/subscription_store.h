@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
@@ -30,6 +31,23 @@ class SubscriptionStore {
     virtual void OnUpsert(registry::SubscriptionPtr sub) = 0;
     // A subscription removed elsewhere (another replica, or an etcd lease expired).
     virtual void OnRemove(const std::string& id) = 0;
+    // One change of a batch: `upsert` set for a subscription created or refreshed, else the id
+    // removed.
+    struct Change {
+      registry::SubscriptionPtr upsert;
+      std::string remove_id;
+    };
+    // Changes that arrived together (one etcd watch response), in order: a listener may apply
+    // them as one. By default, one OnUpsert or OnRemove each.
+    virtual void OnChanges(std::vector<Change> changes) {
+      for (Change& change : changes) {
+        if (change.upsert != nullptr) {
+          OnUpsert(std::move(change.upsert));
+        } else {
+          OnRemove(change.remove_id);
+        }
+      }
+    }
     // The store became reachable (true) or unreachable (false).
     virtual void OnHealth(bool healthy) = 0;
   };

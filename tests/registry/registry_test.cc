@@ -35,7 +35,8 @@ SubscriptionPtr Sub(std::string id, std::string event, std::string socket,
   return sub;
 }
 
-std::vector<std::string> Ids(const std::vector<SubscriptionPtr>& subs) {
+template <typename Subs>
+std::vector<std::string> Ids(const Subs& subs) {
   std::vector<std::string> ids;
   for (const auto& sub : subs) ids.push_back(sub->id);
   return ids;
@@ -160,14 +161,14 @@ TEST(RegistryTest, SnapshotTakenBeforeAChangeIsUnchangedAfterIt) {
   registry.Upsert(Sub("a", "E", "tcp:h:1"));
   registry.Upsert(Sub("b", "E", "tcp:h:2"));
   std::shared_ptr<const SubscriberList> before = registry.Subscribers("E");
-  std::vector<SubscriptionPtr> copy = *before;
+  std::vector<SubscriptionPtr> copy(before->begin(), before->end());
 
   registry.Upsert(Sub("c", "E", "tcp:h:3"));
   registry.Remove("a");
   registry.Upsert(Sub("b", "E", "tcp:h:2", kT0, kT0 + absl::Seconds(1)));
   registry.ReplaceAll({});
 
-  EXPECT_EQ(*before, copy);
+  EXPECT_EQ(std::vector<SubscriptionPtr>(before->begin(), before->end()), copy);
   EXPECT_THAT(Ids(*before), ElementsAre("a", "b"));
   EXPECT_TRUE(registry.Subscribers("E")->empty());
 }

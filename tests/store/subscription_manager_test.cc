@@ -677,6 +677,39 @@ TEST_F(SubscriptionManagerTest, ListenerCallsUpdateTheRegistry) {
   EXPECT_FALSE(manager_->stale());
 }
 
+TEST_F(SubscriptionManagerTest, ABatchOfListenerChangesIsAppliedInOrderAsOneWrite) {
+  auto make = [&](std::string id, std::string socket, absl::Time expire) {
+    auto sub = std::make_shared<Subscription>();
+    sub->id = std::move(id);
+    sub->event = "E";
+    sub->socket = std::move(socket);
+    sub->create_time = t0_ - absl::Hours(1);
+    sub->expire_time = expire;
+    return SubscriptionPtr(std::move(sub));
+  };
+  SubscriptionPtr kept = make("kept", "tcp:h:1", absl::InfiniteFuture());
+  registry_.Upsert(kept);
+  registry_.Upsert(make("gone", "tcp:h:2", absl::InfiniteFuture()));
+  std::shared_ptr<const registry::SubscriberList> before = registry_.Subscribers("E");
+
+  SubscriptionPtr added = make("added", "tcp:h:3", t0_ + absl::Seconds(5));
+  SubscriptionPtr moved = make("moved", "tcp:h:5", absl::InfiniteFuture());
+  std::vector<SubscriptionStore::Listener::Change> changes;
+  changes.push_back({added, ""});
+  changes.push_back({nullptr, "gone"});
+  changes.push_back({make("moved", "tcp:h:4", absl::InfiniteFuture()), ""});
+  changes.push_back({moved, ""});  // the same id again, later in the batch: this one wins
+  changes.push_back({make("brief", "tcp:h:6", absl::InfiniteFuture()), ""});
+  changes.push_back({nullptr, "brief"});
+  changes.push_back({nullptr, "unknown"});
+  manager_->OnChanges(std::move(changes));
+
+  EXPECT_THAT(registry_.List(), ElementsAre(kept, added, moved));
+  EXPECT_EQ(registry_.NextExpiry(), t0_ + absl::Seconds(5));
+  // The snapshot taken before is untouched.
+  EXPECT_EQ(before->size(), 2u);
+}
+
 // The real timer: removes a subscription at its instant, also when it is earlier than the one
 // the thread was already waiting for.
 TEST(SubscriptionManagerExpiryThreadTest, RemovesA200MsSubscriptionAtItsInstant) {
