@@ -86,7 +86,7 @@ absl::StatusOr<registry::SubscriptionPtr> FromStored(const StoredSubscriptionVie
   }
   auto sub = std::make_shared<registry::Subscription>();
   sub->id = std::string(stored.id);
-  sub->event = std::string(stored.event);
+  sub->event = stored.event;
   // Stored text was normalised when written; normalise again in case the rules changed since.
   sub->socket = target->ToString();
   sub->target = *std::move(target);
@@ -94,8 +94,8 @@ absl::StatusOr<registry::SubscriptionPtr> FromStored(const StoredSubscriptionVie
   sub->expire_time = stored.expire_time_us.has_value()
                          ? absl::FromUnixMicros(*stored.expire_time_us)
                          : absl::InfiniteFuture();
-  if (stored.event_param.has_value()) sub->event_param = std::string(*stored.event_param);
-  sub->owner = std::string(stored.owner);
+  if (stored.event_param.has_value()) sub->event_param = *stored.event_param;
+  sub->owner = stored.owner;
   return registry::SubscriptionPtr(std::move(sub));
 }
 
