@@ -43,11 +43,11 @@ class SqliteStore final : public SubscriptionStore {
   // included; about 1 s for 1M subscriptions, on a second connection and thread while the rows
   // load, so it costs start-up little on two cores) and the schema version, loads every row into
   // listener->OnReload (only once both the load and the check succeeded) and starts the writer
-  // thread; logs how long the read, the check and the listener took. A file of an older schema is migrated in
-  // place first (version 1 -> 2: an `owner` column, '' for the rows already there). Errors name
-  // the file: `sqlite "/data/subscriptions.db": file is not a database`. DATA_LOSS when the file is
-  // corrupt; FAILED_PRECONDITION when it was written by a newer schema; UNAVAILABLE when it
-  // cannot be opened or read.
+  // thread; logs how long the read, the check and the listener took. A file of an older schema is
+  // migrated in place first (version 1 -> 2: an `owner` column, '' for the rows already there).
+  // Errors name the file: `sqlite "/data/subscriptions.db": file is not a database`. DATA_LOSS when
+  // the file is corrupt; FAILED_PRECONDITION when it was written by a newer schema; UNAVAILABLE
+  // when it cannot be opened or read.
   absl::Status Start(Listener* listener) override;
   // Commits what is queued, then stops the writer and closes the file. Idempotent.
   void Stop() override;
