@@ -11,15 +11,20 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "server/registry/shared_text.h"
 #include "server/registry/subscriber_list.h"
 #include "server/uri/socket_uri.h"
 
 namespace eventbus::registry {
 
+// A million of these fit in a few hundred MiB: the event name and the owner are SharedNames (one
+// copy per distinct text, shared by every subscription naming it) and event_param an OptionalText
+// (a pointer), so that the struct and its own heap blocks stay small. They read like the
+// std::string and std::optional<std::string> they were (shared_text.h).
 struct Subscription {
   // Random, 16 lowercase hex digits; unique across replicas.
   std::string id;
-  std::string event;
+  SharedName event;
   // Normalised socket text (uri::SocketUri::ToString()); with `event` the natural key.
   std::string socket;
   uri::SocketUri target;
@@ -27,11 +32,11 @@ struct Subscription {
   // absl::InfiniteFuture() when it never expires.
   absl::Time expire_time = absl::InfiniteFuture();
   // Overrides the server's event_param; "" turns it off for this subscription.
-  std::optional<std::string> event_param;
+  OptionalText event_param;
   // Who made it (SPEC §10): the caller's name (token name or certificate identity), or "" when it
   // was made by the anonymous caller (authentication off). Fixed for the life of the id: a refresh,
   // by the owner or an admin, keeps it.
-  std::string owner;
+  SharedName owner;
 
   bool Expires() const { return expire_time != absl::InfiniteFuture(); }
   // Live at `now`: it receives events strictly before its expiry instant.

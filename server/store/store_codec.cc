@@ -62,6 +62,18 @@ StoredSubscription ToStored(const registry::Subscription& sub) {
 }
 
 absl::StatusOr<registry::SubscriptionPtr> FromStored(StoredSubscription stored) {
+  StoredSubscriptionView view;
+  view.id = stored.id;
+  view.event = stored.event;
+  view.socket = stored.socket;
+  view.create_time_us = stored.create_time_us;
+  view.expire_time_us = stored.expire_time_us;
+  if (stored.event_param.has_value()) view.event_param = *stored.event_param;
+  view.owner = stored.owner;
+  return FromStored(view);
+}
+
+absl::StatusOr<registry::SubscriptionPtr> FromStored(const StoredSubscriptionView& stored) {
   if (stored.id.empty()) return absl::InvalidArgumentError("stored subscription: empty id");
   if (stored.event.empty()) {
     return absl::InvalidArgumentError(
@@ -73,8 +85,8 @@ absl::StatusOr<registry::SubscriptionPtr> FromStored(StoredSubscription stored) 
         absl::StrCat("stored subscription ", stored.id, ": ", target.status().message()));
   }
   auto sub = std::make_shared<registry::Subscription>();
-  sub->id = std::move(stored.id);
-  sub->event = std::move(stored.event);
+  sub->id = std::string(stored.id);
+  sub->event = stored.event;
   // Stored text was normalised when written; normalise again in case the rules changed since.
   sub->socket = target->ToString();
   sub->target = *std::move(target);
@@ -82,8 +94,8 @@ absl::StatusOr<registry::SubscriptionPtr> FromStored(StoredSubscription stored) 
   sub->expire_time = stored.expire_time_us.has_value()
                          ? absl::FromUnixMicros(*stored.expire_time_us)
                          : absl::InfiniteFuture();
-  sub->event_param = std::move(stored.event_param);
-  sub->owner = std::move(stored.owner);
+  if (stored.event_param.has_value()) sub->event_param = *stored.event_param;
+  sub->owner = stored.owner;
   return registry::SubscriptionPtr(std::move(sub));
 }
 

@@ -31,9 +31,22 @@ struct StoredSubscription {
 // Returns the stored form of `sub` (times truncated to microseconds).
 StoredSubscription ToStored(const registry::Subscription& sub);
 
+// StoredSubscription with its texts where they already are (e.g. SQLite's column buffers), so a
+// load of a million rows copies each text once, into the subscription.
+struct StoredSubscriptionView {
+  absl::string_view id;
+  absl::string_view event;
+  absl::string_view socket;
+  int64_t create_time_us = 0;
+  std::optional<int64_t> expire_time_us;
+  std::optional<absl::string_view> event_param;
+  absl::string_view owner;
+};
+
 // Rebuilds a subscription, re-parsing its socket. INVALID_ARGUMENT naming the id when the id or
 // event is empty or the socket does not parse.
 absl::StatusOr<registry::SubscriptionPtr> FromStored(StoredSubscription stored);
+absl::StatusOr<registry::SubscriptionPtr> FromStored(const StoredSubscriptionView& stored);
 
 // Returns the JSON value the etcd store writes, version 1:
 //   {"v":1,"id":"...","event":"...","socket":"...","create_time_us":N[,"expire_time_us":N]

@@ -47,6 +47,7 @@
 #include "server/base/log.h"
 #include "server/base/mutex.h"
 #include "server/service/server.h"
+#include "tests/bench/scale_phase.h"
 #include "tests/bench/sink.h"
 #include "tests/bench/sink_process.h"
 #include "tests/bench/stream_phase.h"
@@ -58,7 +59,8 @@ ABSL_FLAG(int, latency_calls, 2000, "Sequential sync Raises per latency phase");
 ABSL_FLAG(int, loops, 0, "In-process server: event loops (0 = cores)");
 ABSL_FLAG(bool, large, true, "Run the 1k/10k target and distinct-method phases");
 ABSL_FLAG(std::string, phases, "nobody,async,targets,methods,sync,stream",
-          "Phases to run after the baseline (e.g. targets alone, to profile it)");
+          "Phases to run after the baseline (e.g. targets alone, to profile it); 'scale' "
+          "(subscription scale, see scale_phase.h and its --scale_* flags) runs only when named");
 ABSL_FLAG(int, method_raises, 20, "Sequential Raises per distinct-method phase");
 ABSL_FLAG(int, stream_batch, 64, "RaiseStream phase: events per message in its batched runs");
 ABSL_FLAG(std::string, log_level, "warning",
@@ -574,6 +576,7 @@ int Main() {
   if (runs("stream")) {
     RunStreamPhase(**client, StreamPhaseOptions{phase, absl::GetFlag(FLAGS_stream_batch)});
   }
+  if (runs("scale")) RunScalePhase(window, ScaleBaseline{base_rate, base_lat.p50_us});
   trivial_server->Shutdown();
   if (server) server->Shutdown(absl::Seconds(2));
   return 0;

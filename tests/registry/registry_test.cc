@@ -374,7 +374,7 @@ TEST(RegistryTest, AgreesWithASimpleModelOverRandomOperations) {
 // Keys of a page, "event socket", in order.
 std::vector<std::string> Keys(const std::vector<SubscriptionPtr>& subs) {
   std::vector<std::string> keys;
-  for (const auto& sub : subs) keys.push_back(absl::StrCat(sub->event, " ", sub->socket));
+  for (const auto& sub : subs) keys.push_back(absl::StrCat(sub->event.str(), " ", sub->socket));
   return keys;
 }
 
@@ -456,7 +456,7 @@ TEST(RegistryTest, SubscriptionsThatStayShowOnExactlyOnePageWhateverChangesBetwe
                               absl::StrCat("tcp:h:", rng() % 100000), kT0);
     if (registry.FindByKey(sub->event, sub->socket) != nullptr) continue;
     registry.Upsert(sub);
-    stayers[absl::StrCat(sub->event, " ", sub->socket)] = sub;
+    stayers[absl::StrCat(sub->event.str(), " ", sub->socket)] = sub;
   }
   // Between any two pages: new subscriptions everywhere (before and after the boundary), and
   // those new ones removed again.
@@ -467,7 +467,7 @@ TEST(RegistryTest, SubscriptionsThatStayShowOnExactlyOnePageWhateverChangesBetwe
   for (int n = 0;; ++n) {
     SubscriptionPage page = registry.ListPage("", request);
     for (const SubscriptionPtr& sub : page.subscriptions) {
-      ++seen[absl::StrCat(sub->event, " ", sub->socket)];
+      ++seen[absl::StrCat(sub->event.str(), " ", sub->socket)];
     }
     if (!page.more) break;
     request.after = PageKey{page.subscriptions.back()->event, page.subscriptions.back()->socket};
