@@ -193,12 +193,15 @@ void WriterPool::Submit(std::vector<Request> requests, absl::AnyInvocable<void()
   for (const auto& g : groups) touched += g.empty() ? 0 : 1;
   s.pending.fetch_add(static_cast<int64_t>(requests.size()), std::memory_order_acq_rel);
   auto batch = std::make_shared<Impl::Batch>(touched, std::move(all_enqueued));
+  // When the batches were posted: admission counts how long they wait for their loops.
+  const absl::Time posted_at =
+      (s.options.clock != nullptr ? s.options.clock : base::RealClock::Get())->Now();
   // One Post per loop touched: waking a loop costs more than enqueueing a whole batch.
   for (size_t i = 0; i < n; ++i) {
     if (groups[i].empty()) continue;
     LoopContext* ctx = s.contexts[i].get();
-    s.loops[i]->Post([ctx, items = std::move(groups[i]), batch]() mutable {
-      ctx->EnqueueBatch(items);
+    s.loops[i]->Post([ctx, items = std::move(groups[i]), batch, posted_at]() mutable {
+      ctx->EnqueueBatch(items, posted_at);
       if (batch->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1 && batch->all_enqueued) {
         batch->all_enqueued();
       }
