@@ -69,6 +69,8 @@ class FlushPlan {
   // Connections planned (to connect, to write) since the last Clear.
   size_t planned_connects() const { return planned_connects_; }
   size_t planned_writes() const { return planned_writes_; }
+  // The flush work planned: how long the flush should take.
+  absl::Duration work() const { return work_; }
   // The latest flush start that keeps every accepted message on time; InfiniteFuture if none.
   absl::Time latest_start() const { return latest_start_; }
 

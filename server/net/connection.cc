@@ -150,8 +150,10 @@ void LoopContext::EnqueueBatch(std::vector<Item>& items, absl::Time posted_at) {
     }
     if (notification) plan.Promise(deadline, conn->flush_offset);
   }
-  if (!items.empty()) {
-    plan.LearnEnqueue((clock->Now() - start) / static_cast<int64_t>(items.size()));
+  const absl::Time end = clock->Now();
+  if (!items.empty()) plan.LearnEnqueue((end - start) / static_cast<int64_t>(items.size()));
+  if (!flush_list.empty()) {
+    busy_until_ns.store(absl::ToUnixNanos(end + plan.work()), std::memory_order_relaxed);
   }
   if (!flush_scheduled && !flush_list.empty()) {
     flush_scheduled = true;
@@ -176,6 +178,7 @@ void LoopContext::FlushPending() {
     start = end;
   }
   plan.Clear();
+  busy_until_ns.store(0, std::memory_order_relaxed);
 }
 
 Outcome LoopContext::OverloadedOutcome(const Item& item, absl::Time now, absl::Duration offset,

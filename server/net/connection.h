@@ -128,6 +128,11 @@ struct LoopContext {
   absl::AnyInvocable<void()> reap_elsewhere;
   // Set while a ReapIdle() for this loop is posted (thread-safe).
   std::atomic<bool> reap_posted{false};
+  // Until when (clock time, in ns since the epoch) the loop is known to be busy flushing what it
+  // has planned; 0 when it is not. Written by the loop, read by Submit (thread-safe), which
+  // refuses at once, without posting, a notification due before then: a refusal the loop would
+  // make anyway, at no cost to the loop that is behind.
+  std::atomic<int64_t> busy_until_ns{0};
 
   // Connections with messages enqueued since the last FlushPending, by key and uid (a connection
   // may be destroyed before the flush).

@@ -136,7 +136,9 @@ struct Request {
   std::shared_ptr<CancelToken> cancel;
   // Exactly once, on the owning loop thread; after Shutdown(), on the thread that called it (or
   // inline in a Submit that comes later), since the loops are gone by then. kQueueFull and
-  // kOverloaded run inside Submit's loop batch, before `all_enqueued`.
+  // kOverloaded run inside Submit's loop batch, before `all_enqueued`; a notification due before
+  // its loop is done with the flush it is busy with gets kOverloaded inline in Submit instead,
+  // on the calling thread.
   OutcomeCallback done;
 };
 
@@ -166,8 +168,9 @@ class WriterPool {
   ~WriterPool();
 
   // Hands each request to the loop that owns its target: one Post per loop touched. After every
-  // request has been enqueued (or rejected with kQueueFull through its own `done`),
-  // `all_enqueued` runs once, on one of the loop threads. Never blocks on the network.
+  // request has been enqueued (or rejected with kQueueFull or kOverloaded through its own `done`),
+  // `all_enqueued` runs once, on one of the loop threads (inline when no request was posted).
+  // Never blocks on the network.
   void Submit(std::vector<Request> requests, absl::AnyInvocable<void()> all_enqueued = nullptr);
 
   // Abandons every request tagged with `token` on the connections to `keys` ("host:port" or

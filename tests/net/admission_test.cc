@@ -153,8 +153,13 @@ class AdmissionPoolTest : public ::testing::Test {
     if (pool_ != nullptr) pool_->Shutdown();
   }
 
+  // A peer that answers requests (sync) and takes notifications.
   LoopbackPeer* NewPeer() {
-    peers_.push_back(LoopbackPeer::Start({}));
+    peers_.push_back(LoopbackPeer::Start({}, [](int, const std::string& message) {
+      const int64_t id = LoopbackPeer::IdOf(message);
+      return id == 0 ? std::string()
+                     : absl::StrCat(R"({"jsonrpc":"2.0","id":)", id, R"(,"result":true})");
+    }));
     return peers_.back().get();
   }
 
@@ -168,11 +173,14 @@ class AdmissionPoolTest : public ::testing::Test {
     return r;
   }
 
-  // Connects to `peer` with one notification, written (kOk) before this returns.
+  // Connects to `peer` with one request, answered before this returns: by then the loop has
+  // finished the flush that wrote it (the answer is read in a later iteration), so the next
+  // Submit does not find it busy.
   void Warm(LoopbackPeer* peer) {
     Outcomes warm;
     std::vector<Request> batch;
     batch.push_back(Notify(peer, absl::Hours(1), warm.Callback(0)));
+    batch.back().expect_reply = true;
     pool_->Submit(std::move(batch));
     ASSERT_TRUE(warm.WaitFor(1));
     ASSERT_EQ(warm.Get(0).code, DeliveryCode::kOk) << warm.Get(0).detail;
@@ -266,16 +274,16 @@ TEST_F(AdmissionPoolTest, ConnectedTargetsCostAWriteEach) {
 TEST_F(AdmissionPoolTest, RefusesABatchThatWaitedForTheLoopPastItsDeadline) {
   StartPool(Costs(absl::Milliseconds(1), absl::Milliseconds(1), absl::ZeroDuration()));
   LoopbackPeer* peer = NewPeer();
-  Warm(peer);
-  // Hold the loop: a notification already past its deadline is refused on the loop, and its
-  // callback waits there until released.
+  // Hold the loop (not in a flush): a request's answer is read on the loop, and its callback
+  // waits there until released.
   TestEvent holding, release;
   std::vector<Request> hold;
-  hold.push_back(Notify(peer, -absl::Seconds(1), [&](Outcome o) {
-    EXPECT_EQ(o.code, DeliveryCode::kOverloaded);
+  hold.push_back(Notify(peer, absl::Hours(1), [&](Outcome o) {
+    EXPECT_EQ(o.code, DeliveryCode::kOk);
     holding.Notify();
     release.WaitFor(kWait);
   }));
+  hold.back().expect_reply = true;
   pool_->Submit(std::move(hold));
   ASSERT_TRUE(holding.WaitFor(kWait));
   // Posted now, run 2 s (of the fake clock) later: past its 1 s.
@@ -289,7 +297,39 @@ TEST_F(AdmissionPoolTest, RefusesABatchThatWaitedForTheLoopPastItsDeadline) {
   EXPECT_EQ(outcomes.Get(0).code, DeliveryCode::kOverloaded);
   EXPECT_EQ(outcomes.Get(0).detail,
             "not queued: its deadline passed while it waited 2s for the writer loop");
-  EXPECT_EQ(peer->message_count(), 1u);  // the warm-up only
+  EXPECT_EQ(peer->message_count(), 1u);  // the held request only
+}
+
+TEST_F(AdmissionPoolTest, SubmitRefusesAtOnceWhatIsDueBeforeItsBusyLoopIsFree) {
+  StartPool(Costs(absl::Seconds(100), absl::Seconds(10), absl::ZeroDuration()));
+  LoopbackPeer* peer = NewPeer();
+  Warm(peer);
+  // Hold the loop inside a flush planned to take 10 s: the held notification's callback runs
+  // when it is written, and waits there.
+  TestEvent holding, release;
+  std::vector<Request> hold;
+  hold.push_back(Notify(peer, absl::Hours(1), [&](Outcome o) {
+    EXPECT_EQ(o.code, DeliveryCode::kOk);
+    holding.Notify();
+    release.WaitFor(kWait);
+  }));
+  pool_->Submit(std::move(hold));
+  ASSERT_TRUE(holding.WaitFor(kWait));
+  // A batch posted now is taken after that flush: due within 5 s, refused before Submit returns,
+  // on this thread; due within 20 s, posted, and written by the next flush (+10 s).
+  Outcomes outcomes;
+  std::vector<Request> batch;
+  batch.push_back(Notify(peer, absl::Seconds(5), outcomes.Callback(0)));
+  batch.push_back(Notify(peer, absl::Seconds(20), outcomes.Callback(1)));
+  pool_->Submit(std::move(batch));
+  Outcome refused = outcomes.Get(0);
+  EXPECT_EQ(refused.code, DeliveryCode::kOverloaded);
+  EXPECT_EQ(refused.detail, "not queued: the writer loop is busy for another 10s, with 5s left");
+  EXPECT_EQ(outcomes.Get(1).code, DeliveryCode::kQueued);  // not yet
+  release.Notify();
+  ASSERT_TRUE(outcomes.WaitFor(2));
+  EXPECT_EQ(outcomes.Get(1).code, DeliveryCode::kOk) << outcomes.Get(1).detail;
+  EXPECT_TRUE(peer->WaitForMessages(3, kWait));  // warm-up, held, and the one posted
 }
 
 TEST_F(AdmissionPoolTest, SyncRequestsAreNeverRefused) {
