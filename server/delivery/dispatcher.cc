@@ -50,10 +50,11 @@ class BodyCache {
 // An attempt succeeded: sync, a result reply; async, completely written.
 bool Delivered(const Outcome& o) { return o.code == DeliveryCode::kOk; }
 
-// A failure of the member itself (as opposed to an RPC error reply, which proves it alive).
+// A failure of the member itself (as opposed to an RPC error reply, which proves it alive, or
+// OVERLOADED, which says the server's writer loop was behind, nothing about the member).
 bool MemberFailed(const Outcome& o) {
   return o.code != DeliveryCode::kOk && o.code != DeliveryCode::kRpcError &&
-         o.code != DeliveryCode::kQueued;
+         o.code != DeliveryCode::kQueued && o.code != DeliveryCode::kOverloaded;
 }
 
 // The report of a PARALLEL group from its members' attempts: OK when every member is (async: or

@@ -46,7 +46,7 @@ using prometheus::Histogram;
 constexpr char kOther[] = "other";
 
 // Every DeliveryCode, indexed by its value; kQueued is never a final outcome.
-constexpr size_t kNumCodes = static_cast<size_t>(DeliveryCode::kTlsFailed) + 1;
+constexpr size_t kNumCodes = static_cast<size_t>(DeliveryCode::kOverloaded) + 1;
 constexpr DeliveryCode kFinalCodes[] = {
     DeliveryCode::kOk,
     DeliveryCode::kRpcError,
@@ -58,6 +58,7 @@ constexpr DeliveryCode kFinalCodes[] = {
     DeliveryCode::kQueueFull,
     DeliveryCode::kDestinationDenied,
     DeliveryCode::kTlsFailed,
+    DeliveryCode::kOverloaded,
 };
 
 // gRPC status code names, indexed by grpc::StatusCode.

@@ -24,6 +24,7 @@
 #include "server/base/fd.h"
 #include "server/jsonrpc/reply_framer.h"
 #include "server/jsonrpc/reply_parser.h"
+#include "server/net/admission.h"
 #include "server/net/event_loop.h"
 #include "server/net/outcome.h"
 #include "server/net/resolver.h"
@@ -72,21 +73,24 @@ class Connection;
 
 // What the connections of one loop share: options, the resolver, the pool's TLS client context,
 // the reply parser (one per loop thread, so simdjson's buffers are allocated once) and the
-// connection map. Created before the
-// loop thread starts; afterwards loop thread only (and main thread once the loop has stopped).
+// connection map, and the plan of its next flush that admission predicts from (net/admission.h).
+// Created before the loop thread starts; afterwards loop thread only (and main thread once the loop
+// has stopped).
 struct LoopContext {
   LoopContext(EventLoop* loop, const PoolOptions* options, Resolver* resolver,
               const TlsClientContext* tls, StatsRegistry* stats, std::atomic<int64_t>* pending,
               std::atomic<size_t>* connection_count);
   ~LoopContext();
 
-  // One Submit() batch for this loop: enqueues every request and puts each touched connection on
-  // the flush list.
+  // One Submit() batch for this loop, posted at `posted_at` (clock time): enqueues every request
+  // and puts each touched connection on the flush list. An async notification that the flush plan
+  // says would be written after its deadline is refused instead (kOverloaded), before any
+  // connection is made for it.
   struct Item {
     std::string key;
     Request request;
   };
-  void EnqueueBatch(std::vector<Item>& items);
+  void EnqueueBatch(std::vector<Item>& items, absl::Time posted_at);
   // Flushes every connection on the flush list, once. Runs at the end of the loop iteration, so
   // all the batches (Raises) drained in one iteration share one sendmsg per connection (after
   // redis' handleClientsWithPendingWrites): under load that is many messages per syscall.
@@ -109,6 +113,8 @@ struct LoopContext {
 
   EventLoop* const loop;
   const PoolOptions* const options;
+  // The admission clock (PoolOptions::clock, or the real one).
+  const base::Clock* const clock;
   Resolver* const resolver;
   // Makes the transports of tls: connections; owned by the pool.
   const TlsClientContext* const tls;
@@ -122,11 +128,19 @@ struct LoopContext {
   absl::AnyInvocable<void()> reap_elsewhere;
   // Set while a ReapIdle() for this loop is posted (thread-safe).
   std::atomic<bool> reap_posted{false};
+  // Until when (clock time, in ns since the epoch) the loop is known to be busy flushing what it
+  // has planned; 0 when it is not. Written by the loop, read by Submit (thread-safe), which
+  // refuses at once, without posting, a notification due before then: a refusal the loop would
+  // make anyway, at no cost to the loop that is behind.
+  std::atomic<int64_t> busy_until_ns{0};
 
   // Connections with messages enqueued since the last FlushPending, by key and uid (a connection
   // may be destroyed before the flush).
   std::vector<std::pair<std::string, uint64_t>> flush_list;
   bool flush_scheduled = false;
+  // When the connections on flush_list are expected to be flushed, what is promised, and what the
+  // loop's work costs.
+  FlushPlan plan;
 
   jsonrpc::ReplyParser parser;
   absl::BitGen rng;
@@ -143,6 +157,12 @@ struct LoopContext {
   // Creates the connection for `item`, or completes its request with kConnectFailed when the
   // connection cap is reached and no idle connection could be reaped. Null then.
   Connection* CreateConnection(Item& item);
+  // The kOverloaded outcome of `item`, which would be written `offset` after a flush starting at
+  // `now`, its batch having waited `waited` for the loop.
+  Outcome OverloadedOutcome(const Item& item, absl::Time now, absl::Duration offset,
+                            absl::Duration waited) const;
+  // Completes `item` with `outcome` without queueing it (counted on `conn` when there is one).
+  void Refuse(Item& item, Connection* conn, Outcome outcome);
   void Forget(absl::flat_hash_map<std::string, std::unique_ptr<Connection>>::iterator it);
   void ShedReplyBuffers();
 };
@@ -158,8 +178,14 @@ class Connection final : public IoHandler {
   // Queues `request` without writing. Completes it at once with kQueueFull when the queue is
   // full, or with the last connect/resolve error when backing off past its deadline.
   void Enqueue(Request request);
+  // Completes `request` with `outcome` at once, without queueing it (admission's refusal).
+  void Refuse(Request request, Outcome outcome);
+  // What a Flush() did, for the loop's cost estimates.
+  enum class FlushWork { kNothing, kConnect, kWrite };
   // Writes what is queued, connecting first when needed.
-  void Flush();
+  FlushWork Flush();
+  // Not connected nor connecting: a flush would have to open the connection first.
+  bool needs_connect() const { return state_ == ConnState::kIdle; }
   // Completes everything queued or outstanding with kConnectionLost and `detail`.
   void FailAll(absl::string_view detail);
   // Abandons the requests tagged `cancel_id` (see Request::cancel).
@@ -179,6 +205,8 @@ class Connection final : public IoHandler {
   uint64_t uid() const { return uid_; }
   // Set while the connection is on the loop's flush list.
   bool in_batch = false;
+  // While in_batch: how long after the flush starts the plan expects it flushed.
+  absl::Duration flush_offset;
 
  private:
   struct Message {

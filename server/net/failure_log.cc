@@ -100,6 +100,9 @@ std::string TargetFailureLog::SummaryFields(const std::string& key, const Target
 
 void TargetFailureLog::OnComplete(const std::string& target_key, const Outcome& outcome,
                                   bool expired, absl::Duration /*latency*/) {
+  // Refused because the server's own loop was behind: says nothing about the target (the
+  // OVERLOADED count in the metrics says it about the server).
+  if (outcome.code == DeliveryCode::kOverloaded) return;
   const bool failed = outcome.code != DeliveryCode::kOk || expired;
   // The OK path: nothing to do while no target is failing. A target's completions all come from
   // its one loop thread, so that thread always sees its own target's entry being counted here.

@@ -26,6 +26,8 @@ absl::string_view DeliveryCodeName(DeliveryCode code) {
       return "DESTINATION_DENIED";
     case DeliveryCode::kTlsFailed:
       return "TLS_FAILED";
+    case DeliveryCode::kOverloaded:
+      return "OVERLOADED";
   }
   return "UNKNOWN";
 }

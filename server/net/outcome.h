@@ -26,10 +26,12 @@ enum class DeliveryCode {
   kQueueFull,          // rejected at once: the target's queue was full
   kDestinationDenied,  // the destination policy refused every address the target resolved to
   kTlsFailed,          // tls: targets: the TLS handshake failed (verification error in detail)
+  kOverloaded,         // async: refused at once: the loop owning the target would not write it
+                       // before its deadline (net/admission.h); nothing was queued
 };
 
 // "QUEUED", "OK", "RPC_ERROR", "TIMEOUT", "CONNECT_FAILED", "RESOLVE_FAILED", "CONNECTION_LOST",
-// "BAD_REPLY", "QUEUE_FULL", "DESTINATION_DENIED", "TLS_FAILED".
+// "BAD_REPLY", "QUEUE_FULL", "DESTINATION_DENIED", "TLS_FAILED", "OVERLOADED".
 absl::string_view DeliveryCodeName(DeliveryCode code);
 
 struct Outcome {

@@ -43,6 +43,20 @@ size_t DefaultMaxTargetConnections() {
   return DeriveFdBudget(limit.rlim_cur).target_connections;
 }
 
+// Completes a notification Submit refused without posting it (kOverloaded), on its thread: its
+// loop is busy for `busy_for` more.
+void RefuseNow(Request& request, absl::Duration busy_for, PoolObserver* observer, absl::Time now) {
+  Outcome outcome;
+  outcome.code = DeliveryCode::kOverloaded;
+  outcome.detail = absl::StrCat("not queued: the writer loop is busy for another ",
+                                absl::FormatDuration(busy_for), ", with ",
+                                absl::FormatDuration(request.deadline - now), " left");
+  if (observer != nullptr) {
+    observer->OnComplete(request.target.Key(), outcome, /*expired=*/false, absl::ZeroDuration());
+  }
+  if (request.done) request.done(std::move(outcome));
+}
+
 void FailNow(Request& request) {
   Outcome outcome;
   outcome.code = DeliveryCode::kConnectionLost;
@@ -169,7 +183,28 @@ WriterPool::~WriterPool() {
 
 void WriterPool::Submit(std::vector<Request> requests, absl::AnyInvocable<void()> all_enqueued) {
   Impl& s = *impl_;
-  if (requests.empty()) {
+  const size_t n = s.loops.size();
+  // When the batches were posted: admission counts how long they wait for their loops.
+  const absl::Time posted_at =
+      (s.options.clock != nullptr ? s.options.clock : base::RealClock::Get())->Now();
+  // Notifications due before their loop is done with the flush it is busy with: a batch posted
+  // now is only taken after that flush, so the loop would refuse them (net/admission.h). Refused
+  // here, the loop that is behind does not pay for it. Before anything is posted (no loop may
+  // answer the batch before these are known) and outside the lock (a callback may Submit again).
+  std::vector<std::vector<LoopContext::Item>> groups(n);
+  size_t posted = 0;
+  for (Request& r : requests) {
+    std::string key = r.target.Key();
+    const size_t loop = std::hash<std::string>()(key) % n;
+    const int64_t busy_ns = s.contexts[loop]->busy_until_ns.load(std::memory_order_relaxed);
+    if (!r.expect_reply && busy_ns != 0 && absl::FromUnixNanos(busy_ns) > r.deadline) {
+      RefuseNow(r, absl::FromUnixNanos(busy_ns) - posted_at, s.options.observer, posted_at);
+      continue;
+    }
+    groups[loop].push_back(LoopContext::Item{std::move(key), std::move(r)});
+    ++posted;
+  }
+  if (posted == 0) {
     if (all_enqueued) all_enqueued();
     return;
   }
@@ -178,27 +213,22 @@ void WriterPool::Submit(std::vector<Request> requests, absl::AnyInvocable<void()
   if (s.shut_down) {
     // Outside the lock: a callback may Submit again.
     s.mu.unlock_shared();
-    for (Request& r : requests) FailNow(r);
+    for (auto& group : groups) {
+      for (LoopContext::Item& item : group) FailNow(item.request);
+    }
     if (all_enqueued) all_enqueued();
     return;
   }
-  const size_t n = s.loops.size();
-  std::vector<std::vector<LoopContext::Item>> groups(n);
-  for (Request& r : requests) {
-    std::string key = r.target.Key();
-    size_t loop = std::hash<std::string>()(key) % n;
-    groups[loop].push_back(LoopContext::Item{std::move(key), std::move(r)});
-  }
   int touched = 0;
   for (const auto& g : groups) touched += g.empty() ? 0 : 1;
-  s.pending.fetch_add(static_cast<int64_t>(requests.size()), std::memory_order_acq_rel);
+  s.pending.fetch_add(static_cast<int64_t>(posted), std::memory_order_acq_rel);
   auto batch = std::make_shared<Impl::Batch>(touched, std::move(all_enqueued));
   // One Post per loop touched: waking a loop costs more than enqueueing a whole batch.
   for (size_t i = 0; i < n; ++i) {
     if (groups[i].empty()) continue;
     LoopContext* ctx = s.contexts[i].get();
-    s.loops[i]->Post([ctx, items = std::move(groups[i]), batch]() mutable {
-      ctx->EnqueueBatch(items);
+    s.loops[i]->Post([ctx, items = std::move(groups[i]), batch, posted_at]() mutable {
+      ctx->EnqueueBatch(items, posted_at);
       if (batch->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1 && batch->all_enqueued) {
         batch->all_enqueued();
       }

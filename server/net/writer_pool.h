@@ -19,6 +19,8 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/base/clock.h"
+#include "server/net/admission.h"
 #include "server/net/outcome.h"
 #include "server/net/pool_observer.h"
 #include "server/net/resolver.h"
@@ -79,6 +81,14 @@ struct PoolOptions {
   std::function<ResolveResult(const std::string& host)> resolve_lookup;
   // Trust store and client certificate for tls: targets.
   TargetTlsOptions tls;
+  // Admission of async notifications (net/admission.h): each loop refuses one up front
+  // (kOverloaded) when it predicts it would write it after its deadline. These are the flush costs
+  // it assumes until it has measured its own (on the first cold burst, say).
+  FlushCosts initial_flush_costs;
+  // The clock of admission: when a batch reaches its loop, what the loop's flushes take, and the
+  // comparison with Request::deadline. Not owned, must outlive the pool. Null: the real clock. A
+  // test seam (connection timers and backoff keep the real clock).
+  const base::Clock* clock = nullptr;
 };
 
 // Lets a submitter abandon the requests it tagged with it (WriterPool::Cancel), e.g. a sync Raise
@@ -106,7 +116,9 @@ struct Request {
   // True: a JSON-RPC request (sync mode), completed by its reply. False: a notification,
   // completed (kOk) once completely written.
   bool expect_reply = false;
-  // Sync: the whole budget for connect + write + reply. Async: the latest time to be written.
+  // Sync: the whole budget for connect + write + reply. Async: the latest time to be written; a
+  // notification the owning loop predicts it cannot write by then is refused at once with
+  // kOverloaded (net/admission.h), before it is queued.
   absl::Time deadline;
   // Fail with kConnectFailed/kResolveFailed as soon as one connect (or resolve) attempt fails,
   // instead of staying queued for the retries until the deadline. Virtual-group members use it so
@@ -123,8 +135,10 @@ struct Request {
   // kTimeout, detail "abandoned: cancelled by its submitter".
   std::shared_ptr<CancelToken> cancel;
   // Exactly once, on the owning loop thread; after Shutdown(), on the thread that called it (or
-  // inline in a Submit that comes later), since the loops are gone by then. kQueueFull runs inside
-  // Submit's loop batch, before `all_enqueued`.
+  // inline in a Submit that comes later), since the loops are gone by then. kQueueFull and
+  // kOverloaded run inside Submit's loop batch, before `all_enqueued`; a notification due before
+  // its loop is done with the flush it is busy with gets kOverloaded inline in Submit instead,
+  // on the calling thread.
   OutcomeCallback done;
 };
 
@@ -135,7 +149,7 @@ struct TargetStats {
   uint32_t queued_messages = 0;
   uint32_t outstanding_requests = 0;
   uint64_t delivered = 0;  // notifications written + result (OK) replies received
-  uint64_t failed = 0;     // every other outcome (RPC_ERROR replies included), except:
+  uint64_t failed = 0;     // every other outcome (RPC_ERROR, QUEUE_FULL, OVERLOADED...), except:
   uint64_t expired = 0;    // messages whose deadline came before they were completely written
   uint64_t reconnects = 0;
   uint64_t unmatched_replies = 0;   // unknown id or no id: counted and ignored
@@ -154,8 +168,9 @@ class WriterPool {
   ~WriterPool();
 
   // Hands each request to the loop that owns its target: one Post per loop touched. After every
-  // request has been enqueued (or rejected with kQueueFull through its own `done`),
-  // `all_enqueued` runs once, on one of the loop threads. Never blocks on the network.
+  // request has been enqueued (or rejected with kQueueFull or kOverloaded through its own `done`),
+  // `all_enqueued` runs once, on one of the loop threads (inline when no request was posted).
+  // Never blocks on the network.
   void Submit(std::vector<Request> requests, absl::AnyInvocable<void()> all_enqueued = nullptr);
 
   // Abandons every request tagged with `token` on the connections to `keys` ("host:port" or

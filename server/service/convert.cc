@@ -280,6 +280,8 @@ v1::DeliveryStatus DeliveryStatusFromCode(net::DeliveryCode code) {
       return v1::DELIVERY_STATUS_DESTINATION_DENIED;
     case net::DeliveryCode::kTlsFailed:
       return v1::DELIVERY_STATUS_TLS_FAILED;
+    case net::DeliveryCode::kOverloaded:
+      return v1::DELIVERY_STATUS_OVERLOADED;
   }
   return v1::DELIVERY_STATUS_UNSPECIFIED;
 }

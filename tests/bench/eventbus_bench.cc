@@ -325,18 +325,25 @@ void TargetsPhase(int n, SinkProcess& sinks, client::Client& client,
   } else {
     statuses[std::string(resp.status().message())] = 1;
   }
-  // Settled when every target has an outcome (delivered, expired or failed), or after 10 s.
+  // Settled when every target has an outcome (delivered, expired or failed), or after 10 s. Those
+  // refused in the answer (OVERLOADED) are settled already: a target refused before it had a
+  // connection has no counters in the pool.
+  const uint64_t refused = static_cast<uint64_t>(statuses["DELIVERY_STATUS_OVERLOADED"]);
   PoolTotals t;
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
   while (absl::Now() < give_up) {
     PoolTotals now = Totals(server);
     t = {now.delivered - t0.delivered, now.expired - t0.expired, now.failed - t0.failed};
-    if (server == nullptr || t.delivered + t.expired + t.failed >= static_cast<uint64_t>(n)) break;
+    if (server == nullptr ||
+        refused + t.delivered + t.expired + t.failed >= static_cast<uint64_t>(n)) {
+      break;
+    }
     absl::SleepFor(absl::Milliseconds(5));
   }
   const absl::Duration settled = absl::Now() - burst_start;
   std::string answered;
   for (const auto& [name, count] : statuses) {
+    if (count == 0) continue;
     absl::StrAppend(&answered, answered.empty() ? "" : ", ", count, " ",
                     absl::StripPrefix(name, "DELIVERY_STATUS_"));
   }
@@ -347,10 +354,26 @@ void TargetsPhase(int n, SinkProcess& sinks, client::Client& client,
       static_cast<unsigned long long>(t.delivered), static_cast<unsigned long long>(t.expired),
       static_cast<unsigned long long>(t.failed));
 
-  // Throughput on the connections the burst opened.
+  // Throughput on the connections the burst opened. Deliveries refused up front (OVERLOADED) are
+  // counted from the answers; those refused on a connection are in its `failed` counter too.
   const uint64_t got1 = sinks.Messages();
   const PoolTotals t1 = Totals(server);
-  WindowResult r = RunWindow(client, req, window, phase);
+  std::atomic<uint64_t> refused_calls{0};
+  Caller counting = [stub = client.stub(), &req, &refused_calls](
+                        grpc::ClientContext* ctx, std::function<void(grpc::Status)> done) {
+    auto* resp = new RaiseResponse;
+    stub->async()->Raise(ctx, &req, resp,
+                         [resp, &refused_calls, done = std::move(done)](grpc::Status s) {
+                           uint64_t refused = 0;
+                           for (const auto& d : resp->deliveries()) {
+                             refused += d.status() == v1::DELIVERY_STATUS_OVERLOADED;
+                           }
+                           refused_calls.fetch_add(refused);
+                           delete resp;
+                           done(std::move(s));
+                         });
+  };
+  WindowResult r = RunCalls(counting, window, phase);
   const uint64_t expected = r.calls * n;
   const absl::Time wait_start = absl::Now();
   const Cpu cpu0 = CpuNow();
@@ -358,7 +381,9 @@ void TargetsPhase(int n, SinkProcess& sinks, client::Client& client,
   while (absl::Now() < wait_start + absl::Seconds(30)) {
     got = sinks.Messages() - got1;
     PoolTotals now = Totals(server);
-    const uint64_t lost = now.expired - t1.expired + now.failed - t1.failed;
+    // `failed` counts the refusals on existing connections too: the larger of the two is a bound.
+    const uint64_t lost =
+        now.expired - t1.expired + std::max(now.failed - t1.failed, refused_calls.load());
     if (got + lost >= expected) break;
     absl::SleepFor(absl::Milliseconds(5));
   }
@@ -368,11 +393,12 @@ void TargetsPhase(int n, SinkProcess& sinks, client::Client& client,
   const double ns = NsPer(cpu.process, got);
   std::printf(
       "async, %5d targets:   %7.0f Raise calls/s  %10.0f events/s delivered  CPU/msg %6.0f ns "
-      "(loops %4.0f ns) = %.3fx a trivial call  (%llu/%llu received, %llu expired, %llu "
-      "failed%s)\n",
+      "(loops %4.0f ns) = %.3fx a trivial call  (%llu/%llu received, %llu refused OVERLOADED, "
+      "%llu expired, %llu failed%s)\n",
       n, r.calls / absl::ToDoubleSeconds(r.elapsed), got / absl::ToDoubleSeconds(all), ns,
       NsPer(cpu.loops, got), ns / base_ns_per_call, static_cast<unsigned long long>(got),
       static_cast<unsigned long long>(expected),
+      static_cast<unsigned long long>(refused_calls.load()),
       static_cast<unsigned long long>(t2.expired - t1.expired),
       static_cast<unsigned long long>(t2.failed - t1.failed),
       r.failed ? ", some calls failed" : "");

@@ -90,6 +90,20 @@ TEST_F(FailureLogTest, ExpiredAndEveryNonOkOutcomeCountAsFailures) {
   EXPECT_THAT(capture_.Matching({"target=d:1", "expired=true"}), SizeIs(1));
 }
 
+TEST_F(FailureLogTest, OverloadedIsNotAFailureOfTheTarget) {
+  TargetFailureLog log(&clock_, Options());
+  Fail(log, kTarget,
+       Failed(DeliveryCode::kOverloaded,
+              "not queued: its deadline passed while it waited 2s for the writer loop"));
+  EXPECT_THAT(capture_.lines(), SizeIs(0));
+  EXPECT_EQ(log.failing_targets(), 0u);
+  // Nor a recovery of a failing one.
+  Fail(log, kTarget);
+  Fail(log, kTarget, Failed(DeliveryCode::kOverloaded, "not queued"));
+  EXPECT_EQ(log.failing_targets(), 1u);
+  EXPECT_THAT(Lines("target recovered"), SizeIs(0));
+}
+
 TEST_F(FailureLogTest, OneSummaryPerIntervalWithCountTotalSinceAndLastStatus) {
   TargetFailureLog log(&clock_, Options());
   const absl::Time start = clock_.Now();

@@ -18,6 +18,7 @@ TEST(DeliveryCodeNameTest, NamesMatchTheProtoEnum) {
   EXPECT_EQ(DeliveryCodeName(DeliveryCode::kQueueFull), "QUEUE_FULL");
   EXPECT_EQ(DeliveryCodeName(DeliveryCode::kDestinationDenied), "DESTINATION_DENIED");
   EXPECT_EQ(DeliveryCodeName(DeliveryCode::kTlsFailed), "TLS_FAILED");
+  EXPECT_EQ(DeliveryCodeName(DeliveryCode::kOverloaded), "OVERLOADED");
 }
 
 TEST(ConnStateNameTest, NamesEveryState) {
