@@ -27,6 +27,7 @@
 #include "client/client.h"
 #include "google/protobuf/util/json_util.h"
 #include "server/base/version.h"
+#include "server/jsonrpc/json_text.h"
 
 namespace eventbus::client {
 namespace {
@@ -447,39 +448,6 @@ void WarnIfStale(bool stale, std::ostream& err) {
   if (stale) err << "warning: the server's store is unreachable; this list may be out of date\n";
 }
 
-// The end of the JSON value that starts at `pos` of `text` (valid JSON): one past its last byte.
-size_t SkipJsonValue(absl::string_view text, size_t pos) {
-  if (pos >= text.size()) return pos;
-  const char first = text[pos];
-  if (first == '"' || first == '{' || first == '[') {
-    int depth = 0;
-    bool in_string = false;
-    for (size_t i = pos; i < text.size(); ++i) {
-      const char c = text[i];
-      if (in_string) {
-        if (c == '\\') {
-          ++i;
-        } else if (c == '"') {
-          in_string = false;
-          if (depth == 0) return i + 1;  // a string value
-        }
-        continue;
-      }
-      if (c == '"') {
-        in_string = true;
-      } else if (c == '{' || c == '[') {
-        ++depth;
-      } else if ((c == '}' || c == ']') && --depth == 0) {
-        return i + 1;
-      }
-    }
-    return text.size();
-  }
-  size_t end = pos;
-  while (end < text.size() && !absl::StrContains(",}] \t\r\n", text[end])) ++end;
-  return end;
-}
-
 // The raw text of member `key` of the JSON object `text` (valid JSON), top level only.
 std::optional<absl::string_view> RawMember(absl::string_view text, absl::string_view key) {
   size_t i = text.find('{');
@@ -491,13 +459,13 @@ std::optional<absl::string_view> RawMember(absl::string_view text, absl::string_
   for (;;) {
     skip_blanks();
     if (i >= text.size() || text[i] != '"') return std::nullopt;
-    const size_t key_end = SkipJsonValue(text, i);
+    const size_t key_end = jsonrpc::SkipJsonValue(text, i);
     absl::StatusOr<google::protobuf::Value> name = ParseJsonValue(text.substr(i, key_end - i));
     i = key_end;
     skip_blanks();
     ++i;  // ':'
     skip_blanks();
-    const size_t value_end = SkipJsonValue(text, i);
+    const size_t value_end = jsonrpc::SkipJsonValue(text, i);
     if (name.ok() && name->string_value() == key) return text.substr(i, value_end - i);
     i = value_end;
     skip_blanks();
