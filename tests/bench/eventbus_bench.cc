@@ -62,6 +62,8 @@ ABSL_FLAG(std::string, phases, "nobody,async,targets,methods,sync,stream",
           "Phases to run after the baseline (e.g. targets alone, to profile it); 'scale' "
           "(subscription scale, see scale_phase.h and its --scale_* flags) runs only when named");
 ABSL_FLAG(int, method_raises, 20, "Sequential Raises per distinct-method phase");
+ABSL_FLAG(int, target_sync_calls, 20,
+          "Sequential sync Raises to all 1k/10k targets per targets phase (latency)");
 ABSL_FLAG(int, stream_batch, 64, "RaiseStream phase: events per message in its batched runs");
 ABSL_FLAG(std::string, log_level, "warning",
           "In-process server: log level (info logs every Subscribe)");
@@ -305,7 +307,7 @@ PoolTotals Totals(service::EventBusServer* server) {
 // (a cold burst: every connection is opened by it), then `window` Raises in flight for `phase`.
 void TargetsPhase(int n, SinkProcess& sinks, client::Client& client,
                   service::EventBusServer* server, int window, absl::Duration phase,
-                  double base_ns_per_call) {
+                  double base_ns_per_call, double base_p50_us) {
   const std::string event = absl::StrCat("BENCH_TARGETS_", n);
   std::vector<uint16_t> ports = sinks.Open(n);
   for (uint16_t port : ports) Subscribe(client, event, absl::StrCat("tcp:127.0.0.1:", port));
@@ -403,6 +405,25 @@ void TargetsPhase(int n, SinkProcess& sinks, client::Client& client,
       static_cast<unsigned long long>(t2.failed - t1.failed),
       r.failed ? ", some calls failed" : "");
   (void)got0;
+
+  // Sync latency on the same connections: one Raise to all n at a time, each answered when every
+  // sink has replied (the sinks answer at once), at the server's default timeout.
+  RaiseRequest sync_req = Event(event, true);
+  int not_ok = 0;
+  Percentiles lat = Sequential(absl::GetFlag(FLAGS_target_sync_calls), [&] {
+    auto sync_resp = client.Raise(sync_req);
+    if (!sync_resp.ok()) {
+      not_ok += n;
+      return;
+    }
+    for (const auto& d : sync_resp->deliveries()) not_ok += d.status() != v1::DELIVERY_STATUS_OK;
+  });
+  std::printf(
+      "sync,  %5d targets:   p50 %8.1f ms  p99 %8.1f ms = %.0fx / %.0fx a trivial call's p50  "
+      "(%d deliveries not OK)\n",
+      n, lat.p50_us / 1000, lat.p99_us / 1000, lat.p50_us / base_p50_us, lat.p99_us / base_p50_us,
+      not_ok);
+
   v1::UnsubscribeRequest unsub;
   for (uint16_t port : ports) {
     unsub.set_event(event);
@@ -559,7 +580,8 @@ int Main() {
   if (sink_process != nullptr) {
     for (int n : {1000, 10000}) {
       if (!runs("targets")) break;
-      TargetsPhase(n, *sink_process, **client, server.get(), window, phase, base_ns);
+      TargetsPhase(n, *sink_process, **client, server.get(), window, phase, base_ns,
+                   base_lat.p50_us);
     }
     for (int n : {1000, 10000}) {
       if (!runs("methods")) break;

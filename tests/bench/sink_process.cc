@@ -11,8 +11,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <unordered_map>
 #include <unordered_set>
+
+#include "absl/strings/str_cat.h"
 
 namespace eventbus::bench {
 namespace {
@@ -50,12 +53,24 @@ void WriteAll(int fd, const void* data, size_t size) {
 // Commands on the socketpair: one byte, then for 'O' an int32 count.
 constexpr char kOpen = 'O', kCount = 'C', kClose = 'X';
 
-// Framing state of one connection: brace depth outside strings (notifications only, no replies).
+// Framing state of one connection: brace depth outside strings, and the first bytes of the
+// object being read. A request starts with `{"id":N,` (the server writes that prefix), so its id
+// is read from there and answered with a result; a notification has no id and no answer.
 struct Framer {
   int depth = 0;
   bool in_string = false;
   bool escape = false;
+  std::string head;
 };
+
+// The id of a request that starts with `head`, or "" for a notification.
+std::string RequestId(const std::string& head) {
+  static constexpr char kPrefix[] = "{\"id\":";
+  if (head.compare(0, sizeof(kPrefix) - 1, kPrefix) != 0) return "";
+  size_t end = sizeof(kPrefix) - 1;
+  while (end < head.size() && head[end] >= '0' && head[end] <= '9') ++end;
+  return head.substr(sizeof(kPrefix) - 1, end - (sizeof(kPrefix) - 1));
+}
 
 [[noreturn]] void ChildMain(int control) {
   int ep = ::epoll_create1(EPOLL_CLOEXEC);
@@ -133,8 +148,10 @@ struct Framer {
           break;
         }
         if (got < 0) break;
+        std::string replies;
         for (ssize_t k = 0; k < got; ++k) {
           const char ch = buf[k];
+          if (f.depth > 0 && f.head.size() < 32) f.head.push_back(ch);
           if (f.in_string) {
             if (f.escape) {
               f.escape = false;
@@ -146,10 +163,21 @@ struct Framer {
           } else if (ch == '"') {
             f.in_string = true;
           } else if (ch == '{' || ch == '[') {
-            ++f.depth;
+            if (f.depth++ == 0) f.head.assign(1, ch);
           } else if ((ch == '}' || ch == ']') && --f.depth == 0) {
             ++messages;
+            const std::string id = RequestId(f.head);
+            if (!id.empty()) {
+              absl::StrAppend(&replies, "{\"jsonrpc\":\"2.0\",\"result\":true,\"id\":", id, "}");
+            }
           }
+        }
+        // Replies are small; the socket buffer takes them (a benchmark sink, not a robust peer).
+        for (size_t off = 0; off < replies.size();) {
+          ssize_t w = ::write(fd, replies.data() + off, replies.size() - off);
+          if (w < 0 && errno == EINTR) continue;
+          if (w <= 0) break;
+          off += static_cast<size_t>(w);
         }
       }
     }

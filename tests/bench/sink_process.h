@@ -1,7 +1,8 @@
 // Many counting sinks in a child process, for the benchmark's 1k and 10k target phases: a process
 // has RLIMIT_NOFILE descriptors, and 10k targets need 10k on the server's side and 10k more on the
 // sinks' side. The child is forked before the benchmark starts any thread, and is driven over a
-// socketpair: open N ports, read the count of JSON objects received.
+// socketpair: open N ports, read the count of JSON objects received. A sink answers each
+// JSON-RPC request (sync mode) with a result at once, and counts notifications.
 #ifndef EVENTBUS_TESTS_BENCH_SINK_PROCESS_H_
 #define EVENTBUS_TESTS_BENCH_SINK_PROCESS_H_
 
