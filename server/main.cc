@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/base/log.h"
 #include "server/base/version.h"
@@ -334,6 +335,11 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   // A subscriber that closes its end must cost an EPIPE, never the process.
   signal(SIGPIPE, SIG_IGN);
+  // Debian's abseil is built with absl::Mutex's deadlock detection on: every lock of gRPC's
+  // mutexes then updates a global lock graph (GraphCycles, seen in callgrind profiles). Off, a
+  // trivial gRPC call and a Raise with nobody to deliver to both run about 10% faster
+  // (eventbus_bench, which does the same). Lock order is checked by the TSan suite instead.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   absl::SetProgramUsageMessage(
       "EventBus server: stores subscriptions and fans raised events out as JSON-RPC 2.0 over TCP.\n"
