@@ -23,6 +23,7 @@
 #include "server/service/eventbus_service.h"
 #include "server/service/server.h"
 #include "tests/testing/jsonrpc_peer.h"
+#include "tests/testing/wait.h"
 
 namespace eventbus::service {
 namespace {
@@ -53,16 +54,11 @@ std::string WithoutId(const std::string& message) {
   return absl::StrCat("{", message.substr(message.find(',') + 1));
 }
 
-// Polls `condition` until it holds or `timeout` passes (for figures only the server's own
-// counters show; no sleep decides an outcome).
+// Polls `condition` until it holds (for figures only the server's own counters show; no sleep
+// decides an outcome).
 template <typename Condition>
-bool Eventually(Condition condition, absl::Duration timeout = kWait) {
-  const absl::Time give_up = absl::Now() + timeout;
-  while (!condition()) {
-    if (absl::Now() > give_up) return false;
-    absl::SleepFor(absl::Milliseconds(2));
-  }
-  return true;
+bool Eventually(Condition condition) {
+  return eventbus::testing::WaitFor(kWait, condition, absl::Milliseconds(2));
 }
 
 class RaiseStreamTest : public ::testing::Test {
