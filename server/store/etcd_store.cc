@@ -207,6 +207,24 @@ class EtcdStore::Impl {
   // Bookkeeping for Stop: every asynchronous chain (a write, a revoke) is counted while in flight.
   bool BeginCall();
   void EndCall();
+  // And every gRPC call a chain makes, until gRPC has released what it holds for it (the
+  // chain's done runs inside the call's callback, before gRPC lets go of the call).
+  class RpcInFlight {
+   public:
+    explicit RpcInFlight(Impl* impl) : impl_(impl) {
+      eventbus::MutexLock lock(&impl_->mu_);
+      ++impl_->rpcs_in_flight_;
+    }
+    ~RpcInFlight() {
+      eventbus::MutexLock lock(&impl_->mu_);
+      --impl_->rpcs_in_flight_;
+    }
+    RpcInFlight(const RpcInFlight&) = delete;
+    RpcInFlight& operator=(const RpcInFlight&) = delete;
+
+   private:
+    Impl* const impl_;
+  };
 
   template <typename Request, typename Response>
   void Unary(AsyncMethod<Request, Response> method, std::shared_ptr<const Request> request,
@@ -226,6 +244,7 @@ class EtcdStore::Impl {
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  int rpcs_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   grpc::ClientContext* active_watch_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::optional<int64_t> rewatch_from_ ABSL_GUARDED_BY(mu_);
   std::thread watch_thread_;
@@ -320,7 +339,9 @@ void EtcdStore::Impl::Stop() {
   }
   watch_thread_.join();
   eventbus::MutexLock lock(&mu_);
-  mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; });
+  mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return in_flight_ == 0 && rpcs_in_flight_ == 0;
+  });
 }
 
 bool EtcdStore::Impl::BeginCall() {
@@ -597,19 +618,28 @@ void EtcdStore::Impl::Unary(AsyncMethod<Request, Response> method,
                             std::shared_ptr<const Request> request, absl::Time deadline,
                             size_t attempt,
                             std::function<void(const absl::Status&, const Response&)> done) {
+  // Everything gRPC holds for one call. gRPC releases it on its own thread after the callback
+  // returns; `rpc` is declared first, so it is destroyed last, after the ClientContext has let go
+  // of the channel: Stop waits for it before the endpoints go.
   struct Call {
+    explicit Call(Impl* impl) : rpc(impl) {}
+    RpcInFlight rpc;
     grpc::ClientContext context;
+    std::shared_ptr<const Request> request;
     Response response;
+    std::function<void(const absl::Status&, const Response&)> done;
   };
   size_t index = 0;
   Endpoint& endpoint = Current(&index);
-  auto call = std::make_shared<Call>();
+  auto call = std::make_shared<Call>(this);
   call->context.set_deadline(absl::ToChronoTime(deadline));
-  Response* response = &call->response;
-  grpc::ClientContext* context = &call->context;
-  method(endpoint, context, request.get(), response,
-         [this, method, request, deadline, attempt, done, call, index,
+  call->request = std::move(request);
+  call->done = std::move(done);
+  Call* raw = call.get();
+  method(endpoint, &raw->context, raw->request.get(), &raw->response,
+         [this, method, deadline, attempt, call = std::move(call), index,
           &endpoint](grpc::Status status) {
+           const auto& done = call->done;
            if (status.ok()) {
              SetHealthy(true, "");
              done(absl::OkStatus(), call->response);
@@ -621,7 +651,7 @@ void EtcdStore::Impl::Unary(AsyncMethod<Request, Response> method,
            // Another member may answer: try each once while the deadline allows.
            if (status.error_code() == grpc::StatusCode::UNAVAILABLE &&
                attempt + 1 < endpoints_.size() && absl::Now() < deadline) {
-             Unary(method, request, deadline, attempt + 1, done);
+             Unary(method, call->request, deadline, attempt + 1, done);
              return;
            }
            if (unreachable) SetHealthy(false, status.error_message());
