@@ -23,28 +23,35 @@ class BodyCache {
   BodyCache(const std::string& event, const jsonrpc::Params& params)
       : event_(event), params_(params) {}
 
-  std::shared_ptr<const std::string> Get(absl::string_view method, absl::string_view event_param) {
+  // The index in bodies() of the body for (method, event_param), encoded on first use.
+  uint32_t Index(absl::string_view method, absl::string_view event_param) {
     // Most Raises have one combination: skip the hash for a repeat of the last one.
-    if (last_ != nullptr && last_->first.first == method && last_->first.second == event_param) {
-      return last_->second;
+    if (!bodies_.empty() && last_key_.first == method && last_key_.second == event_param) {
+      return last_;
     }
-    auto [it, inserted] = bodies_.try_emplace(Key(method, event_param));
+    auto [it, inserted] = index_.try_emplace(Key(method, event_param), 0);
     if (inserted) {
-      it->second = std::make_shared<const std::string>(
-          jsonrpc::EncodeBody(event_, params_, {method, event_param}));
+      it->second = static_cast<uint32_t>(bodies_.size());
+      bodies_.push_back(std::make_shared<const std::string>(
+          jsonrpc::EncodeBody(event_, params_, {method, event_param})));
     }
-    last_ = &*it;
-    return it->second;
+    last_key_ = it->first;
+    last_ = it->second;
+    return last_;
   }
+  std::shared_ptr<const std::string> Get(absl::string_view method, absl::string_view event_param) {
+    return bodies_[Index(method, event_param)];
+  }
+  std::vector<std::shared_ptr<const std::string>>& bodies() { return bodies_; }
 
  private:
   using Key = std::pair<absl::string_view, absl::string_view>;
-  using Map = absl::flat_hash_map<Key, std::shared_ptr<const std::string>>;
   const std::string& event_;
   const jsonrpc::Params& params_;
-  Map bodies_;
-  // The entry of the last Get; set after every insertion (which may move entries).
-  Map::value_type* last_ = nullptr;
+  absl::flat_hash_map<Key, uint32_t> index_;
+  std::vector<std::shared_ptr<const std::string>> bodies_;
+  Key last_key_;
+  uint32_t last_ = 0;
 };
 
 // An attempt succeeded: sync, a result reply; async, completely written.
@@ -80,14 +87,20 @@ DeliveryReport ParallelReport(std::vector<Attempt> attempts, absl::Duration late
 
 }  // namespace
 
-// The reports of one Raise. Callbacks arrive on loop threads; the mutex is per Raise, so it is
-// uncontended but for the callbacks of this one event.
-struct Dispatcher::RaiseState {
-  std::mutex mu;  // guards reports, final, pending, answered, cancelled, keys
+// The reports of one Raise, and the receiver of its plain targets' outcomes (net::Fanout).
+// Callbacks arrive on loop threads; the mutex is per Raise, so it is uncontended but for the
+// callbacks of this one event.
+struct Dispatcher::RaiseState final : net::FanoutReceiver {
+  std::mutex mu;  // guards reports, news, final, pending, answered, cancelled, keys
+  // The Raise's snapshot: it keeps the subscriptions `subs` points to alive.
+  std::shared_ptr<const registry::SubscriberList> snapshot;
   // The live subscriptions, one per slot: a report is named from its slot's subscription only when
   // it is made (a QUEUED one that is only counted never copies its id and socket).
-  std::vector<registry::SubscriptionPtr> subs;
+  std::vector<const registry::SubscriptionPtr*> subs;
+  // Sync, or async with queued_reports: one report per slot.
   std::vector<DeliveryReport> reports;
+  // Async without queued_reports: only the slots with news before the answer, as they came.
+  std::vector<std::pair<size_t, DeliveryReport>> news;
   std::vector<bool> final;
   size_t pending = 0;
   bool answered = false;
@@ -95,6 +108,7 @@ struct Dispatcher::RaiseState {
   bool sync = false;
   bool queued_reports = true;
   absl::Time start;
+  const base::Clock* clock = nullptr;
   Done done;
   // Sync only: tags every request of this Raise, and the targets ("host:port") they went to, so
   // Cancel() can find them.
@@ -104,10 +118,29 @@ struct Dispatcher::RaiseState {
   DeliveryObserver* observer = nullptr;
   DeliveryObserver::EventScope* scope = nullptr;
 
+  bool dense() const { return sync || queued_reports; }
+  const registry::Subscription& sub(size_t i) const { return **subs[i]; }
+
   // Tells the observer that a slot ended with `code` at `at`. Callers make sure each slot is told
   // once, before its report completes the Raise (so a caller that got the answer sees it counted).
   void Observe(DeliveryCode code, absl::Time at) {
     if (observer != nullptr) observer->OnOutcome(scope, code, at - start);
+  }
+
+  // A plain target's outcome (net::FanoutReceiver): exactly once per slot.
+  void OnOutcome(uint32_t slot, Outcome o) override {
+    const absl::Time at = clock->Now();
+    Observe(o.code, at);
+    // Async: a written notification is what QUEUED promised; only failures are news.
+    if (!sync && Delivered(o)) return;
+    DeliveryReport r;
+    r.latency = at - start;
+    r.outcome = std::move(o);
+    Complete(slot, std::move(r));
+  }
+  // An async notification written: what QUEUED promised, so only the observer hears of it.
+  void OnWritten() override {
+    if (observer != nullptr) Observe(DeliveryCode::kOk, clock->Now());
   }
 
   // Records that a request goes to `key`, unless the Raise was cancelled (false then).
@@ -133,8 +166,12 @@ struct Dispatcher::RaiseState {
       if (answered || final[i]) return;
       final[i] = true;
       // The callbacks only know the outcome; the slot names its subscription.
-      report.subscription_id = subs[i]->id;
-      report.socket = subs[i]->socket;
+      report.subscription_id = sub(i).id;
+      report.socket = sub(i).socket;
+      if (!dense()) {
+        news.emplace_back(i, std::move(report));
+        return;
+      }
       reports[i] = std::move(report);
       if (!sync || --pending > 0) return;
       answered = true;
@@ -145,10 +182,11 @@ struct Dispatcher::RaiseState {
     to_run(std::move(out));
   }
 
-  // Async: records an attempt of a group still in progress, so the answer can show it.
+  // Async: records an attempt of a group still in progress, so the answer can show it (only
+  // when every slot is reported: otherwise a slot with no outcome yet is only counted).
   void NoteAttempts(size_t i, const std::vector<Attempt>& attempts) {
     std::lock_guard<std::mutex> lock(mu);
-    if (answered || final[i]) return;
+    if (answered || final[i] || !dense()) return;
     reports[i].attempts = attempts;
   }
 
@@ -160,21 +198,26 @@ struct Dispatcher::RaiseState {
       std::lock_guard<std::mutex> lock(mu);
       if (answered) return;
       answered = true;
-      out.targets = reports.size();
-      for (size_t i = 0; i < reports.size(); ++i) {
-        if (final[i]) {
-          if (!queued_reports) out.reports.push_back(std::move(reports[i]));
-          continue;
+      out.targets = subs.size();
+      if (!dense()) {
+        out.queued = subs.size() - news.size();
+        // In slot order, as the subscriptions are.
+        std::sort(news.begin(), news.end(),
+                  [](const auto& a, const auto& b) { return a.first < b.first; });
+        out.reports.reserve(news.size());
+        for (auto& [slot, report] : news) out.reports.push_back(std::move(report));
+      } else {
+        for (size_t i = 0; i < reports.size(); ++i) {
+          if (final[i]) continue;
+          ++out.queued;
+          reports[i].subscription_id = sub(i).id;
+          reports[i].socket = sub(i).socket;
+          reports[i].outcome = Outcome{};
+          reports[i].outcome.code = DeliveryCode::kQueued;
+          reports[i].latency = now - start;
         }
-        ++out.queued;
-        if (!queued_reports) continue;
-        reports[i].subscription_id = subs[i]->id;
-        reports[i].socket = subs[i]->socket;
-        reports[i].outcome = Outcome{};
-        reports[i].outcome.code = DeliveryCode::kQueued;
-        reports[i].latency = now - start;
+        out.reports = std::move(reports);
       }
-      if (queued_reports) out.reports = std::move(reports);
     }
     done(std::move(out));
   }
@@ -203,10 +246,11 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
     const std::string& event, const jsonrpc::Params& params, const RaiseOptions& options,
     std::shared_ptr<const registry::SubscriberList> subscribers, Done done) {
   const absl::Time now = clock_->Now();
-  std::vector<registry::SubscriptionPtr> live;
+  // Pointers into the snapshot, which the Raise keeps: no reference count touched per target.
+  std::vector<const registry::SubscriptionPtr*> live;
   live.reserve(subscribers->size());
   for (const registry::SubscriptionPtr& sub : *subscribers) {
-    if (sub->LiveAt(now)) live.push_back(sub);
+    if (sub->LiveAt(now)) live.push_back(&sub);
   }
   DeliveryObserver::EventScope* scope = nullptr;
   if (options_.observer != nullptr) {
@@ -227,47 +271,40 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
   RaiseHandle handle;
   if (options.sync) handle.state_ = state;
   state->start = now;
+  state->clock = clock_;
   state->done = std::move(done);
+  state->snapshot = std::move(subscribers);
   {
     std::lock_guard<std::mutex> lock(state->mu);
-    state->reports.resize(live.size());
+    if (state->dense()) state->reports.resize(live.size());
     state->final.assign(live.size(), false);
     state->pending = live.size();
     state->subs = std::move(live);
   }
   // Set once above, never changed again: read without the lock.
-  const std::vector<registry::SubscriptionPtr>& subs = state->subs;
+  const std::vector<const registry::SubscriptionPtr*>& subs = state->subs;
 
   const absl::Time deadline = now + options.timeout;
   BodyCache bodies(event, params);
+  // Plain targets: one Fanout, whose outcomes come to `state` by slot.
+  net::Fanout fanout;
+  fanout.targets.reserve(subs.size());
+  fanout.expect_reply = options.sync;
+  fanout.deadline = deadline;
+  fanout.cancel = state->token;
+  // Members of PARALLEL groups.
   std::vector<net::Request> batch;
-  batch.reserve(subs.size());
   std::vector<std::shared_ptr<GroupRun>> groups;
 
   for (size_t i = 0; i < subs.size(); ++i) {
-    const registry::Subscription& sub = *subs[i];
+    const registry::Subscription& sub = **subs[i];
     const std::string& event_param = sub.event_param ? *sub.event_param : options_.event_param;
     const std::vector<uri::TcpTarget>& members = sub.target.targets;
 
     if (!sub.target.is_virtual) {
-      net::Request req;
-      req.target = members[0];
-      req.body = bodies.Get(members[0].method, event_param);
-      req.expect_reply = options.sync;
-      req.deadline = deadline;
-      req.cancel = state->token;
-      if (state->token != nullptr) state->keys.push_back(req.target.Key());
-      req.done = [state, i, sync = options.sync, clock = clock_](Outcome o) {
-        // Runs exactly once: this is the slot's final outcome.
-        if (state->observer != nullptr) state->Observe(o.code, clock->Now());
-        // Async: a written notification is what QUEUED promised; only failures are news.
-        if (!sync && Delivered(o)) return;
-        DeliveryReport r;
-        r.latency = clock->Now() - state->start;
-        r.outcome = std::move(o);
-        state->Complete(i, std::move(r));
-      };
-      batch.push_back(std::move(req));
+      fanout.targets.push_back(net::Fanout::Target{&members[0], static_cast<uint32_t>(i),
+                                                   bodies.Index(members[0].method, event_param)});
+      if (state->token != nullptr) state->keys.push_back(members[0].Key());
       continue;
     }
 
@@ -325,7 +362,7 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
     auto run = std::make_shared<GroupRun>();
     run->raise = state;
     run->slot = i;
-    run->sub = subs[i];
+    run->sub = *subs[i];
     run->deadline = deadline;
     for (const uri::TcpTarget& member : members) {
       run->bodies.push_back(bodies.Get(member.method, event_param));
@@ -347,7 +384,7 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
           rr_prune_at_ = std::max(kMinPruneAt, 2 * rr_next_.size());
         }
         Rotation& rotation = rr_next_[sub.id];
-        rotation.sub = subs[i];
+        rotation.sub = *subs[i];
         start = rotation.next++;
       }
       for (size_t k = 0; k < n; ++k) run->order.push_back((start + k) % n);
@@ -361,22 +398,25 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
   if (!options.sync) {
     all_enqueued = [state, clock = clock_] { state->AnswerQueued(clock->Now()); };
   }
-  if (groups.empty()) {
-    pool_->Submit(std::move(batch), std::move(all_enqueued));
+  fanout.bodies = std::move(bodies.bodies());
+  fanout.receiver = state;
+  if (batch.empty() && groups.empty()) {
+    pool_->Submit(std::move(fanout), std::move(all_enqueued));
     return handle;
   }
-  // Groups submit their own first attempts; the async answer must wait for those too, so the
-  // batch's completion is counted together with theirs.
+  // PARALLEL members go in a batch of their own, and groups submit their own first attempts; the
+  // async answer must wait for all of those, so their completions are counted together.
   struct Join {
     std::atomic<size_t> left;
     absl::AnyInvocable<void()> then;
   };
   auto join = std::make_shared<Join>();
-  join->left = groups.size() + 1;
+  join->left = groups.size() + 2;
   join->then = std::move(all_enqueued);
   auto arrive = [join] {
     if (join->left.fetch_sub(1, std::memory_order_acq_rel) == 1 && join->then) join->then();
   };
+  pool_->Submit(std::move(fanout), arrive);
   pool_->Submit(std::move(batch), arrive);
   for (auto& run : groups) NextGroupAttempt(std::move(run), arrive);
   return handle;

@@ -739,6 +739,10 @@ void Metrics::OnComplete(const std::string& target_key, const net::Outcome& outc
   }
 }
 
+void Metrics::OnWritten(const std::string& target_key, size_t count) {
+  impl_->targets.Get(target_key)->delivered.Add(count);
+}
+
 void Metrics::OnStateChange(const std::string& target_key, net::ConnState from, net::ConnState to,
                             absl::string_view detail) {
   TargetChildren* t = impl_->targets.Get(target_key);

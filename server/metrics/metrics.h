@@ -72,6 +72,7 @@ class Metrics final : public net::PoolObserver, public delivery::DeliveryObserve
   // net::PoolObserver.
   void OnComplete(const std::string& target_key, const net::Outcome& outcome, bool expired,
                   absl::Duration latency) override;
+  void OnWritten(const std::string& target_key, size_t count) override;
   void OnStateChange(const std::string& target_key, net::ConnState from, net::ConnState to,
                      absl::string_view detail) override;
   void OnDestinationDenied(const std::string& target_key, net::DenialStage stage,

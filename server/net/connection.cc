@@ -114,44 +114,16 @@ LoopContext::LoopContext(EventLoop* loop, const PoolOptions* options, Resolver* 
 
 LoopContext::~LoopContext() = default;
 
-void LoopContext::EnqueueBatch(std::vector<Item>& items, absl::Time posted_at) {
-  absl::Time start = clock->Now();
+absl::Time LoopContext::BeginBatch(size_t n) {
   // Coalescing this batch's messages with those planned already would start the flush too late
   // for some of those: flush them first.
-  if (plan.ShouldFlushBefore(start, items.size())) {
-    FlushPending();
-    start = clock->Now();
-  }
-  for (Item& item : items) {
-    auto it = connections.find(item.key);
-    Connection* conn = it != connections.end() ? it->second.get() : nullptr;
-    // --- Admission (issue 11, part 6; net/admission.h) ---
-    // `now` includes how long this batch waited behind the loop's other work (Post to run); the
-    // plan adds the flushes of the connections ahead of this one.
-    const absl::Time now = clock->Now();
-    const bool connect = conn == nullptr || conn->needs_connect();
-    const bool on_list = conn != nullptr && conn->in_batch;
-    const absl::Duration offset = on_list ? conn->flush_offset : plan.Offset(connect);
-    // Only notifications: a sync request's answer tells its caller what happened anyway.
-    if (!item.request.expect_reply && now + offset > item.request.deadline) {
-      Refuse(item, conn, OverloadedOutcome(item, now, offset, now - posted_at));
-      continue;
-    }
-    // --- end of admission ---
-    if (conn == nullptr) conn = CreateConnection(item);
-    if (conn == nullptr) continue;
-    const bool notification = !item.request.expect_reply;
-    const absl::Time deadline = item.request.deadline;
-    conn->Enqueue(std::move(item.request));
-    if (!conn->in_batch) {
-      conn->in_batch = true;
-      conn->flush_offset = plan.Add(connect);
-      flush_list.emplace_back(item.key, conn->uid());
-    }
-    if (notification) plan.Promise(deadline, conn->flush_offset);
-  }
+  if (plan.ShouldFlushBefore(clock->Now(), n)) FlushPending();
+  return clock->Now();
+}
+
+void LoopContext::EndBatch(absl::Time start, size_t n) {
   const absl::Time end = clock->Now();
-  if (!items.empty()) plan.LearnEnqueue((end - start) / static_cast<int64_t>(items.size()));
+  if (n > 0) plan.LearnEnqueue((end - start) / static_cast<int64_t>(n));
   if (!flush_list.empty()) {
     busy_until_ns.store(absl::ToUnixNanos(end + plan.work()), std::memory_order_relaxed);
   }
@@ -159,6 +131,109 @@ void LoopContext::EnqueueBatch(std::vector<Item>& items, absl::Time posted_at) {
     flush_scheduled = true;
     loop->RunAtEndOfIteration([this] { FlushPending(); });
   }
+}
+
+void LoopContext::EnqueueBatch(std::vector<Item>& items, absl::Time posted_at) {
+  const absl::Time start = BeginBatch(items.size());
+  // One reading of the real clock for the batch (admission's clock may be a test's).
+  const absl::Time enqueued_at = absl::Now();
+  for (Item& item : items) {
+    Request& request = item.request;
+    Message m;
+    m.expect_reply = request.expect_reply;
+    m.fail_fast = request.fail_fast;
+    m.owned_body = std::move(request.body);
+    m.body = m.owned_body.get();
+    m.deadline = request.deadline;
+    m.connect_deadline = std::min(request.connect_deadline, request.deadline);
+    m.done = std::move(request.done);
+    m.enqueued_at = enqueued_at;
+    EnqueueOne(request.target, item.key, std::move(m), request.cancel.get(), posted_at);
+  }
+  EndBatch(start, items.size());
+}
+
+void LoopContext::EnqueueFanout(std::unique_ptr<FanoutShare> owned, absl::Time posted_at) {
+  FanoutShare* share = owned.release();
+  const Fanout& fanout = *share->fanout;
+  // Held until the loop below is done, so a refusal inside it cannot delete the share.
+  share->left = share->entries.size() + 1;
+  const absl::Time start = BeginBatch(share->entries.size());
+  const absl::Time enqueued_at = absl::Now();
+  for (uint32_t index : share->entries) {
+    const Fanout::Target& t = fanout.targets[index];
+    key.clear();
+    t.target->AppendKey(&key);
+    Message m;
+    m.expect_reply = fanout.expect_reply;
+    m.body = fanout.bodies[t.body].get();
+    m.deadline = fanout.deadline;
+    m.connect_deadline = fanout.deadline;
+    m.share = share;
+    m.slot = t.slot;
+    m.enqueued_at = enqueued_at;
+    EnqueueOne(*t.target, key, std::move(m), fanout.cancel.get(), posted_at);
+  }
+  EndBatch(start, share->entries.size());
+  ReleaseShare(share);
+}
+
+void LoopContext::EnqueueOne(const uri::TcpTarget& target, const std::string& key, Message message,
+                             const CancelToken* cancel, absl::Time posted_at) {
+  auto it = connections.find(key);
+  Connection* conn = it != connections.end() ? it->second.get() : nullptr;
+  // --- Admission (issue 11, part 6; net/admission.h) ---
+  // `now` includes how long this batch waited behind the loop's other work (Post to run); the
+  // plan adds the flushes of the connections ahead of this one.
+  const absl::Time now = clock->Now();
+  const bool connect = conn == nullptr || conn->needs_connect();
+  const bool on_list = conn != nullptr && conn->in_batch;
+  const absl::Duration offset = on_list ? conn->flush_offset : plan.Offset(connect);
+  const bool notification = !message.expect_reply;
+  // Only notifications: a sync request's answer tells its caller what happened anyway.
+  if (notification && now + offset > message.deadline) {
+    Refuse(key, message, conn, OverloadedOutcome(message.deadline, now, offset, now - posted_at));
+    return;
+  }
+  // --- end of admission ---
+  if (conn == nullptr) conn = CreateConnection(target, key, message);
+  if (conn == nullptr) return;
+  const absl::Time deadline = message.deadline;
+  conn->Enqueue(std::move(message), cancel);
+  if (!conn->in_batch) {
+    conn->in_batch = true;
+    conn->flush_offset = plan.Add(connect);
+    flush_list.emplace_back(key, conn->uid());
+  }
+  if (notification) plan.Promise(deadline, conn->flush_offset);
+}
+
+void LoopContext::Finish(Message& message, Outcome outcome) {
+  if (message.share != nullptr) {
+    FanoutShare* share = std::exchange(message.share, nullptr);
+    FanoutReceiver& receiver = *share->fanout->receiver;
+    if (outcome.code == DeliveryCode::kOk && !message.expect_reply) {
+      receiver.OnWritten();
+    } else {
+      receiver.OnOutcome(message.slot, std::move(outcome));
+    }
+    ReleaseShare(share);
+    return;
+  }
+  OutcomeCallback done = std::move(message.done);
+  message.done = nullptr;
+  if (done) done(std::move(outcome));
+  // After the callback, so that Drain() returning means every callback has run.
+  pending->fetch_sub(1, std::memory_order_acq_rel);
+}
+
+void LoopContext::ReleaseShare(FanoutShare* share) {
+  if (--share->left > 0) return;
+  // The share's messages leave `pending` together, once each has had its outcome and the share
+  // (with its hold on the fan-out and its receiver) is gone.
+  const auto messages = static_cast<int64_t>(share->entries.size());
+  delete share;
+  pending->fetch_sub(messages, std::memory_order_acq_rel);
 }
 
 void LoopContext::FlushPending() {
@@ -181,12 +256,11 @@ void LoopContext::FlushPending() {
   busy_until_ns.store(0, std::memory_order_relaxed);
 }
 
-Outcome LoopContext::OverloadedOutcome(const Item& item, absl::Time now, absl::Duration offset,
+Outcome LoopContext::OverloadedOutcome(absl::Time deadline, absl::Time now, absl::Duration offset,
                                        absl::Duration waited) const {
   Outcome outcome;
   outcome.code = DeliveryCode::kOverloaded;
   waited = std::max(waited, absl::ZeroDuration());
-  const absl::Time deadline = item.request.deadline;
   // Short: an overloaded server may list thousands of these in one answer.
   if (now >= deadline) {
     outcome.detail = absl::StrCat("not queued: its deadline passed while it waited ",
@@ -199,19 +273,20 @@ Outcome LoopContext::OverloadedOutcome(const Item& item, absl::Time now, absl::D
   return outcome;
 }
 
-void LoopContext::Refuse(Item& item, Connection* conn, Outcome outcome) {
+void LoopContext::Refuse(const std::string& key, Message& message, Connection* conn,
+                         Outcome outcome) {
   if (conn != nullptr) {
-    conn->Refuse(std::move(item.request), std::move(outcome));
+    conn->Refuse(std::move(message), std::move(outcome));
     return;
   }
   if (options->observer != nullptr) {
-    options->observer->OnComplete(item.key, outcome, /*expired=*/false, absl::ZeroDuration());
+    options->observer->OnComplete(key, outcome, /*expired=*/false, absl::ZeroDuration());
   }
-  if (item.request.done) item.request.done(std::move(outcome));
-  pending->fetch_sub(1, std::memory_order_acq_rel);
+  Finish(message, std::move(outcome));
 }
 
-Connection* LoopContext::CreateConnection(Item& item) {
+Connection* LoopContext::CreateConnection(const uri::TcpTarget& target, const std::string& key,
+                                          Message& message) {
   const size_t limit = options->max_target_connections;
   // Claim a slot first: the count is shared by every loop.
   bool room = connection_count->fetch_add(1, std::memory_order_acq_rel) < limit;
@@ -226,18 +301,16 @@ Connection* LoopContext::CreateConnection(Item& item) {
   if (!room) {
     // The other loops may hold idle connections: have them reaped for the next delivery.
     if (reap_elsewhere) reap_elsewhere();
-    EB_LOG(kWarning, "too many target connections", "target=", item.key, " limit=", limit);
+    EB_LOG(kWarning, "too many target connections", "target=", key, " limit=", limit);
     Outcome outcome;
     outcome.code = DeliveryCode::kConnectFailed;
     outcome.detail =
-        absl::StrCat("connect to ", item.key, ": too many target connections (limit ", limit, ")");
-    if (item.request.done) item.request.done(std::move(outcome));
-    pending->fetch_sub(1, std::memory_order_acq_rel);
+        absl::StrCat("connect to ", key, ": too many target connections (limit ", limit, ")");
+    Finish(message, std::move(outcome));
     return nullptr;
   }
-  std::string key = item.key;
-  auto conn = std::make_unique<Connection>(this, item.request.target, key, next_uid++);
-  return connections.emplace(std::move(key), std::move(conn)).first->second.get();
+  auto conn = std::make_unique<Connection>(this, target, key, next_uid++);
+  return connections.emplace(key, std::move(conn)).first->second.get();
 }
 
 size_t LoopContext::ReapIdle() {
@@ -372,11 +445,7 @@ void Connection::Complete(Message& message, Outcome outcome) {
   // Callers take the message off the queue or the outstanding map first, so the published counts
   // already exclude it when its owner hears of the outcome.
   PublishCounts();
-  OutcomeCallback done = std::move(message.done);
-  message.done = nullptr;
-  if (done) done(std::move(outcome));
-  // After the callback, so that Drain() returning means every callback has run.
-  ctx_->pending->fetch_sub(1, std::memory_order_acq_rel);
+  ctx_->Finish(message, std::move(outcome));
 }
 
 void Connection::Complete(Message& message, DeliveryCode code, std::string detail) {
@@ -386,18 +455,10 @@ void Connection::Complete(Message& message, DeliveryCode code, std::string detai
   Complete(message, std::move(outcome));
 }
 
-void Connection::Enqueue(Request request) {
+void Connection::Enqueue(Message m, const CancelToken* cancel) {
   const PoolOptions& options = *ctx_->options;
-  Message m;
-  m.expect_reply = request.expect_reply;
-  m.fail_fast = request.fail_fast;
-  m.body = std::move(request.body);
-  m.deadline = request.deadline;
-  m.connect_deadline = std::min(request.connect_deadline, request.deadline);
-  m.done = std::move(request.done);
-  m.enqueued_at = absl::Now();
   // Checked here as well as by Cancel(): a request may reach its loop after the cancellation.
-  if (request.cancel != nullptr && request.cancel->cancelled()) {
+  if (cancel != nullptr && cancel->cancelled()) {
     Complete(m, Abandoned());
     return;
   }
@@ -433,8 +494,8 @@ void Connection::Enqueue(Request request) {
     deadlines_.push_back(DeadlineEntry{m.connect_deadline, m.seq, m.id, /*connect_only=*/true});
     std::push_heap(deadlines_.begin(), deadlines_.end(), Later());
   }
-  if (request.cancel != nullptr) {
-    m.cancel_id = request.cancel->id();
+  if (cancel != nullptr) {
+    m.cancel_id = cancel->id();
     IndexCancellable(m);
   }
   queued_bytes_ += m.size;
@@ -444,11 +505,9 @@ void Connection::Enqueue(Request request) {
   PublishCounts();
 }
 
-void Connection::Refuse(Request request, Outcome outcome) {
-  Message m;
-  m.done = std::move(request.done);
-  m.enqueued_at = absl::Now();
-  Complete(m, std::move(outcome));
+void Connection::Refuse(Message message, Outcome outcome) {
+  message.enqueued_at = absl::Now();
+  Complete(message, std::move(outcome));
 }
 
 Connection::FlushWork Connection::Flush() {
@@ -955,13 +1014,15 @@ void Connection::WriteBlocked(IoStatus status) {
 }
 
 void Connection::Consume(size_t bytes) {
+  // Notifications written by this write: the observer hears of them together, at the end.
+  size_t written = 0;
   while (bytes > 0) {
     PopDeadFront();
     Message& head = queue_.front();
     size_t left = head.size - write_offset_;
     if (bytes < left) {
       write_offset_ += bytes;
-      return;
+      break;
     }
     bytes -= left;
     write_offset_ = 0;
@@ -978,10 +1039,18 @@ void Connection::Consume(size_t bytes) {
       uint32_t id = m.id;
       outstanding_.emplace(id, std::move(m));
     } else {
-      Complete(m, Outcome{});
+      // Complete(m, kOk), but for the observer.
+      if (m.cancel_id != 0) UnindexCancellable(m);
+      counters_->delivered.fetch_add(1, std::memory_order_relaxed);
+      PublishCounts();
+      ctx_->Finish(m, Outcome{});
+      ++written;
     }
   }
   PopDeadFront();
+  if (written > 0 && ctx_->options->observer != nullptr) {
+    ctx_->options->observer->OnWritten(key_, written);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1170,7 +1239,8 @@ void Connection::KillQueued(Message& message, Outcome outcome, bool expired) {
   --live_queued_;
   queued_bytes_ -= message.size;
   if (message.id != 0) ids_in_use_.erase(message.id);
-  message.body.reset();
+  message.owned_body.reset();
+  message.body = nullptr;
   Complete(message, std::move(outcome));
 }
 

@@ -71,6 +71,42 @@ class StatsRegistry {
 
 class Connection;
 
+// One loop's part of a Fanout (net/writer_pool.h): the targets that hash to this loop. Made by
+// Submit, then loop thread only; alive until each of its messages has its outcome.
+struct FanoutShare {
+  explicit FanoutShare(std::shared_ptr<const Fanout> f) : fanout(std::move(f)) {}
+  std::shared_ptr<const Fanout> fanout;
+  // Indexes into fanout->targets.
+  std::vector<uint32_t> entries;
+  // Messages without their outcome yet, plus one while the share is being enqueued.
+  size_t left = 0;
+};
+
+// One message on its way to one target: queued, then (sync) awaiting its reply. Its outcome goes
+// to `done` (Submit of Requests) or to its fan-out's receiver (`share`, `slot`).
+struct Message {
+  uint64_t seq = 0;
+  uint32_t id = 0;  // 0: notification
+  bool expect_reply = false;
+  bool fail_fast = false;  // Request::fail_fast: fails with the first failed connect attempt
+  bool dead = false;       // completed while queued (deadline); skipped by the writer
+  bool expired = false;    // reached its deadline before being completely written
+  bool cancelled = false;  // cancelled while half-written: completed once written
+  uint64_t cancel_id = 0;  // Request::cancel's id; 0 = not cancellable
+  uint8_t prefix_len = 0;
+  char prefix[24];
+  // The body: a Request's (owned here) or a fan-out's (kept alive by `share`). Null: empty.
+  std::shared_ptr<const std::string> owned_body;
+  const std::string* body = nullptr;
+  size_t size = 0;  // prefix + body
+  absl::Time enqueued_at;
+  absl::Time deadline;
+  absl::Time connect_deadline = absl::InfiniteFuture();
+  OutcomeCallback done;
+  FanoutShare* share = nullptr;
+  uint32_t slot = 0;
+};
+
 // What the connections of one loop share: options, the resolver, the pool's TLS client context,
 // the reply parser (one per loop thread, so simdjson's buffers are allocated once) and the
 // connection map, and the plan of its next flush that admission predicts from (net/admission.h).
@@ -91,6 +127,11 @@ struct LoopContext {
     Request request;
   };
   void EnqueueBatch(std::vector<Item>& items, absl::Time posted_at);
+  // The same for this loop's share of a Fanout.
+  void EnqueueFanout(std::unique_ptr<FanoutShare> share, absl::Time posted_at);
+  // Gives `message` its outcome: to its `done` or its fan-out's receiver. Every message gets
+  // exactly one, through here (pending counts it until then).
+  void Finish(Message& message, Outcome outcome);
   // Flushes every connection on the flush list, once. Runs at the end of the loop iteration, so
   // all the batches (Raises) drained in one iteration share one sendmsg per connection (after
   // redis' handleClientsWithPendingWrites): under load that is many messages per syscall.
@@ -147,6 +188,7 @@ struct LoopContext {
   std::vector<char> read_buffer;
   std::string frame;   // scratch for ReplyFramer::Next
   std::string prefix;  // scratch for jsonrpc::AppendMessagePrefix
+  std::string key;     // scratch for TcpTarget::AppendKey
   absl::flat_hash_map<std::string, std::unique_ptr<Connection>> connections;
   uint64_t next_uid = 1;
   // Bytes of unfinished replies held by this loop's connections.
@@ -154,15 +196,25 @@ struct LoopContext {
   bool shed_scheduled = false;
 
  private:
-  // Creates the connection for `item`, or completes its request with kConnectFailed when the
+  // The clock time a batch of `n` messages starts being enqueued (after flushing what is planned,
+  // when the batch would push it past its deadlines), and the bookkeeping once it is.
+  absl::Time BeginBatch(size_t n);
+  void EndBatch(absl::Time start, size_t n);
+  // Admission, then the connection to `key`, made when needed, and the flush plan: one message.
+  void EnqueueOne(const uri::TcpTarget& target, const std::string& key, Message message,
+                  const CancelToken* cancel, absl::Time posted_at);
+  // Creates the connection to `key`, or completes `message` with kConnectFailed when the
   // connection cap is reached and no idle connection could be reaped. Null then.
-  Connection* CreateConnection(Item& item);
-  // The kOverloaded outcome of `item`, which would be written `offset` after a flush starting at
-  // `now`, its batch having waited `waited` for the loop.
-  Outcome OverloadedOutcome(const Item& item, absl::Time now, absl::Duration offset,
+  Connection* CreateConnection(const uri::TcpTarget& target, const std::string& key,
+                               Message& message);
+  // The kOverloaded outcome of a message due at `deadline`, which would be written `offset`
+  // after a flush starting at `now`, its batch having waited `waited` for the loop.
+  Outcome OverloadedOutcome(absl::Time deadline, absl::Time now, absl::Duration offset,
                             absl::Duration waited) const;
-  // Completes `item` with `outcome` without queueing it (counted on `conn` when there is one).
-  void Refuse(Item& item, Connection* conn, Outcome outcome);
+  // Completes `message` with `outcome` without queueing it (counted on `conn` when there is one).
+  void Refuse(const std::string& key, Message& message, Connection* conn, Outcome outcome);
+  // One message of `share` has its outcome (or its enqueueing is over): the last deletes it.
+  void ReleaseShare(FanoutShare* share);
   void Forget(absl::flat_hash_map<std::string, std::unique_ptr<Connection>>::iterator it);
   void ShedReplyBuffers();
 };
@@ -175,11 +227,12 @@ class Connection final : public IoHandler {
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  // Queues `request` without writing. Completes it at once with kQueueFull when the queue is
-  // full, or with the last connect/resolve error when backing off past its deadline.
-  void Enqueue(Request request);
-  // Completes `request` with `outcome` at once, without queueing it (admission's refusal).
-  void Refuse(Request request, Outcome outcome);
+  // Queues `message` (tagged with `cancel`, may be null; its enqueued_at set) without writing.
+  // Completes it at once with kQueueFull when the queue is full, or with the last connect/resolve
+  // error when backing off past its deadline.
+  void Enqueue(Message message, const CancelToken* cancel);
+  // Completes `message` with `outcome` at once, without queueing it (admission's refusal).
+  void Refuse(Message message, Outcome outcome);
   // What a Flush() did, for the loop's cost estimates.
   enum class FlushWork { kNothing, kConnect, kWrite };
   // Writes what is queued, connecting first when needed.
@@ -209,24 +262,6 @@ class Connection final : public IoHandler {
   absl::Duration flush_offset;
 
  private:
-  struct Message {
-    uint64_t seq = 0;
-    uint32_t id = 0;  // 0: notification
-    bool expect_reply = false;
-    bool fail_fast = false;  // Request::fail_fast: fails with the first failed connect attempt
-    bool dead = false;       // completed while queued (deadline); skipped by the writer
-    bool expired = false;    // reached its deadline before being completely written
-    bool cancelled = false;  // cancelled while half-written: completed once written
-    uint64_t cancel_id = 0;  // Request::cancel's id; 0 = not cancellable
-    uint8_t prefix_len = 0;
-    char prefix[24];
-    std::shared_ptr<const std::string> body;
-    size_t size = 0;  // prefix + body
-    absl::Time enqueued_at;
-    absl::Time deadline;
-    absl::Time connect_deadline = absl::InfiniteFuture();
-    OutcomeCallback done;
-  };
   struct DeadlineEntry {
     absl::Time when;
     uint64_t seq;

@@ -55,6 +55,10 @@ class TargetFailureLog final : public PoolObserver {
 
   void OnComplete(const std::string& target_key, const Outcome& outcome, bool expired,
                   absl::Duration latency) override;
+  // One success is as good as `count`: a failing target has recovered.
+  void OnWritten(const std::string& target_key, size_t count) override {
+    OnComplete(target_key, Outcome{}, false, absl::ZeroDuration());
+  }
   void OnStateChange(const std::string& target_key, ConnState from, ConnState to,
                      absl::string_view detail) override;
 

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <functional>
 #include <mutex>
 #include <shared_mutex>
@@ -10,6 +11,8 @@
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
+#include "absl/hash/hash.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -57,11 +60,21 @@ void RefuseNow(Request& request, absl::Duration busy_for, PoolObserver* observer
   if (request.done) request.done(std::move(outcome));
 }
 
-void FailNow(Request& request) {
+Outcome ShuttingDown() {
   Outcome outcome;
   outcome.code = DeliveryCode::kConnectionLost;
   outcome.detail = std::string(kShuttingDown);
-  if (request.done) request.done(std::move(outcome));
+  return outcome;
+}
+
+void FailNow(Request& request) {
+  if (request.done) request.done(ShuttingDown());
+}
+
+// The loop that owns the connection to `target`: by scheme, host and port, as TcpTarget::Key()
+// names it, without building the key.
+size_t LoopOf(const uri::TcpTarget& target, size_t loops) {
+  return absl::HashOf(target.tls, target.host, target.port) % loops;
 }
 
 }  // namespace
@@ -114,6 +127,31 @@ struct WriterPool::Impl {
   // std::shared_mutex: see the note on post_mu in event_loop.cc (TSan visibility).
   std::shared_mutex mu;
   bool shut_down = false;  // guarded by mu
+
+  // Under the shared lock: posts make_work(i) to each loop i in `touched`, counts `messages` as
+  // pending, and has `all_enqueued` (taken) run once every posted work has run. False after
+  // Shutdown: nothing made, posted or taken.
+  bool PostToLoops(const std::vector<bool>& touched, int64_t messages,
+                   absl::FunctionRef<absl::AnyInvocable<void(LoopContext*)>(size_t)> make_work,
+                   absl::AnyInvocable<void()>& all_enqueued) {
+    std::shared_lock<std::shared_mutex> lock(mu);
+    if (shut_down) return false;
+    const int count = static_cast<int>(std::count(touched.begin(), touched.end(), true));
+    pending.fetch_add(messages, std::memory_order_acq_rel);
+    auto batch = std::make_shared<Batch>(count, std::move(all_enqueued));
+    // One Post per loop touched: waking a loop costs more than enqueueing a whole batch.
+    for (size_t i = 0; i < touched.size(); ++i) {
+      if (!touched[i]) continue;
+      LoopContext* ctx = contexts[i].get();
+      loops[i]->Post([ctx, w = make_work(i), batch]() mutable {
+        w(ctx);
+        if (batch->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1 && batch->all_enqueued) {
+          batch->all_enqueued();
+        }
+      });
+    }
+    return true;
+  }
 
   // Asks every loop but `except` to close its idle connections: at most one such request pending
   // per loop.
@@ -194,13 +232,13 @@ void WriterPool::Submit(std::vector<Request> requests, absl::AnyInvocable<void()
   std::vector<std::vector<LoopContext::Item>> groups(n);
   size_t posted = 0;
   for (Request& r : requests) {
-    std::string key = r.target.Key();
-    const size_t loop = std::hash<std::string>()(key) % n;
+    const size_t loop = LoopOf(r.target, n);
     const int64_t busy_ns = s.contexts[loop]->busy_until_ns.load(std::memory_order_relaxed);
     if (!r.expect_reply && busy_ns != 0 && absl::FromUnixNanos(busy_ns) > r.deadline) {
       RefuseNow(r, absl::FromUnixNanos(busy_ns) - posted_at, s.options.observer, posted_at);
       continue;
     }
+    std::string key = r.target.Key();
     groups[loop].push_back(LoopContext::Item{std::move(key), std::move(r)});
     ++posted;
   }
@@ -208,33 +246,74 @@ void WriterPool::Submit(std::vector<Request> requests, absl::AnyInvocable<void()
     if (all_enqueued) all_enqueued();
     return;
   }
-  // Shared: concurrent Submits do not serialise on it.
-  s.mu.lock_shared();
-  if (s.shut_down) {
-    // Outside the lock: a callback may Submit again.
-    s.mu.unlock_shared();
+  std::vector<bool> touched(n);
+  for (size_t i = 0; i < n; ++i) touched[i] = !groups[i].empty();
+  auto make_work = [&](size_t i) -> absl::AnyInvocable<void(LoopContext*)> {
+    return [items = std::move(groups[i]), posted_at](LoopContext* ctx) mutable {
+      ctx->EnqueueBatch(items, posted_at);
+    };
+  };
+  if (!s.PostToLoops(touched, static_cast<int64_t>(posted), make_work, all_enqueued)) {
+    // Shut down: nothing was posted. Outside the lock: a callback may Submit again.
     for (auto& group : groups) {
       for (LoopContext::Item& item : group) FailNow(item.request);
     }
     if (all_enqueued) all_enqueued();
+  }
+}
+
+void WriterPool::Submit(Fanout fanout, absl::AnyInvocable<void()> all_enqueued) {
+  Impl& s = *impl_;
+  const size_t n = s.loops.size();
+  const absl::Time posted_at =
+      (s.options.clock != nullptr ? s.options.clock : base::RealClock::Get())->Now();
+  auto shared = std::make_shared<const Fanout>(std::move(fanout));
+  FanoutReceiver& receiver = *shared->receiver;
+  std::vector<std::unique_ptr<FanoutShare>> shares(n);
+  std::vector<uint32_t> refused;  // indexes into targets, ascending
+  size_t posted = 0;
+  // As in Submit above: notifications due before their loop is done with its flush are refused
+  // here, on this thread.
+  for (uint32_t i = 0; i < shared->targets.size(); ++i) {
+    const Fanout::Target& t = shared->targets[i];
+    const size_t loop = LoopOf(*t.target, n);
+    const int64_t busy_ns = s.contexts[loop]->busy_until_ns.load(std::memory_order_relaxed);
+    if (!shared->expect_reply && busy_ns != 0 && absl::FromUnixNanos(busy_ns) > shared->deadline) {
+      Request r;
+      r.target = *t.target;
+      r.deadline = shared->deadline;
+      r.done = [&receiver, slot = t.slot](Outcome o) { receiver.OnOutcome(slot, std::move(o)); };
+      RefuseNow(r, absl::FromUnixNanos(busy_ns) - posted_at, s.options.observer, posted_at);
+      refused.push_back(i);
+      continue;
+    }
+    if (shares[loop] == nullptr) shares[loop] = std::make_unique<FanoutShare>(shared);
+    shares[loop]->entries.push_back(i);
+    ++posted;
+  }
+  if (posted == 0) {
+    if (all_enqueued) all_enqueued();
     return;
   }
-  int touched = 0;
-  for (const auto& g : groups) touched += g.empty() ? 0 : 1;
-  s.pending.fetch_add(static_cast<int64_t>(posted), std::memory_order_acq_rel);
-  auto batch = std::make_shared<Impl::Batch>(touched, std::move(all_enqueued));
-  // One Post per loop touched: waking a loop costs more than enqueueing a whole batch.
-  for (size_t i = 0; i < n; ++i) {
-    if (groups[i].empty()) continue;
-    LoopContext* ctx = s.contexts[i].get();
-    s.loops[i]->Post([ctx, items = std::move(groups[i]), batch, posted_at]() mutable {
-      ctx->EnqueueBatch(items, posted_at);
-      if (batch->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1 && batch->all_enqueued) {
-        batch->all_enqueued();
+  std::vector<bool> touched(n);
+  for (size_t i = 0; i < n; ++i) touched[i] = shares[i] != nullptr;
+  auto make_work = [&](size_t i) -> absl::AnyInvocable<void(LoopContext*)> {
+    return [share = std::move(shares[i]), posted_at](LoopContext* ctx) mutable {
+      ctx->EnqueueFanout(std::move(share), posted_at);
+    };
+  };
+  if (!s.PostToLoops(touched, static_cast<int64_t>(posted), make_work, all_enqueued)) {
+    // Shut down: the targets not refused above fail (nothing was posted).
+    size_t next_refused = 0;
+    for (uint32_t i = 0; i < shared->targets.size(); ++i) {
+      if (next_refused < refused.size() && refused[next_refused] == i) {
+        ++next_refused;
+        continue;
       }
-    });
+      receiver.OnOutcome(shared->targets[i].slot, ShuttingDown());
+    }
+    if (all_enqueued) all_enqueued();
   }
-  s.mu.unlock_shared();
 }
 
 void WriterPool::Cancel(const std::shared_ptr<CancelToken>& token,
@@ -245,18 +324,15 @@ void WriterPool::Cancel(const std::shared_ptr<CancelToken>& token,
   Impl& s = *impl_;
   std::shared_lock<std::shared_mutex> lock(s.mu);
   if (s.shut_down) return;
-  const size_t n = s.loops.size();
-  std::vector<std::vector<std::string>> groups(n);
+  // Every loop: the keys name connections, whichever loop owns them (Cancel is rare).
+  std::vector<std::string> unique;
   absl::flat_hash_set<absl::string_view> seen;
   for (const std::string& key : keys) {
-    if (!seen.insert(key).second) continue;
-    groups[std::hash<std::string>()(key) % n].push_back(key);
+    if (seen.insert(key).second) unique.push_back(key);
   }
-  for (size_t i = 0; i < n; ++i) {
-    if (groups[i].empty()) continue;
+  for (size_t i = 0; i < s.loops.size(); ++i) {
     LoopContext* ctx = s.contexts[i].get();
-    s.loops[i]->Post(
-        [ctx, id = token->id(), keys = std::move(groups[i])] { ctx->Cancel(id, keys); });
+    s.loops[i]->Post([ctx, id = token->id(), unique] { ctx->Cancel(id, unique); });
   }
 }
 

@@ -2,7 +2,8 @@
 // life the connections to the targets that hash to it. One persistent TCP connection per target
 // host:port (one more, running TLS, for tls: targets), shared by every subscription to it;
 // requests are pipelined on it. Submit() is the one
-// way in: it groups a batch by owning loop and posts one closure per loop; Cancel() is the way
+// way in: it groups a batch by owning loop and posts one closure per loop; a Fanout (one event to
+// many targets) costs one allocation per loop rather than any per target. Cancel() is the way
 // back out for requests their submitter abandoned.
 #ifndef EVENTBUS_SERVER_NET_WRITER_POOL_H_
 #define EVENTBUS_SERVER_NET_WRITER_POOL_H_
@@ -142,6 +143,43 @@ struct Request {
   OutcomeCallback done;
 };
 
+// Receives the outcomes of one Fanout's deliveries (below), by slot: one receiver for the whole
+// fan-out instead of a closure per target. Called on the loop threads that own the targets (and
+// on the submitting thread for a delivery refused before it is posted; after Shutdown(), as for
+// Request::done): thread-safe, cheap, never blocking, never calling back into the pool inline
+// except through Submit.
+class FanoutReceiver {
+ public:
+  virtual ~FanoutReceiver() = default;
+  // The delivery of `slot` ended with `outcome`: every outcome except a notification completely
+  // written (expect_reply false, kOk), which OnWritten counts instead.
+  virtual void OnOutcome(uint32_t slot, Outcome outcome) = 0;
+  // One notification of the fan-out was completely written.
+  virtual void OnWritten() = 0;
+};
+
+// One event's deliveries to many targets, submitted as one: what they share (bodies, mode,
+// deadline, cancel token, receiver) is held once, and each target is an entry of a few words.
+// The pool keeps the Fanout (and with it the receiver) alive until every delivery has its outcome.
+struct Fanout {
+  struct Target {
+    // Not owned: whoever owns the receiver keeps it alive (a subscription of the Raise's snapshot).
+    const uri::TcpTarget* target = nullptr;
+    // Names the delivery to the receiver.
+    uint32_t slot = 0;
+    // Index into `bodies`.
+    uint32_t body = 0;
+  };
+  // Shared by the targets that use them (jsonrpc::EncodeBody's output, one per distinct method).
+  std::vector<std::shared_ptr<const std::string>> bodies;
+  std::vector<Target> targets;
+  // As in Request, for every target.
+  bool expect_reply = false;
+  absl::Time deadline;
+  std::shared_ptr<CancelToken> cancel;
+  std::shared_ptr<FanoutReceiver> receiver;
+};
+
 // A snapshot of one target's connection, readable from any thread.
 struct TargetStats {
   std::string key;
@@ -172,9 +210,12 @@ class WriterPool {
   // `all_enqueued` runs once, on one of the loop threads (inline when no request was posted).
   // Never blocks on the network.
   void Submit(std::vector<Request> requests, absl::AnyInvocable<void()> all_enqueued = nullptr);
+  // The same for a Fanout: each target's outcome goes to fanout.receiver, by slot. `all_enqueued`
+  // runs once every target's delivery is enqueued or refused (kQueueFull, kOverloaded...).
+  void Submit(Fanout fanout, absl::AnyInvocable<void()> all_enqueued = nullptr);
 
   // Abandons every request tagged with `token` on the connections to `keys` ("host:port" or
-  // "tls:host:port", as TcpTarget::Key()): one Post per loop touched. Requests submitted with
+  // "tls:host:port", as TcpTarget::Key()): one Post per loop. Requests submitted with
   // `token` later fail at once. Their `done` runs (kTimeout, "abandoned ...") on the owning loops.
   // Never blocks.
   void Cancel(const std::shared_ptr<CancelToken>& token, const std::vector<std::string>& keys);

@@ -257,8 +257,28 @@ std::string TcpTarget::HostPort() const {
 }
 
 std::string TcpTarget::Key() const {
+  std::string key;
+  AppendKey(&key);
+  return key;
+}
+
+void TcpTarget::AppendKey(std::string* out) const {
+  // Written out by hand: the writer pool builds one key per delivered message.
   // tcp: keeps the bare "host:port" it always had (metrics and ListSubscriptions labels).
-  return tls ? absl::StrCat("tls:", HostPort()) : HostPort();
+  if (tls) out->append("tls:", 4);
+  const bool v6 = IsIpv6Literal();
+  if (v6) out->push_back('[');
+  out->append(host);
+  if (v6) out->push_back(']');
+  out->push_back(':');
+  char digits[5];
+  int n = 0;
+  uint16_t p = port;
+  do {
+    digits[n++] = static_cast<char>('0' + p % 10);
+    p /= 10;
+  } while (p != 0);
+  while (n > 0) out->push_back(digits[--n]);
 }
 
 std::string TcpTarget::ToString() const {

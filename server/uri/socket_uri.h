@@ -28,6 +28,8 @@ struct TcpTarget {
   // Names the one connection shared by every subscription to it: "host:port" (or "[v6]:port")
   // for tcp:, "tls:host:port" for tls:, so that tcp: and tls: to one port never share it.
   std::string Key() const;
+  // Key(), appended to `out` (no allocation once `out` has the room).
+  void AppendKey(std::string* out) const;
   // "host:port", or "[v6]:port", whatever the scheme.
   std::string HostPort() const;
   // The normalised socket: "tcp:" or "tls:", HostPort(), ("/" + method when set).

@@ -1034,7 +1034,7 @@ TEST_F(WriterPoolTest, ShutdownRightAfterSubmitCompletesEveryMessageExactlyOnce)
 TEST_F(WriterPoolTest, EmptyBatchRunsAllEnqueuedInline) {
   StartPool();
   bool ran = false;
-  pool_->Submit({}, [&] { ran = true; });
+  pool_->Submit(std::vector<Request>{}, [&] { ran = true; });
   EXPECT_TRUE(ran);
 }
 
@@ -1059,6 +1059,133 @@ TEST_F(WriterPoolTest, BatchOverManyTargetsRunsAllEnqueuedOnce) {
   for (auto& p : peers) ASSERT_TRUE(p->WaitForMessages(10, kWait));
   EXPECT_EQ(calls.load(), 1);
   EXPECT_EQ(pool_->AllStats().size(), 6u);
+}
+
+// Records a Fanout's outcomes by slot, whatever thread delivers them.
+class RecordingReceiver final : public FanoutReceiver {
+ public:
+  void OnOutcome(uint32_t slot, Outcome outcome) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    outcomes_.emplace_back(slot, std::move(outcome));
+    cv_.notify_all();
+  }
+  void OnWritten() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++written_;
+    cv_.notify_all();
+  }
+  // Waits until `outcomes` outcomes and `written` writes were told.
+  bool WaitFor(size_t outcomes, size_t written) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, absl::ToChronoNanoseconds(kWait),
+                        [&] { return outcomes_.size() >= outcomes && written_ >= written; });
+  }
+  std::vector<std::pair<uint32_t, Outcome>> outcomes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto sorted = outcomes_;
+    std::sort(sorted.begin(), sorted.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    return sorted;
+  }
+  size_t written() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return written_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::pair<uint32_t, Outcome>> outcomes_;  // guarded by mu_
+  size_t written_ = 0;                                  // guarded by mu_
+};
+
+TEST_F(WriterPoolTest, FanoutWritesEachTargetItsBodyAndCountsTheWrites) {
+  std::vector<std::unique_ptr<LoopbackPeer>> peers;
+  std::vector<uri::TcpTarget> targets;
+  for (int i = 0; i < 6; ++i) {
+    peers.push_back(LoopbackPeer::Start({}));
+    targets.push_back(Target(peers.back()->port()));
+  }
+  PoolOptions options;
+  options.num_loops = 3;
+  StartPool(options);
+  auto receiver = std::make_shared<RecordingReceiver>();
+  std::weak_ptr<RecordingReceiver> alive = receiver;
+  Fanout fanout;
+  fanout.bodies = {Body("A"), Body("B")};
+  fanout.deadline = absl::Now() + absl::Seconds(5);
+  fanout.receiver = receiver;
+  // Every target twice, with the two bodies: 12 deliveries over 3 loops.
+  for (uint32_t i = 0; i < 12; ++i) fanout.targets.push_back({&targets[i % 6], i, i / 6});
+  std::atomic<int> calls{0};
+  pool_->Submit(std::move(fanout), [&] { calls.fetch_add(1); });
+  receiver.reset();
+  ASSERT_TRUE(alive.lock()->WaitFor(0, 12));
+  for (auto& peer : peers) {
+    ASSERT_TRUE(peer->WaitForMessages(2, kWait));
+    // In order, byte for byte: the connection's "{" and the shared body.
+    EXPECT_EQ(peer->Messages(), (std::vector<std::string>{R"({"jsonrpc":"2.0","method":"A"})",
+                                                          R"({"jsonrpc":"2.0","method":"B"})"}));
+  }
+  EXPECT_TRUE(pool_->Drain(absl::Now() + kWait));
+  EXPECT_EQ(calls.load(), 1);
+  // Written notifications are counted, not told one by one; the pool let go of the fan-out.
+  EXPECT_TRUE(alive.expired());
+}
+
+TEST_F(WriterPoolTest, FanoutTellsEachSlotItsReplyOrFailure) {
+  auto peer = LoopbackPeer::Start({}, [](int, const std::string& m) {
+    return ResultReply(LoopbackPeer::IdOf(m), R"({"n":1})");
+  });
+  ClosedPort closed;
+  PoolOptions options;
+  options.min_backoff = absl::Seconds(10);
+  options.max_backoff = absl::Seconds(10);
+  StartPool(options);
+  const uri::TcpTarget live = Target(peer->port());
+  const uri::TcpTarget refused = Target(closed.port());
+  auto receiver = std::make_shared<RecordingReceiver>();
+  Fanout fanout;
+  fanout.bodies = {Body("E")};
+  fanout.expect_reply = true;
+  fanout.deadline = absl::Now() + absl::Seconds(5);
+  fanout.receiver = receiver;
+  fanout.targets = {{&live, 7, 0}, {&refused, 3, 0}, {&live, 5, 0}};
+  pool_->Submit(std::move(fanout));
+  ASSERT_TRUE(receiver->WaitFor(3, 0));
+  auto outcomes = receiver->outcomes();
+  ASSERT_EQ(outcomes.size(), 3u);
+  EXPECT_EQ(outcomes[0].first, 3u);
+  EXPECT_EQ(outcomes[0].second.code, DeliveryCode::kConnectFailed) << outcomes[0].second.detail;
+  EXPECT_EQ(outcomes[1].first, 5u);
+  EXPECT_EQ(outcomes[1].second.code, DeliveryCode::kOk);
+  EXPECT_EQ(outcomes[1].second.result, R"({"n":1})");
+  EXPECT_EQ(outcomes[2].first, 7u);
+  EXPECT_EQ(outcomes[2].second.result, R"({"n":1})");
+  EXPECT_EQ(receiver->written(), 0u);
+  EXPECT_TRUE(pool_->Drain(absl::Now() + kWait));
+}
+
+TEST_F(WriterPoolTest, FanoutAfterShutdownFailsEveryTargetAtOnce) {
+  auto peer = LoopbackPeer::Start({});
+  StartPool();
+  pool_->Shutdown();
+  const uri::TcpTarget target = Target(peer->port());
+  auto receiver = std::make_shared<RecordingReceiver>();
+  Fanout fanout;
+  fanout.bodies = {Body("E")};
+  fanout.deadline = absl::Now() + absl::Seconds(5);
+  fanout.receiver = receiver;
+  fanout.targets = {{&target, 0, 0}, {&target, 1, 0}};
+  bool enqueued = false;
+  pool_->Submit(std::move(fanout), [&] { enqueued = true; });
+  EXPECT_TRUE(enqueued);
+  auto outcomes = receiver->outcomes();
+  ASSERT_EQ(outcomes.size(), 2u);
+  for (const auto& [slot, o] : outcomes) {
+    EXPECT_EQ(o.code, DeliveryCode::kConnectionLost) << slot;
+    EXPECT_EQ(o.detail, "shutting down");
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
