@@ -14,7 +14,7 @@ import unittest
 import grpc
 from google.protobuf import struct_pb2
 
-from eventbus_client import EventBus, named_params
+from eventbus_client import EventBus, named_params, raise_request
 from eventbus.v1 import eventbus_pb2 as pb
 
 EVENT = "E_CONTRACT_PYTHON"
@@ -73,6 +73,84 @@ class ContractTest(unittest.TestCase):
             self.bus.raise_event(EVENT, **raise_args)
         self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn(fragment, caught.exception.details())
+
+    def receive_exactly(self, expected):
+        """Returns the bytes the subscriber gets until it has len(expected) of them."""
+        cls = type(self)
+        if cls.conn is None:
+            cls.listener.settimeout(10)
+            cls.conn, _ = cls.listener.accept()
+            cls.conn.settimeout(10)
+        while len(cls.buffer) < len(expected):
+            chunk = cls.conn.recv(65536)
+            self.assertTrue(chunk, "the subscriber connection closed after %r" % cls.buffer)
+            cls.buffer += chunk
+        message, cls.buffer = cls.buffer, b""
+        return message
+
+    def test_raise_stream_answers_each_event_in_order_and_delivers_in_order(self):
+        # Three messages; the second's middle event has a bad name. Events are built as
+        # raise_event builds them: ints as json text, so 12345678901234567890 stays exact.
+        batches = [
+            [{"event": EVENT, "params": {"seq": 0, "id": 12345678901234567890}, "sync": False},
+             raise_request(EVENT, params={"seq": 1, "obj": {"z": 1, "a": 2}}, sync=False),
+             {"event": EVENT, "json_params": "[2, 18446744073709551615]", "sync": False}],
+            [{"event": EVENT, "params": {"seq": 3, "s": "café"}, "sync": False},
+             {"event": "bad event!", "params": {"seq": -1}, "sync": False},
+             {"event": EVENT, "params": {"seq": 4, "n": None, "t": True}, "sync": False}],
+            [{"event": EVENT, "params": [("seq", 5), ("f", 1.5)], "sync": False},
+             {"event": EVENT, "params": {"seq": 6, "id": -2**63}, "sync": False}],
+        ]
+        results = list(self.bus.raise_stream(iter(batches), timeout=30))
+        self.assertEqual([(r.message, r.index, r.event, r.ok) for r in results], [
+            (0, 0, EVENT, True), (0, 1, EVENT, True), (0, 2, EVENT, True),
+            (1, 0, EVENT, True), (1, 1, "bad event!", False), (1, 2, EVENT, True),
+            (2, 0, EVENT, True), (2, 1, EVENT, True)])
+        for r in results:
+            if r.ok:
+                self.assertEqual(r.code, grpc.StatusCode.OK)
+                self.assertEqual((r.response.subscribers, r.response.queued), (1, 1))
+        bad = results[4]
+        self.assertIsNone(bad.response)
+        self.assertEqual(bad.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertTrue(bad.details.startswith("event [1]: "), bad.details)
+        self.assertIn("bad event!", bad.details)
+        params = ['{"seq":0,"id":12345678901234567890}', '{"seq":1,"obj":{"z":1,"a":2}}',
+                  "[2,18446744073709551615]", '{"seq":3,"s":"café"}', '{"seq":4,"n":null,"t":true}',
+                  '{"seq":5,"f":1.5}', '{"seq":6,"id":-9223372036854775808}']
+        expected = "".join('{"jsonrpc":"2.0","method":"%s","params":%s}' % (EVENT, p)
+                           for p in params).encode()
+        self.assertEqual(self.receive_exactly(expected), expected)
+
+    def test_raise_stream_error_is_rpc_error_after_the_earlier_answers(self):
+        # A message of more than 10000 events ends the stream (INVALID_ARGUMENT); the message
+        # before it is answered first, and its event delivered.
+        too_many = [pb.RaiseRequest(event=EVENT)] * 10001
+        stream = self.bus.raise_stream([[raise_request(EVENT, params={"seq": 7}, sync=False)],
+                                        too_many], timeout=30)
+        results = []
+        with self.assertRaises(grpc.RpcError) as caught:
+            for result in stream:
+                results.append(result)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("message 2 has more than 10000 events", caught.exception.details())
+        self.assertEqual([(r.message, r.index, r.ok) for r in results], [(0, 0, True)])
+        expected = ('{"jsonrpc":"2.0","method":"%s","params":{"seq":7}}' % EVENT).encode()
+        self.assertEqual(self.receive_exactly(expected), expected)
+
+    def test_raise_stream_bad_batch_is_raised_after_the_events_sent_before_it(self):
+        def batches():
+            yield [{"event": EVENT, "params": {"seq": 8}, "sync": False}]
+            yield [{"event": EVENT, "params": {"x": object()}}]  # TypeError building it
+
+        stream = self.bus.raise_stream(batches(), timeout=30)
+        results = []
+        with self.assertRaisesRegex(TypeError, "param 'x': cannot send a object"):
+            for result in stream:
+                results.append(result)
+        self.assertEqual([(r.message, r.index, r.ok) for r in results], [(0, 0, True)])
+        expected = ('{"jsonrpc":"2.0","method":"%s","params":{"seq":8}}' % EVENT).encode()
+        self.assertEqual(self.receive_exactly(expected), expected)
 
     def test_subscription_pages_hold_each_subscription_once_in_socket_order(self):
         event = EVENT + "_PAGES"

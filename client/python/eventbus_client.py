@@ -9,6 +9,7 @@ Params are plain Python values; each goes in the form that carries it exactly:
 A float NaN or infinity is sent as it is, and the server refuses it (INVALID_ARGUMENT).
 """
 
+import collections
 import json
 
 import grpc
@@ -55,6 +56,111 @@ def named_params(params):
     return pb.NamedParams(params=[to_param(name, value) for name, value in items])
 
 
+
+def raise_request(event, params=None, positional=None, json_params=None, sync=None,
+                  timeout_ms=None, all_deliveries=False):
+    """Returns the RaiseRequest that EventBus.raise_event sends (see there): also one event of a
+    RaiseStream batch."""
+    request = pb.RaiseRequest(event=event, all_deliveries=all_deliveries)
+    if params is not None:
+        request.named.CopyFrom(
+            params if isinstance(params, pb.NamedParams) else named_params(params))
+    if positional is not None:
+        request.positional.extend(positional)
+    if json_params is not None:
+        request.json = json_params
+    if sync is not None:
+        request.sync = sync
+    if timeout_ms is not None:
+        request.timeout_ms = timeout_ms
+    return request
+
+
+# The canonical code of a StreamError (google.rpc.Code numbering) as a grpc.StatusCode.
+STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class StreamResult(collections.namedtuple("StreamResult",
+                                          "message index event response code details")):
+    """What became of one event of a RaiseStream: `message` (which batch, from 0), `index` (its
+    place in the batch, from 0), `event` (its name), then either `response` (the RaiseResponse
+    Raise would have answered; code is grpc.StatusCode.OK) or, when the event was refused,
+    `code` (a grpc.StatusCode, e.g. INVALID_ARGUMENT) and `details` (naming the index and the
+    problem: 'event [1]: ...'), response None."""
+
+    __slots__ = ()
+
+    @property
+    def ok(self):
+        return self.response is not None
+
+
+class RaiseStream:
+    """One RaiseStream call (EventBus.raise_stream): iterate it for one StreamResult per event,
+    in the order the events were sent.
+
+    A failure of the call itself (UNAUTHENTICATED, the server gone, the deadline) is raised by the
+    iteration as grpc.RpcError, after the results that came before it. An exception raised while
+    reading `batches` or building its events (a TypeError for a param, say) half-closes the
+    stream instead of losing it on gRPC's thread: the events sent before are answered, then the
+    iteration raises it. Abandoning the iteration early leaves the call open: cancel() it (also
+    done by close(), or by leaving a `with` block).
+    """
+
+    def __init__(self, stub, batches, timeout):
+        self._sent = collections.deque()  # (message, events) of each message sent, oldest first
+        self._request_error = None
+        self._call = stub.RaiseStream(self._requests(iter(batches)), timeout=timeout)
+
+    def _requests(self, batches):
+        """Yields RaiseStreamRequests on gRPC's thread, recording each before it is sent."""
+        message, end = 0, object()
+        while True:
+            try:
+                batch = next(batches, end)
+                if batch is end:
+                    return
+                events = [e if isinstance(e, pb.RaiseRequest) else raise_request(**e)
+                          for e in batch]
+            except Exception as e:  # pylint: disable=broad-except
+                self._request_error = e
+                return
+            self._sent.append((message, events))
+            message += 1
+            yield pb.RaiseStreamRequest(events=events)
+
+    def __iter__(self):
+        for response in self._call:
+            message, events = self._sent.popleft()
+            if len(response.results) != len(events):
+                self._call.cancel()
+                raise RuntimeError("raise stream: message %d of %d event(s) got %d result(s)" % (
+                    message, len(events), len(response.results)))
+            for index, (event, result) in enumerate(zip(events, response.results)):
+                if result.HasField("response"):
+                    yield StreamResult(message, index, event.event, result.response,
+                                       grpc.StatusCode.OK, "")
+                else:
+                    yield StreamResult(message, index, event.event, None,
+                                       STATUS_CODES.get(result.error.code,
+                                                        grpc.StatusCode.UNKNOWN),
+                                       result.error.message)
+        if self._request_error is not None:
+            raise self._request_error
+
+    def cancel(self):
+        """Abandons the call: the iteration raises grpc.RpcError (CANCELLED) if not done."""
+        self._call.cancel()
+
+    close = cancel
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cancel()
+
+
 class EventBus:
     """A connection to one EventBus server. Every call has a deadline (`timeout` seconds).
 
@@ -95,20 +201,22 @@ class EventBus:
         google.protobuf.Value doubles), json_params (JSON text). Returns the RaiseResponse: an
         async one lists only the deliveries that are not QUEUED (see its counts) unless
         all_deliveries."""
-        request = pb.RaiseRequest(event=event, all_deliveries=all_deliveries)
-        if params is not None:
-            request.named.CopyFrom(
-                params if isinstance(params, pb.NamedParams) else named_params(params))
-        if positional is not None:
-            request.positional.extend(positional)
-        if json_params is not None:
-            request.json = json_params
-        if sync is not None:
-            request.sync = sync
-        if timeout_ms is not None:
-            request.timeout_ms = timeout_ms
+        request = raise_request(event, params, positional, json_params, sync, timeout_ms,
+                                all_deliveries)
         deadline = self._timeout + (timeout_ms or 0) / 1000.0
         return self._stub.Raise(request, timeout=deadline)
+
+    def raise_stream(self, batches, timeout=None):
+        """Raises every event of `batches` over one RaiseStream call; returns a RaiseStream, an
+        iterator of one StreamResult per event, in the order sent.
+
+        `batches` is an iterable (a generator too: it is read on gRPC's thread as the server takes
+        messages) of batches, each a list of events sent as one message; an event is a
+        RaiseRequest (see raise_request) or a dict of raise_event's arguments, e.g.
+        {"event": "E", "params": {"id": 12345678901234567890}}. When `batches` is exhausted the
+        stream is half-closed, and the iterator ends once every event is answered. `timeout`:
+        seconds for the whole stream (None: no deadline)."""
+        return RaiseStream(self._stub, batches, timeout)
 
     def list_subscriptions(self, event="", page_size=0, page_token=""):
         """Returns one page, a ListSubscriptionsResponse (.subscriptions, .stale,
