@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"os"
@@ -50,6 +51,31 @@ func (s *subscriber) next(t *testing.T) string {
 			t.Fatalf("read after %q: %v", s.buffer, err)
 		}
 		s.buffer = append(s.buffer, chunk[:n]...)
+	}
+	message := string(s.buffer)
+	s.buffer = nil
+	return message
+}
+
+// exactly returns the bytes the subscriber gets until it has n of them (several notifications).
+func (s *subscriber) exactly(t *testing.T, n int) string {
+	t.Helper()
+	if s.conn == nil {
+		s.listener.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
+		conn, err := s.listener.Accept()
+		if err != nil {
+			t.Fatalf("accept: %v", err)
+		}
+		s.conn = conn
+	}
+	s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	chunk := make([]byte, 65536)
+	for len(s.buffer) < n {
+		k, err := s.conn.Read(chunk)
+		if err != nil {
+			t.Fatalf("read after %q: %v", s.buffer, err)
+		}
+		s.buffer = append(s.buffer, chunk[:k]...)
 	}
 	message := string(s.buffer)
 	s.buffer = nil
@@ -240,5 +266,123 @@ func TestContract(t *testing.T) {
 			ValueParam("s", structpb.NewStringValue(`café "q"`)), ValueParam("t", structpb.NewBoolValue(true)),
 			ValueParam("f", structpb.NewBoolValue(false)), ValueParam("n", structpb.NewNullValue()),
 		}, `{"s":"café \"q\"","t":true,"f":false,"n":null}`)
+	})
+	t.Run("RaiseStreamAnswersEachEventInOrderAndDeliversInOrder", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		stream, err := OpenRaiseStream(ctx, bus)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stream.Close()
+		event := func(name string, params ...*pb.Param) *pb.RaiseRequest {
+			return &pb.RaiseRequest{Event: name, Sync: proto.Bool(false), Params: Named(params...)}
+		}
+		seq := func(n int64) *pb.Param { return Int64Param("seq", n) }
+		// Three messages; the second's middle event has a bad name.
+		messages := [][]*pb.RaiseRequest{
+			{event(contractEvent, seq(0), Uint64Param("id", 12345678901234567890)),
+				event(contractEvent, seq(1), JSONParam("obj", `{"z":1,"a":2}`)),
+				{Event: contractEvent, Sync: proto.Bool(false),
+					Params: &pb.RaiseRequest_Json{Json: "[2, 18446744073709551615]"}}},
+			{event(contractEvent, seq(3), ValueParam("s", structpb.NewStringValue("café"))),
+				event("bad event!", seq(-1)),
+				event(contractEvent, seq(4), ValueParam("t", structpb.NewBoolValue(true)))},
+			{event(contractEvent, seq(5)), event(contractEvent, seq(6), Int64Param("id", math.MinInt64))},
+		}
+		// Sent from another goroutine, as a publisher would: Send blocks while the server is behind.
+		sendErr := make(chan error, 1)
+		go func() {
+			for _, m := range messages {
+				if err := stream.Send(m...); err != nil {
+					sendErr <- err
+					return
+				}
+			}
+			sendErr <- stream.CloseSend()
+		}()
+		var got []string
+		for {
+			results, err := stream.Recv()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("recv: %v", err)
+			}
+			for _, r := range results {
+				if r.Event != messages[r.Message][r.Index] {
+					t.Errorf("result %d.%d is not for the event sent there", r.Message, r.Index)
+				}
+				if r.Err != nil {
+					got = append(got, fmt.Sprintf("%d.%d %s %s", r.Message, r.Index, status.Code(r.Err),
+						status.Convert(r.Err).Message()))
+					continue
+				}
+				got = append(got, fmt.Sprintf("%d.%d subscribers=%d queued=%d", r.Message, r.Index,
+					r.Response.GetSubscribers(), r.Response.GetQueued()))
+			}
+		}
+		if err := <-sendErr; err != nil {
+			t.Fatalf("send: %v", err)
+		}
+		ok := func(m, i int) string { return fmt.Sprintf("%d.%d subscribers=1 queued=1", m, i) }
+		want := []string{ok(0, 0), ok(0, 1), ok(0, 2), ok(1, 0),
+			`1.1 InvalidArgument event [1]: `, ok(1, 2), ok(2, 0), ok(2, 1)}
+		if len(got) != len(want) {
+			t.Fatalf("results\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+		}
+		for i := range want {
+			if !strings.HasPrefix(got[i], want[i]) {
+				t.Errorf("result %d: %s, want %s...", i, got[i], want[i])
+			}
+		}
+		if !strings.Contains(got[4], "bad event!") {
+			t.Errorf("the error %q does not name the event", got[4])
+		}
+		wire := ""
+		for _, p := range []string{`{"seq":0,"id":12345678901234567890}`, `{"seq":1,"obj":{"z":1,"a":2}}`,
+			`[2,18446744073709551615]`, `{"seq":3,"s":"café"}`, `{"seq":4,"t":true}`, `{"seq":5}`,
+			`{"seq":6,"id":-9223372036854775808}`} {
+			wire += fmt.Sprintf(`{"jsonrpc":"2.0","method":"%s","params":%s}`, contractEvent, p)
+		}
+		if got := sub.exactly(t, len(wire)); got != wire {
+			t.Errorf("the subscriber got\n  %s\nwant\n  %s", got, wire)
+		}
+	})
+
+	t.Run("RaiseStreamErrorIsAStatusAfterTheEarlierAnswers", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		stream, err := OpenRaiseStream(ctx, bus)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stream.Close()
+		// A message of more than 10000 events ends the stream; the one before it is answered first.
+		tooMany := make([]*pb.RaiseRequest, 10001)
+		for i := range tooMany {
+			tooMany[i] = &pb.RaiseRequest{Event: contractEvent}
+		}
+		first := &pb.RaiseRequest{Event: contractEvent, Sync: proto.Bool(false), Params: Named(Int64Param("seq", 7))}
+		if err := stream.Send(first); err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(tooMany...); err != nil && err != io.EOF {
+			t.Fatal(err)
+		}
+		results, err := stream.Recv()
+		if err != nil || len(results) != 1 || results[0].Err != nil {
+			t.Fatalf("first answer: %v %v, want one response", results, err)
+		}
+		_, err = stream.Recv()
+		if status.Code(err) != codes.InvalidArgument ||
+			!strings.Contains(status.Convert(err).Message(), "message 2 has more than 10000 events") {
+			t.Fatalf("second answer: %v, want INVALID_ARGUMENT naming message 2", err)
+		}
+		wire := fmt.Sprintf(`{"jsonrpc":"2.0","method":"%s","params":{"seq":7}}`, contractEvent)
+		if got := sub.exactly(t, len(wire)); got != wire {
+			t.Errorf("the subscriber got\n  %s\nwant\n  %s", got, wire)
+		}
 	})
 }

@@ -11,11 +11,14 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	pb "eventbus/gen/go/eventbus/v1"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -115,4 +118,98 @@ func FormatDelivery(d *pb.Delivery) string {
 		line += "  " + d.GetDetail()
 	}
 	return line
+}
+
+// RaiseStream is one RaiseStream call: Send sends a message of one or more events, Recv returns
+// the answer to the oldest message not yet answered, one StreamResult per event. One goroutine
+// may Send (then CloseSend) while another Recvs; each method from one goroutine at a time. The
+// server reads a message only once it can take it, so Send blocks when the stream is ahead of it:
+// a sender that never lets a receiver drain the answers stalls, by design.
+type RaiseStream struct {
+	stream pb.EventBusService_RaiseStreamClient
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	sent   [][]*pb.RaiseRequest // the messages sent and not yet answered, oldest first
+	next   int                  // the number of the next message to answer, from 0
+}
+
+// StreamResult is what became of one event of a RaiseStream message: Message (its message's
+// number on the stream, from 0) and Index (its place in the message, from 0), the Event as sent,
+// and either Response (what Raise would have answered) or Err (what Raise would have failed with:
+// a status error, status.Code(Err) is e.g. codes.InvalidArgument and its message names the index,
+// "event [1]: ...").
+type StreamResult struct {
+	Message  int
+	Index    int
+	Event    *pb.RaiseRequest
+	Response *pb.RaiseResponse
+	Err      error
+}
+
+// OpenRaiseStream opens a RaiseStream call on bus. The call ends with ctx (its deadline is the
+// whole stream's) or with Close. It does not wait for the server: one that cannot be reached
+// shows up as an error of the first Send or Recv.
+func OpenRaiseStream(ctx context.Context, bus pb.EventBusServiceClient) (*RaiseStream, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	stream, err := bus.RaiseStream(ctx)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("raise stream: %w", err)
+	}
+	return &RaiseStream{stream: stream, cancel: cancel}, nil
+}
+
+// Send sends events as one message (build each as for Raise, e.g. with Named and Uint64Param).
+// It returns io.EOF when the stream has ended: Recv then returns why.
+func (s *RaiseStream) Send(events ...*pb.RaiseRequest) error {
+	// Recorded before it is sent: its answer may come before Send returns.
+	s.mu.Lock()
+	s.sent = append(s.sent, events)
+	s.mu.Unlock()
+	return s.stream.Send(&pb.RaiseStreamRequest{Events: events})
+}
+
+// CloseSend tells the server that no more messages follow; it answers what it has, then ends the
+// call, and Recv returns io.EOF after the last answer.
+func (s *RaiseStream) CloseSend() error {
+	return s.stream.CloseSend()
+}
+
+// Recv returns the results of the oldest message not yet answered, one per event in order; io.EOF
+// once the server has answered everything after CloseSend; otherwise the call's error as a status
+// error (codes.Unauthenticated, codes.Unavailable when the server is gone, codes.DeadlineExceeded,
+// codes.InvalidArgument for a message of more than 10000 events, ...).
+func (s *RaiseStream) Recv() ([]StreamResult, error) {
+	answer, err := s.stream.Recv()
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	var events []*pb.RaiseRequest
+	if len(s.sent) > 0 {
+		events, s.sent = s.sent[0], s.sent[1:]
+	}
+	message := s.next
+	s.next++
+	s.mu.Unlock()
+	if len(answer.GetResults()) != len(events) {
+		s.Close()
+		return nil, fmt.Errorf("raise stream: message %d of %d event(s) got %d result(s)", message,
+			len(events), len(answer.GetResults()))
+	}
+	results := make([]StreamResult, len(events))
+	for i, result := range answer.GetResults() {
+		results[i] = StreamResult{Message: message, Index: i, Event: events[i],
+			Response: result.GetResponse()}
+		if e := result.GetError(); e != nil {
+			results[i].Err = status.Error(codes.Code(e.GetCode()), e.GetMessage())
+		}
+	}
+	return results, nil
+}
+
+// Close abandons the call if it is still open (Send and Recv then fail with codes.Canceled); after
+// Recv has returned io.EOF it only releases the call's context. Always call it.
+func (s *RaiseStream) Close() {
+	s.cancel()
 }
