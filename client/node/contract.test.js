@@ -19,6 +19,7 @@ const protoDir = process.env.EVENTBUS_PROTO_DIR || path.join(__dirname, '..', '.
 // the bytes first parse as JSON).
 const received = [];
 const waiters = [];
+const byteWaiters = [];  // nextBytes's, woken by every chunk
 let buffer = Buffer.alloc(0);
 const connections = new Set();
 const listener = net.createServer((conn) => {
@@ -34,6 +35,7 @@ const listener = net.createServer((conn) => {
     buffer = Buffer.alloc(0);
     while (waiters.length && received.length) waiters.shift()(received.shift());
   });
+  conn.on('data', () => { for (const wake of byteWaiters.splice(0)) wake(); });
 });
 function next() {
   if (received.length) return Promise.resolve(received.shift());
@@ -173,5 +175,107 @@ test('subscription pages hold each subscription once, in socket order', async ()
                              err.details.includes('page_size: -1 is negative'));
   } finally {
     for (const socket of sockets) await bus.unsubscribe({event, socket});
+  }
+});
+
+// The subscriber's next `length` bytes, several notifications at once.
+function nextBytes(length) {
+  const take = () => {
+    const all = Buffer.concat([Buffer.from(received.splice(0).join(''), 'utf8'), buffer]);
+    buffer = Buffer.alloc(0);
+    return all;
+  };
+  return new Promise((resolve, reject) => {
+    let got = take();
+    if (got.length >= length) return resolve(got.toString('utf8'));
+    const timer = setTimeout(() => reject(new Error(`only ${got} within 10 s`)), 10000);
+    const wake = () => {
+      got = Buffer.concat([got, take()]);
+      if (got.length < length) return byteWaiters.push(wake);
+      clearTimeout(timer);
+      resolve(got.toString('utf8'));
+    };
+    byteWaiters.push(wake);
+  });
+}
+
+test('RaiseStream: one result per event in order, the bad one an error, delivered in order',
+     async () => {
+       const stream = bus.raiseStream({deadlineMs: 30000});
+       // Three messages; the second's middle event has a bad name. Built as raise() builds them.
+       const messages = [
+         [{event: EVENT, sync: false, params: {seq: 0, id: 12345678901234567890n}},
+          {event: EVENT, sync: false, params: [['seq', 1], ['obj', {z: 1, a: 2}]]},
+          {event: EVENT, sync: false, json: '[2, 18446744073709551615]'}],
+         [{event: EVENT, sync: false, params: {seq: 3, s: 'café'}},
+          {event: 'bad event!', sync: false, params: {seq: -1}},
+          {event: EVENT, sync: false, params: {seq: 4, n: null, t: true}}],
+         [{event: EVENT, sync: false, params: {seq: 5, f: 1.5}},
+          {event: EVENT, sync: false, params: {seq: 6, id: -9223372036854775808n}}],
+       ];
+       const sending = (async () => {
+         for (const m of messages) await stream.send(m);
+         stream.end();
+       })();
+       const results = [];
+       for await (const r of stream) results.push(r);
+       await sending;
+       assert.deepStrictEqual(results.map((r) => [r.message, r.index, r.event.event, !r.error]), [
+         [0, 0, EVENT, true], [0, 1, EVENT, true], [0, 2, EVENT, true],
+         [1, 0, EVENT, true], [1, 1, 'bad event!', false], [1, 2, EVENT, true],
+         [2, 0, EVENT, true], [2, 1, EVENT, true]]);
+       for (const r of results.filter((r) => !r.error)) {
+         assert.deepStrictEqual([r.response.subscribers, r.response.queued], [1, 1]);
+       }
+       const bad = results[4];
+       assert.strictEqual(bad.response, undefined);
+       assert.strictEqual(bad.error.code, grpc.status.INVALID_ARGUMENT);
+       assert.ok(bad.error.details.startsWith('event [1]: '), bad.error.details);
+       assert.ok(bad.error.details.includes('bad event!'), bad.error.details);
+       const wire = ['{"seq":0,"id":12345678901234567890}', '{"seq":1,"obj":{"z":1,"a":2}}',
+                     '[2,18446744073709551615]', '{"seq":3,"s":"café"}',
+                     '{"seq":4,"n":null,"t":true}', '{"seq":5,"f":1.5}',
+                     '{"seq":6,"id":-9223372036854775808}']
+           .map((p) => `{"jsonrpc":"2.0","method":"${EVENT}","params":${p}}`).join('');
+       assert.strictEqual(await nextBytes(Buffer.byteLength(wire)), wire);
+     });
+
+test('RaiseStream: a stream error is thrown as a gRPC error, after the earlier answers',
+     async () => {
+       const stream = bus.raiseStream({deadlineMs: 30000});
+       // A message of more than 10000 events ends the stream; the one before it is answered.
+       await stream.send([{event: EVENT, sync: false, params: {seq: 7}}]);
+       stream.send(new Array(10001).fill({event: EVENT})).catch(() => {});
+       const results = [];
+       await assert.rejects((async () => {
+         for await (const r of stream) results.push(r);
+       })(), (err) => {
+         assert.strictEqual(err.code, grpc.status.INVALID_ARGUMENT, err.message);
+         assert.ok(err.details.includes('message 2 has more than 10000 events'), err.details);
+         return true;
+       });
+       assert.deepStrictEqual(results.map((r) => [r.message, r.index, !r.error]), [[0, 0, true]]);
+       // The call has failed: a later send is refused with the same error.
+       await assert.rejects(stream.send([{event: EVENT}]),
+                            (err) => err.code === grpc.status.INVALID_ARGUMENT);
+       const wire = `{"jsonrpc":"2.0","method":"${EVENT}","params":{"seq":7}}`;
+       assert.strictEqual(await nextBytes(Buffer.byteLength(wire)), wire);
+     });
+
+test('RaiseStream: a server gone is UNAVAILABLE', async () => {
+  const gone = net.createServer();
+  await new Promise((resolve) => gone.listen(0, '127.0.0.1', resolve));
+  const address = `127.0.0.1:${gone.address().port}`;
+  await new Promise((resolve) => gone.close(resolve));
+  const nobody = new EventBus(address);
+  try {
+    const stream = nobody.raiseStream({deadlineMs: 10000});
+    stream.send([{event: EVENT}]).catch(() => {});
+    stream.end();
+    await assert.rejects((async () => {
+      for await (const r of stream) assert.fail(`a result from nobody: ${JSON.stringify(r)}`);
+    })(), (err) => err.code === grpc.status.UNAVAILABLE);
+  } finally {
+    nobody.close();
   }
 });

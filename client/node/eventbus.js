@@ -81,6 +81,94 @@ function namedParams(params) {
   return {params: entries.map(([name, value]) => param(name, value))};
 }
 
+// Returns the RaiseRequest that EventBus.raise sends for `event` and its options (params,
+// positional, json, sync, timeoutMs, allDeliveries): also one event of a RaiseStream message.
+function raiseRequest(event, {params, positional, json, sync, timeoutMs, allDeliveries} = {}) {
+  const request = {event, sync, timeoutMs, allDeliveries};
+  if (params !== undefined) request.named = namedParams(params);
+  if (positional !== undefined) request.positional = {values: positional};
+  if (json !== undefined) request.json = json;
+  return request;
+}
+
+// An error as @grpc/grpc-js makes them: `code` (grpc.status), `details`, and the message
+// "3 INVALID_ARGUMENT: details".
+function statusError(code, details) {
+  return Object.assign(new Error(`${code} ${grpc.status[code]}: ${details}`), {code, details});
+}
+
+// One RaiseStream call (EventBus.raiseStream). send(events) sends one message; iterating the
+// stream (for await) yields one result per event, in the order sent: {message, index, event,
+// response} (message: its message's number on the stream, from 0; index: its place in the
+// message; event: the request sent; response: what Raise would have answered) or, for an event
+// the server refused, {message, index, event, error} with error as a call's (`code`, e.g.
+// grpc.status.INVALID_ARGUMENT, and `details` naming the index: 'event [1]: ...'). end()
+// half-closes: the iteration ends once every event is answered. A failure of the call itself
+// (UNAUTHENTICATED, UNAVAILABLE when the server is gone, DEADLINE_EXCEEDED, ...) is thrown by the
+// iteration after the results before it, and rejects a pending send. Leaving the loop early
+// (break, throw) cancels the call, as cancel() does.
+class RaiseStream {
+  constructor(call) {
+    this.call = call;
+    this.sent = [];  // {message, events} of each message sent and not yet answered, oldest first
+    this.messages = 0;
+    this.error = null;
+    this.cancelled = false;
+    // Kept here so that a failure with nobody iterating is not an unhandled 'error' event; the
+    // iteration and send() still see it.
+    call.on('error', (err) => { this.error = err; });
+  }
+
+  // Sends `events` as one message, each {event, params, positional, json, sync, timeoutMs,
+  // allDeliveries}: an event and its options as raise() takes them, built as raise() builds them.
+  // Resolves once gRPC has taken it: await it to let the server's flow control pace the sender.
+  // Rejects with the call's error once the call has failed.
+  send(events) {
+    const requests = events.map(({event, ...options}) => raiseRequest(event, options));
+    if (this.error) return Promise.reject(this.error);
+    if (this.cancelled || this.call.destroyed) {  // cancel(), or a loop over it was left early
+      return Promise.reject(statusError(grpc.status.CANCELLED, 'raise stream: cancelled'));
+    }
+    if (this.call.writableEnded) return Promise.reject(new Error('raise stream: send after end()'));
+    // Recorded before it is written: its answer may come before the write completes.
+    this.sent.push({message: this.messages++, events: requests});
+    return new Promise((resolve, reject) => {
+      this.call.write({events: requests}, (err) => (err ? reject(this.error || err) : resolve()));
+    });
+  }
+
+  // Tells the server that no more messages follow; it answers what it has, then ends the call.
+  end() {
+    this.call.end();
+  }
+
+  // Abandons the call: the iteration throws CANCELLED unless it is over.
+  cancel() {
+    this.cancelled = true;
+    this.call.cancel();
+  }
+
+  async* [Symbol.asyncIterator]() {
+    for await (const answer of this.call) {
+      const {message, events} = this.sent.shift();
+      const results = answer.results || [];
+      if (results.length !== events.length) {
+        this.call.cancel();
+        throw new Error(`raise stream: message ${message} of ${events.length} event(s) got ` +
+                        `${results.length} result(s)`);
+      }
+      for (let index = 0; index < results.length; index++) {
+        const r = results[index];
+        const result = {message, index, event: events[index]};
+        if (r.response) result.response = r.response;
+        else result.error = statusError(r.error.code || 0, r.error.message || '');
+        yield result;
+      }
+    }
+    if (this.error) throw this.error;
+  }
+}
+
 // A connection to one EventBus server; every call has a deadline (timeoutMs). Calls return
 // promises; errors carry the gRPC `code` (grpc.status.INVALID_ARGUMENT, ...) and `details`.
 class EventBus {
@@ -113,12 +201,14 @@ class EventBus {
   // Raises `event` with at most one of params (object or [name, value] pairs), positional (an
   // array of google.protobuf.Value objects) or json (text). Resolves to the RaiseResponse: an
   // async one lists only the deliveries that are not QUEUED (see its counts) unless allDeliveries.
-  raise(event, {params, positional, json, sync, timeoutMs, allDeliveries} = {}) {
-    const request = {event, sync, timeoutMs, allDeliveries};
-    if (params !== undefined) request.named = namedParams(params);
-    if (positional !== undefined) request.positional = {values: positional};
-    if (json !== undefined) request.json = json;
-    return this.call('Raise', request, timeoutMs || 0);
+  raise(event, options = {}) {
+    return this.call('Raise', raiseRequest(event, options), options.timeoutMs || 0);
+  }
+
+  // Opens a RaiseStream call (see RaiseStream); deadlineMs: the whole stream's, none by default.
+  raiseStream({deadlineMs} = {}) {
+    const options = deadlineMs === undefined ? {} : {deadline: new Date(Date.now() + deadlineMs)};
+    return new RaiseStream(this.client.RaiseStream(options));
   }
 
   // Resolves to one page, a ListSubscriptionsResponse ({subscriptions, stale, nextPageToken}:
@@ -172,6 +262,6 @@ function formatDelivery(d) {
 }
 
 module.exports = {
-  EventBus, LOADER_OPTIONS, loadService, param, namedParams, toJson, formatDelivery, statusName,
-  stateName, durationMs, grpc,
+  EventBus, RaiseStream, LOADER_OPTIONS, loadService, param, namedParams, raiseRequest, toJson,
+  formatDelivery, statusName, stateName, durationMs, grpc,
 };
