@@ -16,6 +16,7 @@ import (
 
 	pb "eventbus/gen/go/eventbus/v1"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -383,6 +384,32 @@ func TestContract(t *testing.T) {
 		wire := fmt.Sprintf(`{"jsonrpc":"2.0","method":"%s","params":{"seq":7}}`, contractEvent)
 		if got := sub.exactly(t, len(wire)); got != wire {
 			t.Errorf("the subscriber got\n  %s\nwant\n  %s", got, wire)
+		}
+	})
+	t.Run("RaiseStreamToAServerGoneIsUnavailable", func(t *testing.T) {
+		gone, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		address := gone.Addr().String()
+		gone.Close()
+		// Not Dial: it waits for the connection (WithBlock), which never comes.
+		conn, err := grpc.Dial(address, grpc.WithInsecure())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		stream, err := OpenRaiseStream(ctx, pb.NewEventBusServiceClient(conn))
+		if err == nil {
+			defer stream.Close()
+			if err = stream.Send(&pb.RaiseRequest{Event: contractEvent}); err == nil || err == io.EOF {
+				_, err = stream.Recv()
+			}
+		}
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("got %v, want UNAVAILABLE", err)
 		}
 	})
 }

@@ -147,14 +147,15 @@ type StreamResult struct {
 }
 
 // OpenRaiseStream opens a RaiseStream call on bus. The call ends with ctx (its deadline is the
-// whole stream's) or with Close. It does not wait for the server: one that cannot be reached
-// shows up as an error of the first Send or Recv.
+// whole stream's) or with Close. A server that cannot be reached shows up as a status error
+// (codes.Unavailable) here or from the first Send or Recv.
 func OpenRaiseStream(ctx context.Context, bus pb.EventBusServiceClient) (*RaiseStream, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	stream, err := bus.RaiseStream(ctx)
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("raise stream: %w", err)
+		// As it is: grpc-go 1.33's status.Code does not look inside a wrapped error.
+		return nil, err
 	}
 	return &RaiseStream{stream: stream, cancel: cancel}, nil
 }

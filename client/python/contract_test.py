@@ -138,6 +138,14 @@ class ContractTest(unittest.TestCase):
         expected = ('{"jsonrpc":"2.0","method":"%s","params":{"seq":7}}' % EVENT).encode()
         self.assertEqual(self.receive_exactly(expected), expected)
 
+    def test_raise_stream_to_a_server_gone_is_unavailable(self):
+        with socket.create_server(("127.0.0.1", 0)) as gone:
+            address = "127.0.0.1:%d" % gone.getsockname()[1]
+        with EventBus(address) as bus:
+            with self.assertRaises(grpc.RpcError) as caught:
+                list(bus.raise_stream([[{"event": EVENT}]], timeout=10))
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE)
+
     def test_raise_stream_bad_batch_is_raised_after_the_events_sent_before_it(self):
         def batches():
             yield [{"event": EVENT, "params": {"seq": 8}, "sync": False}]
