@@ -365,7 +365,8 @@ func TestContract(t *testing.T) {
 		for i := range tooMany {
 			tooMany[i] = &pb.RaiseRequest{Event: contractEvent}
 		}
-		first := &pb.RaiseRequest{Event: contractEvent, Sync: proto.Bool(false), Params: Named(Int64Param("seq", 7))}
+		first := &pb.RaiseRequest{Event: contractEvent, Sync: proto.Bool(false),
+			Params: Named(Int64Param("seq", 7))}
 		if err := stream.Send(first); err != nil {
 			t.Fatal(err)
 		}

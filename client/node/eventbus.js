@@ -149,21 +149,28 @@ class RaiseStream {
   }
 
   async* [Symbol.asyncIterator]() {
-    for await (const answer of this.call) {
-      const {message, events} = this.sent.shift();
-      const results = answer.results || [];
-      if (results.length !== events.length) {
-        this.call.cancel();
-        throw new Error(`raise stream: message ${message} of ${events.length} event(s) got ` +
-                        `${results.length} result(s)`);
+    let over = false;
+    try {
+      for await (const answer of this.call) {
+        const {message, events} = this.sent.shift();
+        const results = answer.results || [];
+        if (results.length !== events.length) {
+          throw new Error(`raise stream: message ${message} of ${events.length} event(s) got ` +
+                          `${results.length} result(s)`);
+        }
+        for (let index = 0; index < results.length; index++) {
+          const r = results[index];
+          const result = {message, index, event: events[index]};
+          if (r.response) result.response = r.response;
+          else result.error = statusError(r.error.code || 0, r.error.message || '');
+          yield result;
+        }
       }
-      for (let index = 0; index < results.length; index++) {
-        const r = results[index];
-        const result = {message, index, event: events[index]};
-        if (r.response) result.response = r.response;
-        else result.error = statusError(r.error.code || 0, r.error.message || '');
-        yield result;
-      }
+      over = true;
+    } finally {
+      // Left early (break, throw): the loop has destroyed the Node stream, but grpc-js does not
+      // end the call for that; cancel it so the server drops it too.
+      if (!over) this.cancel();
     }
     if (this.error) throw this.error;
   }

@@ -116,8 +116,9 @@ class ContractTest(unittest.TestCase):
         self.assertTrue(bad.details.startswith("event [1]: "), bad.details)
         self.assertIn("bad event!", bad.details)
         params = ['{"seq":0,"id":12345678901234567890}', '{"seq":1,"obj":{"z":1,"a":2}}',
-                  "[2,18446744073709551615]", '{"seq":3,"s":"café"}', '{"seq":4,"n":null,"t":true}',
-                  '{"seq":5,"f":1.5}', '{"seq":6,"id":-9223372036854775808}']
+                  "[2,18446744073709551615]", '{"seq":3,"s":"café"}',
+                  '{"seq":4,"n":null,"t":true}', '{"seq":5,"f":1.5}',
+                  '{"seq":6,"id":-9223372036854775808}']
         expected = "".join('{"jsonrpc":"2.0","method":"%s","params":%s}' % (EVENT, p)
                            for p in params).encode()
         self.assertEqual(self.receive_exactly(expected), expected)

@@ -56,7 +56,6 @@ def named_params(params):
     return pb.NamedParams(params=[to_param(name, value) for name, value in items])
 
 
-
 def raise_request(event, params=None, positional=None, json_params=None, sync=None,
                   timeout_ms=None, all_deliveries=False):
     """Returns the RaiseRequest that EventBus.raise_event sends (see there): also one event of a
@@ -103,14 +102,22 @@ class RaiseStream:
     iteration as grpc.RpcError, after the results that came before it. An exception raised while
     reading `batches` or building its events (a TypeError for a param, say) half-closes the
     stream instead of losing it on gRPC's thread: the events sent before are answered, then the
-    iteration raises it. Abandoning the iteration early leaves the call open: cancel() it (also
-    done by close(), or by leaving a `with` block).
+    iteration raises it. Abandoning the iteration early may leave the call open: cancel() it
+    (also done by close(), or by leaving a `with` block). A `batches` generator that waits (on a
+    queue, say) keeps gRPC's thread waiting until it returns, cancelled or not.
     """
 
     def __init__(self, stub, batches, timeout):
         self._sent = collections.deque()  # (message, events) of each message sent, oldest first
         self._request_error = None
         self._call = stub.RaiseStream(self._requests(iter(batches)), timeout=timeout)
+        self._results = self._answers()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._results)
 
     def _requests(self, batches):
         """Yields RaiseStreamRequests on gRPC's thread, recording each before it is sent."""
@@ -129,22 +136,29 @@ class RaiseStream:
             message += 1
             yield pb.RaiseStreamRequest(events=events)
 
-    def __iter__(self):
-        for response in self._call:
-            message, events = self._sent.popleft()
-            if len(response.results) != len(events):
+    def _answers(self):
+        """Yields the StreamResults of each answer in turn, then raises what ended the stream."""
+        over = False
+        try:
+            for response in self._call:
+                message, events = self._sent.popleft()
+                if len(response.results) != len(events):
+                    raise RuntimeError(
+                        "raise stream: message %d of %d event(s) got %d result(s)" % (
+                            message, len(events), len(response.results)))
+                for index, (event, result) in enumerate(zip(events, response.results)):
+                    if result.HasField("response"):
+                        yield StreamResult(message, index, event.event, result.response,
+                                           grpc.StatusCode.OK, "")
+                    else:
+                        yield StreamResult(message, index, event.event, None,
+                                           STATUS_CODES.get(result.error.code,
+                                                            grpc.StatusCode.UNKNOWN),
+                                           result.error.message)
+            over = True
+        finally:
+            if not over:  # an error, or the iteration closed early
                 self._call.cancel()
-                raise RuntimeError("raise stream: message %d of %d event(s) got %d result(s)" % (
-                    message, len(events), len(response.results)))
-            for index, (event, result) in enumerate(zip(events, response.results)):
-                if result.HasField("response"):
-                    yield StreamResult(message, index, event.event, result.response,
-                                       grpc.StatusCode.OK, "")
-                else:
-                    yield StreamResult(message, index, event.event, None,
-                                       STATUS_CODES.get(result.error.code,
-                                                        grpc.StatusCode.UNKNOWN),
-                                       result.error.message)
         if self._request_error is not None:
             raise self._request_error
 

@@ -7,7 +7,8 @@ eventbusd and checks, byte for byte, what a loopback JSON-RPC subscriber receive
 2. Starts the built eventbusd (memory store, a free loopback port) and a JsonRpcPeer.
 3. Runs the example (subscribe, raise async and sync, list, unsubscribe) and checks the exact bytes
    of the notification and of the request, and what the example printed.
-4. Runs the language's contract tests (big integers in every form, unset Values, NaN, key order)
+4. Runs the language's contract tests (big integers in every form, unset Values, NaN, key order;
+   RaiseStream: per-event results in order, the events at the subscriber in order, stream errors)
    against the same server.
 
 Usage: polyglot_test.py {python,go,node} --eventbusd PATH --root REPO --work DIR
