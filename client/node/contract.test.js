@@ -279,3 +279,18 @@ test('RaiseStream: a server gone is UNAVAILABLE', async () => {
     nobody.close();
   }
 });
+
+test('RaiseStream: leaving the loop early cancels the call', async () => {
+  const stream = bus.raiseStream({deadlineMs: 10000});
+  // grpc-js does not end a call whose Node stream is destroyed (what a for-await break does):
+  // the wrapper cancels it, which ends the call with CANCELLED.
+  const status = new Promise((resolve) => stream.call.on('status', resolve));
+  await stream.send([{event: `${EVENT}_NOBODY`}, {event: `${EVENT}_NOBODY`}]);
+  for await (const r of stream) {
+    assert.ok(r.response, JSON.stringify(r));
+    break;
+  }
+  assert.strictEqual((await status).code, grpc.status.CANCELLED);
+  await assert.rejects(stream.send([{event: EVENT}]),
+                       (err) => err.code === grpc.status.CANCELLED);
+});
