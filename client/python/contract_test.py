@@ -9,6 +9,7 @@ unset Values and NaN refused, object key order kept by the json form and sorted 
 import json
 import os
 import socket
+import threading
 import unittest
 
 import grpc
@@ -146,6 +147,23 @@ class ContractTest(unittest.TestCase):
             with self.assertRaises(grpc.RpcError) as caught:
                 list(bus.raise_stream([[{"event": EVENT}]], timeout=10))
         self.assertEqual(caught.exception.code(), grpc.StatusCode.UNAVAILABLE)
+
+    def test_raise_stream_cancel_ends_the_iteration_with_cancelled(self):
+        release = threading.Event()
+
+        def batches():  # one batch, then waits, as a publisher's queue would
+            yield [{"event": EVENT + "_NOBODY"}]
+            release.wait(10)
+
+        try:
+            with self.bus.raise_stream(batches(), timeout=30) as stream:
+                self.assertTrue(next(stream).ok)
+                stream.cancel()
+                with self.assertRaises(grpc.RpcError) as caught:
+                    next(stream)
+                self.assertEqual(caught.exception.code(), grpc.StatusCode.CANCELLED)
+        finally:
+            release.set()  # lets gRPC's thread leave the generator
 
     def test_raise_stream_bad_batch_is_raised_after_the_events_sent_before_it(self):
         def batches():
