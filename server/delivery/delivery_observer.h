@@ -34,6 +34,12 @@ class DeliveryObserver {
   // or after the answer, like an expiry). `latency`: since the Raise started. For a virtual
   // group, the group's outcome: kOk when it delivered, otherwise its deciding failure.
   virtual void OnOutcome(EventScope* scope, net::DeliveryCode code, absl::Duration latency) = 0;
+  // `count` deliveries of the same Raise ended with `code` at once (async notifications written in
+  // one loop iteration). Default: that many OnOutcome.
+  virtual void OnOutcomes(EventScope* scope, net::DeliveryCode code, absl::Duration latency,
+                          size_t count) {
+    for (size_t i = 0; i < count; ++i) OnOutcome(scope, code, latency);
+  }
 };
 
 }  // namespace eventbus::delivery

@@ -25,18 +25,15 @@ class BodyCache {
 
   // The index in bodies() of the body for (method, event_param), encoded on first use.
   uint32_t Index(absl::string_view method, absl::string_view event_param) {
-    // Most Raises have one combination: skip the hash for a repeat of the last one.
-    if (!bodies_.empty() && last_key_.first == method && last_key_.second == event_param) {
-      return last_;
-    }
-    auto [it, inserted] = index_.try_emplace(Key(method, event_param), 0);
-    if (inserted) {
-      it->second = static_cast<uint32_t>(bodies_.size());
-      bodies_.push_back(std::make_shared<const std::string>(
-          jsonrpc::EncodeBody(event_, params_, {method, event_param})));
-    }
-    last_key_ = it->first;
-    last_ = it->second;
+    const Key key(method, event_param);
+    // Most Raises have one combination: skip the hash for a repeat of the last one, and build the
+    // map only once a second combination appears.
+    if (!bodies_.empty() && last_key_ == key) return last_;
+    if (bodies_.empty()) return Add(key);
+    if (index_.empty()) index_.emplace(first_key_, 0);
+    auto it = index_.find(key);
+    last_ = it != index_.end() ? it->second : Add(key);
+    last_key_ = key;
     return last_;
   }
   std::shared_ptr<const std::string> Get(absl::string_view method, absl::string_view event_param) {
@@ -46,10 +43,26 @@ class BodyCache {
 
  private:
   using Key = std::pair<absl::string_view, absl::string_view>;
+
+  uint32_t Add(const Key& key) {
+    const auto index = static_cast<uint32_t>(bodies_.size());
+    bodies_.push_back(std::make_shared<const std::string>(
+        jsonrpc::EncodeBody(event_, params_, {key.first, key.second})));
+    if (index == 0) {
+      first_key_ = key;
+    } else {
+      index_.emplace(key, index);
+    }
+    last_key_ = key;
+    last_ = index;
+    return index;
+  }
+
   const std::string& event_;
   const jsonrpc::Params& params_;
   absl::flat_hash_map<Key, uint32_t> index_;
   std::vector<std::shared_ptr<const std::string>> bodies_;
+  Key first_key_;
   Key last_key_;
   uint32_t last_ = 0;
 };
@@ -138,9 +151,11 @@ struct Dispatcher::RaiseState final : net::FanoutReceiver {
     r.outcome = std::move(o);
     Complete(slot, std::move(r));
   }
-  // An async notification written: what QUEUED promised, so only the observer hears of it.
-  void OnWritten() override {
-    if (observer != nullptr) Observe(DeliveryCode::kOk, clock->Now());
+  // Async notifications written: what QUEUED promised, so only the observer hears of them.
+  void OnWritten(size_t count) override {
+    if (observer != nullptr) {
+      observer->OnOutcomes(scope, DeliveryCode::kOk, clock->Now() - start, count);
+    }
   }
 
   // Records that a request goes to `key`, unless the Raise was cancelled (false then).

@@ -120,12 +120,14 @@ class FastHistogram {
   explicit FastHistogram(const Histogram::BucketBoundaries* bounds)
       : bounds_(bounds), buckets_(bounds->size() + 1) {}
 
-  void Observe(absl::Duration d) {
+  // `count` observations of `d`.
+  void Observe(absl::Duration d, uint64_t count = 1) {
     const double seconds = Seconds(d);
     const size_t i = static_cast<size_t>(
         std::lower_bound(bounds_->begin(), bounds_->end(), seconds) - bounds_->begin());
-    buckets_[i].fetch_add(1, std::memory_order_relaxed);
-    sum_ns_.fetch_add(absl::ToInt64Nanoseconds(d), std::memory_order_relaxed);
+    buckets_[i].fetch_add(count, std::memory_order_relaxed);
+    sum_ns_.fetch_add(absl::ToInt64Nanoseconds(d) * static_cast<int64_t>(count),
+                      std::memory_order_relaxed);
   }
 
   // The histogram as a Prometheus sample (cumulative buckets, +Inf last).
@@ -778,6 +780,13 @@ void Metrics::OnOutcome(EventScope* scope, DeliveryCode code, absl::Duration lat
   auto* s = static_cast<ModeScope*>(scope);
   s->completed[static_cast<size_t>(code)].Add();
   impl_->delivery_histograms[s->sync][code == DeliveryCode::kOk]->Observe(latency);
+}
+
+void Metrics::OnOutcomes(EventScope* scope, DeliveryCode code, absl::Duration latency,
+                         size_t count) {
+  auto* s = static_cast<ModeScope*>(scope);
+  s->completed[static_cast<size_t>(code)].Add(count);
+  impl_->delivery_histograms[s->sync][code == DeliveryCode::kOk]->Observe(latency, count);
 }
 
 }  // namespace eventbus::metrics

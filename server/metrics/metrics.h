@@ -81,6 +81,8 @@ class Metrics final : public net::PoolObserver, public delivery::DeliveryObserve
   // delivery::DeliveryObserver.
   EventScope* OnRaise(const std::string& event, bool sync, size_t deliveries) override;
   void OnOutcome(EventScope* scope, net::DeliveryCode code, absl::Duration latency) override;
+  void OnOutcomes(EventScope* scope, net::DeliveryCode code, absl::Duration latency,
+                  size_t count) override;
 
   // The implementation (metrics.cc), named here for its helpers.
   struct Impl;

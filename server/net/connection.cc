@@ -137,6 +137,10 @@ void LoopContext::EnqueueBatch(std::vector<Item>& items, absl::Time posted_at) {
   const absl::Time start = BeginBatch(items.size());
   // One reading of the real clock for the batch (admission's clock may be a test's).
   const absl::Time enqueued_at = absl::Now();
+  // Admission's `now` for the i-th message: the batch's start plus what enqueueing those ahead of
+  // it costs (one clock reading per batch, not per message).
+  const absl::Duration step = plan.costs().enqueue;
+  absl::Time now = start;
   for (Item& item : items) {
     Request& request = item.request;
     Message m;
@@ -148,7 +152,8 @@ void LoopContext::EnqueueBatch(std::vector<Item>& items, absl::Time posted_at) {
     m.connect_deadline = std::min(request.connect_deadline, request.deadline);
     m.done = std::move(request.done);
     m.enqueued_at = enqueued_at;
-    EnqueueOne(request.target, item.key, std::move(m), request.cancel.get(), posted_at);
+    EnqueueOne(request.target, &item.key, std::move(m), request.cancel.get(), now, posted_at);
+    now += step;
   }
   EndBatch(start, items.size());
 }
@@ -160,10 +165,10 @@ void LoopContext::EnqueueFanout(std::unique_ptr<FanoutShare> owned, absl::Time p
   share->left = share->entries.size() + 1;
   const absl::Time start = BeginBatch(share->entries.size());
   const absl::Time enqueued_at = absl::Now();
+  const absl::Duration step = plan.costs().enqueue;
+  absl::Time now = start;
   for (uint32_t index : share->entries) {
     const Fanout::Target& t = fanout.targets[index];
-    key.clear();
-    t.target->AppendKey(&key);
     Message m;
     m.expect_reply = fanout.expect_reply;
     m.body = fanout.bodies[t.body].get();
@@ -172,38 +177,63 @@ void LoopContext::EnqueueFanout(std::unique_ptr<FanoutShare> owned, absl::Time p
     m.share = share;
     m.slot = t.slot;
     m.enqueued_at = enqueued_at;
-    EnqueueOne(*t.target, key, std::move(m), fanout.cancel.get(), posted_at);
+    EnqueueOne(*t.target, nullptr, std::move(m), fanout.cancel.get(), now, posted_at);
+    now += step;
   }
   EndBatch(start, share->entries.size());
   ReleaseShare(share);
 }
 
-void LoopContext::EnqueueOne(const uri::TcpTarget& target, const std::string& key, Message message,
-                             const CancelToken* cancel, absl::Time posted_at) {
+Connection* LoopContext::Lookup(const uri::TcpTarget& target) {
+  auto hit = by_target.find(&target);
+  if (hit != by_target.end() && hit->second->Serves(target)) return hit->second;
+  key.clear();
+  target.AppendKey(&key);
   auto it = connections.find(key);
-  Connection* conn = it != connections.end() ? it->second.get() : nullptr;
+  if (it == connections.end()) return nullptr;
+  // Bounded: many subscriptions to few targets would otherwise grow it without end.
+  if (by_target.size() >= std::max<size_t>(kMinTargetCache, 4 * connections.size())) {
+    by_target.clear();
+  }
+  by_target[&target] = it->second.get();
+  return it->second.get();
+}
+
+void LoopContext::EnqueueOne(const uri::TcpTarget& target, const std::string* target_key,
+                             Message&& message, const CancelToken* cancel, absl::Time now,
+                             absl::Time posted_at) {
+  Connection* conn;
+  if (target_key != nullptr) {
+    auto it = connections.find(*target_key);
+    conn = it != connections.end() ? it->second.get() : nullptr;
+  } else {
+    conn = Lookup(target);
+    // A miss left the key in the scratch string.
+    target_key = conn != nullptr ? &conn->key() : &key;
+  }
+  const std::string& conn_key = *target_key;
   // --- Admission (issue 11, part 6; net/admission.h) ---
-  // `now` includes how long this batch waited behind the loop's other work (Post to run); the
-  // plan adds the flushes of the connections ahead of this one.
-  const absl::Time now = clock->Now();
+  // `now` (when the batch was taken) includes how long it waited behind the loop's other work
+  // (Post to run); the plan adds the flushes of the connections ahead of this one.
   const bool connect = conn == nullptr || conn->needs_connect();
   const bool on_list = conn != nullptr && conn->in_batch;
   const absl::Duration offset = on_list ? conn->flush_offset : plan.Offset(connect);
   const bool notification = !message.expect_reply;
   // Only notifications: a sync request's answer tells its caller what happened anyway.
   if (notification && now + offset > message.deadline) {
-    Refuse(key, message, conn, OverloadedOutcome(message.deadline, now, offset, now - posted_at));
+    Refuse(conn_key, message, conn,
+           OverloadedOutcome(message.deadline, now, offset, now - posted_at));
     return;
   }
   // --- end of admission ---
-  if (conn == nullptr) conn = CreateConnection(target, key, message);
+  if (conn == nullptr) conn = CreateConnection(target, conn_key, message);
   if (conn == nullptr) return;
   const absl::Time deadline = message.deadline;
   conn->Enqueue(std::move(message), cancel);
   if (!conn->in_batch) {
     conn->in_batch = true;
     conn->flush_offset = plan.Add(connect);
-    flush_list.emplace_back(key, conn->uid());
+    flush_list.emplace_back(conn_key, conn->uid());
   }
   if (notification) plan.Promise(deadline, conn->flush_offset);
 }
@@ -213,7 +243,11 @@ void LoopContext::Finish(Message& message, Outcome outcome) {
     FanoutShare* share = std::exchange(message.share, nullptr);
     FanoutReceiver& receiver = *share->fanout->receiver;
     if (outcome.code == DeliveryCode::kOk && !message.expect_reply) {
-      receiver.OnWritten();
+      if (share->unreported_writes++ == 0) {
+        ++share->left;  // held until reported
+        if (write_reports.empty()) loop->RunAtEndOfIteration([this] { ReportWrites(); });
+        write_reports.push_back(share);
+      }
     } else {
       receiver.OnOutcome(message.slot, std::move(outcome));
     }
@@ -225,6 +259,15 @@ void LoopContext::Finish(Message& message, Outcome outcome) {
   if (done) done(std::move(outcome));
   // After the callback, so that Drain() returning means every callback has run.
   pending->fetch_sub(1, std::memory_order_acq_rel);
+}
+
+void LoopContext::ReportWrites() {
+  std::vector<FanoutShare*> shares;
+  shares.swap(write_reports);
+  for (FanoutShare* share : shares) {
+    share->fanout->receiver->OnWritten(std::exchange(share->unreported_writes, 0));
+    ReleaseShare(share);
+  }
 }
 
 void LoopContext::ReleaseShare(FanoutShare* share) {
@@ -372,13 +415,18 @@ void LoopContext::DestroyLater(const std::string& key) {
   if (it == connections.end()) return;
   std::unique_ptr<Connection> doomed = std::move(it->second);
   connections.erase(it);
+  // Rare (idle, reaped): the cache may name the connection, so it starts over.
+  by_target.clear();
   connection_count->fetch_sub(1, std::memory_order_acq_rel);
   loop->RunAtEndOfIteration([doomed = std::move(doomed)]() {});
 }
 
 void LoopContext::FailAllAndClear(absl::string_view detail) {
+  // Writes of the loop's last iteration, if it stopped before telling them.
+  ReportWrites();
   for (auto& [key, conn] : connections) conn->FailAll(detail);
   connection_count->fetch_sub(connections.size(), std::memory_order_acq_rel);
+  by_target.clear();
   connections.clear();
 }
 
@@ -403,6 +451,10 @@ Connection::~Connection() {
     if (id != 0) loop->Cancel(id);
   }
   ctx_->stats->Unregister(counters_);
+}
+
+bool Connection::Serves(const uri::TcpTarget& target) const {
+  return target.port == target_.port && target.tls == target_.tls && target.host == target_.host;
 }
 
 void Connection::SetState(ConnState state, absl::string_view detail) {
@@ -455,7 +507,7 @@ void Connection::Complete(Message& message, DeliveryCode code, std::string detai
   Complete(message, std::move(outcome));
 }
 
-void Connection::Enqueue(Message m, const CancelToken* cancel) {
+void Connection::Enqueue(Message&& m, const CancelToken* cancel) {
   const PoolOptions& options = *ctx_->options;
   // Checked here as well as by Cancel(): a request may reach its loop after the cancellation.
   if (cancel != nullptr && cancel->cancelled()) {
@@ -547,8 +599,7 @@ Connection::FlushWork Connection::Flush() {
 
 void Connection::FailAll(absl::string_view detail) {
   CloseSocket();
-  std::deque<Message> queue = std::move(queue_);
-  queue_.clear();
+  base::RingQueue<Message> queue = std::move(queue_);
   auto outstanding = std::move(outstanding_);
   outstanding_.clear();
   live_queued_ = 0;
@@ -558,9 +609,9 @@ void Connection::FailAll(absl::string_view detail) {
   deadlines_.clear();
   cancellable_.clear();
   SetState(ConnState::kIdle, detail);
-  for (Message& m : queue) {
+  queue.ForEach([&](Message& m) {
     if (!m.dead) Complete(m, DeliveryCode::kConnectionLost, std::string(detail));
-  }
+  });
   for (auto& [id, m] : outstanding) Complete(m, DeliveryCode::kConnectionLost, std::string(detail));
 }
 
@@ -1245,11 +1296,11 @@ void Connection::KillQueued(Message& message, Outcome outcome, bool expired) {
 }
 
 void Connection::FailQueuedAfterConnectFailure(absl::Time limit) {
-  for (Message& m : queue_) {
+  queue_.ForEach([&](Message& m) {
     if (!m.dead && (m.fail_fast || m.connect_deadline < limit)) {
       KillQueued(m, NotConnectedOutcome());
     }
-  }
+  });
   PopDeadFront();
 }
 

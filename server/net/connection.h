@@ -10,7 +10,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -22,6 +21,7 @@
 #include "absl/random/random.h"
 #include "absl/time/time.h"
 #include "server/base/fd.h"
+#include "server/base/ring_queue.h"
 #include "server/jsonrpc/reply_framer.h"
 #include "server/jsonrpc/reply_parser.h"
 #include "server/net/admission.h"
@@ -78,8 +78,11 @@ struct FanoutShare {
   std::shared_ptr<const Fanout> fanout;
   // Indexes into fanout->targets.
   std::vector<uint32_t> entries;
-  // Messages without their outcome yet, plus one while the share is being enqueued.
+  // Messages without their outcome yet, plus one while the share is being enqueued and one while
+  // it waits on its loop's write_reports.
   size_t left = 0;
+  // Notifications written but not yet told to the receiver (LoopContext::ReportWrites).
+  size_t unreported_writes = 0;
 };
 
 // One message on its way to one target: queued, then (sync) awaiting its reply. Its outcome goes
@@ -189,6 +192,16 @@ struct LoopContext {
   std::string frame;   // scratch for ReplyFramer::Next
   std::string prefix;  // scratch for jsonrpc::AppendMessagePrefix
   std::string key;     // scratch for TcpTarget::AppendKey
+  // Connections by the address of a target that was looked up before (Lookup): a fan-out's targets
+  // live in subscriptions, so the same addresses come back Raise after Raise, and a hit costs no
+  // key to build and hash. A hit is checked against the connection's own target (an address may be
+  // reused by another subscription); cleared whenever a connection goes, and when it grows past
+  // four times the connections.
+  absl::flat_hash_map<const uri::TcpTarget*, Connection*> by_target;
+  static constexpr size_t kMinTargetCache = 4096;
+  // Fan-out shares with notifications written this iteration, told at its end (ReportWrites): one
+  // call per share and iteration rather than per message.
+  std::vector<FanoutShare*> write_reports;
   absl::flat_hash_map<std::string, std::unique_ptr<Connection>> connections;
   uint64_t next_uid = 1;
   // Bytes of unfinished replies held by this loop's connections.
@@ -200,9 +213,14 @@ struct LoopContext {
   // when the batch would push it past its deadlines), and the bookkeeping once it is.
   absl::Time BeginBatch(size_t n);
   void EndBatch(absl::Time start, size_t n);
-  // Admission, then the connection to `key`, made when needed, and the flush plan: one message.
-  void EnqueueOne(const uri::TcpTarget& target, const std::string& key, Message message,
-                  const CancelToken* cancel, absl::Time posted_at);
+  // Admission, then the connection to `target` (whose key is `target_key`; null: looked up by
+  // Lookup), made when needed, and the flush plan: one message of a batch taken at `now`
+  // (admission's clock) and posted at `posted_at`.
+  void EnqueueOne(const uri::TcpTarget& target, const std::string* target_key, Message&& message,
+                  const CancelToken* cancel, absl::Time now, absl::Time posted_at);
+  // The connection to `target`, or null: through by_target when the same target (a subscription's,
+  // in a Raise's snapshot) was seen before, otherwise by its key (left in `key` on a miss).
+  Connection* Lookup(const uri::TcpTarget& target);
   // Creates the connection to `key`, or completes `message` with kConnectFailed when the
   // connection cap is reached and no idle connection could be reaped. Null then.
   Connection* CreateConnection(const uri::TcpTarget& target, const std::string& key,
@@ -215,6 +233,8 @@ struct LoopContext {
   void Refuse(const std::string& key, Message& message, Connection* conn, Outcome outcome);
   // One message of `share` has its outcome (or its enqueueing is over): the last deletes it.
   void ReleaseShare(FanoutShare* share);
+  // Tells each share's receiver how many of its notifications this iteration wrote.
+  void ReportWrites();
   void Forget(absl::flat_hash_map<std::string, std::unique_ptr<Connection>>::iterator it);
   void ShedReplyBuffers();
 };
@@ -230,7 +250,7 @@ class Connection final : public IoHandler {
   // Queues `message` (tagged with `cancel`, may be null; its enqueued_at set) without writing.
   // Completes it at once with kQueueFull when the queue is full, or with the last connect/resolve
   // error when backing off past its deadline.
-  void Enqueue(Message message, const CancelToken* cancel);
+  void Enqueue(Message&& message, const CancelToken* cancel);
   // Completes `message` with `outcome` at once, without queueing it (admission's refusal).
   void Refuse(Message message, Outcome outcome);
   // What a Flush() did, for the loop's cost estimates.
@@ -256,6 +276,9 @@ class Connection final : public IoHandler {
   void OnIo(uint32_t events) override;
 
   uint64_t uid() const { return uid_; }
+  const std::string& key() const { return key_; }
+  // True when this is the connection for `target` (same scheme, host and port).
+  bool Serves(const uri::TcpTarget& target) const;
   // Set while the connection is on the loop's flush list.
   bool in_batch = false;
   // While in_batch: how long after the flush starts the plan expects it flushed.
@@ -377,7 +400,7 @@ class Connection final : public IoHandler {
 
   // Unwritten messages; queue_[i].seq == front_seq_ + i. The head may be partially written
   // (write_offset_ bytes); dead messages stay in place until they reach the head.
-  std::deque<Message> queue_;
+  base::RingQueue<Message> queue_;
   uint64_t front_seq_ = 0;
   uint64_t next_seq_ = 0;
   size_t write_offset_ = 0;

@@ -154,8 +154,9 @@ class FanoutReceiver {
   // The delivery of `slot` ended with `outcome`: every outcome except a notification completely
   // written (expect_reply false, kOk), which OnWritten counts instead.
   virtual void OnOutcome(uint32_t slot, Outcome outcome) = 0;
-  // One notification of the fan-out was completely written.
-  virtual void OnWritten() = 0;
+  // `count` notifications of the fan-out were completely written: told once per loop iteration
+  // with what that iteration wrote, not per message.
+  virtual void OnWritten(size_t count) = 0;
 };
 
 // One event's deliveries to many targets, submitted as one: what they share (bodies, mode,

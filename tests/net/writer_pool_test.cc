@@ -1069,9 +1069,9 @@ class RecordingReceiver final : public FanoutReceiver {
     outcomes_.emplace_back(slot, std::move(outcome));
     cv_.notify_all();
   }
-  void OnWritten() override {
+  void OnWritten(size_t count) override {
     std::lock_guard<std::mutex> lock(mu_);
-    ++written_;
+    written_ += count;
     cv_.notify_all();
   }
   // Waits until `outcomes` outcomes and `written` writes were told.
