@@ -280,6 +280,39 @@ TEST_F(DispatcherTest, AsyncWithoutQueuedReportsCountsQueuedAndListsOnlyFailures
   ASSERT_TRUE(b->WaitForMessages(1, kWait));
 }
 
+// Failures told by different loops, in whatever order they come, are listed in subscription order.
+TEST_F(DispatcherTest, AsyncWithoutQueuedReportsListsFailuresFromEveryLoopInOrder) {
+  std::vector<std::unique_ptr<JsonRpcPeer>> peers;
+  for (int i = 0; i < 4; ++i) peers.push_back(StartPeer());
+  net::PoolOptions pool_options;
+  pool_options.num_loops = 2;
+  pool_options.max_queue_messages = 1;
+  pool_->Shutdown();
+  auto pool = net::WriterPool::Create(pool_options);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  pool_ = std::move(*pool);
+  MakeDispatcher(DispatcherOptions{});
+  // Each peer's first subscription is queued, its second refused (QUEUE_FULL).
+  std::vector<registry::SubscriptionPtr> subs;
+  for (int round = 0; round < 2; ++round) {
+    for (int p = 0; p < 4; ++p) {
+      subs.push_back(
+          Sub(absl::StrCat("s", round * 4 + p), peers[p]->socket(round == 0 ? "" : "m")));
+    }
+  }
+  RaiseOptions options;
+  options.queued_reports = false;
+  RaiseResult result = RaiseFor(std::move(subs), options);
+  EXPECT_EQ(result.targets, 8u);
+  EXPECT_EQ(result.queued, 4u);
+  ASSERT_THAT(result.reports, SizeIs(4));
+  for (int p = 0; p < 4; ++p) {
+    EXPECT_EQ(result.reports[p].subscription_id, absl::StrCat("s", 4 + p));
+    EXPECT_EQ(result.reports[p].outcome.code, DeliveryCode::kQueueFull);
+  }
+  for (auto& peer : peers) ASSERT_TRUE(peer->WaitForMessages(1, kWait));
+}
+
 TEST_F(DispatcherTest, AsyncWithoutQueuedReportsToHealthyTargetsListsNothing) {
   auto a = StartPeer();
   std::vector<registry::SubscriptionPtr> subs;

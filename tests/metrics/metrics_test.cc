@@ -57,6 +57,27 @@ TEST(MetricsTest, EventsBeyondTheCapShareTheOtherLabel) {
   EXPECT_THAT(text, HasSubstr("eventbus_deliveries_in_flight 10\n"));
 }
 
+// The writer loop tells a share's written notifications, and a connection's, in one call each:
+// the same counters and histogram as that many single outcomes.
+TEST(MetricsTest, BatchedOutcomesCountAsThatManySingleOnes) {
+  Metrics metrics(Caps(10, 10));
+  auto* scope = metrics.OnRaise("e", /*sync=*/false, 5);
+  metrics.OnOutcomes(scope, DeliveryCode::kOk, absl::Milliseconds(2), 4);
+  metrics.OnOutcome(scope, DeliveryCode::kOk, absl::Milliseconds(2));
+  metrics.OnWritten("10.0.0.1:80", 3);
+  const std::string text = metrics.Scrape();
+  EXPECT_THAT(text, HasSubstr("eventbus_deliveries_completed_total{event=\"e\",mode=\"async\","
+                              "status=\"OK\"} 5\n"));
+  EXPECT_THAT(text, HasSubstr("eventbus_deliveries_in_flight 0\n"));
+  EXPECT_THAT(text, HasSubstr("eventbus_delivery_duration_seconds_count{mode=\"async\","
+                              "result=\"delivered\"} 5\n"));
+  EXPECT_THAT(text, HasSubstr("eventbus_delivery_duration_seconds_sum{mode=\"async\","
+                              "result=\"delivered\"} 0.01\n"));
+  EXPECT_THAT(
+      text, HasSubstr("eventbus_target_messages_total{result=\"delivered\",target=\"10.0.0.1:80\"} "
+                      "3\n"));
+}
+
 TEST(MetricsTest, TargetsBeyondTheCapShareTheOtherLabel) {
   Metrics metrics(Caps(10, 1));
   metrics.OnComplete("10.0.0.1:80", OutcomeOf(DeliveryCode::kOk), false, absl::Milliseconds(1));
