@@ -32,9 +32,8 @@ type subscriber struct {
 	buffer   []byte
 }
 
-// next returns the next notification: one is in flight at a time, so it ends where the bytes
-// first form valid JSON.
-func (s *subscriber) next(t *testing.T) string {
+// accept takes the server's connection on first use and sets a read deadline for the next read.
+func (s *subscriber) accept(t *testing.T) {
 	t.Helper()
 	if s.conn == nil {
 		s.listener.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
@@ -45,6 +44,13 @@ func (s *subscriber) next(t *testing.T) string {
 		s.conn = conn
 	}
 	s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+}
+
+// next returns the next notification: one is in flight at a time, so it ends where the bytes
+// first form valid JSON.
+func (s *subscriber) next(t *testing.T) string {
+	t.Helper()
+	s.accept(t)
 	chunk := make([]byte, 65536)
 	for !json.Valid(s.buffer) {
 		n, err := s.conn.Read(chunk)
@@ -61,15 +67,7 @@ func (s *subscriber) next(t *testing.T) string {
 // exactly returns the bytes the subscriber gets until it has n of them (several notifications).
 func (s *subscriber) exactly(t *testing.T, n int) string {
 	t.Helper()
-	if s.conn == nil {
-		s.listener.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
-		conn, err := s.listener.Accept()
-		if err != nil {
-			t.Fatalf("accept: %v", err)
-		}
-		s.conn = conn
-	}
-	s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	s.accept(t)
 	chunk := make([]byte, 65536)
 	for len(s.buffer) < n {
 		k, err := s.conn.Read(chunk)

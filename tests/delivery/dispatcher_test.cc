@@ -126,6 +126,19 @@ class DispatcherTest : public ::testing::Test {
     if (pool_ != nullptr) pool_->Shutdown();
   }
 
+  // A pool of two loops whose target queues hold one message each (the second to a target in one
+  // Raise is refused, QUEUE_FULL), and a dispatcher on it.
+  void RestartWithQueuesOfOneMessage() {
+    net::PoolOptions pool_options;
+    pool_options.num_loops = 2;
+    pool_options.max_queue_messages = 1;
+    pool_->Shutdown();
+    auto pool = net::WriterPool::Create(pool_options);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    pool_ = std::move(*pool);
+    MakeDispatcher(DispatcherOptions{});
+  }
+
   void MakeDispatcher(DispatcherOptions options) {
     dispatcher_ =
         std::make_unique<Dispatcher>(pool_.get(), base::RealClock::Get(), std::move(options));
@@ -259,14 +272,7 @@ TEST_F(DispatcherTest, AsyncWithoutQueuedReportsCountsQueuedAndListsOnlyFailures
   RaiseOptions options;
   options.queued_reports = false;
   // The immediate failure: a queue of one message, refusing the second one (QUEUE_FULL).
-  net::PoolOptions pool_options;
-  pool_options.num_loops = 2;
-  pool_options.max_queue_messages = 1;
-  pool_->Shutdown();
-  auto pool = net::WriterPool::Create(pool_options);
-  ASSERT_TRUE(pool.ok()) << pool.status();
-  pool_ = std::move(*pool);
-  MakeDispatcher(DispatcherOptions{});
+  RestartWithQueuesOfOneMessage();
   // Two subscriptions to `b` (one queue of one message: the second is refused), one to `a`.
   RaiseResult result = RaiseFor(
       {Sub("s1", a->socket()), Sub("s2", b->socket()), Sub("s3", b->socket("m"))}, options);
@@ -284,14 +290,7 @@ TEST_F(DispatcherTest, AsyncWithoutQueuedReportsCountsQueuedAndListsOnlyFailures
 TEST_F(DispatcherTest, AsyncWithoutQueuedReportsListsFailuresFromEveryLoopInOrder) {
   std::vector<std::unique_ptr<JsonRpcPeer>> peers;
   for (int i = 0; i < 4; ++i) peers.push_back(StartPeer());
-  net::PoolOptions pool_options;
-  pool_options.num_loops = 2;
-  pool_options.max_queue_messages = 1;
-  pool_->Shutdown();
-  auto pool = net::WriterPool::Create(pool_options);
-  ASSERT_TRUE(pool.ok()) << pool.status();
-  pool_ = std::move(*pool);
-  MakeDispatcher(DispatcherOptions{});
+  RestartWithQueuesOfOneMessage();
   // Each peer's first subscription is queued, its second refused (QUEUE_FULL).
   std::vector<registry::SubscriptionPtr> subs;
   for (int round = 0; round < 2; ++round) {
