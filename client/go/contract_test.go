@@ -50,31 +50,26 @@ func (s *subscriber) accept(t *testing.T) {
 // first form valid JSON.
 func (s *subscriber) next(t *testing.T) string {
 	t.Helper()
-	s.accept(t)
-	chunk := make([]byte, 65536)
-	for !json.Valid(s.buffer) {
-		n, err := s.conn.Read(chunk)
-		if err != nil {
-			t.Fatalf("read after %q: %v", s.buffer, err)
-		}
-		s.buffer = append(s.buffer, chunk[:n]...)
-	}
-	message := string(s.buffer)
-	s.buffer = nil
-	return message
+	return s.readUntil(t, func(b []byte) bool { return json.Valid(b) })
 }
 
 // exactly returns the bytes the subscriber gets until it has n of them (several notifications).
 func (s *subscriber) exactly(t *testing.T, n int) string {
 	t.Helper()
+	return s.readUntil(t, func(b []byte) bool { return len(b) >= n })
+}
+
+// readUntil reads until done holds for what was read since the last call, and returns that.
+func (s *subscriber) readUntil(t *testing.T, done func([]byte) bool) string {
+	t.Helper()
 	s.accept(t)
 	chunk := make([]byte, 65536)
-	for len(s.buffer) < n {
-		k, err := s.conn.Read(chunk)
+	for !done(s.buffer) {
+		n, err := s.conn.Read(chunk)
 		if err != nil {
 			t.Fatalf("read after %q: %v", s.buffer, err)
 		}
-		s.buffer = append(s.buffer, chunk[:k]...)
+		s.buffer = append(s.buffer, chunk[:n]...)
 	}
 	message := string(s.buffer)
 	s.buffer = nil
