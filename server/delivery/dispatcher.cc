@@ -314,7 +314,7 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
   for (size_t i = 0; i < subs.size(); ++i) {
     const registry::Subscription& sub = **subs[i];
     const std::string& event_param = sub.event_param ? *sub.event_param : options_.event_param;
-    const std::vector<uri::TcpTarget>& members = sub.target.targets;
+    const uri::TcpTargets& members = sub.target.targets;
 
     if (!sub.target.is_virtual) {
       fanout.targets.push_back(net::Fanout::Target{&members[0], static_cast<uint32_t>(i),
@@ -455,7 +455,7 @@ size_t Dispatcher::RotationsForTesting() {
   return rr_next_.size();
 }
 
-void Dispatcher::DemoteFailedMembers(const std::vector<uri::TcpTarget>& members, absl::Time now,
+void Dispatcher::DemoteFailedMembers(const uri::TcpTargets& members, absl::Time now,
                                      std::vector<size_t>* order) {
   std::vector<size_t> fresh, failed;
   for (size_t m : *order) {

@@ -116,7 +116,7 @@ class Dispatcher {
   // Moves the members of `order` that are known to be down to its end, keeping the relative
   // order: those whose attempt failed within failover_timeout, and those whose shared connection
   // failed to connect within it and has not connected since.
-  void DemoteFailedMembers(const std::vector<uri::TcpTarget>& members, absl::Time now,
+  void DemoteFailedMembers(const uri::TcpTargets& members, absl::Time now,
                            std::vector<size_t>* order);
   // Tries the group's next member, or completes its report when none is left, time is up or the
   // Raise was cancelled. A member that is not the last may spend only its share of the budget

@@ -63,15 +63,49 @@ struct SocketKey {
   absl::string_view socket;
 };
 
-// Every string_view in a key below points into the Subscription held by the same entry, so an
-// entry never outlives the text of its key.
+// The id and socket maps are sets of the subscriptions themselves with their key's hash, looked
+// up by a NameKey or a SocketKey: a slot is 24 bytes, against 40 and 56 with the key's views
+// beside the pointer. The stored hash spares a copied or growing shard from reading each
+// subscription (a cold cache line) to hash it again.
+struct Entry {
+  SubscriptionPtr sub;
+  size_t hash;
+};
+
+struct ById {
+  using is_transparent = void;
+  size_t operator()(const NameKey& key) const { return key.hash; }
+  size_t operator()(const Entry& entry) const { return entry.hash; }
+  static absl::string_view IdOf(const NameKey& key) { return key.name; }
+  static absl::string_view IdOf(const Entry& entry) { return entry.sub->id; }
+  template <typename A, typename B>
+  bool operator()(const A& a, const B& b) const {
+    return IdOf(a) == IdOf(b);
+  }
+};
+
+struct BySocketKey {
+  using is_transparent = void;
+  size_t operator()(const SocketKey& key) const { return key.hash; }
+  size_t operator()(const Entry& entry) const { return entry.hash; }
+  static std::pair<absl::string_view, absl::string_view> KeyOf(const SocketKey& key) {
+    return {key.event, key.socket};
+  }
+  static std::pair<absl::string_view, absl::string_view> KeyOf(const Entry& entry) {
+    return {entry.sub->event, entry.sub->socket};
+  }
+  template <typename A, typename B>
+  bool operator()(const A& a, const B& b) const {
+    return KeyOf(a) == KeyOf(b);
+  }
+};
 
 struct IdShard {
-  absl::flat_hash_map<NameKey, SubscriptionPtr, StoredHash> subs;
+  absl::flat_hash_set<Entry, ById, ById> subs;
 };
 
 struct KeyShard {
-  absl::flat_hash_map<SocketKey, SubscriptionPtr, StoredHash> subs;
+  absl::flat_hash_set<Entry, BySocketKey, BySocketKey> subs;
 };
 
 // The subscribers of one event, in the two orders its readers want. Never empty.
@@ -213,20 +247,20 @@ struct Registry::Index {
     NameKey key(id);
     const auto& subs = ids.For(key.hash).subs;
     auto it = subs.find(key);
-    return it == subs.end() ? nullptr : it->second.get();
+    return it == subs.end() ? nullptr : it->sub.get();
   }
 
   SubscriptionPtr FindById(absl::string_view id) const {
     NameKey key(id);
     const auto& subs = ids.For(key.hash).subs;
     auto it = subs.find(key);
-    return it == subs.end() ? nullptr : it->second;
+    return it == subs.end() ? nullptr : it->sub;
   }
 
   SubscriptionPtr FindByKey(const SocketKey& key) const {
     const auto& subs = keys.For(key.hash).subs;
     auto it = subs.find(key);
-    return it == subs.end() ? nullptr : it->second;
+    return it == subs.end() ? nullptr : it->sub;
   }
 
   const std::shared_ptr<const SubscriberList>& Subscribers(absl::string_view event) const {
@@ -272,9 +306,9 @@ class Registry::Edit {
   // Inserts `sub`; nothing with its id or its (event, socket) may be present.
   void Insert(SubscriptionPtr sub) {
     NameKey id(sub->id);
-    Mutable(index_->ids, ids_, id.hash).subs.emplace(id, sub);
+    AddUnder(Mutable(index_->ids, ids_, id.hash).subs, id, sub);
     SocketKey key(sub->event, sub->socket);
-    Mutable(index_->keys, keys_, key.hash).subs.emplace(key, sub);
+    AddUnder(Mutable(index_->keys, keys_, key.hash).subs, key, sub);
     ++index_->size;
     if (sub->Expires()) expiry_added_.push_back(sub);
     Touch(sub).added.push_back(std::move(sub));
@@ -309,10 +343,10 @@ class Registry::Edit {
         // It may have gone into the other map, where no later one shares its key.
         auto& by_id = Mutable(index_->ids, ids_, ids[i].hash).subs;
         auto id_it = by_id.find(ids[i]);
-        if (id_it != by_id.end() && id_it->second == subs[i]) by_id.erase(id_it);
+        if (id_it != by_id.end() && id_it->sub == subs[i]) by_id.erase(id_it);
         auto& by_key = Mutable(index_->keys, keys_, keys[i].hash).subs;
         auto key_it = by_key.find(keys[i]);
-        if (key_it != by_key.end() && key_it->second == subs[i]) by_key.erase(key_it);
+        if (key_it != by_key.end() && key_it->sub == subs[i]) by_key.erase(key_it);
         continue;
       }
       ++index_->size;
@@ -341,7 +375,7 @@ class Registry::Edit {
     SocketKey key(sub->event, sub->socket);
     KeyShard& keys = Mutable(index_->keys, keys_, key.hash);
     auto it = keys.subs.find(key);
-    if (it != keys.subs.end() && it->second == sub) keys.subs.erase(it);
+    if (it != keys.subs.end() && it->sub == sub) keys.subs.erase(it);
     --index_->size;
     if (sub->Expires()) expiry_removed_.push_back(sub.get());
     Touch(sub).removed.push_back(sub);
@@ -510,9 +544,21 @@ class Registry::Edit {
       map.reserve(map.size() + (start[s + 1] - start[s]));
       for (uint32_t j = start[s]; j < start[s + 1]; ++j) {
         const uint32_t i = order[j];
-        if (!map.try_emplace(keys[i], subs[i]).second) lost[i] = true;
+        if (!AddUnder(map, keys[i], subs[i])) lost[i] = true;
       }
     }
+  }
+
+  // Inserts `sub` into `set` under `key` (its own, hashed already) unless the key is taken.
+  // Returns whether it went in.
+  template <typename Set, typename Key>
+  static bool AddUnder(Set& set, const Key& key, const SubscriptionPtr& sub) {
+    bool inserted = false;
+    set.lazy_emplace(key, [&](const typename Set::constructor& construct) {
+      inserted = true;
+      construct(Entry{sub, key.hash});
+    });
+    return inserted;
   }
 
   static size_t CountOf(const IdShard& shard) { return shard.subs.size(); }

@@ -22,8 +22,8 @@ namespace eventbus::registry {
 // (a pointer), so that the struct and its own heap blocks stay small. They read like the
 // std::string and std::optional<std::string> they were (shared_text.h).
 struct Subscription {
-  // Random, 16 lowercase hex digits; unique across replicas.
-  std::string id;
+  // Random, 16 lowercase hex digits; unique across replicas. Held in place (shared_text.h).
+  InlineText id;
   SharedName event;
   // Normalised socket text (uri::SocketUri::ToString()); with `event` the natural key.
   std::string socket;

@@ -679,7 +679,7 @@ void EtcdStore::Impl::Write(bool put, registry::SubscriptionPtr sub, Done done) 
   }
   auto op = std::make_shared<WriteOp>();
   op->put = put;
-  op->key = absl::StrCat(key_prefix_, sub->id);
+  op->key = absl::StrCat(key_prefix_, absl::string_view(sub->id));
   op->deadline = absl::Now() + options_.call_timeout;
   op->sub = std::move(sub);
   op->done = std::move(done);
@@ -761,7 +761,7 @@ void EtcdStore::Impl::PutKey(std::shared_ptr<WriteOp> op) {
 
 absl::Status EtcdStore::Impl::TooLarge(const WriteOp& op, absl::string_view why) const {
   return absl::InvalidArgumentError(absl::StrCat(
-      name_, ": subscription \"", op.sub->id,
+      name_, ": subscription \"", absl::string_view(op.sub->id),
       "\" is too large to store: ", op.key.size() + op.value.size(), " bytes of key and value ",
       why, " (etcd's --max-request-bytes, 1.5 MiB by default); shorten its event_param"));
 }

@@ -31,7 +31,10 @@ void MemoryStore::Put(registry::SubscriptionPtr sub, Done done) {
     if (!available_) {
       status = Unavailable();
     } else if (sub != nullptr) {
-      subs_[sub->id] = std::move(sub);
+      // The stored pointer is the key: a replacement goes in whole, not into the old slot.
+      auto it = subs_.find(absl::string_view(sub->id));
+      if (it != subs_.end()) subs_.erase(it);
+      subs_.insert(std::move(sub));
     }
   }
   done(std::move(status));
@@ -44,7 +47,7 @@ void MemoryStore::Delete(registry::SubscriptionPtr sub, Done done) {
     if (!available_) {
       status = Unavailable();
     } else if (sub != nullptr) {
-      subs_.erase(sub->id);
+      subs_.erase(absl::string_view(sub->id));
     }
   }
   done(std::move(status));
@@ -70,7 +73,7 @@ std::vector<registry::SubscriptionPtr> MemoryStore::Contents() const {
   {
     eventbus::MutexLock lock(&mu_);
     out.reserve(subs_.size());
-    for (const auto& [id, sub] : subs_) out.push_back(sub);
+    out.assign(subs_.begin(), subs_.end());
   }
   std::sort(out.begin(), out.end(),
             [](const registry::SubscriptionPtr& a, const registry::SubscriptionPtr& b) {

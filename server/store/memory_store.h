@@ -8,7 +8,8 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
 #include "absl/strings/string_view.h"
 #include "server/base/mutex.h"
 #include "server/store/subscription_store.h"
@@ -43,8 +44,24 @@ class MemoryStore final : public SubscriptionStore {
   size_t size() const;
 
  private:
+  // Hashes and compares a subscription by its id, and looks one up by an id alone: the set's
+  // slot is the pointer (16 bytes), with no copy of the id (a heap block at 16 characters).
+  struct ById {
+    using is_transparent = void;
+    static absl::string_view IdOf(absl::string_view id) { return id; }
+    static absl::string_view IdOf(const registry::SubscriptionPtr& sub) { return sub->id; }
+    template <typename T>
+    size_t operator()(const T& key) const {
+      return absl::Hash<absl::string_view>{}(IdOf(key));
+    }
+    template <typename A, typename B>
+    bool operator()(const A& a, const B& b) const {
+      return IdOf(a) == IdOf(b);
+    }
+  };
+
   mutable eventbus::Mutex mu_;
-  absl::flat_hash_map<std::string, registry::SubscriptionPtr> subs_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<registry::SubscriptionPtr, ById, ById> subs_ ABSL_GUARDED_BY(mu_);
   bool available_ ABSL_GUARDED_BY(mu_) = true;
 
   // Held while calling the listener, so calls never overlap and none follows Stop.

@@ -41,8 +41,8 @@ absl::Time ExpireTime(absl::Time now, const std::optional<uint32_t>& seconds,
 absl::Status NotYours(const Subscription& sub, absl::string_view operation,
                       absl::string_view action) {
   return absl::PermissionDeniedError(absl::StrCat(
-      operation, ": subscription ", sub.id, " (event \"", Quote(sub.event), "\", socket \"",
-      Quote(sub.socket), "\") belongs to another caller",
+      operation, ": subscription ", absl::string_view(sub.id), " (event \"", Quote(sub.event),
+      "\", socket \"", Quote(sub.socket), "\") belongs to another caller",
       sub.owner.empty() ? " (it was made without authentication and has no owner)" : "",
       "; only its owner or an admin may ", action, " it"));
 }
@@ -384,9 +384,9 @@ void SubscriptionManager::DeleteExpired(SubscriptionPtr sub) {
     SubscriptionPtr doomed = sub;
     store_->Delete(std::move(doomed), [this, key, sub = std::move(sub)](absl::Status status) {
       if (!status.ok()) {
-        EB_LOG(kWarning, "expired subscription not deleted from the store", "id=", sub->id,
-               " event=", base::LogValue(sub->event), " store=", store_->kind(),
-               " error=", base::LogValue(status.ToString()));
+        EB_LOG(kWarning, "expired subscription not deleted from the store",
+               "id=", absl::string_view(sub->id), " event=", base::LogValue(sub->event),
+               " store=", store_->kind(), " error=", base::LogValue(status.ToString()));
       }
       FinishKey(key);
     });

@@ -467,7 +467,7 @@ registry::Subscription MakeSubscription() {
   sub.event = "E_PIKE_BLOCKED";
   sub.socket = "virtual:PARALLEL tcp:a:1 tcp:[::1]:2/m";
   sub.target.is_virtual = true;
-  sub.target.targets = {uri::TcpTarget{"a", 1, ""}, uri::TcpTarget{"::1", 2, "m"}};
+  sub.target.targets = {*uri::ParseTcpSocket("tcp:a:1"), *uri::ParseTcpSocket("tcp:[::1]:2/m")};
   sub.create_time = absl::FromUnixSeconds(1700000000) + absl::Milliseconds(250);
   return sub;
 }

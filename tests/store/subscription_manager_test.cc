@@ -800,7 +800,7 @@ TEST_F(SubscriptionManagerTest, AnotherCallersRefreshIsPermissionDeniedAndChange
   auto takeover = Subscribe(Req("E_PIKE", "tcp:H:1/m", 1, "y"), kBob);
   ASSERT_EQ(takeover.status().code(), absl::StatusCode::kPermissionDenied) << takeover.status();
   EXPECT_EQ(takeover.status().message(),
-            absl::StrCat("subscribe: subscription ", before->id,
+            absl::StrCat("subscribe: subscription ", absl::string_view(before->id),
                          " (event \"E_PIKE\", socket \"tcp:h:1/m\") belongs to another caller; "
                          "only its owner or an admin may refresh it"));
   // Who owns it is not the refused caller's business.
