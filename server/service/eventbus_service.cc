@@ -262,13 +262,14 @@ class RaiseStreamReactor final
     }
     auto answer = std::make_unique<Answer>();
     Answer* a = answer.get();
-    a->left = events.size();
+    // One more than its events while they are being raised: a sync event's answer may come (and
+    // the whole answer be written and freed) before RaiseOne is done with `a`.
+    a->left = events.size() + 1;
     a->kinds.resize(events.size(), Kind::kRefused);
     for (size_t i = 0; i < events.size(); ++i) a->response.add_results();
     {
       std::lock_guard<std::mutex> lock(mu_);
       answers_.push_back(std::move(answer));
-      if (events.empty()) ++unwritten_;
       // Counted before the first is raised: the stream cannot finish while this loop runs.
       in_flight_ += events.size();
     }
@@ -276,6 +277,7 @@ class RaiseStreamReactor final
     {
       std::lock_guard<std::mutex> lock(mu_);
       reading_ = false;
+      if (--a->left == 0) ++unwritten_;
     }
     Act();
   }
