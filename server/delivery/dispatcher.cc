@@ -238,6 +238,140 @@ struct Dispatcher::RaiseState final : net::FanoutReceiver {
   }
 };
 
+// The answers of one Batch. Its Fanouts' receivers (Run) record immediate failures by slot;
+// the events raised on their own (with a virtual group among their subscribers) answer through
+// Raise. The answers are built when the last of them has arrived: Finish holds one arrival back,
+// so nothing the building thread writes is read before it is done.
+struct Dispatcher::BatchState {
+  struct Event {
+    // Its slots: [first_slot, first_slot + targets) of `subs`.
+    uint32_t first_slot = 0;
+    uint32_t targets = 0;
+    // A report for every slot, QUEUED included (RaiseOptions::queued_reports).
+    bool dense = false;
+    // Raised on its own: its answer comes through Raise, into `own`.
+    bool own = false;
+  };
+
+  // Written by the building thread only, read by the answer.
+  absl::Time start;
+  std::vector<Event> events;
+  // Each slot's subscription, pointing into `snapshots`, which keep them (and the targets the
+  // Fanouts point to) alive.
+  std::vector<const registry::SubscriptionPtr*> subs;
+  std::vector<std::shared_ptr<const registry::SubscriberList>> snapshots;
+  // The Fanout being built, and its receiver (null: none).
+  net::Fanout run;
+  std::shared_ptr<net::FanoutReceiver> run_receiver;
+  DeliveryObserver::EventScope* run_scope = nullptr;
+
+  const base::Clock* clock = nullptr;
+  DeliveryObserver* observer = nullptr;
+
+  std::mutex mu;  // guards the members below
+  // Immediate failures (and any outcome before the answer that is not a written notification).
+  std::vector<std::pair<uint32_t, DeliveryReport>> news;
+  // Answers of the events raised on their own, by event index.
+  std::vector<std::pair<size_t, RaiseResult>> own;
+  // Arrivals until the answer: one per Fanout submitted and per event raised on its own, plus the
+  // one Finish makes.
+  size_t left = 1;
+  bool answered = false;
+  BatchDone done;
+
+  void OnOutcome(DeliveryObserver::EventScope* scope, uint32_t slot, Outcome o) {
+    const absl::Time at = clock->Now();
+    if (observer != nullptr) observer->OnOutcome(scope, o.code, at - start);
+    if (Delivered(o)) return;
+    std::lock_guard<std::mutex> lock(mu);
+    // After the answer, an outcome is the connection's business (counted in its stats).
+    if (answered) return;
+    DeliveryReport r;
+    r.latency = at - start;
+    r.outcome = std::move(o);
+    news.emplace_back(slot, std::move(r));
+  }
+
+  void Expect() {
+    std::lock_guard<std::mutex> lock(mu);
+    ++left;
+  }
+
+  void Arrive() {
+    BatchDone to_run;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (--left > 0) return;
+      answered = true;
+      to_run = std::move(done);
+    }
+    // Nothing writes news or own once answered.
+    std::vector<RaiseResult> results = Answers(clock->Now());
+    if (to_run) to_run(std::move(results));
+  }
+
+  // One RaiseResult per event, as Raise's async answer would be.
+  std::vector<RaiseResult> Answers(absl::Time now) {
+    std::vector<RaiseResult> results(events.size());
+    for (auto& [index, result] : own) results[index] = std::move(result);
+    std::sort(news.begin(), news.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    auto next = news.begin();
+    auto named = [&](uint32_t slot, DeliveryReport report) {
+      const registry::Subscription& sub = **subs[slot];
+      report.subscription_id = sub.id;
+      report.socket = sub.socket;
+      return report;
+    };
+    for (size_t e = 0; e < events.size(); ++e) {
+      const Event& event = events[e];
+      if (event.own) continue;
+      RaiseResult& out = results[e];
+      out.targets = event.targets;
+      const uint32_t end = event.first_slot + event.targets;
+      if (!event.dense) {
+        // Only the failures, in slot order; the others are counted.
+        for (; next != news.end() && next->first < end; ++next) {
+          out.reports.push_back(named(next->first, std::move(next->second)));
+        }
+        out.queued = event.targets - out.reports.size();
+        continue;
+      }
+      out.reports.reserve(event.targets);
+      for (uint32_t slot = event.first_slot; slot < end; ++slot) {
+        if (next != news.end() && next->first == slot) {
+          out.reports.push_back(named(slot, std::move(next->second)));
+          ++next;
+          continue;
+        }
+        DeliveryReport queued;
+        queued.outcome.code = DeliveryCode::kQueued;
+        queued.latency = now - start;
+        out.reports.push_back(named(slot, std::move(queued)));
+        ++out.queued;
+      }
+    }
+    return results;
+  }
+
+  // The receiver of one of the batch's Fanouts; its events share one observer scope.
+  struct Run final : net::FanoutReceiver {
+    Run(std::shared_ptr<BatchState> batch, DeliveryObserver::EventScope* scope)
+        : batch(std::move(batch)), scope(scope) {}
+    void OnOutcome(uint32_t slot, Outcome outcome) override {
+      batch->OnOutcome(scope, slot, std::move(outcome));
+    }
+    void OnWritten(size_t count) override {
+      if (batch->observer != nullptr) {
+        batch->observer->OnOutcomes(scope, DeliveryCode::kOk, batch->clock->Now() - batch->start,
+                                    count);
+      }
+    }
+    const std::shared_ptr<BatchState> batch;
+    DeliveryObserver::EventScope* const scope;
+  };
+};
+
 // One subscription to a FAILOVER or ROUND-ROBIN group: its members are tried one at a time, in
 // `order`, until one delivers or the budget ends. Each attempt's callback starts the next, so
 // the run is never touched by two threads at once.
@@ -435,6 +569,110 @@ Dispatcher::RaiseHandle Dispatcher::Raise(
   pool_->Submit(std::move(batch), arrive);
   for (auto& run : groups) NextGroupAttempt(std::move(run), arrive);
   return handle;
+}
+
+Dispatcher::Batch Dispatcher::NewBatch() {
+  auto state = std::make_shared<BatchState>();
+  state->start = clock_->Now();
+  state->clock = clock_;
+  state->observer = options_.observer;
+  return Batch(this, std::move(state));
+}
+
+Dispatcher::Batch::Batch(Dispatcher* dispatcher, std::shared_ptr<BatchState> state)
+    : dispatcher_(dispatcher), state_(std::move(state)) {}
+Dispatcher::Batch::Batch(Batch&&) noexcept = default;
+Dispatcher::Batch& Dispatcher::Batch::operator=(Batch&&) noexcept = default;
+Dispatcher::Batch::~Batch() {
+  if (state_ != nullptr) Finish(nullptr);
+}
+
+size_t Dispatcher::Batch::size() const { return state_->events.size(); }
+bool Dispatcher::Batch::full() const {
+  return state_->subs.size() >= dispatcher_->options_.max_batch_targets;
+}
+
+void Dispatcher::Batch::Add(const std::string& event, const jsonrpc::Params& params,
+                            const RaiseOptions& options,
+                            std::shared_ptr<const registry::SubscriberList> subscribers) {
+  BatchState& s = *state_;
+  const size_t index = s.events.size();
+  BatchState::Event& e = s.events.emplace_back();
+  e.first_slot = static_cast<uint32_t>(s.subs.size());
+  e.dense = options.queued_reports;
+  bool plain = true;
+  for (const registry::SubscriptionPtr& sub : *subscribers) {
+    if (!sub->LiveAt(s.start)) continue;
+    if (sub->target.is_virtual) {
+      plain = false;
+      break;
+    }
+    s.subs.push_back(&sub);
+  }
+  if (!plain) {
+    // Groups take their own way (Raise), after what was added before has been submitted.
+    s.subs.resize(e.first_slot);
+    e.own = true;
+    SubmitRun();
+    s.Expect();
+    dispatcher_->Raise(event, params, options, std::move(subscribers),
+                       [state = state_, index](RaiseResult result) {
+                         {
+                           std::lock_guard<std::mutex> lock(state->mu);
+                           state->own.emplace_back(index, std::move(result));
+                         }
+                         state->Arrive();
+                       });
+    return;
+  }
+  e.targets = static_cast<uint32_t>(s.subs.size() - e.first_slot);
+  DeliveryObserver::EventScope* scope = nullptr;
+  if (s.observer != nullptr) scope = s.observer->OnRaise(event, /*sync=*/false, e.targets);
+  if (e.targets == 0) return;
+
+  const absl::Time deadline = s.start + options.timeout;
+  if (s.run_receiver != nullptr &&
+      (scope != s.run_scope || deadline != s.run.deadline ||
+       s.run.targets.size() >= dispatcher_->options_.max_batch_targets)) {
+    SubmitRun();
+  }
+  if (s.run_receiver == nullptr) {
+    s.run_receiver = std::make_shared<BatchState::Run>(state_, scope);
+    s.run_scope = scope;
+    s.run.deadline = deadline;
+  }
+  BodyCache bodies(event, params);
+  const auto base = static_cast<uint32_t>(s.run.bodies.size());
+  for (size_t slot = e.first_slot; slot < s.subs.size(); ++slot) {
+    const registry::Subscription& sub = **s.subs[slot];
+    const std::string& event_param =
+        sub.event_param ? *sub.event_param : dispatcher_->options_.event_param;
+    const uri::TcpTarget& target = sub.target.targets[0];
+    s.run.targets.push_back(net::Fanout::Target{&target, static_cast<uint32_t>(slot),
+                                                base + bodies.Index(target.method, event_param)});
+  }
+  for (auto& body : bodies.bodies()) s.run.bodies.push_back(std::move(body));
+  s.snapshots.push_back(std::move(subscribers));
+}
+
+void Dispatcher::Batch::SubmitRun() {
+  BatchState& s = *state_;
+  if (s.run_receiver == nullptr) return;
+  s.run.receiver = std::move(s.run_receiver);
+  s.run_receiver = nullptr;
+  s.Expect();
+  dispatcher_->pool_->Submit(std::exchange(s.run, net::Fanout{}),
+                             [state = state_] { state->Arrive(); });
+}
+
+void Dispatcher::Batch::Finish(BatchDone done) {
+  SubmitRun();
+  std::shared_ptr<BatchState> state = std::move(state_);
+  {
+    std::lock_guard<std::mutex> lock(state->mu);
+    state->done = std::move(done);
+  }
+  state->Arrive();
 }
 
 void Dispatcher::Cancel(const RaiseHandle& handle) {

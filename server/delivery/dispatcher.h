@@ -69,15 +69,21 @@ struct DispatcherOptions {
   // Told of every Raise and of each delivery's final outcome (delivery_observer.h); not owned,
   // must outlive the dispatcher. Null: nobody is told.
   DeliveryObserver* observer = nullptr;
+  // A Batch submits its Fanout once it holds this many deliveries, and says it is full() then: a
+  // Fanout stays alive (16 bytes a delivery) until every delivery has its outcome, and a Batch
+  // keeps its events' snapshots until its answer.
+  size_t max_batch_targets = 65536;
 };
 
 // Thread-safe.
 class Dispatcher {
  private:
   struct RaiseState;
+  struct BatchState;
 
  public:
   using Done = absl::AnyInvocable<void(RaiseResult)>;
+  using BatchDone = absl::AnyInvocable<void(std::vector<RaiseResult>)>;
 
   // Names one Raise in progress, for Cancel(). Copyable; holds nothing alive. Empty for a Raise
   // that cannot be cancelled (async, or nobody to deliver to).
@@ -107,6 +113,44 @@ class Dispatcher {
   // groups try no further member, and `done` runs soon with what is known (the abandoned
   // deliveries as TIMEOUT, "abandoned ..."). A no-op once the Raise has answered. Never blocks.
   void Cancel(const RaiseHandle& handle);
+
+  // Async events raised together (a RaiseStream message): each is raised as Raise would, with
+  // the same answer, but consecutive events of one name and timeout whose live subscribers are all
+  // plain tcp:/tls: targets go to the pool as one Fanout, so a batch of events costs one post per
+  // loop and one answer rather than one of each per event. Events reach each target in the order
+  // they were added. Built by one thread; Finish must be called once every event is added.
+  class Batch {
+   public:
+    Batch(Batch&&) noexcept;
+    Batch& operator=(Batch&&) noexcept;
+    // Finish(nullptr) if it was not called.
+    ~Batch();
+
+    // Raises `event` to the live subscriptions of `subscribers` (`options.sync` must be false).
+    // `event` and `params` are used only during the call: the bodies are encoded here. Its
+    // answer is the Add's index in Finish's results.
+    void Add(const std::string& event, const jsonrpc::Params& params, const RaiseOptions& options,
+             std::shared_ptr<const registry::SubscriberList> subscribers);
+    size_t size() const;
+    // Holds DispatcherOptions::max_batch_targets deliveries or more: finish it and start another,
+    // so that what one batch keeps alive until its answer stays bounded.
+    bool full() const;
+    // No more events: `done` runs once with one RaiseResult per Add, in order, as soon as every
+    // delivery of every event is queued (QUEUED or an immediate failure): inline when nothing
+    // was posted, otherwise on a loop thread.
+    void Finish(BatchDone done);
+
+   private:
+    friend class Dispatcher;
+    Batch(Dispatcher* dispatcher, std::shared_ptr<BatchState> state);
+    // Submits the Fanout being built, if any.
+    void SubmitRun();
+
+    Dispatcher* dispatcher_;
+    std::shared_ptr<BatchState> state_;
+  };
+  // A batch whose events start now (liveness and latency are measured from here).
+  Batch NewBatch();
 
   // How many ROUND-ROBIN rotations are remembered (tests check they do not pile up).
   size_t RotationsForTesting();
@@ -146,6 +190,7 @@ class Dispatcher {
   absl::flat_hash_map<std::string, Rotation> rr_next_;
   size_t rr_prune_at_ = kMinPruneAt;
   static constexpr size_t kMinPruneAt = 1024;
+
   static constexpr absl::Duration kMinConnectShare = absl::Milliseconds(100);
 };
 

@@ -279,7 +279,11 @@ class RaiseStreamReactor final
       // Counted before the first is raised: the stream cannot finish while this loop runs.
       in_flight_ += events.size();
     }
-    for (size_t i = 0; i < events.size(); ++i) RaiseOne(a, i, events[i]);
+    // Async events go to the dispatcher in batches (one post per writer loop, one answer), each
+    // sent off before a sync event so that every target sees the events in order.
+    Batched batched;
+    for (size_t i = 0; i < events.size(); ++i) RaiseOne(a, i, events[i], &batched);
+    SendBatch(a, &batched);
     {
       std::lock_guard<std::mutex> lock(mu_);
       reading_ = false;
@@ -339,8 +343,32 @@ class RaiseStreamReactor final
     grpc::ByteBuffer bytes;  // the serialized response while it is written
   };
 
-  // Parses, validates and raises event `i` of answer `a`; its result arrives in Done.
-  void RaiseOne(Answer* a, size_t i, absl::string_view bytes) {
+  // The async events of a message not yet handed to the dispatcher: `batch`'s k-th event is
+  // event indexes[k].
+  struct Batched {
+    std::optional<delivery::Dispatcher::Batch> batch;  // made by the first event
+    std::vector<uint32_t> indexes;
+  };
+
+  // Hands `batched` to the dispatcher (unless empty) and empties it; its events' results arrive in
+  // DoneMany.
+  void SendBatch(Answer* a, Batched* batched) {
+    if (!batched->batch.has_value()) return;
+    Batched sent = std::exchange(*batched, Batched{});
+    sent.batch->Finish(
+        [this, a, indexes = std::move(sent.indexes)](std::vector<delivery::RaiseResult> results) {
+          for (size_t k = 0; k < indexes.size(); ++k) {
+            RaiseResultToProto(
+                results[k],
+                a->response.mutable_results(static_cast<int>(indexes[k]))->mutable_response());
+          }
+          DoneMany(a, indexes.size());
+        });
+  }
+
+  // Parses, validates and raises event `i` of answer `a`: a sync one at once (its result arrives
+  // in Done), an async one into `batched`.
+  void RaiseOne(Answer* a, size_t i, absl::string_view bytes, Batched* batched) {
     v1::RaiseStreamResult* result = a->response.mutable_results(static_cast<int>(i));
     auto refuse = [&](const absl::Status& status) {
       v1::StreamError* error = result->mutable_error();
@@ -348,7 +376,8 @@ class RaiseStreamReactor final
       error->set_message(absl::StrCat("event [", i, "]: ", status.message()));
       Done(a, i);
     };
-    v1::RaiseRequest request;
+    // Reused: parsing into it again keeps what it allocated.
+    v1::RaiseRequest& request = request_;
     google::protobuf::io::CodedInputStream input(reinterpret_cast<const uint8_t*>(bytes.data()),
                                                  static_cast<int>(bytes.size()));
     absl::Status parsed = ParseRaiseRequest(&input, bytes.size(), "the event", &request);
@@ -368,13 +397,21 @@ class RaiseStreamReactor final
     if (cancelled) {
       return refuse(absl::CancelledError("raise_stream: cancelled before it was raised"));
     }
+    if (!sync) {
+      if (!batched->batch.has_value()) batched->batch.emplace(service_->dispatcher()->NewBatch());
+      service_->AddToBatch(request, *prepared, &*batched->batch);
+      batched->indexes.push_back(static_cast<uint32_t>(i));
+      if (batched->batch->full()) SendBatch(a, batched);
+      return;
+    }
+    // The async events before it go first.
+    SendBatch(a, batched);
     delivery::Dispatcher::RaiseHandle handle =
         service_->StartRaise(request, *prepared, [this, a, i](delivery::RaiseResult raised) {
           RaiseResultToProto(raised,
                              a->response.mutable_results(static_cast<int>(i))->mutable_response());
           Done(a, i);
         });
-    if (!sync) return;
     bool cancel_now = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -391,12 +428,27 @@ class RaiseStreamReactor final
   void Done(Answer* a, size_t i) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      --in_flight_;
-      if (--a->left == 0) ++unwritten_;
-      if (a->kinds[i] == Kind::kSync) --sync_in_flight_;
-      if (a->kinds[i] == Kind::kAsync) --async_unqueued_;
+      Answered(a, 1, a->kinds[i]);
     }
     Act();
+  }
+
+  // `count` async events of `a` have their results.
+  void DoneMany(Answer* a, size_t count) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      Answered(a, count, Kind::kAsync);
+    }
+    Act();
+  }
+
+  // Counts `count` events of `a`, all of `kind`, as answered. Called with mu_ held.
+  void Answered(Answer* a, size_t count, Kind kind) {
+    in_flight_ -= count;
+    a->left -= count;
+    if (a->left == 0) ++unwritten_;
+    if (kind == Kind::kSync) sync_in_flight_ -= count;
+    if (kind == Kind::kAsync) async_unqueued_ -= count;
   }
 
   // Starts whatever the state now allows: the next write, the next read, or the finish.
@@ -448,8 +500,9 @@ class RaiseStreamReactor final
 
   EventBusServiceImpl* const service_;
   const absl::Time deadline_;
-  grpc::ByteBuffer read_;  // the message being read; the reading thread's
-  size_t messages_ = 0;    // messages read so far; the reading thread's
+  grpc::ByteBuffer read_;     // the message being read; the reading thread's
+  v1::RaiseRequest request_;  // the event being raised; the reading thread's
+  size_t messages_ = 0;       // messages read so far; the reading thread's
 
   std::mutex mu_;
   // Messages read and not yet completely written, in order. Guarded by mu_ (the Answers' own
@@ -614,6 +667,12 @@ delivery::Dispatcher::RaiseHandle EventBusServiceImpl::StartRaise(const v1::Rais
                                                                   delivery::Dispatcher::Done done) {
   return dispatcher_->Raise(request.event(), prepared.params, prepared.options,
                             registry_->Subscribers(request.event()), std::move(done));
+}
+
+void EventBusServiceImpl::AddToBatch(const v1::RaiseRequest& request, const PreparedRaise& prepared,
+                                     delivery::Dispatcher::Batch* batch) {
+  batch->Add(request.event(), prepared.params, prepared.options,
+             registry_->Subscribers(request.event()));
 }
 
 grpc::ServerUnaryReactor* EventBusServiceImpl::Raise(grpc::CallbackServerContext* context,

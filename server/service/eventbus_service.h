@@ -58,8 +58,11 @@ struct ServiceOptions {
 // parses each event of a message on its own, so one such event gets its own error result and the
 // others of its message are still raised.
 //
-// RaiseStream (eventbus.proto) validates and raises each event exactly as Raise does
-// (PrepareRaise, StartRaise). It reads the next message only when (a) fewer than
+// RaiseStream (eventbus.proto) validates each event exactly as Raise does (PrepareRaise) and
+// gives it the answer Raise would. The async events of a message go to the dispatcher together
+// (AddToBatch, Dispatcher::Batch: one post per writer loop and one answer for all of them, not one
+// per event); a sync event is raised on its own (StartRaise), after the async events before it
+// have been handed over. It reads the next message only when (a) fewer than
 // kStreamMaxUnqueuedEvents async events read so far are not yet queued at their targets (the
 // dispatcher has not answered them), (b) fewer than kStreamMaxSyncEvents sync events await their
 // outcome, and (c) fewer than kStreamMaxUnwritten answered messages wait to be written. So a
@@ -138,6 +141,9 @@ class EventBusServiceImpl final : public EventBusServiceBase {
   delivery::Dispatcher::RaiseHandle StartRaise(const eventbus::v1::RaiseRequest& request,
                                                const PreparedRaise& prepared,
                                                delivery::Dispatcher::Done done);
+  // Adds a prepared async Raise of `request` to `batch`, with the event's current subscribers.
+  void AddToBatch(const eventbus::v1::RaiseRequest& request, const PreparedRaise& prepared,
+                  delivery::Dispatcher::Batch* batch);
   // OK once the store has loaded; UNAVAILABLE naming the store and its last error before.
   absl::Status Ready() const { return loader_ == nullptr ? absl::OkStatus() : loader_->Ready(); }
   delivery::Dispatcher* dispatcher() const { return dispatcher_; }

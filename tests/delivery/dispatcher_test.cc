@@ -701,5 +701,171 @@ TEST_F(DispatcherTest, ObserverHearsOfARaiseWithNoSubscribers) {
   EXPECT_EQ(observer.accepted(), 0u);
 }
 
+// What a Batch is given, one event at a time.
+struct BatchEvent {
+  std::string event;
+  std::vector<registry::SubscriptionPtr> subs;
+  bool queued_reports = false;
+  int n = 0;  // params {"n":N}
+};
+
+class BatchTest : public DispatcherTest {
+ protected:
+  // Adds `events` to one batch, in order, and waits for its answer.
+  std::vector<RaiseResult> RaiseBatch(const std::vector<BatchEvent>& events) {
+    auto promise = std::make_shared<std::promise<std::vector<RaiseResult>>>();
+    std::future<std::vector<RaiseResult>> answer = promise->get_future();
+    Dispatcher::Batch batch = dispatcher_->NewBatch();
+    for (const BatchEvent& e : events) {
+      RaiseOptions options;
+      options.queued_reports = e.queued_reports;
+      jsonrpc::Params params{jsonrpc::Params::Kind::kNamed, absl::StrCat(R"({"n":)", e.n, "}")};
+      batch.Add(e.event, params, options, std::make_shared<const registry::SubscriberList>(e.subs));
+    }
+    EXPECT_EQ(batch.size(), events.size());
+    batch.Finish([promise](std::vector<RaiseResult> r) { promise->set_value(std::move(r)); });
+    if (answer.wait_for(absl::ToChronoSeconds(kWait)) != std::future_status::ready) {
+      ADD_FAILURE() << "the batch was not answered";
+      return {};
+    }
+    return answer.get();
+  }
+
+  static std::string Notification(const std::string& method, int n) {
+    return absl::StrCat(R"({"jsonrpc":"2.0","method":")", method, R"(","params":{"n":)", n, "}}");
+  }
+};
+
+// Events of several names, one with nobody subscribed and one whose subscribers include a
+// FAILOVER group (raised on its own, between the Fanouts), reach each target in the order they
+// were added, byte-exact; each event gets the answer Raise would give it.
+TEST_F(BatchTest, EventsReachEachTargetInOrderAndEachGetsItsOwnAnswer) {
+  auto a = StartPeer(), b = StartPeer();
+  const std::string group = absl::StrCat("virtual:FAILOVER ", b->socket(), " ", ClosedSocket());
+  std::vector<BatchEvent> events = {
+      {"E1", {Sub("s1", a->socket()), Sub("s2", b->socket())}, false, 1},
+      {"E2", {Sub("s3", a->socket("m"))}, false, 2},
+      {"E3", {}, false, 3},
+      {"E4", {Sub("s4", a->socket()), Sub("g", group)}, true, 4},
+      {"E1", {Sub("s5", b->socket()), Sub("s6", a->socket())}, true, 5},
+  };
+  std::vector<RaiseResult> results = RaiseBatch(events);
+  ASSERT_THAT(results, SizeIs(5));
+  const size_t targets[] = {2, 1, 0, 2, 2};
+  for (size_t e = 0; e < results.size(); ++e) {
+    EXPECT_EQ(results[e].targets, targets[e]) << "event " << e;
+    EXPECT_EQ(results[e].queued, targets[e]) << "event " << e;
+  }
+  // Sparse answers list nothing; the dense ones (all_deliveries: the group's event, raised on its
+  // own, and the last) list every target as QUEUED, named, in subscription order.
+  EXPECT_THAT(results[0].reports, SizeIs(0));
+  EXPECT_THAT(results[1].reports, SizeIs(0));
+  ASSERT_THAT(results[3].reports, SizeIs(2));
+  EXPECT_EQ(results[3].reports[1].subscription_id, "g");
+  ASSERT_THAT(results[4].reports, SizeIs(2));
+  EXPECT_EQ(results[4].reports[0].subscription_id, "s5");
+  EXPECT_EQ(results[4].reports[0].socket, b->socket());
+  EXPECT_EQ(results[4].reports[0].outcome.code, DeliveryCode::kQueued);
+  EXPECT_EQ(results[4].reports[1].subscription_id, "s6");
+
+  ASSERT_TRUE(a->WaitForMessages(4, kWait));
+  ASSERT_TRUE(b->WaitForMessages(3, kWait));
+  EXPECT_THAT(a->Messages(), ElementsAre(Notification("E1", 1), Notification("m", 2),
+                                         Notification("E4", 4), Notification("E1", 5)));
+  EXPECT_THAT(b->Messages(),
+              ElementsAre(Notification("E1", 1), Notification("E4", 4), Notification("E1", 5)));
+}
+
+// Immediate failures are listed under the event they belong to, in subscription order, whether
+// its answer lists only failures or every target.
+TEST_F(BatchTest, EachFailureIsListedUnderItsOwnEvent) {
+  auto a = StartPeer(), b = StartPeer(), c = StartPeer();
+  RestartWithQueuesOfOneMessage();
+  std::vector<RaiseResult> results = RaiseBatch({
+      {"E", {Sub("s1", a->socket())}, false, 1},
+      {"E", {Sub("s2", a->socket()), Sub("s3", b->socket())}, false, 2},
+      {"E", {Sub("s4", b->socket()), Sub("s5", c->socket())}, true, 3},
+  });
+  ASSERT_THAT(results, SizeIs(3));
+  EXPECT_EQ(results[0].targets, 1u);
+  EXPECT_EQ(results[0].queued, 1u);
+  EXPECT_THAT(results[0].reports, SizeIs(0));
+  EXPECT_EQ(results[1].targets, 2u);
+  EXPECT_EQ(results[1].queued, 1u);
+  ASSERT_THAT(results[1].reports, SizeIs(1));
+  EXPECT_EQ(results[1].reports[0].subscription_id, "s2");
+  EXPECT_EQ(results[1].reports[0].outcome.code, DeliveryCode::kQueueFull);
+  EXPECT_EQ(results[2].targets, 2u);
+  EXPECT_EQ(results[2].queued, 1u);
+  ASSERT_THAT(results[2].reports, SizeIs(2));
+  EXPECT_EQ(results[2].reports[0].subscription_id, "s4");
+  EXPECT_EQ(results[2].reports[0].outcome.code, DeliveryCode::kQueueFull);
+  EXPECT_EQ(results[2].reports[1].subscription_id, "s5");
+  EXPECT_EQ(results[2].reports[1].outcome.code, DeliveryCode::kQueued);
+}
+
+// A batch bigger than max_batch_targets goes out in several Fanouts, still in order, and says it
+// is full once it holds that many deliveries.
+TEST_F(BatchTest, ABigBatchGoesInSeveralFanoutsInOrder) {
+  DispatcherOptions options;
+  options.max_batch_targets = 4;
+  MakeDispatcher(options);
+  auto a = StartPeer(), b = StartPeer();
+  std::vector<BatchEvent> events;
+  std::vector<std::string> expected;
+  for (int n = 0; n < 7; ++n) {
+    events.push_back({"E", {Sub("s1", a->socket()), Sub("s2", b->socket())}, false, n});
+    expected.push_back(Notification("E", n));
+  }
+  Dispatcher::Batch batch = dispatcher_->NewBatch();
+  jsonrpc::Params params{jsonrpc::Params::Kind::kNamed, R"({"n":0})"};
+  batch.Add("E", params, RaiseOptions{},
+            std::make_shared<const registry::SubscriberList>(events[0].subs));
+  EXPECT_FALSE(batch.full());
+  batch.Add("E", params, RaiseOptions{},
+            std::make_shared<const registry::SubscriberList>(events[0].subs));
+  EXPECT_TRUE(batch.full());
+  batch.Finish(nullptr);
+  ASSERT_TRUE(a->WaitForMessages(2, kWait));
+
+  std::vector<RaiseResult> results = RaiseBatch(events);
+  ASSERT_THAT(results, SizeIs(7));
+  for (const RaiseResult& r : results) EXPECT_EQ(r.queued, 2u);
+  ASSERT_TRUE(a->WaitForMessages(9, kWait));
+  ASSERT_TRUE(b->WaitForMessages(9, kWait));
+  std::vector<std::string> got = a->Messages();
+  got.erase(got.begin(), got.begin() + 2);
+  EXPECT_EQ(got, expected);
+  got = b->Messages();
+  got.erase(got.begin(), got.begin() + 2);
+  EXPECT_EQ(got, expected);
+}
+
+// The observer hears of each event of a batch as of a Raise, with its own event's scope, and of
+// every delivery once.
+TEST_F(BatchTest, ObserverHearsOfEachEventAndEachDeliveryOnce) {
+  RecordingObserver observer;
+  DispatcherOptions options;
+  options.observer = &observer;
+  MakeDispatcher(options);
+  auto good = StartPeer();
+  std::vector<RaiseResult> results = RaiseBatch({
+      {"E1", {Sub("s1", good->socket()), Sub("dead", ClosedSocket())}, false, 1},
+      {"E2", {Sub("s2", good->socket())}, false, 2},
+      {"E1", {}, false, 3},
+      {"E1", MixedSubscriptions(*good), false, 4},
+  });
+  ASSERT_THAT(results, SizeIs(4));
+  EXPECT_EQ(observer.raises(), 4u);
+  EXPECT_EQ(observer.accepted(), 3u + 5u);
+  ASSERT_TRUE(pool_->Drain(absl::Now() + kWait));
+  ASSERT_TRUE(testing::WaitFor(kWait, [&] { return observer.completed() >= 8; }));
+  EXPECT_EQ(observer.completed(), 8u);
+  // Written: s1, s2, and of the mixed ones plain, FAILOVER and ROUND-ROBIN.
+  EXPECT_EQ(observer.outcomes(false, DeliveryCode::kOk), 5u);
+  EXPECT_EQ(observer.outcomes(false, DeliveryCode::kConnectFailed), 3u);
+  EXPECT_EQ(observer.negative_latencies(), 0u);
+}
+
 }  // namespace
 }  // namespace eventbus::delivery

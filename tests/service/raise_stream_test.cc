@@ -210,6 +210,67 @@ TEST_F(RaiseStreamTest, SyncEventsAreAnsweredAndDeliveredInOrderToEveryTarget) {
   }
 }
 
+// Async events go to the dispatcher in batches, sync ones one by one: in a message that mixes
+// them, of several names, every target still gets the events in the order they were sent.
+TEST_F(RaiseStreamTest, MixedSyncAndAsyncEventsOfSeveralNamesArriveInOrder) {
+  std::vector<std::unique_ptr<testing::JsonRpcPeer>> peers;
+  for (int p = 0; p < 2; ++p) {
+    auto peer = testing::JsonRpcPeer::Start();
+    ASSERT_TRUE(peer.ok()) << peer.status();
+    peers.push_back(*std::move(peer));
+  }
+  Subscribe("A", peers[0]->socket());
+  Subscribe("A", peers[1]->socket());
+  Subscribe("B", peers[0]->socket());
+  Subscribe("S", peers[0]->socket());
+  Subscribe("S", peers[1]->socket());
+  std::unique_ptr<client::RaiseStream> stream = client_->OpenRaiseStream(kWait);
+  // Per message: A A B S A B A S A (S sync); B goes to the first peer only.
+  const std::string pattern = "AABSABASA";
+  std::vector<std::string> expected[2];
+  constexpr int kMessages = 10;
+  int n = 0;
+  for (int m = 0; m < kMessages; ++m) {
+    v1::RaiseStreamRequest message;
+    for (char c : pattern) {
+      const std::string name(1, c);
+      v1::RaiseRequest event = Event(name, n, c == 'S');
+      if (c == 'S') event.set_timeout_ms(20000);
+      *message.add_events() = event;
+      expected[0].push_back(Notification(name, n));
+      if (c != 'B') expected[1].push_back(Notification(name, n));
+      ++n;
+    }
+    ASSERT_TRUE(stream->Write(message));
+  }
+  ASSERT_TRUE(stream->WritesDone());
+  int answers = 0;
+  v1::RaiseStreamResponse response;
+  while (stream->Read(&response)) {
+    ASSERT_EQ(response.results_size(), static_cast<int>(pattern.size()));
+    for (int i = 0; i < response.results_size(); ++i) {
+      const v1::RaiseStreamResult& result = response.results(i);
+      ASSERT_TRUE(result.has_response()) << result.ShortDebugString();
+      const uint32_t subscribers = pattern[i] == 'B' ? 1 : 2;
+      EXPECT_EQ(result.response().subscribers(), subscribers) << "event " << i;
+      if (pattern[i] == 'S') {
+        EXPECT_EQ(result.response().ok(), 2u) << result.ShortDebugString();
+      } else {
+        EXPECT_EQ(result.response().queued(), subscribers) << result.ShortDebugString();
+      }
+    }
+    ++answers;
+  }
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(answers, kMessages);
+  for (int p = 0; p < 2; ++p) {
+    ASSERT_TRUE(peers[p]->WaitForMessages(expected[p].size(), kWait));
+    std::vector<std::string> got;
+    for (const std::string& message : peers[p]->Messages()) got.push_back(WithoutId(message));
+    EXPECT_EQ(got, expected[p]) << "peer " << p;
+  }
+}
+
 TEST_F(RaiseStreamTest, ABadEventGetsItsOwnErrorAndTheStreamGoesOn) {
   auto peer = testing::JsonRpcPeer::Start();
   ASSERT_TRUE(peer.ok()) << peer.status();
