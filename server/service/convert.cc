@@ -211,16 +211,26 @@ absl::StatusOr<jsonrpc::Params> ParamsFromRequest(const v1::RaiseRequest& reques
     }
     case v1::RaiseRequest::kNamed: {
       params.kind = jsonrpc::Params::Kind::kNamed;
+      const auto& all = request.named().params();
+      // A few names are compared with those before them; a set (an allocation) pays from more.
+      constexpr int kScanNames = 16;
       absl::flat_hash_set<absl::string_view> seen;
+      auto repeated = [&](int i) {
+        if (all.size() > kScanNames) return !seen.insert(all[i].name()).second;
+        for (int j = 0; j < i; ++j) {
+          if (all[j].name() == all[i].name()) return true;
+        }
+        return false;
+      };
       params.json.push_back('{');
       int index = 0;
-      for (const v1::Param& param : request.named().params()) {
+      for (const v1::Param& param : all) {
         ++index;
         if (param.name().empty()) {
           return absl::InvalidArgumentError(
               absl::StrCat("params: parameter ", index, " has an empty name"));
         }
-        if (!seen.insert(param.name()).second) {
+        if (repeated(index - 1)) {
           std::string quoted;
           jsonrpc::AppendJsonString(&quoted, param.name());
           return absl::InvalidArgumentError(absl::StrCat("params: duplicate name ", quoted));

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
+#include "google/protobuf/arena.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/wire_format_lite.h"
 #include "grpcpp/support/proto_buffer_reader.h"
@@ -282,7 +283,9 @@ class RaiseStreamReactor final
     // Async events go to the dispatcher in batches (one post per writer loop, one answer), each
     // sent off before a sync event so that every target sees the events in order.
     Batched batched;
-    for (size_t i = 0; i < events.size(); ++i) RaiseOne(a, i, events[i], &batched);
+    // The events' requests, parsed one by one and needed only while each is raised.
+    google::protobuf::Arena requests;
+    for (size_t i = 0; i < events.size(); ++i) RaiseOne(a, i, events[i], &requests, &batched);
     SendBatch(a, &batched);
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -335,7 +338,11 @@ class RaiseStreamReactor final
 
   // The answer to one message, complete when `left` reaches 0.
   struct Answer {
-    v1::RaiseStreamResponse response;  // one result per event, filled by whoever answers it
+    // Holds the response and all it holds: one block freed at once, not an allocation per result.
+    google::protobuf::Arena arena;
+    // One result per event, filled by whoever answers it.
+    v1::RaiseStreamResponse& response =
+        *google::protobuf::Arena::CreateMessage<v1::RaiseStreamResponse>(&arena);
     std::vector<Kind> kinds;
     size_t left = 0;  // guarded by mu_
     // Sync events' handles, for OnCancel. Guarded by mu_.
@@ -366,9 +373,10 @@ class RaiseStreamReactor final
         });
   }
 
-  // Parses, validates and raises event `i` of answer `a`: a sync one at once (its result arrives
-  // in Done), an async one into `batched`.
-  void RaiseOne(Answer* a, size_t i, absl::string_view bytes, Batched* batched) {
+  // Parses (on `arena`), validates and raises event `i` of answer `a`: a sync one at once (its
+  // result arrives in Done), an async one into `batched`.
+  void RaiseOne(Answer* a, size_t i, absl::string_view bytes, google::protobuf::Arena* arena,
+                Batched* batched) {
     v1::RaiseStreamResult* result = a->response.mutable_results(static_cast<int>(i));
     auto refuse = [&](const absl::Status& status) {
       v1::StreamError* error = result->mutable_error();
@@ -376,8 +384,7 @@ class RaiseStreamReactor final
       error->set_message(absl::StrCat("event [", i, "]: ", status.message()));
       Done(a, i);
     };
-    // Reused: parsing into it again keeps what it allocated.
-    v1::RaiseRequest& request = request_;
+    v1::RaiseRequest& request = *google::protobuf::Arena::CreateMessage<v1::RaiseRequest>(arena);
     google::protobuf::io::CodedInputStream input(reinterpret_cast<const uint8_t*>(bytes.data()),
                                                  static_cast<int>(bytes.size()));
     absl::Status parsed = ParseRaiseRequest(&input, bytes.size(), "the event", &request);
@@ -500,9 +507,8 @@ class RaiseStreamReactor final
 
   EventBusServiceImpl* const service_;
   const absl::Time deadline_;
-  grpc::ByteBuffer read_;     // the message being read; the reading thread's
-  v1::RaiseRequest request_;  // the event being raised; the reading thread's
-  size_t messages_ = 0;       // messages read so far; the reading thread's
+  grpc::ByteBuffer read_;  // the message being read; the reading thread's
+  size_t messages_ = 0;    // messages read so far; the reading thread's
 
   std::mutex mu_;
   // Messages read and not yet completely written, in order. Guarded by mu_ (the Answers' own

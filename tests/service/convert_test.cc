@@ -132,6 +132,18 @@ TEST(ParamsFromRequestTest, RejectsDuplicateName) {
   EXPECT_EQ(params.status().message(), R"(params: duplicate name "ip")");
 }
 
+// Beyond 16 names the check uses a set: duplicates are still found, distinct names still pass.
+TEST(ParamsFromRequestTest, ManyNamesAreCheckedForDuplicatesToo) {
+  std::vector<std::pair<std::string, Value>> named;
+  for (int i = 0; i < 40; ++i) named.push_back({absl::StrCat("p", i), Num(i)});
+  auto distinct = ParamsFromRequest(Named(named), 100000);
+  ASSERT_TRUE(distinct.ok()) << distinct.status();
+  named.push_back({"p17", Num(0)});
+  auto repeated = ParamsFromRequest(Named(named), 100000);
+  EXPECT_EQ(repeated.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(repeated.status().message(), R"(params: duplicate name "p17")");
+}
+
 TEST(ParamsFromRequestTest, PositionalParamsAreAnArray) {
   v1::RaiseRequest request;
   *request.mutable_positional()->add_values() = Num(3);
