@@ -14,7 +14,9 @@
 //
 // CPU is the benchmark process's (getrusage): the server and the benchmark's own gRPC client;
 // the sinks of the 1k/10k phases are in the child and not counted. "loops" is the share of the
-// writer pool's threads (eb-loop-N).
+// writer pool's threads (eb-loop-N). With --spawn_server the server is a real eventbusd of its own
+// (memory store), and "server" is that process's CPU alone: issue 11's "server CPU per delivered
+// message"; the CPU/msg and CPU/call figures are then the client's and the sinks' only.
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
@@ -30,14 +32,18 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -52,12 +58,17 @@
 #include "tests/bench/sink.h"
 #include "tests/bench/sink_process.h"
 #include "tests/bench/stream_phase.h"
+#include "tests/testing/eventbusd.h"
 
 ABSL_FLAG(std::string, server, "", "Address of a running eventbusd; empty starts one in-process");
 ABSL_FLAG(double, seconds, 3, "How long each throughput phase runs");
 ABSL_FLAG(int, window, 64, "Raise calls in flight at once in throughput phases");
 ABSL_FLAG(int, latency_calls, 2000, "Sequential sync Raises per latency phase");
 ABSL_FLAG(int, loops, 0, "In-process server: event loops (0 = cores)");
+ABSL_FLAG(bool, spawn_server, false,
+          "Run the server as a real eventbusd child process (memory store, the in-process "
+          "server's limits) and print its own CPU per delivered message ('server N ns')");
+ABSL_DECLARE_FLAG(std::string, eventbusd);
 ABSL_FLAG(bool, large, true, "Run the 1k/10k target and distinct-method phases");
 ABSL_FLAG(std::string, phases, "nobody,async,targets,methods,sync,stream",
           "Phases to run after the baseline (e.g. targets alone, to profile it); 'scale' "
@@ -88,48 +99,75 @@ Percentiles Summarize(std::vector<double> us) {
   return {at(0.50), at(0.99)};
 }
 
-// CPU time of the whole process, and of the writer pool's threads (named eb-loop-N).
+// CPU time of this process, of the writer pool's threads (named eb-loop-N, in this process or in
+// the spawned server), and of the spawned eventbusd as a whole (zero without --spawn_server).
 struct Cpu {
   absl::Duration process;
   absl::Duration loops;
+  absl::Duration server;
 };
+
+// The spawned eventbusd's pid, 0 when the server is in this process or external.
+pid_t server_pid = 0;
+
+// utime + stime of a /proc/.../stat line whose comm satisfies `want` (else zero).
+template <typename Want>
+absl::Duration StatCpu(const std::string& path, Want want) {
+  std::ifstream f(path);
+  std::string line;
+  if (!std::getline(f, line)) return absl::ZeroDuration();
+  const size_t open = line.find('('), close = line.rfind(')');
+  if (open == std::string::npos || close == std::string::npos) return absl::ZeroDuration();
+  if (!want(absl::string_view(line).substr(open + 1, close - open - 1))) {
+    return absl::ZeroDuration();
+  }
+  // After "comm)": state is field 3; utime and stime are fields 14 and 15.
+  std::istringstream rest(line.substr(close + 2));
+  std::string field;
+  uint64_t utime = 0, stime = 0;
+  for (int k = 3; k <= 15 && rest >> field; ++k) {
+    if (k == 14) utime = std::stoull(field);
+    if (k == 15) stime = std::stoull(field);
+  }
+  return absl::Seconds((utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK)));
+}
 
 Cpu CpuNow() {
   Cpu cpu;
   rusage ru{};
   ::getrusage(RUSAGE_SELF, &ru);
   cpu.process = absl::DurationFromTimeval(ru.ru_utime) + absl::DurationFromTimeval(ru.ru_stime);
-  const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
-  DIR* dir = ::opendir("/proc/self/task");
+  const std::string proc = server_pid != 0 ? absl::StrCat("/proc/", server_pid) : "/proc/self";
+  if (server_pid != 0) {
+    cpu.server = StatCpu(absl::StrCat(proc, "/stat"), [](absl::string_view) { return true; });
+  }
+  DIR* dir = ::opendir(absl::StrCat(proc, "/task").c_str());
   if (dir == nullptr) return cpu;
   while (dirent* e = ::readdir(dir)) {
     if (e->d_name[0] == '.') continue;
-    std::ifstream f(absl::StrCat("/proc/self/task/", e->d_name, "/stat"));
-    std::string line;
-    if (!std::getline(f, line)) continue;
-    const size_t open = line.find('('), close = line.rfind(')');
-    if (open == std::string::npos || close == std::string::npos) continue;
-    if (line.compare(open + 1, 8, "eb-loop-") != 0) continue;
-    // After "comm)": state is field 3; utime and stime are fields 14 and 15.
-    std::istringstream rest(line.substr(close + 2));
-    std::string field;
-    uint64_t utime = 0, stime = 0;
-    for (int k = 3; k <= 15 && rest >> field; ++k) {
-      if (k == 14) utime = std::stoull(field);
-      if (k == 15) stime = std::stoull(field);
-    }
-    cpu.loops += absl::Seconds((utime + stime) / tick);
+    cpu.loops += StatCpu(absl::StrCat(proc, "/task/", e->d_name, "/stat"),
+                         [](absl::string_view comm) { return absl::StartsWith(comm, "eb-loop-"); });
   }
   ::closedir(dir);
   return cpu;
 }
 
-Cpu operator-(const Cpu& a, const Cpu& b) { return {a.process - b.process, a.loops - b.loops}; }
-Cpu operator+(const Cpu& a, const Cpu& b) { return {a.process + b.process, a.loops + b.loops}; }
+Cpu operator-(const Cpu& a, const Cpu& b) {
+  return {a.process - b.process, a.loops - b.loops, a.server - b.server};
+}
+Cpu operator+(const Cpu& a, const Cpu& b) {
+  return {a.process + b.process, a.loops + b.loops, a.server + b.server};
+}
 
 // Nanoseconds of `cpu` per `n` things.
 double NsPer(absl::Duration cpu, uint64_t n) {
   return n == 0 ? 0 : absl::ToDoubleNanoseconds(cpu) / static_cast<double>(n);
+}
+
+// " server N ns" with --spawn_server: the eventbusd process's CPU per delivered message.
+std::string ServerCpu(const Cpu& cpu, uint64_t n) {
+  if (server_pid == 0) return "";
+  return absl::StrFormat(" server %4.0f ns", NsPer(cpu.server, n));
 }
 
 // Issues one unary call with `ctx`; `done` runs with its status.
@@ -396,11 +434,11 @@ void TargetsPhase(int n, SinkProcess& sinks, client::Client& client,
   const double ns = NsPer(cpu.process, got);
   std::printf(
       "async, %5d targets:   %7.0f Raise calls/s  %10.0f events/s delivered  CPU/msg %6.0f ns "
-      "(loops %4.0f ns) = %.3fx a trivial call  (%llu/%llu received, %llu refused OVERLOADED, "
+      "(loops %4.0f ns%s) = %.3fx a trivial call  (%llu/%llu received, %llu refused OVERLOADED, "
       "%llu expired, %llu failed%s)\n",
       n, r.calls / absl::ToDoubleSeconds(r.elapsed), got / absl::ToDoubleSeconds(all), ns,
-      NsPer(cpu.loops, got), ns / base_ns_per_call, static_cast<unsigned long long>(got),
-      static_cast<unsigned long long>(expected),
+      NsPer(cpu.loops, got), ServerCpu(cpu, got).c_str(), ns / base_ns_per_call,
+      static_cast<unsigned long long>(got), static_cast<unsigned long long>(expected),
       static_cast<unsigned long long>(refused_calls.load()),
       static_cast<unsigned long long>(t2.expired - t1.expired),
       static_cast<unsigned long long>(t2.failed - t1.failed),
@@ -462,6 +500,28 @@ int Main() {
   if (absl::GetFlag(FLAGS_large)) sink_process = std::make_unique<SinkProcess>();
   std::unique_ptr<service::EventBusServer> server;
   std::string address = absl::GetFlag(FLAGS_server);
+  std::optional<testing::Eventbusd> daemon;
+  if (address.empty() && absl::GetFlag(FLAGS_spawn_server)) {
+    testing::EventbusdOptions daemon_options;
+    daemon_options.binary = absl::GetFlag(FLAGS_eventbusd);
+    daemon_options.log_path = "/tmp/eventbus_bench_eventbusd.log";
+    daemon_options.extra_args = {
+        absl::StrCat("--log_level=", absl::GetFlag(FLAGS_log_level)),
+        absl::StrCat("--loops=", absl::GetFlag(FLAGS_loops)),
+        "--queue_max_messages=1000000",
+        absl::StrCat("--queue_max_bytes=", size_t{1} << 30),
+        "--max_subscriptions_per_event=100000",
+        "--default_expire_s=0",
+    };
+    absl::StatusOr<testing::Eventbusd> started = testing::StartEventbusd(daemon_options);
+    if (!started.ok()) {
+      std::fprintf(stderr, "eventbusd: %s\n", std::string(started.status().message()).c_str());
+      return 1;
+    }
+    daemon = *std::move(started);
+    address = daemon->address;
+    server_pid = daemon->process->pid();
+  }
   if (address.empty()) {
     base::LogLevel level;
     if (!base::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
@@ -494,9 +554,12 @@ int Main() {
   }
   const absl::Duration phase = absl::Seconds(absl::GetFlag(FLAGS_seconds));
   const int window = absl::GetFlag(FLAGS_window);
-  std::printf("eventbus_bench: server %s (%s), %u cores, window %d, %.1fs per phase\n",
-              address.c_str(), server ? "in-process" : "external",
-              std::thread::hardware_concurrency(), window, absl::ToDoubleSeconds(phase));
+  std::printf(
+      "eventbus_bench: server %s (%s), %u cores, window %d, %.1fs per phase\n", address.c_str(),
+      server
+          ? "in-process"
+          : (daemon ? "spawned eventbusd, log in /tmp/eventbus_bench_eventbusd.log" : "external"),
+      std::thread::hardware_concurrency(), window, absl::ToDoubleSeconds(phase));
 
   // The baseline: a trivial unary call to a do-nothing server in this process.
   TrivialService trivial_service;
@@ -541,8 +604,8 @@ int Main() {
     const double ns = NsPer(r.cpu.process, r.calls);
     std::printf(
         "raise, 0 subscribers:   %9.0f Raise calls/s = %.2fx baseline  CPU/call %6.0f ns = %.2fx "
-        "baseline\n",
-        rate, rate / base_rate, ns, ns / base_ns);
+        "baseline%s\n",
+        rate, rate / base_rate, ns, ns / base_ns, ServerCpu(r.cpu, r.calls).c_str());
   }
 
   for (int n : {1, 10, 100}) {
@@ -572,10 +635,11 @@ int Main() {
     const double ns = NsPer(cpu.process, got);
     std::printf(
         "async, %3d subscribers: %9.0f Raise calls/s  %10.0f events/s delivered  CPU/msg %6.0f ns "
-        "(loops %4.0f ns) = %.3fx a trivial call  (%llu/%llu received%s)\n",
+        "(loops %4.0f ns%s) = %.3fx a trivial call  (%llu/%llu received%s)\n",
         n, r.calls / absl::ToDoubleSeconds(r.elapsed), got / absl::ToDoubleSeconds(all), ns,
-        NsPer(cpu.loops, got), ns / base_ns, static_cast<unsigned long long>(got),
-        static_cast<unsigned long long>(expected), r.failed ? ", some calls failed" : "");
+        NsPer(cpu.loops, got), ServerCpu(cpu, got).c_str(), ns / base_ns,
+        static_cast<unsigned long long>(got), static_cast<unsigned long long>(expected),
+        r.failed ? ", some calls failed" : "");
   }
 
   if (sink_process != nullptr) {
