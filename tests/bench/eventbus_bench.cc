@@ -687,7 +687,9 @@ int Main() {
         plain.p99_us, not_ok ? "  (some deliveries not OK)" : "");
   }
   if (runs("stream")) {
-    RunStreamPhase(**client, StreamPhaseOptions{phase, absl::GetFlag(FLAGS_stream_batch)});
+    StreamPhaseOptions stream_options{phase, absl::GetFlag(FLAGS_stream_batch)};
+    if (server_pid != 0) stream_options.server_cpu = [] { return CpuNow().server; };
+    RunStreamPhase(**client, stream_options);
   }
   if (runs("scale")) RunScalePhase(window, ScaleBaseline{base_rate, base_lat.p50_us});
   trivial_server->Shutdown();

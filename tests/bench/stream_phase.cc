@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/server_builder.h"
@@ -224,6 +225,7 @@ void RunStreamPhase(client::Client& client, const StreamPhaseOptions& options) {
         return;
       }
     }
+    const absl::Duration server0 = options.server_cpu ? options.server_cpu() : absl::ZeroDuration();
     StreamResult r = Drive(client.stub(), Message(event, run.per_message), options.duration);
     // Deliveries count when the sinks have them: wait (bounded) for the tail.
     const uint64_t expected = r.events * run.subscribers - r.errors;
@@ -240,15 +242,19 @@ void RunStreamPhase(client::Client& client, const StreamPhaseOptions& options) {
     const absl::Duration cpu = r.cpu + (ProcessCpu() - cpu0);
     const double rate = got / absl::ToDoubleSeconds(all);
     const double ns = NsPer(cpu, got);
+    const std::string server =
+        options.server_cpu
+            ? absl::StrFormat("  server %4.0f ns", NsPer(options.server_cpu() - server0, got))
+            : "";
     const Baseline& b = base[run.baseline];
     std::printf(
         "stream, %3d subscriber%s, %2d events/msg: %9.0f %s/s delivered = %.2fx baseline  "
-        "CPU/msg %6.0f ns = %.2fx baseline  (%llu/%llu received, %llu failed; target %s)%s%s\n",
+        "CPU/msg %6.0f ns = %.2fx baseline%s  (%llu/%llu received, %llu failed; target %s)%s%s\n",
         run.subscribers, run.subscribers == 1 ? " " : "s", run.per_message, rate,
         run.subscribers == 1 ? "events" : "  msgs", rate / b.events_per_s, ns, ns / b.ns_per_event,
-        static_cast<unsigned long long>(got), static_cast<unsigned long long>(expected),
-        static_cast<unsigned long long>(r.errors), run.target,
-        r.status.empty() ? "" : "  stream failed: ", r.status.c_str());
+        server.c_str(), static_cast<unsigned long long>(got),
+        static_cast<unsigned long long>(expected), static_cast<unsigned long long>(r.errors),
+        run.target, r.status.empty() ? "" : "  stream failed: ", r.status.c_str());
   }
 }
 
