@@ -262,13 +262,7 @@ func TestContract(t *testing.T) {
 		}, `{"s":"café \"q\"","t":true,"f":false,"n":null}`)
 	})
 	t.Run("RaiseStreamAnswersEachEventInOrderAndDeliversInOrder", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		stream, err := OpenRaiseStream(ctx, bus)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer stream.Close()
+		stream := openStream(t, bus)
 		event := func(name string, params ...*pb.Param) *pb.RaiseRequest {
 			return &pb.RaiseRequest{Event: name, Sync: proto.Bool(false), Params: Named(params...)}
 		}
@@ -346,13 +340,7 @@ func TestContract(t *testing.T) {
 	})
 
 	t.Run("RaiseStreamErrorIsAStatusAfterTheEarlierAnswers", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		stream, err := OpenRaiseStream(ctx, bus)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer stream.Close()
+		stream := openStream(t, bus)
 		// A message of more than 10000 events ends the stream; the one before it is answered first.
 		tooMany := make([]*pb.RaiseRequest, 10001)
 		for i := range tooMany {
@@ -406,4 +394,17 @@ func TestContract(t *testing.T) {
 			t.Fatalf("got %v, want UNAVAILABLE", err)
 		}
 	})
+}
+
+// openStream opens a RaiseStream to bus with 30 s to run; it is closed when the test ends.
+func openStream(t *testing.T, bus pb.EventBusServiceClient) *RaiseStream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	stream, err := OpenRaiseStream(ctx, bus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stream.Close() })
+	return stream
 }
