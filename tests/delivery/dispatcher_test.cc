@@ -139,6 +139,13 @@ class DispatcherTest : public ::testing::Test {
     MakeDispatcher(DispatcherOptions{});
   }
 
+  // A dispatcher that tells `observer` (which must outlive it) of every Raise and outcome.
+  void MakeDispatcherTelling(DeliveryObserver* observer) {
+    DispatcherOptions options;
+    options.observer = observer;
+    MakeDispatcher(options);
+  }
+
   void MakeDispatcher(DispatcherOptions options) {
     dispatcher_ =
         std::make_unique<Dispatcher>(pool_.get(), base::RealClock::Get(), std::move(options));
@@ -649,9 +656,7 @@ std::vector<registry::SubscriptionPtr> MixedSubscriptions(const JsonRpcPeer& goo
 
 TEST_F(DispatcherTest, ObserverHearsEachSyncDeliveryOnceWithItsReportedStatus) {
   RecordingObserver observer;
-  DispatcherOptions options;
-  options.observer = &observer;
-  MakeDispatcher(options);
+  MakeDispatcherTelling(&observer);
   auto good = StartPeer();
   auto reports = Raise(MixedSubscriptions(*good), /*sync=*/true, {}, absl::Milliseconds(500));
   ASSERT_THAT(reports, SizeIs(5));
@@ -669,9 +674,7 @@ TEST_F(DispatcherTest, ObserverHearsEachSyncDeliveryOnceWithItsReportedStatus) {
 
 TEST_F(DispatcherTest, ObserverHearsEachAsyncDeliveryOnceAfterTheAnswer) {
   RecordingObserver observer;
-  DispatcherOptions options;
-  options.observer = &observer;
-  MakeDispatcher(options);
+  MakeDispatcherTelling(&observer);
   auto good = StartPeer();
   std::vector<registry::SubscriptionPtr> subs = MixedSubscriptions(*good);
   // A PARALLEL group whose members both fail: the group's outcome comes with its last member's.
@@ -693,9 +696,7 @@ TEST_F(DispatcherTest, ObserverHearsEachAsyncDeliveryOnceAfterTheAnswer) {
 
 TEST_F(DispatcherTest, ObserverHearsOfARaiseWithNoSubscribers) {
   RecordingObserver observer;
-  DispatcherOptions options;
-  options.observer = &observer;
-  MakeDispatcher(options);
+  MakeDispatcherTelling(&observer);
   EXPECT_THAT(Raise({}, /*sync=*/false), SizeIs(0));
   EXPECT_EQ(observer.raises(), 1u);
   EXPECT_EQ(observer.accepted(), 0u);
@@ -845,9 +846,7 @@ TEST_F(BatchTest, ABigBatchGoesInSeveralFanoutsInOrder) {
 // every delivery once.
 TEST_F(BatchTest, ObserverHearsOfEachEventAndEachDeliveryOnce) {
   RecordingObserver observer;
-  DispatcherOptions options;
-  options.observer = &observer;
-  MakeDispatcher(options);
+  MakeDispatcherTelling(&observer);
   auto good = StartPeer();
   std::vector<RaiseResult> results = RaiseBatch({
       {"E1", {Sub("s1", good->socket()), Sub("dead", ClosedSocket())}, false, 1},
