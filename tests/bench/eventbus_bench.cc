@@ -388,12 +388,20 @@ void TargetsPhase(int n, SinkProcess& sinks, client::Client& client,
     absl::StrAppend(&answered, answered.empty() ? "" : ", ", count, " ",
                     absl::StripPrefix(name, "DELIVERY_STATUS_"));
   }
-  std::printf(
-      "burst, %5d new targets: answered in %.1f ms (%s); settled in %.0f ms: %llu delivered, "
-      "%llu expired, %llu failed\n",
-      n, absl::ToDoubleMilliseconds(answer), answered.c_str(), absl::ToDoubleMilliseconds(settled),
-      static_cast<unsigned long long>(t.delivered), static_cast<unsigned long long>(t.expired),
-      static_cast<unsigned long long>(t.failed));
+  if (server == nullptr) {
+    // The outcomes are the server's counters, which only an in-process server shows.
+    std::printf(
+        "burst, %5d new targets: answered in %.1f ms (%s); settling not measured (the "
+        "server is not in this process)\n",
+        n, absl::ToDoubleMilliseconds(answer), answered.c_str());
+  } else {
+    std::printf(
+        "burst, %5d new targets: answered in %.1f ms (%s); settled in %.0f ms: %llu delivered, "
+        "%llu expired, %llu failed\n",
+        n, absl::ToDoubleMilliseconds(answer), answered.c_str(),
+        absl::ToDoubleMilliseconds(settled), static_cast<unsigned long long>(t.delivered),
+        static_cast<unsigned long long>(t.expired), static_cast<unsigned long long>(t.failed));
+  }
 
   // Throughput on the connections the burst opened. Deliveries refused up front (OVERLOADED) are
   // counted from the answers; those refused on a connection are in its `failed` counter too.
@@ -449,7 +457,9 @@ void TargetsPhase(int n, SinkProcess& sinks, client::Client& client,
   // sink has replied (the sinks answer at once), at the server's default timeout.
   RaiseRequest sync_req = Event(event, true);
   int not_ok = 0;
-  Percentiles lat = Sequential(absl::GetFlag(FLAGS_target_sync_calls), [&] {
+  const Cpu sync_cpu0 = CpuNow();
+  const int sync_calls = absl::GetFlag(FLAGS_target_sync_calls);
+  Percentiles lat = Sequential(sync_calls, [&] {
     auto sync_resp = client.Raise(sync_req);
     if (!sync_resp.ok()) {
       not_ok += n;
@@ -459,9 +469,9 @@ void TargetsPhase(int n, SinkProcess& sinks, client::Client& client,
   });
   std::printf(
       "sync,  %5d targets:   p50 %8.1f ms  p99 %8.1f ms = %.0fx / %.0fx a trivial call's p50  "
-      "(%d deliveries not OK)\n",
+      "(%d deliveries not OK)%s\n",
       n, lat.p50_us / 1000, lat.p99_us / 1000, lat.p50_us / base_p50_us, lat.p99_us / base_p50_us,
-      not_ok);
+      not_ok, ServerCpu(CpuNow() - sync_cpu0, static_cast<uint64_t>(sync_calls) * n).c_str());
 
   v1::UnsubscribeRequest unsub;
   for (uint16_t port : ports) {
