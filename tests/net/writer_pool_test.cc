@@ -21,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "tests/net/loopback_peer.h"
 #include "tests/net/test_sync.h"
+#include "tests/testing/wait.h"
 
 namespace eventbus::net {
 namespace {
@@ -448,6 +449,13 @@ TEST_F(WriterPoolTest, ObserverHearsEveryCompletionAndStateChangeWithTheReason) 
   StartPool(options);
   SubmitOne(*pool_, Notification(peer->port(), Body("E"), outcomes_.Callback(0)));
   ASSERT_TRUE(outcomes_.WaitFor(1));
+  // The observer hears of written notifications at the end of the loop's iteration, after the
+  // request's own callback: the second target starts only once it has.
+  const std::string written = absl::StrCat("complete ", Target(peer->port()).Key(), " OK");
+  ASSERT_TRUE(eventbus::testing::WaitFor(absl::Seconds(10), [&] {
+    std::vector<std::string> events = observer.Events();
+    return std::find(events.begin(), events.end(), written) != events.end();
+  }));
   SubmitOne(*pool_, Call(closed.port(), Body("E"), other_outcomes_.Callback(0), absl::Seconds(2)));
   ASSERT_TRUE(other_outcomes_.WaitFor(1));
   pool_->Shutdown();
