@@ -54,6 +54,7 @@ TargetStats TargetCounters::Snapshot() const {
   s.state = static_cast<ConnState>(state.load(std::memory_order_relaxed));
   s.queued_messages = queued_messages.load(std::memory_order_relaxed);
   s.outstanding_requests = outstanding_requests.load(std::memory_order_relaxed);
+  s.deadline_entries = deadline_entries.load(std::memory_order_relaxed);
   s.delivered = delivered.load(std::memory_order_relaxed);
   s.failed = failed.load(std::memory_order_relaxed);
   s.expired = expired.load(std::memory_order_relaxed);
@@ -470,6 +471,8 @@ void Connection::PublishCounts() {
   counters_->queued_messages.store(static_cast<uint32_t>(live_queued_), std::memory_order_relaxed);
   counters_->outstanding_requests.store(static_cast<uint32_t>(outstanding_.size()),
                                         std::memory_order_relaxed);
+  counters_->deadline_entries.store(static_cast<uint32_t>(deadlines_.size()),
+                                    std::memory_order_relaxed);
 }
 
 uint32_t Connection::AllocateId() {
@@ -540,11 +543,10 @@ void Connection::Enqueue(Message&& m, const CancelToken* cancel) {
 
   if (queue_.empty()) front_seq_ = next_seq_;
   m.seq = next_seq_++;
-  deadlines_.push_back(DeadlineEntry{m.deadline, m.seq, m.id});
-  std::push_heap(deadlines_.begin(), deadlines_.end(), Later());
+  // O(1) for a deadline not earlier than the connection's latest (the common case).
+  deadlines_.Push(DeadlineEntry{m.deadline, m.seq, m.id});
   if (m.connect_deadline < m.deadline) {
-    deadlines_.push_back(DeadlineEntry{m.connect_deadline, m.seq, m.id, /*connect_only=*/true});
-    std::push_heap(deadlines_.begin(), deadlines_.end(), Later());
+    deadlines_.Push(DeadlineEntry{m.connect_deadline, m.seq, m.id, /*connect_only=*/true});
   }
   if (cancel != nullptr) {
     m.cancel_id = cancel->id();
@@ -1332,16 +1334,11 @@ bool Connection::IsLive(const DeadlineEntry& entry) const {
 }
 
 void Connection::ArmDeadlineTimer() {
-  // Entries of completed messages are dropped lazily; rebuild when they dominate.
-  size_t live = live_queued_ + outstanding_.size();
-  if (deadlines_.size() > 64 && deadlines_.size() > 4 * live) {
-    deadlines_.erase(std::remove_if(deadlines_.begin(), deadlines_.end(),
-                                    [this](const DeadlineEntry& e) { return !IsLive(e); }),
-                     deadlines_.end());
-    std::make_heap(deadlines_.begin(), deadlines_.end(), Later());
-  }
+  // Entries of completed messages are dropped lazily, once they dominate.
+  deadlines_.MaybeCompact(live_queued_ + outstanding_.size(),
+                          [this](const DeadlineEntry& e) { return IsLive(e); });
   if (deadlines_.empty()) return;
-  absl::Time earliest = deadlines_.front().when;
+  const absl::Time earliest = deadlines_.Earliest();
   if (deadline_timer_ != 0) {
     if (deadline_timer_at_ <= earliest) return;
     ctx_->loop->Cancel(deadline_timer_);
@@ -1353,13 +1350,11 @@ void Connection::ArmDeadlineTimer() {
 void Connection::OnDeadlineTimer() {
   deadline_timer_ = 0;
   deadline_timer_at_ = absl::InfiniteFuture();
-  absl::Time now = absl::Now();
+  // Left armed when the connection went idle (MaybeIdle): nothing can be due, and this is no
+  // activity to restart the idle timeout with.
+  if (deadlines_.empty()) return;
   std::vector<DeadlineEntry> expired;
-  while (!deadlines_.empty() && deadlines_.front().when <= now) {
-    std::pop_heap(deadlines_.begin(), deadlines_.end(), Later());
-    expired.push_back(deadlines_.back());
-    deadlines_.pop_back();
-  }
+  deadlines_.PopDue(absl::Now(), &expired);
   bool half_written_expired = false;
   for (const DeadlineEntry& e : expired) {
     if (!IsLive(e)) continue;
@@ -1418,13 +1413,11 @@ void Connection::OnDeadlineTimer() {
 
 void Connection::MaybeIdle() {
   if (live_queued_ > 0 || !outstanding_.empty()) return;
-  // Nothing left to time out.
+  // Nothing left to time out. The deadline timer stays armed: a busy connection goes idle after
+  // most flushes, and cancelling the timer here cost a timer (a hash map insert and erase and a
+  // push on the loop's timer heap) per flush. It fires at most once per deadline with nothing due
+  // and is then armed again for whatever is queued by then, usually not earlier than its time.
   deadlines_.clear();
-  if (deadline_timer_ != 0) {
-    ctx_->loop->Cancel(deadline_timer_);
-    deadline_timer_ = 0;
-    deadline_timer_at_ = absl::InfiniteFuture();
-  }
   idle_since_ = absl::Now();
   if (idle_timer_ == 0) {
     idle_timer_ =
