@@ -471,6 +471,9 @@ void Connection::PublishCounts() {
   counters_->queued_messages.store(static_cast<uint32_t>(live_queued_), std::memory_order_relaxed);
   counters_->outstanding_requests.store(static_cast<uint32_t>(outstanding_.size()),
                                         std::memory_order_relaxed);
+}
+
+void Connection::PublishDeadlineEntries() {
   counters_->deadline_entries.store(static_cast<uint32_t>(deadlines_.size()),
                                     std::memory_order_relaxed);
 }
@@ -596,6 +599,7 @@ Connection::FlushWork Connection::Flush() {
   }
   MaybeIdle();
   PublishCounts();
+  PublishDeadlineEntries();
   return work;
 }
 
@@ -1335,8 +1339,10 @@ bool Connection::IsLive(const DeadlineEntry& entry) const {
 
 void Connection::ArmDeadlineTimer() {
   // Entries of completed messages are dropped lazily, once they dominate.
-  deadlines_.MaybeCompact(live_queued_ + outstanding_.size(),
-                          [this](const DeadlineEntry& e) { return IsLive(e); });
+  if (deadlines_.MaybeCompact(live_queued_ + outstanding_.size(),
+                              [this](const DeadlineEntry& e) { return IsLive(e); })) {
+    PublishDeadlineEntries();
+  }
   if (deadlines_.empty()) return;
   const absl::Time earliest = deadlines_.Earliest();
   if (deadline_timer_ != 0) {
@@ -1409,6 +1415,7 @@ void Connection::OnDeadlineTimer() {
   ArmDeadlineTimer();
   MaybeIdle();
   PublishCounts();
+  PublishDeadlineEntries();
 }
 
 void Connection::MaybeIdle() {
@@ -1418,6 +1425,7 @@ void Connection::MaybeIdle() {
   // push on the loop's timer heap) per flush. It fires at most once per deadline with nothing due
   // and is then armed again for whatever is queued by then, usually not earlier than its time.
   deadlines_.clear();
+  PublishDeadlineEntries();
   idle_since_ = absl::Now();
   if (idle_timer_ == 0) {
     idle_timer_ =

@@ -290,6 +290,9 @@ class Connection final : public IoHandler {
   // Publishes the state and tells the pool's observer (`detail`: why, when it is a failure).
   void SetState(ConnState state, absl::string_view detail = {});
   void PublishCounts();
+  // The size of deadlines_, for TargetStats: after each flush, compaction and deadline timer, and
+  // when the connection goes idle (not per message: nothing but tests reads it).
+  void PublishDeadlineEntries();
   uint32_t AllocateId();
   void Complete(Message& message, Outcome outcome);
   void Complete(Message& message, DeliveryCode code, std::string detail);

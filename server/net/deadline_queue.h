@@ -85,12 +85,13 @@ class DeadlineQueue {
   // entries are usually the FIFO's front: those (and the heap's dead top) go first, looking at
   // nothing else; only when that is not enough is every entry looked at. Amortised O(1) per Push:
   // a full pass leaves at most 2 * `live` entries, and the next one needs as many pushes again.
+  // Returns whether it looked at any entry.
   template <typename IsLive>
-  void MaybeCompact(size_t live, IsLive is_live) {
-    if (!TooLarge(live)) return;
+  bool MaybeCompact(size_t live, IsLive is_live) {
+    if (!TooLarge(live)) return false;
     while (fifo_head_ < fifo_.size() && !is_live(fifo_[fifo_head_])) PopFifoFront();
     while (!heap_.empty() && !is_live(heap_.front())) PopHeapTop();
-    if (!TooLarge(live)) return;
+    if (!TooLarge(live)) return true;
     // Order is kept: the FIFO stays sorted.
     auto kept = std::remove_if(fifo_.begin() + static_cast<ptrdiff_t>(fifo_head_), fifo_.end(),
                                [&](const DeadlineEntry& e) { return !is_live(e); });
@@ -103,6 +104,7 @@ class DeadlineQueue {
     std::make_heap(heap_.begin(), heap_.end(), Later());
     ReleaseSpare(&fifo_);
     ReleaseSpare(&heap_);
+    return true;
   }
 
   void clear() {
