@@ -548,6 +548,7 @@ void Connection::Enqueue(Message&& m, const CancelToken* cancel) {
   m.seq = next_seq_++;
   // O(1) for a deadline not earlier than the connection's latest (the common case).
   deadlines_.Push(DeadlineEntry{m.deadline, m.seq, m.id});
+  const absl::Time earliest = std::min(m.deadline, m.connect_deadline);
   if (m.connect_deadline < m.deadline) {
     deadlines_.Push(DeadlineEntry{m.connect_deadline, m.seq, m.id, /*connect_only=*/true});
   }
@@ -558,7 +559,12 @@ void Connection::Enqueue(Message&& m, const CancelToken* cancel) {
   queued_bytes_ += m.size;
   ++live_queued_;
   queue_.push_back(std::move(m));
-  ArmDeadlineTimer();
+  // The timer is armed no later than every entry held before this one: only an earlier deadline
+  // (or no timer) needs it re-armed, and only dead entries make compaction needed.
+  if (deadlines_.TooLarge(live_queued_ + outstanding_.size()) || deadline_timer_ == 0 ||
+      earliest < deadline_timer_at_) {
+    ArmDeadlineTimer();
+  }
   PublishCounts();
 }
 
@@ -1339,8 +1345,9 @@ bool Connection::IsLive(const DeadlineEntry& entry) const {
 
 void Connection::ArmDeadlineTimer() {
   // Entries of completed messages are dropped lazily, once they dominate.
-  if (deadlines_.MaybeCompact(live_queued_ + outstanding_.size(),
-                              [this](const DeadlineEntry& e) { return IsLive(e); })) {
+  const size_t live = live_queued_ + outstanding_.size();
+  if (deadlines_.TooLarge(live)) {
+    deadlines_.Compact(live, [this](const DeadlineEntry& e) { return IsLive(e); });
     PublishDeadlineEntries();
   }
   if (deadlines_.empty()) return;

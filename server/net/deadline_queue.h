@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
 #include "absl/time/time.h"
 
 namespace eventbus::net {
@@ -46,13 +48,14 @@ class DeadlineQueue {
   size_t capacity() const { return fifo_.capacity() + heap_.capacity(); }
 
   // O(1) when `entry` is not earlier than the latest entry in the FIFO; O(log n) in the heap.
-  void Push(const DeadlineEntry& entry) {
-    if (fifo_head_ == fifo_.size() || entry.when >= fifo_.back().when) {
-      PushFifo(entry);
-    } else {
-      heap_.push_back(entry);
-      std::push_heap(heap_.begin(), heap_.end(), Later());
+  // Inlined into the enqueue for the common case: in order, with room in the FIFO's vector.
+  ABSL_ATTRIBUTE_ALWAYS_INLINE void Push(const DeadlineEntry& entry) {
+    if (ABSL_PREDICT_TRUE(fifo_.size() < fifo_.capacity() &&
+                          (fifo_head_ == fifo_.size() || entry.when >= fifo_.back().when))) {
+      fifo_.push_back(entry);
+      return;
     }
+    PushSlow(entry);
   }
 
   // The earliest deadline held; InfiniteFuture when empty.
@@ -79,19 +82,23 @@ class DeadlineQueue {
     }
   }
 
-  // Drops the entries for which `is_live(entry)` is false once the queue holds more than
-  // kMinCompactSize entries and four times `live` (the connection's live messages, each of which
-  // has one or two entries). Messages complete mostly in the order they were queued, so the dead
-  // entries are usually the FIFO's front: those (and the heap's dead top) go first, looking at
-  // nothing else; only when that is not enough is every entry looked at. Amortised O(1) per Push:
-  // a full pass leaves at most 2 * `live` entries, and the next one needs as many pushes again.
-  // Returns whether it looked at any entry.
+  // Whether the queue holds more than kMinCompactSize entries and four times `live` (the
+  // connection's live messages, each of which has one or two entries): then Compact().
+  bool TooLarge(size_t live) const {
+    const size_t n = size();
+    return n > kMinCompactSize && n > 4 * live;
+  }
+
+  // Drops the entries for which `is_live(entry)` is false, once TooLarge(live). Messages complete
+  // mostly in the order they were queued, so the dead entries are usually the FIFO's front: those
+  // (and the heap's dead top) go first, looking at nothing else; only when that is not enough is
+  // every entry looked at. Amortised O(1) per Push: a full pass leaves at most 2 * `live`
+  // entries, and the next one needs as many pushes again.
   template <typename IsLive>
-  bool MaybeCompact(size_t live, IsLive is_live) {
-    if (!TooLarge(live)) return false;
+  void Compact(size_t live, IsLive is_live) {
     while (fifo_head_ < fifo_.size() && !is_live(fifo_[fifo_head_])) PopFifoFront();
     while (!heap_.empty() && !is_live(heap_.front())) PopHeapTop();
-    if (!TooLarge(live)) return true;
+    if (!TooLarge(live)) return;
     // Order is kept: the FIFO stays sorted.
     auto kept = std::remove_if(fifo_.begin() + static_cast<ptrdiff_t>(fifo_head_), fifo_.end(),
                                [&](const DeadlineEntry& e) { return !is_live(e); });
@@ -104,7 +111,6 @@ class DeadlineQueue {
     std::make_heap(heap_.begin(), heap_.end(), Later());
     ReleaseSpare(&fifo_);
     ReleaseSpare(&heap_);
-    return true;
   }
 
   void clear() {
@@ -123,15 +129,15 @@ class DeadlineQueue {
     }
   };
 
-  bool TooLarge(size_t live) const {
-    const size_t n = size();
-    return n > kMinCompactSize && n > 4 * live;
-  }
-
-  void PushFifo(const DeadlineEntry& entry) {
-    // The popped prefix [0, fifo_head_) is reused before the vector grows, when it is at least
-    // half of it (so the move is amortised O(1) per entry).
-    if (fifo_.size() == fifo_.capacity() && fifo_head_ > 0 && 2 * fifo_head_ >= fifo_.size()) {
+  ABSL_ATTRIBUTE_NOINLINE void PushSlow(const DeadlineEntry& entry) {
+    if (fifo_head_ < fifo_.size() && entry.when < fifo_.back().when) {
+      heap_.push_back(entry);
+      std::push_heap(heap_.begin(), heap_.end(), Later());
+      return;
+    }
+    // The FIFO's vector is full. The popped prefix [0, fifo_head_) is reused before it grows,
+    // when it is at least half of it (so the move is amortised O(1) per entry).
+    if (fifo_head_ > 0 && 2 * fifo_head_ >= fifo_.size()) {
       fifo_.erase(fifo_.begin(), fifo_.begin() + static_cast<ptrdiff_t>(fifo_head_));
       fifo_head_ = 0;
     }

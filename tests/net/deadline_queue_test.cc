@@ -25,6 +25,12 @@ DeadlineEntry At(int64_t ms, uint64_t seq) {
   return e;
 }
 
+// What the connection does after each enqueue.
+template <typename IsLive>
+void MaybeCompact(DeadlineQueue& q, size_t live, IsLive is_live) {
+  if (q.TooLarge(live)) q.Compact(live, is_live);
+}
+
 std::vector<uint64_t> PopAllSeqs(DeadlineQueue& q, absl::Time now) {
   std::vector<DeadlineEntry> due;
   q.PopDue(now, &due);
@@ -119,7 +125,7 @@ TEST(DeadlineQueueTest, CompletedInOrderEntriesAreDroppedFromTheFrontWithoutAFul
   for (uint64_t seq = 0; seq < 100000; ++seq) {
     q.Push(At(static_cast<int64_t>(seq), seq));
     if (seq % 3 == 2) front = seq + 1;  // three queued, then written
-    q.MaybeCompact(seq + 1 - front, is_live);
+    MaybeCompact(q, seq + 1 - front, is_live);
     ASSERT_LE(q.size(), DeadlineQueue::kMinCompactSize + 1);
   }
   // Each dead entry was looked at once, plus one live front per compaction.
@@ -136,7 +142,7 @@ TEST(DeadlineQueueTest, DeadEntriesBehindALiveOneAreDroppedAndMemoryIsBounded) {
   for (uint64_t seq = 1; seq <= 200000; ++seq) {
     const int64_t when = seq % 2 == 0 ? 1000000 + static_cast<int64_t>(seq) : 500;
     q.Push(At(when, seq));
-    q.MaybeCompact(1, is_live);
+    MaybeCompact(q, 1, is_live);
     ASSERT_LE(q.size(), DeadlineQueue::kMinCompactSize + 1);
   }
   EXPECT_LE(q.capacity(), 2 * DeadlineQueue::kKeepCapacity);
@@ -149,9 +155,9 @@ TEST(DeadlineQueueTest, DeadEntriesBehindALiveOneAreDroppedAndMemoryIsBounded) {
 TEST(DeadlineQueueTest, NothingIsDroppedWhileMostEntriesAreLive) {
   DeadlineQueue q;
   for (uint64_t seq = 0; seq < 1000; ++seq) q.Push(At(1000 - static_cast<int64_t>(seq % 7), seq));
-  q.MaybeCompact(1000, [](const DeadlineEntry&) { return false; });  // 1000 live: no compaction
+  MaybeCompact(q, 1000, [](const DeadlineEntry&) { return false; });  // 1000 live: no compaction
   EXPECT_EQ(q.size(), 1000u);
-  q.MaybeCompact(200, [](const DeadlineEntry& e) { return e.seq % 5 == 0; });
+  MaybeCompact(q, 200, [](const DeadlineEntry& e) { return e.seq % 5 == 0; });
   EXPECT_EQ(q.size(), 200u);
   std::vector<DeadlineEntry> due;
   q.PopDue(absl::InfiniteFuture(), &due);
