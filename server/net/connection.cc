@@ -54,6 +54,7 @@ TargetStats TargetCounters::Snapshot() const {
   s.state = static_cast<ConnState>(state.load(std::memory_order_relaxed));
   s.queued_messages = queued_messages.load(std::memory_order_relaxed);
   s.outstanding_requests = outstanding_requests.load(std::memory_order_relaxed);
+  s.deadline_entries = deadline_entries.load(std::memory_order_relaxed);
   s.delivered = delivered.load(std::memory_order_relaxed);
   s.failed = failed.load(std::memory_order_relaxed);
   s.expired = expired.load(std::memory_order_relaxed);
@@ -472,6 +473,11 @@ void Connection::PublishCounts() {
                                         std::memory_order_relaxed);
 }
 
+void Connection::PublishDeadlineEntries() {
+  counters_->deadline_entries.store(static_cast<uint32_t>(deadlines_.size()),
+                                    std::memory_order_relaxed);
+}
+
 uint32_t Connection::AllocateId() {
   for (;;) {
     uint32_t id = next_id_;
@@ -540,11 +546,11 @@ void Connection::Enqueue(Message&& m, const CancelToken* cancel) {
 
   if (queue_.empty()) front_seq_ = next_seq_;
   m.seq = next_seq_++;
-  deadlines_.push_back(DeadlineEntry{m.deadline, m.seq, m.id});
-  std::push_heap(deadlines_.begin(), deadlines_.end(), Later());
+  // O(1) for a deadline not earlier than the connection's latest (the common case).
+  deadlines_.Push(DeadlineEntry{m.deadline, m.seq, m.id});
+  const absl::Time earliest = std::min(m.deadline, m.connect_deadline);
   if (m.connect_deadline < m.deadline) {
-    deadlines_.push_back(DeadlineEntry{m.connect_deadline, m.seq, m.id, /*connect_only=*/true});
-    std::push_heap(deadlines_.begin(), deadlines_.end(), Later());
+    deadlines_.Push(DeadlineEntry{m.connect_deadline, m.seq, m.id, /*connect_only=*/true});
   }
   if (cancel != nullptr) {
     m.cancel_id = cancel->id();
@@ -553,7 +559,12 @@ void Connection::Enqueue(Message&& m, const CancelToken* cancel) {
   queued_bytes_ += m.size;
   ++live_queued_;
   queue_.push_back(std::move(m));
-  ArmDeadlineTimer();
+  // The timer is armed no later than every entry held before this one: only an earlier deadline
+  // (or no timer) needs it re-armed, and only dead entries make compaction needed.
+  if (deadlines_.TooLarge(live_queued_ + outstanding_.size()) || deadline_timer_ == 0 ||
+      earliest < deadline_timer_at_) {
+    ArmDeadlineTimer();
+  }
   PublishCounts();
 }
 
@@ -594,6 +605,7 @@ Connection::FlushWork Connection::Flush() {
   }
   MaybeIdle();
   PublishCounts();
+  PublishDeadlineEntries();
   return work;
 }
 
@@ -1332,16 +1344,14 @@ bool Connection::IsLive(const DeadlineEntry& entry) const {
 }
 
 void Connection::ArmDeadlineTimer() {
-  // Entries of completed messages are dropped lazily; rebuild when they dominate.
-  size_t live = live_queued_ + outstanding_.size();
-  if (deadlines_.size() > 64 && deadlines_.size() > 4 * live) {
-    deadlines_.erase(std::remove_if(deadlines_.begin(), deadlines_.end(),
-                                    [this](const DeadlineEntry& e) { return !IsLive(e); }),
-                     deadlines_.end());
-    std::make_heap(deadlines_.begin(), deadlines_.end(), Later());
+  // Entries of completed messages are dropped lazily, once they dominate.
+  const size_t live = live_queued_ + outstanding_.size();
+  if (deadlines_.TooLarge(live)) {
+    deadlines_.Compact(live, [this](const DeadlineEntry& e) { return IsLive(e); });
+    PublishDeadlineEntries();
   }
   if (deadlines_.empty()) return;
-  absl::Time earliest = deadlines_.front().when;
+  const absl::Time earliest = deadlines_.Earliest();
   if (deadline_timer_ != 0) {
     if (deadline_timer_at_ <= earliest) return;
     ctx_->loop->Cancel(deadline_timer_);
@@ -1353,13 +1363,11 @@ void Connection::ArmDeadlineTimer() {
 void Connection::OnDeadlineTimer() {
   deadline_timer_ = 0;
   deadline_timer_at_ = absl::InfiniteFuture();
-  absl::Time now = absl::Now();
+  // Left armed when the connection went idle (MaybeIdle): nothing can be due, and this is no
+  // activity to restart the idle timeout with.
+  if (deadlines_.empty()) return;
   std::vector<DeadlineEntry> expired;
-  while (!deadlines_.empty() && deadlines_.front().when <= now) {
-    std::pop_heap(deadlines_.begin(), deadlines_.end(), Later());
-    expired.push_back(deadlines_.back());
-    deadlines_.pop_back();
-  }
+  deadlines_.PopDue(absl::Now(), &expired);
   bool half_written_expired = false;
   for (const DeadlineEntry& e : expired) {
     if (!IsLive(e)) continue;
@@ -1414,17 +1422,17 @@ void Connection::OnDeadlineTimer() {
   ArmDeadlineTimer();
   MaybeIdle();
   PublishCounts();
+  PublishDeadlineEntries();
 }
 
 void Connection::MaybeIdle() {
   if (live_queued_ > 0 || !outstanding_.empty()) return;
-  // Nothing left to time out.
+  // Nothing left to time out. The deadline timer stays armed: a busy connection goes idle after
+  // most flushes, and cancelling the timer here cost a timer (a hash map insert and erase and a
+  // push on the loop's timer heap) per flush. It fires at most once per deadline with nothing due
+  // and is then armed again for whatever is queued by then, usually not earlier than its time.
   deadlines_.clear();
-  if (deadline_timer_ != 0) {
-    ctx_->loop->Cancel(deadline_timer_);
-    deadline_timer_ = 0;
-    deadline_timer_at_ = absl::InfiniteFuture();
-  }
+  PublishDeadlineEntries();
   idle_since_ = absl::Now();
   if (idle_timer_ == 0) {
     idle_timer_ =

@@ -25,6 +25,7 @@
 #include "server/jsonrpc/reply_framer.h"
 #include "server/jsonrpc/reply_parser.h"
 #include "server/net/admission.h"
+#include "server/net/deadline_queue.h"
 #include "server/net/event_loop.h"
 #include "server/net/outcome.h"
 #include "server/net/resolver.h"
@@ -43,6 +44,7 @@ struct TargetCounters {
   std::atomic<int> state{static_cast<int>(ConnState::kIdle)};
   std::atomic<uint32_t> queued_messages{0};
   std::atomic<uint32_t> outstanding_requests{0};
+  std::atomic<uint32_t> deadline_entries{0};
   std::atomic<uint64_t> delivered{0};
   std::atomic<uint64_t> failed{0};
   std::atomic<uint64_t> expired{0};
@@ -285,22 +287,12 @@ class Connection final : public IoHandler {
   absl::Duration flush_offset;
 
  private:
-  struct DeadlineEntry {
-    absl::Time when;
-    uint64_t seq;
-    uint32_t id;
-    // Request::connect_deadline: fails the message only while it waits for a connection.
-    bool connect_only = false;
-  };
-  struct Later {
-    bool operator()(const DeadlineEntry& a, const DeadlineEntry& b) const {
-      return a.when > b.when;
-    }
-  };
-
   // Publishes the state and tells the pool's observer (`detail`: why, when it is a failure).
   void SetState(ConnState state, absl::string_view detail = {});
   void PublishCounts();
+  // The size of deadlines_, for TargetStats: after each flush, compaction and deadline timer, and
+  // when the connection goes idle (not per message: nothing but tests reads it).
+  void PublishDeadlineEntries();
   uint32_t AllocateId();
   void Complete(Message& message, Outcome outcome);
   void Complete(Message& message, DeliveryCode code, std::string detail);
@@ -391,6 +383,8 @@ class Connection final : public IoHandler {
 
   EventLoop::TimerId connect_timer_ = 0;
   EventLoop::TimerId retry_timer_ = 0;
+  // Armed at deadline_timer_at_, not later than the earliest deadline held (possibly earlier: it
+  // is not cancelled when that entry goes). 0: not armed.
   EventLoop::TimerId deadline_timer_ = 0;
   absl::Time deadline_timer_at_ = absl::InfiniteFuture();
   EventLoop::TimerId idle_timer_ = 0;
@@ -411,8 +405,10 @@ class Connection final : public IoHandler {
   // Ids of queued and outstanding requests.
   absl::flat_hash_set<uint32_t> ids_in_use_;
   uint32_t next_id_ = 1;
-  // Min-heap of message deadlines; entries of completed messages are skipped lazily.
-  std::vector<DeadlineEntry> deadlines_;
+  // The deadlines of the queued and outstanding messages (one entry each, two with a connect
+  // share), earliest first; entries of completed messages are skipped when they come due and
+  // dropped once they dominate (net/deadline_queue.h).
+  DeadlineQueue deadlines_;
   // Cancellable messages by Request::cancel id: their seq (and id, once outstanding).
   absl::flat_hash_map<uint64_t, std::vector<std::pair<uint64_t, uint32_t>>> cancellable_;
 

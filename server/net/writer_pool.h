@@ -193,6 +193,10 @@ struct TargetStats {
   uint64_t reconnects = 0;
   uint64_t unmatched_replies = 0;   // unknown id or no id: counted and ignored
   uint64_t reply_buffer_bytes = 0;  // bytes of an unfinished reply held for this target
+  // Entries in the connection's deadline bookkeeping, including those of messages completed since
+  // (dropped lazily): bounded by about four times the queued and outstanding messages. As of the
+  // connection's last flush, compaction, deadline timer or going idle.
+  uint32_t deadline_entries = 0;
   // When the last connect (or resolve) attempt failed; InfinitePast when none did.
   absl::Time last_connect_failure = absl::InfinitePast();
 };

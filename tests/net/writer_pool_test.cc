@@ -19,6 +19,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "server/net/deadline_queue.h"
 #include "tests/net/loopback_peer.h"
 #include "tests/net/test_sync.h"
 #include "tests/testing/wait.h"
@@ -1433,6 +1434,217 @@ TEST_F(WriterPoolTest, CapOnTargetConnectionsRejectsNewTargetsAndReapsIdleOnes) 
   EXPECT_TRUE(delivered);
   EXPECT_TRUE(peers[kLimit]->WaitForMessages(1, kWait));
   EXPECT_TRUE(peers[0]->WaitForClosed(0, kWait));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 11, part 3: deadlines in a FIFO, with a heap only for those that arrive out of order
+// (net/deadline_queue.h). Each message must still expire at its own deadline, whatever order the
+// deadlines came in, and completed messages must not pile up entries. Connection timers run on the
+// real clock (PoolOptions::clock is admission's only), hence the margins: wide enough for a busy
+// test machine, far narrower than the gaps between the deadlines, so that a message expiring at
+// another's time fails.
+
+constexpr absl::Duration kLate = absl::Milliseconds(60);
+
+// Expects message `index` of `outcomes` completed with kTimeout, not before `deadline` and not
+// more than kLate after it.
+void ExpectExpiredAt(Outcomes& outcomes, int index, absl::Time deadline, absl::string_view detail) {
+  ASSERT_TRUE(outcomes.Done(index)) << "message " << index;
+  Outcome o = outcomes.Get(index);
+  EXPECT_EQ(o.code, DeliveryCode::kTimeout) << "message " << index << ": " << o.detail;
+  EXPECT_TRUE(absl::StrContains(o.detail, detail)) << "message " << index << ": " << o.detail;
+  EXPECT_GE(outcomes.At(index), deadline) << "message " << index << " expired early";
+  EXPECT_LT(outcomes.At(index) - deadline, kLate) << "message " << index << " expired late";
+}
+
+TEST_F(WriterPoolTest, LaterRequestWithAShorterTimeoutExpiresFirstAtItsOwnDeadline) {
+  auto peer = LoopbackPeer::Start({}, [](int, const std::string&) { return std::string(); });
+  StartPool();
+  // One connection; three Raises in time order, the later ones with shorter timeouts.
+  Request a = Call(peer->port(), Body("A"), outcomes_.Callback(0), absl::Milliseconds(450));
+  const absl::Time a_deadline = a.deadline;
+  SubmitOne(*pool_, std::move(a));
+  Request b = Call(peer->port(), Body("B"), outcomes_.Callback(1), absl::Milliseconds(150));
+  const absl::Time b_deadline = b.deadline;
+  SubmitOne(*pool_, std::move(b));
+  Request c = Call(peer->port(), Body("C"), outcomes_.Callback(2), absl::Milliseconds(300));
+  const absl::Time c_deadline = c.deadline;
+  SubmitOne(*pool_, std::move(c));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  ExpectExpiredAt(outcomes_, 1, b_deadline, "no reply");
+  ASSERT_TRUE(outcomes_.WaitFor(2));
+  ExpectExpiredAt(outcomes_, 2, c_deadline, "no reply");
+  ASSERT_TRUE(outcomes_.WaitFor(3));
+  ExpectExpiredAt(outcomes_, 0, a_deadline, "no reply");
+  EXPECT_EQ(peer->message_count(), 3u);
+}
+
+TEST_F(WriterPoolTest, UnwrittenNotificationsExpireEachAtItsOwnDeadline) {
+  LoopbackPeer::Options options;
+  options.reading = false;
+  options.receive_buffer = 4096;
+  auto peer = LoopbackPeer::Start(options);
+  StartPool();
+  // A head the peer never lets through, then notifications whose deadlines go up and down.
+  auto huge = std::make_shared<const std::string>(absl::StrCat(
+      "\"jsonrpc\":\"2.0\",\"method\":\"E\",\"params\":[\"", std::string(8 << 20, 'x'), "\"]}"));
+  SubmitOne(*pool_, Notification(peer->port(), huge, other_outcomes_.Callback(0), kWait));
+  const std::vector<int> timeouts_ms = {400, 120, 280, 200, 400};
+  std::vector<absl::Time> deadlines;
+  for (size_t i = 0; i < timeouts_ms.size(); ++i) {
+    Request r = Notification(peer->port(), Body(absl::StrCat("N", i)), outcomes_.Callback(i),
+                             absl::Milliseconds(timeouts_ms[i]));
+    deadlines.push_back(r.deadline);
+    SubmitOne(*pool_, std::move(r));
+  }
+  // In the order of their deadlines: 1, 3, 2, then 0 and 4.
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  ExpectExpiredAt(outcomes_, 1, deadlines[1], "not written");
+  EXPECT_FALSE(outcomes_.Done(3));
+  ASSERT_TRUE(outcomes_.WaitFor(2));
+  ExpectExpiredAt(outcomes_, 3, deadlines[3], "not written");
+  ASSERT_TRUE(outcomes_.WaitFor(3));
+  ExpectExpiredAt(outcomes_, 2, deadlines[2], "not written");
+  ASSERT_TRUE(outcomes_.WaitFor(5));
+  ExpectExpiredAt(outcomes_, 0, deadlines[0], "not written");
+  ExpectExpiredAt(outcomes_, 4, deadlines[4], "not written");
+  EXPECT_FALSE(other_outcomes_.Done(0));
+  std::optional<TargetStats> stats = pool_->Stats(Target(peer->port()).Key());
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_EQ(stats->expired, 5u);
+  EXPECT_EQ(stats->queued_messages, 1u);
+}
+
+TEST_F(WriterPoolTest, InterleavedSyncAndAsyncEachExpireOrCompleteOnTheirOwn) {
+  // Reads everything, answers nothing: notifications complete once written, requests expire.
+  auto peer = LoopbackPeer::Start({}, [](int, const std::string&) { return std::string(); });
+  StartPool();
+  const std::vector<int> call_timeouts_ms = {350, 120, 230};
+  std::vector<absl::Time> deadlines;
+  std::vector<Request> batch;
+  int index = 0;
+  for (int timeout_ms : call_timeouts_ms) {
+    batch.push_back(
+        Call(peer->port(), Body("C"), outcomes_.Callback(index++), absl::Milliseconds(timeout_ms)));
+    deadlines.push_back(batch.back().deadline);
+    // Notifications between them, with deadlines before, between and after theirs.
+    for (int ms : {50, 300, 5000}) {
+      batch.push_back(Notification(peer->port(), Body("N"), other_outcomes_.Callback(index++),
+                                   absl::Milliseconds(ms)));
+    }
+  }
+  pool_->Submit(std::move(batch));
+  ASSERT_TRUE(other_outcomes_.WaitFor(9));
+  for (int i = 0; i < index; ++i) {
+    if (i % 4 != 0) {
+      EXPECT_EQ(other_outcomes_.Get(i).code, DeliveryCode::kOk) << i;
+    }
+  }
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  ExpectExpiredAt(outcomes_, 4, deadlines[1], "no reply");
+  ASSERT_TRUE(outcomes_.WaitFor(2));
+  ExpectExpiredAt(outcomes_, 8, deadlines[2], "no reply");
+  ASSERT_TRUE(outcomes_.WaitFor(3));
+  ExpectExpiredAt(outcomes_, 0, deadlines[0], "no reply");
+  ASSERT_TRUE(WaitForStats(Target(peer->port()).Key(), [](const std::optional<TargetStats>& s) {
+    return s && s->failed == 3 && s->delivered == 9 && s->expired == 0 && s->deadline_entries == 0;
+  }));
+}
+
+TEST_F(WriterPoolTest, CompletedMessagesDoNotPileUpDeadlineEntries) {
+  auto peer = LoopbackPeer::Start({}, [](int, const std::string&) { return std::string(); });
+  StartPool();
+  const std::string key = Target(peer->port()).Key();
+  // An outstanding request keeps the connection busy, so its deadlines are not simply cleared.
+  // Its deadline comes before the notifications', so theirs can go after it in the FIFO.
+  SubmitOne(*pool_, Call(peer->port(), Body("HOLD"), outcomes_.Callback(0), absl::Seconds(10)));
+  ASSERT_TRUE(peer->WaitForMessages(1, kWait));
+  // Thousands of notifications, written and completed at once: first with rising deadlines (the
+  // FIFO), then falling ones (each earlier than the last: the heap).
+  constexpr int kBatches = 40;
+  constexpr int kPerBatch = 100;
+  int index = 0;
+  for (int b = 0; b < kBatches; ++b) {
+    std::vector<Request> batch;
+    for (int i = 0; i < kPerBatch; ++i) {
+      const absl::Duration timeout = b < kBatches / 2
+                                         ? absl::Seconds(20) + absl::Milliseconds(index)
+                                         : absl::Seconds(20) - absl::Milliseconds(index);
+      batch.push_back(
+          Notification(peer->port(), Body("N"), other_outcomes_.Callback(index++), timeout));
+    }
+    pool_->Submit(std::move(batch));
+  }
+  ASSERT_TRUE(other_outcomes_.WaitFor(kBatches * kPerBatch));
+  ASSERT_TRUE(peer->WaitForMessages(1 + kBatches * kPerBatch, kWait));
+  // One more once they are all written: at its enqueue two messages are live (it and the
+  // request), so whatever the loop held of the burst (batches drained in one iteration are
+  // enqueued together) is dropped now if it is over the compaction rule's floor.
+  Outcomes last;
+  SubmitOne(*pool_, Notification(peer->port(), Body("LAST"), last.Callback(0)));
+  ASSERT_TRUE(last.WaitFor(1));
+  // Bounded by the compaction rule (dropped once over 64 and four per live message), not by the
+  // 4,002 messages queued since the request. (Published after the flush: waited for.)
+  EXPECT_TRUE(WaitForStats(key, [](const std::optional<TargetStats>& s) {
+    return s && s->delivered == kBatches * kPerBatch + 1 && s->deadline_entries >= 1 &&
+           s->deadline_entries <= DeadlineQueue::kMinCompactSize;
+  })) << pool_->Stats(key)->deadline_entries;
+  EXPECT_EQ(pool_->Stats(key)->outstanding_requests, 1u);
+  // The request still expires (or is answered) normally: answered here, and then nothing is held.
+  peer->Send(0, ResultReply(LoopbackPeer::IdOf(peer->Messages()[0]), "1"));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kOk);
+  EXPECT_TRUE(WaitForStats(
+      key, [](const std::optional<TargetStats>& s) { return s && s->deadline_entries == 0; }));
+}
+
+TEST_F(WriterPoolTest, ConnectDeadlinesOutOfOrderEachFailAtTheirOwnTime) {
+  BlackholePort blackhole;
+  PoolOptions options;
+  options.connect_timeout = absl::Seconds(5);
+  StartPool(options);
+  const absl::Time start = absl::Now();
+  // Same overall deadline; connect shares of 350 ms, then 150 ms, then none.
+  Request a = Call(blackhole.port(), Body("A"), outcomes_.Callback(0), absl::Seconds(5));
+  a.connect_deadline = start + absl::Milliseconds(350);
+  SubmitOne(*pool_, std::move(a));
+  Request b = Call(blackhole.port(), Body("B"), outcomes_.Callback(1), absl::Seconds(5));
+  b.connect_deadline = start + absl::Milliseconds(150);
+  SubmitOne(*pool_, std::move(b));
+  SubmitOne(*pool_, Call(blackhole.port(), Body("C"), outcomes_.Callback(2), absl::Seconds(5)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  ASSERT_TRUE(outcomes_.Done(1));
+  EXPECT_FALSE(outcomes_.Done(0));
+  EXPECT_EQ(outcomes_.Get(1).code, DeliveryCode::kConnectFailed) << outcomes_.Get(1).detail;
+  EXPECT_GE(outcomes_.At(1) - start, absl::Milliseconds(150));
+  EXPECT_LT(outcomes_.At(1) - start, absl::Milliseconds(150) + kLate);
+  ASSERT_TRUE(outcomes_.WaitFor(2));
+  ASSERT_TRUE(outcomes_.Done(0));
+  EXPECT_EQ(outcomes_.Get(0).code, DeliveryCode::kConnectFailed) << outcomes_.Get(0).detail;
+  EXPECT_TRUE(absl::StrContains(outcomes_.Get(0).detail, "share of the budget"))
+      << outcomes_.Get(0).detail;
+  EXPECT_GE(outcomes_.At(0) - start, absl::Milliseconds(350));
+  EXPECT_LT(outcomes_.At(0) - start, absl::Milliseconds(350) + kLate);
+  // C has no share: it waits for the connection's own timeout (then fails at shutdown here).
+  EXPECT_FALSE(outcomes_.Done(2));
+}
+
+TEST_F(WriterPoolTest, DeadlineTimerLeftArmedWhenIdleDoesNotPostponeTheIdleClose) {
+  auto peer = LoopbackPeer::Start({});
+  PoolOptions options;
+  options.idle_timeout = absl::Milliseconds(400);
+  StartPool(options);
+  // Written at once: the connection is idle from then on, with its deadline timer (due in 200 ms)
+  // still armed. Its firing must not count as activity.
+  SubmitOne(*pool_,
+            Notification(peer->port(), Body("E"), outcomes_.Callback(0), absl::Milliseconds(200)));
+  ASSERT_TRUE(outcomes_.WaitFor(1));
+  const absl::Time written = outcomes_.At(0);
+  ASSERT_TRUE(peer->WaitForClosed(0, kWait));
+  const absl::Duration idle_for = absl::Now() - written;
+  EXPECT_GE(idle_for, absl::Milliseconds(400));
+  // Restarting the idle timeout at 200 ms would close it at 600 ms.
+  EXPECT_LT(idle_for, absl::Milliseconds(550));
 }
 
 }  // namespace
