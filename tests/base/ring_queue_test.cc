@@ -49,15 +49,52 @@ TEST(RingQueueTest, MatchesADequeThroughGrowthWrapAndShrink) {
         const size_t i = rng() % model.size();
         ASSERT_EQ(*ring[i].value, model[i]) << "step " << step;
       }
-      // Never more than four times what it holds, past the minimum.
-      ASSERT_LE(ring.capacity(),
-                std::max<size_t>(RingQueue<Counted>::kMinCapacity, 4 * ring.size()));
     }
     std::vector<int> seen;
     ring.ForEach([&](Counted& c) { seen.push_back(*c.value); });
     EXPECT_EQ(seen, std::vector<int>(model.begin(), model.end()));
   }
   EXPECT_EQ(live, 0);
+}
+
+// A queue that fills to a few dozen and drains at every flush (a busy connection) keeps its ring:
+// it neither halves while draining nor doubles again while filling.
+TEST(RingQueueTest, RepeatedFillAndDrainKeepsItsCapacity) {
+  RingQueue<Counted> ring;
+  for (int cycle = 0; cycle < 100; ++cycle) {
+    for (int i = 0; i < 48; ++i) ring.push_back(Counted(i));
+    ASSERT_EQ(ring.capacity(), 64u) << "cycle " << cycle;
+    while (!ring.empty()) ring.pop_front();
+    ASSERT_EQ(ring.capacity(), 64u) << "cycle " << cycle;
+  }
+}
+
+// A burst's memory is given back once the queue has drained a few times holding far less.
+TEST(RingQueueTest, ABurstsMemoryIsGivenBackAfterQuietDrains) {
+  RingQueue<Counted> ring;
+  auto two_in_two_out = [&] {
+    ring.push_back(Counted(1));
+    ring.push_back(Counted(2));
+    ASSERT_EQ(*ring.front().value, 1);
+    ring.pop_front();
+    ring.pop_front();
+  };
+  for (int i = 0; i < 10000; ++i) ring.push_back(Counted(i));
+  ASSERT_EQ(ring.capacity(), 16384u);
+  while (!ring.empty()) ring.pop_front();
+  // Draining the burst itself was not quiet: the ring is kept for the next one.
+  EXPECT_EQ(ring.capacity(), 16384u);
+  // Two at a time from now on: each halving takes kQuietDrains drains.
+  for (int cycle = 0; cycle < RingQueue<Counted>::kQuietDrains - 1; ++cycle) two_in_two_out();
+  EXPECT_EQ(ring.capacity(), 16384u);
+  two_in_two_out();
+  EXPECT_EQ(ring.capacity(), 8192u);
+  for (int cycle = 0; cycle < 200; ++cycle) two_in_two_out();
+  EXPECT_EQ(ring.capacity(), RingQueue<Counted>::kMinCapacity);
+  // clear() counts as a drain too.
+  for (int i = 0; i < 3; ++i) ring.push_back(Counted(i));
+  ring.clear();
+  EXPECT_EQ(ring.size(), 0u);
 }
 
 TEST(RingQueueTest, MoveTakesTheElementsAndClearDestroysThem) {
