@@ -473,6 +473,11 @@ absl::Status SqliteStore::Start(Listener* listener) {
     running_ = true;
   }
   // The writer runs before OnReload so the listener may already write from it.
+  {
+    eventbus::MutexLock lock(&ack_mu_);
+    ack_stop_ = false;
+  }
+  acker_ = std::thread([this] { AckLoop(); });
   writer_ = std::thread([this] { WriterLoop(); });
   eventbus::MutexLock lock(&listener_mu_);
   listener_->OnReload(std::move(all));
@@ -491,11 +496,37 @@ void SqliteStore::Stop() {
     if (!running_ || stopping_) return;
     stopping_ = true;
   }
-  // The writer commits what is still queued before it leaves.
+  // The writer commits what is still queued before it leaves, and the acknowledging thread
+  // acknowledges every batch before it does.
   writer_.join();
+  {
+    eventbus::MutexLock lock(&ack_mu_);
+    ack_stop_ = true;
+  }
+  acker_.join();
   StopCheckpointer();
   // The last connection to close checkpoints the whole log into the file.
   CloseDb();
+}
+
+void SqliteStore::AckLoop() {
+  for (;;) {
+    Committed batch;
+    {
+      eventbus::MutexLock lock(&ack_mu_);
+      ack_mu_.Await(
+          [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(ack_mu_) { return !acks_.empty() || ack_stop_; });
+      if (acks_.empty()) return;  // stopping, and every batch acknowledged
+      batch = std::move(acks_.front());
+      acks_.pop_front();
+    }
+    SetHealthy(batch.status.ok());
+    if (!batch.status.ok()) {
+      EB_LOG(kError, "sqlite: write failed", "path=", base::LogValue(options_.path),
+             " ops=", batch.ops.size(), " error=", base::LogValue(batch.status.message()));
+    }
+    for (Op& op : batch.ops) op.done(batch.status);
+  }
 }
 
 void SqliteStore::StopCheckpointer() {
@@ -521,8 +552,8 @@ void SqliteStore::AfterCommit() {
   if (wal_pages_ >= kWalLimitPages) {
     // A checkpoint that runs while commits add pages copies all but the last of them, and SQLite
     // starts the log over only at a commit that finds every page copied. Here, between two
-    // commits (their acknowledgements already sent), the rest is copied: mostly the pages of the
-    // commits since the last background checkpoint began, and two fsyncs.
+    // commits (the last one's acknowledgements under way), the rest is copied: mostly the pages of
+    // the commits since the last background checkpoint began, and two fsyncs.
     {
       eventbus::MutexLock lock(&checkpoint_mu_);
       checkpoint_mu_.Await(
@@ -624,13 +655,12 @@ void SqliteStore::WriterLoop() {
       batch.swap(queue_);
     }
     absl::Status status = prepared.ok() ? Commit(batch) : prepared;
-    SetHealthy(status.ok());
-    if (!status.ok()) {
-      EB_LOG(kError, "sqlite: write failed", "path=", base::LogValue(options_.path),
-             " ops=", batch.size(), " error=", base::LogValue(status.message()));
+    const bool committed = status.ok();
+    {
+      eventbus::MutexLock lock(&ack_mu_);
+      acks_.push_back(Committed{std::move(batch), std::move(status)});
     }
-    for (Op& op : batch) op.done(status);
-    if (status.ok()) AfterCommit();
+    if (committed) AfterCommit();
   }
   put_stmt_ = nullptr;
   delete_stmt_ = nullptr;

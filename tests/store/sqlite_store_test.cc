@@ -23,6 +23,7 @@
 #include "gtest/gtest.h"
 #include "server/base/mutex.h"
 #include "tests/store/store_test_listener.h"
+#include "tests/testing/wait.h"
 
 namespace eventbus::store {
 namespace {
@@ -566,6 +567,45 @@ TEST_F(SqliteStoreTest, AcknowledgedPutsSurviveSigkillWhileTheLogIsCheckpointed)
   EXPECT_EQ(missing, 0u) << "of " << acked.size() << " acknowledged rows";
   std::cout << acked.size() << " acknowledged rows before SIGKILL, all in the file; largest WAL "
             << largest_wal << " bytes\n";
+}
+
+// Issue 11: acknowledgements run on a thread of their own, in commit order, so a slow one (at 1M
+// subscriptions the registry's Upsert and the gRPC answer) does not hold up the next commit.
+TEST_F(SqliteStoreTest, ASlowAcknowledgementDoesNotHoldUpTheNextCommit) {
+  RecordingListener listener;
+  auto store = Open(&listener);
+  ASSERT_NE(store, nullptr);
+  eventbus::Notification release_first;
+  eventbus::Mutex mu;
+  std::vector<std::string> acked;
+  eventbus::Notification second_acked;
+  store->Put(MakeSubscription("first", "E_SLOW", "tcp:10.0.0.3:1/a", SomeInstant(0)),
+             [&](absl::Status status) {
+               EXPECT_TRUE(status.ok()) << status;
+               release_first.WaitForNotification();
+               eventbus::MutexLock lock(&mu);
+               acked.push_back("first");
+             });
+  // Queued after the first commit began, so committed by a later one.
+  ASSERT_TRUE(testing::WaitFor(absl::Seconds(30), [&] {
+    return QueryInt("SELECT count(*) FROM subscriptions WHERE id = 'first'") == 1;
+  }));
+  store->Put(MakeSubscription("second", "E_SLOW", "tcp:10.0.0.3:2/b", SomeInstant(0)),
+             [&](absl::Status status) {
+               EXPECT_TRUE(status.ok()) << status;
+               eventbus::MutexLock lock(&mu);
+               acked.push_back("second");
+               second_acked.Notify();
+             });
+  // Committed (another connection reads it) while the first acknowledgement still waits.
+  EXPECT_TRUE(testing::WaitFor(absl::Seconds(30), [&] {
+    return QueryInt("SELECT count(*) FROM subscriptions WHERE id = 'second'") == 1;
+  }));
+  EXPECT_FALSE(second_acked.HasBeenNotified());
+  release_first.Notify();
+  ASSERT_TRUE(second_acked.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  eventbus::MutexLock lock(&mu);
+  EXPECT_EQ(acked, (std::vector<std::string>{"first", "second"}));
 }
 
 TEST_F(SqliteStoreTest, ADirectoryWhereTheFileShouldBeFailsStart) {
