@@ -7,6 +7,7 @@
 #ifndef EVENTBUS_SERVER_REGISTRY_SUBSCRIBER_LIST_H_
 #define EVENTBUS_SERVER_REGISTRY_SUBSCRIBER_LIST_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -84,6 +85,26 @@ inline const size_t* ChildSizes(const Node* node) {
 }
 inline const Subscription* const* ChildFirsts(const Node* node) {
   return reinterpret_cast<const Subscription* const*>(ChildSizes(node) + node->count);
+}
+
+// For PartitionPoint and Seek, in a list sorted so that `before` holds for a prefix of it: the
+// child of inner node `node` that holds the partition point (the last child whose first entry is
+// still `before`: the point is in it or at its end; child 0 when there is none).
+template <typename Before>
+uint32_t ChildHolding(const Node* node, Before& before) {
+  const Subscription* const* firsts = ChildFirsts(node);
+  const Subscription* const* past =
+      std::partition_point(firsts + 1, firsts + node->count,
+                           [&before](const Subscription* first) { return before(*first); });
+  return static_cast<uint32_t>(past - firsts) - 1;
+}
+// The position in leaf `node` of its first entry for which `before` is false (count when none).
+template <typename Before>
+uint32_t LeafPartitionPoint(const Node* node, Before& before) {
+  const SubscriptionPtr* items = LeafItems(node);
+  const SubscriptionPtr* point = std::partition_point(
+      items, items + node->count, [&before](const SubscriptionPtr& item) { return before(*item); });
+  return static_cast<uint32_t>(point - items);
 }
 
 // Pointer copies made by this thread's list and registry writes: what a write costs, counted
@@ -213,32 +234,12 @@ size_t SubscriberList::PartitionPoint(Before before) const {
   size_t pos = 0;
   const Node* node = root_.get();
   while (node->height > 0) {
-    // The last child whose first entry is still `before`: the point is in it or at its end.
-    const Subscription* const* firsts = list_internal::ChildFirsts(node);
-    uint32_t lo = 1, hi = node->count;  // children [lo, hi) not yet decided; child 0 is taken
-    while (lo < hi) {
-      uint32_t mid = lo + (hi - lo) / 2;
-      if (before(*firsts[mid])) {
-        lo = mid + 1;
-      } else {
-        hi = mid;
-      }
-    }
+    const uint32_t child = list_internal::ChildHolding(node, before);
     const size_t* sizes = list_internal::ChildSizes(node);
-    for (uint32_t i = 0; i + 1 < lo; ++i) pos += sizes[i];
-    node = list_internal::Children(node)[lo - 1].get();
+    for (uint32_t i = 0; i < child; ++i) pos += sizes[i];
+    node = list_internal::Children(node)[child].get();
   }
-  const SubscriptionPtr* items = list_internal::LeafItems(node);
-  uint32_t lo = 0, hi = node->count;
-  while (lo < hi) {
-    uint32_t mid = lo + (hi - lo) / 2;
-    if (before(*items[mid])) {
-      lo = mid + 1;
-    } else {
-      hi = mid;
-    }
-  }
-  return pos + lo;
+  return pos + list_internal::LeafPartitionPoint(node, before);
 }
 
 template <typename Before>
@@ -249,32 +250,14 @@ SubscriberList::const_iterator SubscriberList::Seek(Before before) const {
   const Node* node = root_.get();
   it.height_ = static_cast<int>(node->height);
   while (node->height > 0) {
-    const Subscription* const* firsts = list_internal::ChildFirsts(node);
-    uint32_t lo = 1, hi = node->count;
-    while (lo < hi) {
-      uint32_t mid = lo + (hi - lo) / 2;
-      if (before(*firsts[mid])) {
-        lo = mid + 1;
-      } else {
-        hi = mid;
-      }
-    }
+    const uint32_t child = list_internal::ChildHolding(node, before);
     it.path_[node->height] = node;
-    it.index_[node->height] = lo - 1;
-    node = list_internal::Children(node)[lo - 1].get();
+    it.index_[node->height] = child;
+    node = list_internal::Children(node)[child].get();
   }
   it.path_[0] = node;
   const SubscriptionPtr* items = list_internal::LeafItems(node);
-  uint32_t lo = 0, hi = node->count;
-  while (lo < hi) {
-    uint32_t mid = lo + (hi - lo) / 2;
-    if (before(*items[mid])) {
-      lo = mid + 1;
-    } else {
-      hi = mid;
-    }
-  }
-  it.item_ = items + lo;
+  it.item_ = items + list_internal::LeafPartitionPoint(node, before);
   it.leaf_end_ = items + node->count;
   if (it.item_ == it.leaf_end_) it.NextLeaf();
   return it;

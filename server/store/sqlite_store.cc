@@ -15,6 +15,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
@@ -117,6 +118,16 @@ absl::Status SqliteStore::Exec(const char* sql) {
   int rc = sqlite3_exec(db_, sql, nullptr, nullptr, nullptr);
   if (rc != SQLITE_OK) return SqlError(sql, rc);
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> SqliteStore::ReadPragma(const char* name) {
+  const std::string sql = absl::StrCat("PRAGMA ", name);
+  sqlite3_stmt* raw = nullptr;
+  int rc = sqlite3_prepare_v2(db_, sql.c_str(), -1, &raw, nullptr);
+  Statement stmt(raw);
+  if (rc == SQLITE_OK) rc = sqlite3_step(stmt.get());
+  if (rc != SQLITE_ROW) return SqlError(sql, rc);
+  return ColumnText(stmt.get(), 0);
 }
 
 absl::Status SqliteStore::CheckIntegrity(sqlite3* db) const {
@@ -342,15 +353,15 @@ absl::Status SqliteStore::Start(Listener* listener) {
   // page cache, before done runs) but not a power cut or kernel crash. FULL fsyncs the WAL at
   // every commit; group commit pays that once per batch, so durability costs little throughput.
   if (absl::Status status = Exec("PRAGMA synchronous=FULL"); !status.ok()) return fail(status);
-  // Keep the WAL small: SQLite checkpoints it into the file after any commit that leaves it at
-  // kCheckpointPages or more, and when the next commit starts the log over it cuts the file back
-  // to kWalTruncateBytes (without a limit the file keeps its largest size forever). With this
-  // connection the only one, every checkpoint completes, so the log does start over.
-  if (absl::Status status =
-          Exec(absl::StrCat("PRAGMA wal_autocheckpoint=", kCheckpointPages).c_str());
-      !status.ok()) {
-    return fail(status);
-  }
+  // SQLite's own checkpoint (wal_autocheckpoint) runs inside the COMMIT that crosses its
+  // threshold, so the acknowledgements of that group commit waited for it: at 1M rows a group
+  // commit of 64 Subscribes writes about 85 pages, and a checkpoint every 128 pages made most
+  // commits pay fsyncs of the file and of the restarted log besides their own (measured: 14 ms per
+  // commit against 4.3 ms with no checkpoint). This hook replaces it: AfterCommit starts the
+  // checkpoint thread instead, and the log stays bounded (kWalLimitPages).
+  sqlite3_wal_hook(db_, &SqliteStore::OnWalCommit, this);
+  // When the log starts over the file is reused, not cut back: extending it again each time would
+  // make the next commits' fsyncs write its size too.
   if (absl::Status status =
           Exec(absl::StrCat("PRAGMA journal_size_limit=", kWalTruncateBytes).c_str());
       !status.ok()) {
@@ -411,13 +422,62 @@ absl::Status SqliteStore::Start(Listener* listener) {
   const size_t count = all.size();
   const absl::Time apply_start = absl::Now();
 
+  // What the writer connection runs with, as SQLite reports it.
+  {
+    absl::StatusOr<std::string> journal_mode = ReadPragma("journal_mode");
+    absl::StatusOr<std::string> synchronous = ReadPragma("synchronous");
+    absl::StatusOr<std::string> autocheckpoint = ReadPragma("wal_autocheckpoint");
+    absl::StatusOr<std::string> size_limit = ReadPragma("journal_size_limit");
+    absl::StatusOr<std::string> cache_size = ReadPragma("cache_size");
+    for (const auto* read :
+         {&journal_mode, &synchronous, &autocheckpoint, &size_limit, &cache_size}) {
+      if (!read->ok()) return fail(read->status());
+    }
+    settings_.journal_mode = absl::AsciiStrToLower(*journal_mode);
+    if (!absl::SimpleAtoi(*synchronous, &settings_.synchronous) ||
+        !absl::SimpleAtoi(*autocheckpoint, &settings_.wal_autocheckpoint) ||
+        !absl::SimpleAtoi(*size_limit, &settings_.journal_size_limit) ||
+        !absl::SimpleAtoi(*cache_size, &settings_.cache_size)) {
+      return fail(absl::InternalError(
+          absl::StrCat("sqlite \"", path, "\": a PRAGMA read back is not a number")));
+    }
+  }
+  // The checkpoint thread's own connection: a checkpoint on it copies the log into the file while
+  // db_ commits (only one connection may write, but any may checkpoint).
+  rc = sqlite3_open_v2(path.c_str(), &checkpoint_db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                       nullptr);
+  if (rc == SQLITE_OK) {
+    sqlite3_busy_timeout(checkpoint_db_,
+                         static_cast<int>(absl::ToInt64Milliseconds(options_.busy_timeout)));
+    sqlite3_extended_result_codes(checkpoint_db_, 1);
+    // FULL: the checkpoint fsyncs the file before the log may start over. No commits here.
+    rc = sqlite3_exec(checkpoint_db_, "PRAGMA synchronous=FULL", nullptr, nullptr, nullptr);
+    if (rc == SQLITE_OK) sqlite3_wal_autocheckpoint(checkpoint_db_, 0);
+  }
+  if (rc != SQLITE_OK) {
+    absl::Status status = SqlError("open for checkpoints", rc, checkpoint_db_);
+    sqlite3_close_v2(checkpoint_db_);
+    checkpoint_db_ = nullptr;
+    return fail(status);
+  }
+
   healthy_.store(true);
   listener_ = listener;
+  {
+    eventbus::MutexLock lock(&checkpoint_mu_);
+    checkpoint_stop_ = false;
+  }
+  checkpointer_ = std::thread([this] { CheckpointLoop(); });
   {
     eventbus::MutexLock lock(&mu_);
     running_ = true;
   }
   // The writer runs before OnReload so the listener may already write from it.
+  {
+    eventbus::MutexLock lock(&ack_mu_);
+    ack_stop_ = false;
+  }
+  acker_ = std::thread([this] { AckLoop(); });
   writer_ = std::thread([this] { WriterLoop(); });
   eventbus::MutexLock lock(&listener_mu_);
   listener_->OnReload(std::move(all));
@@ -436,9 +496,119 @@ void SqliteStore::Stop() {
     if (!running_ || stopping_) return;
     stopping_ = true;
   }
-  // The writer commits what is still queued before it leaves.
+  // The writer commits what is still queued before it leaves, and the acknowledging thread
+  // acknowledges every batch before it does.
   writer_.join();
+  {
+    eventbus::MutexLock lock(&ack_mu_);
+    ack_stop_ = true;
+  }
+  acker_.join();
+  StopCheckpointer();
+  // The last connection to close checkpoints the whole log into the file.
   CloseDb();
+}
+
+void SqliteStore::AckLoop() {
+  for (;;) {
+    Committed batch;
+    {
+      eventbus::MutexLock lock(&ack_mu_);
+      ack_mu_.Await(
+          [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(ack_mu_) { return !acks_.empty() || ack_stop_; });
+      if (acks_.empty()) return;  // stopping, and every batch acknowledged
+      batch = std::move(acks_.front());
+      acks_.pop_front();
+    }
+    SetHealthy(batch.status.ok());
+    if (!batch.status.ok()) {
+      EB_LOG(kError, "sqlite: write failed", "path=", base::LogValue(options_.path),
+             " ops=", batch.ops.size(), " error=", base::LogValue(batch.status.message()));
+    }
+    for (Op& op : batch.ops) op.done(batch.status);
+  }
+}
+
+void SqliteStore::StopCheckpointer() {
+  {
+    eventbus::MutexLock lock(&checkpoint_mu_);
+    checkpoint_stop_ = true;
+  }
+  if (checkpointer_.joinable()) checkpointer_.join();
+  if (checkpoint_db_ != nullptr) {
+    sqlite3_close_v2(checkpoint_db_);
+    checkpoint_db_ = nullptr;
+  }
+}
+
+int SqliteStore::OnWalCommit(void* self, sqlite3*, const char*, int pages) {
+  static_cast<SqliteStore*>(self)->wal_pages_ = pages;
+  return SQLITE_OK;
+}
+
+void SqliteStore::AfterCommit() {
+  // The log started over since the last checkpoint.
+  if (wal_pages_ < wal_pages_at_last_checkpoint_) wal_pages_at_last_checkpoint_ = 0;
+  if (wal_pages_ >= kWalLimitPages) {
+    // A checkpoint that runs while commits add pages copies all but the last of them, and SQLite
+    // starts the log over only at a commit that finds every page copied. Here, between two
+    // commits (the last one's acknowledgements under way), the rest is copied: mostly the pages of
+    // the commits since the last background checkpoint began, and two fsyncs.
+    {
+      eventbus::MutexLock lock(&checkpoint_mu_);
+      checkpoint_mu_.Await(
+          [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(checkpoint_mu_) { return !checkpoint_running_; });
+      checkpoint_running_ = true;
+      checkpoint_requested_ = false;
+    }
+    int log_pages = 0, copied = 0;
+    int rc =
+        sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log_pages, &copied);
+    {
+      eventbus::MutexLock lock(&checkpoint_mu_);
+      checkpoint_running_ = false;
+    }
+    if (rc != SQLITE_OK || copied < log_pages) {
+      EB_LOG(kWarning, "sqlite: checkpoint incomplete; the log cannot start over yet",
+             "path=", base::LogValue(options_.path), " log_pages=", log_pages, " copied=", copied,
+             " error=", base::LogValue(sqlite3_errstr(rc)));
+    }
+    wal_pages_at_last_checkpoint_ = wal_pages_;
+    return;
+  }
+  if (wal_pages_ - wal_pages_at_last_checkpoint_ >= kCheckpointPages) {
+    wal_pages_at_last_checkpoint_ = wal_pages_;
+    eventbus::MutexLock lock(&checkpoint_mu_);
+    checkpoint_requested_ = true;
+  }
+}
+
+void SqliteStore::CheckpointLoop() {
+  for (;;) {
+    {
+      eventbus::MutexLock lock(&checkpoint_mu_);
+      checkpoint_mu_.Await([this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(checkpoint_mu_) {
+        return checkpoint_stop_ || (checkpoint_requested_ && !checkpoint_running_);
+      });
+      if (checkpoint_stop_) return;
+      checkpoint_requested_ = false;
+      checkpoint_running_ = true;
+    }
+    // PASSIVE: copies what the log holds now without waiting for, or blocking, the writer.
+    int log_pages = 0, copied = 0;
+    int rc = sqlite3_wal_checkpoint_v2(checkpoint_db_, nullptr, SQLITE_CHECKPOINT_PASSIVE,
+                                       &log_pages, &copied);
+    {
+      eventbus::MutexLock lock(&checkpoint_mu_);
+      checkpoint_running_ = false;
+    }
+    // A failed checkpoint loses nothing (the log keeps every commit); a write that meets the
+    // same fault reports it through health.
+    if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY) {
+      EB_LOG(kWarning, "sqlite: checkpoint failed", "path=", base::LogValue(options_.path),
+             " error=", base::LogValue(SqlError("checkpoint", rc, checkpoint_db_).message()));
+    }
+  }
 }
 
 void SqliteStore::Put(registry::SubscriptionPtr sub, Done done) {
@@ -485,12 +655,12 @@ void SqliteStore::WriterLoop() {
       batch.swap(queue_);
     }
     absl::Status status = prepared.ok() ? Commit(batch) : prepared;
-    SetHealthy(status.ok());
-    if (!status.ok()) {
-      EB_LOG(kError, "sqlite: write failed", "path=", base::LogValue(options_.path),
-             " ops=", batch.size(), " error=", base::LogValue(status.message()));
+    const bool committed = status.ok();
+    {
+      eventbus::MutexLock lock(&ack_mu_);
+      acks_.push_back(Committed{std::move(batch), std::move(status)});
     }
-    for (Op& op : batch) op.done(status);
+    if (committed) AfterCommit();
   }
   put_stmt_ = nullptr;
   delete_stmt_ = nullptr;
