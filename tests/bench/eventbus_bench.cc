@@ -42,6 +42,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
@@ -65,6 +66,8 @@ ABSL_FLAG(double, seconds, 3, "How long each throughput phase runs");
 ABSL_FLAG(int, window, 64, "Raise calls in flight at once in throughput phases");
 ABSL_FLAG(int, latency_calls, 2000, "Sequential sync Raises per latency phase");
 ABSL_FLAG(int, loops, 0, "In-process server: event loops (0 = cores)");
+ABSL_FLAG(std::vector<std::string>, async_subscribers, std::vector<std::string>({"1", "10", "100"}),
+          "The async phase's subscriber counts, one run each (e.g. 100 alone, to profile it)");
 ABSL_FLAG(bool, spawn_server, false,
           "Run the server as a real eventbusd child process (memory store, the in-process "
           "server's limits) and print its own CPU per delivered message ('server N ns')");
@@ -515,6 +518,7 @@ int Main() {
     testing::EventbusdOptions daemon_options;
     daemon_options.binary = absl::GetFlag(FLAGS_eventbusd);
     daemon_options.log_path = "/tmp/eventbus_bench_eventbusd.log";
+    daemon_options.ready_timeout = absl::Minutes(2);  // room for a valgrind wrapper
     daemon_options.extra_args = {
         absl::StrCat("--log_level=", absl::GetFlag(FLAGS_log_level)),
         absl::StrCat("--loops=", absl::GetFlag(FLAGS_loops)),
@@ -618,8 +622,13 @@ int Main() {
         rate, rate / base_rate, ns, ns / base_ns, ServerCpu(r.cpu, r.calls).c_str());
   }
 
-  for (int n : {1, 10, 100}) {
+  for (const std::string& count : absl::GetFlag(FLAGS_async_subscribers)) {
     if (!runs("async")) break;
+    int n = 0;
+    if (!absl::SimpleAtoi(count, &n) || n < 1) {
+      std::fprintf(stderr, "--async_subscribers: \"%s\" is not a positive number\n", count.c_str());
+      return 1;
+    }
     std::vector<std::unique_ptr<Sink>> sinks;
     const std::string event = absl::StrCat("BENCH_ASYNC_", n);
     for (int i = 0; i < n; ++i) {
