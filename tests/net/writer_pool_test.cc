@@ -104,6 +104,21 @@ std::shared_ptr<const std::string> Body(absl::string_view method, absl::string_v
   return std::make_shared<const std::string>(std::move(body));
 }
 
+// A body larger than the socket buffers can grow (tcp_wmem max 4 MiB): it stays half-written while
+// its peer does not read.
+std::shared_ptr<const std::string> UnwritableBody() {
+  return std::make_shared<const std::string>(absl::StrCat(
+      "\"jsonrpc\":\"2.0\",\"method\":\"E\",\"params\":[\"", std::string(8 << 20, 'x'), "\"]}"));
+}
+
+// A peer that reads nothing (until SetReading) and receives into a 4 KiB buffer.
+std::unique_ptr<LoopbackPeer> StartStalledPeer() {
+  LoopbackPeer::Options options;
+  options.reading = false;
+  options.receive_buffer = 4096;
+  return LoopbackPeer::Start(options);
+}
+
 Request Notification(uint16_t port, std::shared_ptr<const std::string> body, OutcomeCallback done,
                      absl::Duration timeout = absl::Seconds(5)) {
   Request r;
@@ -717,10 +732,7 @@ TEST_F(WriterPoolTest, ReplyWithoutResultOrErrorIsBadReplyAndTheConnectionStays)
 }
 
 TEST_F(WriterPoolTest, NonReadingPeerGetsQueueFullWhileAnotherTargetGetsEverything) {
-  LoopbackPeer::Options stuck_options;
-  stuck_options.reading = false;
-  stuck_options.receive_buffer = 4096;
-  auto stuck = LoopbackPeer::Start(stuck_options);
+  auto stuck = StartStalledPeer();
   auto healthy = LoopbackPeer::Start({});
   PoolOptions options;
   options.num_loops = 1;  // both targets on the same loop: the stuck one must not delay the other
@@ -828,15 +840,9 @@ TEST_F(WriterPoolTest, PeerRestartedOnTheSamePortGetsLaterMessages) {
 }
 
 TEST_F(WriterPoolTest, HalfWrittenMessageTimesOutAndTheNextMessageGoesOnAFreshConnection) {
-  LoopbackPeer::Options options;
-  options.reading = false;
-  options.receive_buffer = 4096;
-  auto peer = LoopbackPeer::Start(options);
+  auto peer = StartStalledPeer();
   StartPool();
-  // Larger than the socket buffers can grow (tcp_wmem max 4 MiB): it cannot be written
-  // completely while the peer does not read.
-  auto huge = std::make_shared<const std::string>(absl::StrCat(
-      "\"jsonrpc\":\"2.0\",\"method\":\"E\",\"params\":[\"", std::string(8 << 20, 'x'), "\"]}"));
+  auto huge = UnwritableBody();
   SubmitOne(*pool_,
             Notification(peer->port(), huge, outcomes_.Callback(0), absl::Milliseconds(200)));
   ASSERT_TRUE(outcomes_.WaitFor(1));
@@ -855,14 +861,9 @@ TEST_F(WriterPoolTest, HalfWrittenMessageTimesOutAndTheNextMessageGoesOnAFreshCo
 }
 
 TEST_F(WriterPoolTest, MessagesQueuedBehindAHalfWrittenTimeoutGoOutIntactAndInOrder) {
-  LoopbackPeer::Options options;
-  options.reading = false;
-  options.receive_buffer = 4096;
-  auto peer = LoopbackPeer::Start(options);
+  auto peer = StartStalledPeer();
   StartPool();
-  // Larger than the socket buffers can grow: it stays half-written while the peer does not read.
-  auto huge = std::make_shared<const std::string>(absl::StrCat(
-      "\"jsonrpc\":\"2.0\",\"method\":\"E\",\"params\":[\"", std::string(8 << 20, 'x'), "\"]}"));
+  auto huge = UnwritableBody();
   std::vector<Request> batch;
   batch.push_back(Notification(peer->port(), huge, outcomes_.Callback(0), absl::Milliseconds(200)));
   batch.push_back(Notification(peer->port(), Body("B"), outcomes_.Callback(1), absl::Seconds(30)));
@@ -888,13 +889,9 @@ TEST_F(WriterPoolTest, MessagesQueuedBehindAHalfWrittenTimeoutGoOutIntactAndInOr
 }
 
 TEST_F(WriterPoolTest, UnwrittenNotificationTimesOutWhileConnected) {
-  LoopbackPeer::Options options;
-  options.reading = false;
-  options.receive_buffer = 4096;
-  auto peer = LoopbackPeer::Start(options);
+  auto peer = StartStalledPeer();
   StartPool();
-  auto huge = std::make_shared<const std::string>(absl::StrCat(
-      "\"jsonrpc\":\"2.0\",\"method\":\"E\",\"params\":[\"", std::string(8 << 20, 'x'), "\"]}"));
+  auto huge = UnwritableBody();
   std::vector<Request> batch;
   batch.push_back(Notification(peer->port(), huge, outcomes_.Callback(0), absl::Seconds(30)));
   batch.push_back(
@@ -1480,14 +1477,10 @@ TEST_F(WriterPoolTest, LaterRequestWithAShorterTimeoutExpiresFirstAtItsOwnDeadli
 }
 
 TEST_F(WriterPoolTest, UnwrittenNotificationsExpireEachAtItsOwnDeadline) {
-  LoopbackPeer::Options options;
-  options.reading = false;
-  options.receive_buffer = 4096;
-  auto peer = LoopbackPeer::Start(options);
+  auto peer = StartStalledPeer();
   StartPool();
   // A head the peer never lets through, then notifications whose deadlines go up and down.
-  auto huge = std::make_shared<const std::string>(absl::StrCat(
-      "\"jsonrpc\":\"2.0\",\"method\":\"E\",\"params\":[\"", std::string(8 << 20, 'x'), "\"]}"));
+  auto huge = UnwritableBody();
   SubmitOne(*pool_, Notification(peer->port(), huge, other_outcomes_.Callback(0), kWait));
   const std::vector<int> timeouts_ms = {400, 120, 280, 200, 400};
   std::vector<absl::Time> deadlines;
